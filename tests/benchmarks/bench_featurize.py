@@ -1,0 +1,125 @@
+"""Per-request cost of the online feature path and of one model prediction.
+
+Prints, best of ``--repeat`` passes over the calls of ../shared/traces/claude-code (or of a
+synthetic corpus where the real traces are absent):
+
+* ``FeatureState.observe`` microseconds per finished request; the same with
+  :func:`cachewise.data.commands.command_class` / ``argument_facts`` answered from a table
+  precomputed for these tool calls (the feature state's own cost); and those two functions
+  alone over the same tool calls;
+* ``ExportedModel.predict_one`` (LightGBM single-row fast C API) vs ``Booster.predict`` on one
+  row, microseconds per call, with the model of ``--model`` (default: a model trained here).
+
+Run: ``python tests/benchmarks/bench_featurize.py [--model models/cachewise-reuse] [--repeat 5]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+from unittest.mock import patch
+
+import numpy as np
+import yaml
+
+from cachewise.data.commands import argument_facts, command_class
+from cachewise.data.ingest import load_sources
+from cachewise.data.synthetic import generate_corpus
+from cachewise.features import online
+from cachewise.features.featurize import featurize, finish_order
+from cachewise.features.online import FeatureState
+from cachewise.features.record import finished_call_from_row
+from cachewise.train.exported import ExportedModel, load_exported
+from cachewise.train.train import train_model, write_outputs
+
+REPO = Path(__file__).resolve().parents[2]
+SHARED_TRACES = (REPO / ".." / "shared" / "traces").resolve()
+
+
+def best_of(repeat: int, fn) -> float:
+    """Shortest wall time of ``repeat`` runs of ``fn()``, seconds."""
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def bench_observe(events, repeat: int) -> None:
+    calls = [finished_call_from_row(r) for r in finish_order(events).to_dict("records")]
+    tools = [tc for c in calls for tc in c.tool_calls]
+
+    def observe_all() -> None:
+        state = FeatureState()
+        for c in calls:
+            state.observe(c)
+
+    def commands_all() -> None:
+        for tc in tools:
+            command_class(tc.name, tc.input)
+            argument_facts(tc.name, tc.input)
+
+    total = best_of(repeat, observe_all) / len(calls) * 1e6
+    commands = best_of(repeat, commands_all) / len(calls) * 1e6
+    classes = {id(tc.input): command_class(tc.name, tc.input) for tc in tools}
+    facts = {id(tc.input): argument_facts(tc.name, tc.input) for tc in tools}
+    with patch.object(online, "command_class", lambda _n, i: classes[id(i)]), patch.object(
+        online, "argument_facts", lambda _n, i: facts[id(i)]
+    ):
+        own = best_of(repeat, observe_all) / len(calls) * 1e6
+    print(
+        f"FeatureState.observe: {total:6.1f} us/request over {len(calls)} requests ({len(tools)} tool calls);"
+        f" with command results precomputed {own:5.1f} us; command_class+argument_facts alone {commands:5.1f} us/request"
+    )
+
+
+def bench_predict(model: ExportedModel, matrix: np.ndarray, repeat: int) -> None:
+    rows = [np.ascontiguousarray(r) for r in matrix[:2000]]
+
+    def fast() -> None:
+        for r in rows:
+            model.predict_one(r)
+
+    def booster() -> None:
+        for r in rows[:300]:
+            model.booster.predict(r.reshape(1, -1))
+
+    print(
+        f"predict_one (fast C API): {best_of(repeat, fast) / len(rows) * 1e6:6.1f} us/call;"
+        f" Booster.predict on one row: {best_of(repeat, booster) / 300 * 1e6:7.1f} us/call"
+        f" ({model.booster.num_trees()} trees)"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", help="export folder or models:/ URI (default: train one here)")
+    parser.add_argument("--repeat", type=int, default=5, help="best of N passes")
+    args = parser.parse_args()
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    horizon = float(params["features"]["horizon_s"])
+    with tempfile.TemporaryDirectory() as tmp:
+        source = SHARED_TRACES / "claude-code"
+        if not source.is_dir():
+            print(f"real traces not found at {source}: using a SYNTHETIC corpus")
+            source = Path(tmp) / "corpus"
+            generate_corpus(source, seed=7, sessions=120)
+        events, _ = load_sources([source])
+        bench_observe(events, args.repeat)
+        start = time.perf_counter()
+        table = featurize(events, horizon)
+        print(f"featurize (labels + features + frame): {(time.perf_counter() - start) / len(events) * 1e6:6.1f} us/request")
+        if args.model:
+            model = load_exported(args.model)
+        else:
+            result = train_model(table.frame, {}, params["train"], horizon, "params.yaml:train")
+            write_outputs(result, Path(tmp) / "model")
+            model = load_exported(Path(tmp) / "model")
+        bench_predict(model, table.frame[model.spec["feature_names"]].to_numpy(), args.repeat)
+
+
+if __name__ == "__main__":
+    main()

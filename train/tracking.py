@@ -1,0 +1,44 @@
+"""Where MLflow runs and registered models live.
+
+The tracking URI is ``MLFLOW_TRACKING_URI`` when set, else ``sqlite:///<repo root>/mlflow.db``.
+Runs go to the experiment :data:`EXPERIMENT`; when it is first created on a local SQLite
+store, its artifacts are put next to the database (``<db folder>/mlartifacts``), never in
+the current directory.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import mlflow
+
+EXPERIMENT = "cachewise"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def tracking_uri() -> str:
+    """The MLflow tracking URI in use (module doc)."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{REPO_ROOT / 'mlflow.db'}"
+
+
+def _artifact_root(uri: str) -> str | None:
+    """``<db folder>/mlartifacts`` for a ``sqlite:///`` file URI, else None (MLflow's default)."""
+    prefix = "sqlite:///"
+    if not uri.startswith(prefix):
+        return None
+    return (Path(uri[len(prefix):]).resolve().parent / "mlartifacts").as_uri()
+
+
+def use_tracking() -> str:
+    """Point MLflow at :func:`tracking_uri` and the :data:`EXPERIMENT`; return the experiment id."""
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    experiment = mlflow.get_experiment_by_name(EXPERIMENT)
+    if experiment is not None:
+        experiment_id = experiment.experiment_id
+    else:
+        experiment_id = mlflow.create_experiment(EXPERIMENT, artifact_location=_artifact_root(uri))
+    mlflow.set_experiment(experiment_id=experiment_id)
+    return experiment_id

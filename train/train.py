@@ -1,0 +1,216 @@
+"""``cachewise train``: fit the LightGBM next-reuse model and log it to MLflow.
+
+Steps, each reproducible from ``params.yaml`` (``train`` and ``features`` sections):
+
+1. split the feature table by task (:mod:`cachewise.train.split`): train / valid / test;
+2. fit LightGBM regression on the log label (``train.lightgbm``), early stopping on valid;
+   the kept booster is cut at the best iteration;
+3. fit the baselines on train, and every predictor's idle conditioner on valid residuals;
+4. score model and baselines on the held-out test tasks (:mod:`cachewise.train.evaluate`);
+5. write ``<out>/model.txt``, ``<out>/spec.json`` (:mod:`cachewise.train.model_spec`),
+   ``<out>/metrics.json`` (the DVC metrics file), ``<out>/plots/*.csv|png`` (DVC plots),
+   and ``<out>/run.json`` (the MLflow run and model URI, read by ``cachewise export``);
+6. log params, metrics, plots, spec and the model (``mlflow.lightgbm`` flavor, spec as an
+   extra file) to the MLflow experiment ``cachewise`` (:mod:`cachewise.train.tracking`).
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
+
+from cachewise.features.featurize import read_features
+from cachewise.features.params import load_section, param_path, require
+from cachewise.features.spec import CATEGORICAL, FEATURE_NAMES, FEATURE_SET_VERSION
+from cachewise.train.baselines import fit_baselines
+from cachewise.train.evaluate import PairSettings, baseline_predictions, evaluate
+from cachewise.train.exported import MODEL_FILE, SPEC_FILE
+from cachewise.train.idle import IdleConditioner
+from cachewise.train.model_spec import build_spec, idle_quantiles, write_json
+from cachewise.train.plots import plot_tables, write_plots
+from cachewise.train.split import TaskSplit, split_by_task
+
+LOOP_KEYS = ("num_boost_round", "early_stopping_rounds")
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """Everything ``cachewise train`` produces before writing and logging it."""
+
+    booster: lgb.Booster
+    spec: dict
+    metrics: dict
+    plots: dict[str, pd.DataFrame]
+    lightgbm_params: dict
+
+
+def fit_lightgbm(train: pd.DataFrame, valid: pd.DataFrame, lgb_section: dict, seed: int) -> lgb.Booster:
+    """LightGBM on ``label`` with early stopping on ``valid``; the booster cut at its best iteration."""
+    params = {k: v for k, v in lgb_section.items() if k not in LOOP_KEYS}
+    params.setdefault("seed", seed)
+    cols = list(FEATURE_NAMES)
+    dtrain = lgb.Dataset(train[cols], train["label"], categorical_feature=list(CATEGORICAL), free_raw_data=False)
+    dvalid = lgb.Dataset(valid[cols], valid["label"], reference=dtrain)
+    booster = lgb.train(
+        params,
+        dtrain,
+        num_boost_round=int(lgb_section.get("num_boost_round", 400)),
+        valid_sets=[dvalid],
+        callbacks=[lgb.early_stopping(int(lgb_section.get("early_stopping_rounds", 40)), verbose=False)],
+    )
+    best = booster.best_iteration or booster.current_iteration()
+    return lgb.Booster(model_str=booster.model_to_string(num_iteration=best))
+
+
+def _split_summary(frame: pd.DataFrame, split: TaskSplit) -> dict:
+    parts = {"train": split.train, "valid": split.valid, "test": split.test}
+    return {
+        f"{name}_{what}": int(n)
+        for name, rows in parts.items()
+        for what, n in (("rows", len(rows)), ("tasks", frame["task_id"].iloc[rows].nunique()))
+    }
+
+
+def train_model(frame: pd.DataFrame, meta: dict, tparams: dict, horizon_s: float, where: str) -> TrainResult:
+    """Steps 1-4 of the module doc on a feature table ``frame`` with provenance ``meta``."""
+    seed = int(require(tparams, "seed", where))
+    split = split_by_task(
+        frame["task_id"],
+        float(require(tparams, "test_fraction", where)),
+        float(tparams.get("valid_fraction", 0.2)),
+        seed,
+    )
+    train, valid, test = (frame.iloc[rows].reset_index(drop=True) for rows in (split.train, split.valid, split.test))
+    lgb_section = dict(require(tparams, "lightgbm", where))
+    booster = fit_lightgbm(train, valid, lgb_section, seed)
+    cols = list(FEATURE_NAMES)
+
+    stats = fit_baselines(train["primary_class"], train["label"])
+    valid_preds = {"model": booster.predict(valid[cols]), **baseline_predictions(valid, stats)}
+    conditioners = {
+        name: IdleConditioner.from_residuals(valid["label"].to_numpy() - pred) for name, pred in valid_preds.items()
+    }
+    test_pred = booster.predict(test[cols])
+    pairs_cfg = PairSettings.from_params(tparams.get("pairwise", {}), seed)
+    metrics = evaluate(test, test_pred, stats, conditioners, horizon_s, pairs_cfg)
+    metrics["split"] = _split_summary(frame, split)
+    metrics["best_iteration"] = booster.current_iteration()
+
+    lgb_params = {**lgb_section, "seed": lgb_section.get("seed", seed)}
+    spec = build_spec(
+        horizon_s=horizon_s,
+        training_data={
+            "events_sha256": meta.get("events_sha256", ""),
+            "rows": int(len(frame)),
+            "tasks": int(frame["task_id"].nunique()),
+            "sessions": int(frame[["source", "session_id"]].drop_duplicates().shape[0]),
+        },
+        idle_table=idle_quantiles(train["primary_class"], train["idle_s"], train["censored"], horizon_s),
+        conditioners=conditioners,
+        baselines=stats,
+        metrics=metrics,
+        lightgbm={**lgb_params, "best_iteration": booster.current_iteration()},
+    )
+    return TrainResult(booster, spec, metrics, plot_tables(booster, test, test_pred), lgb_params)
+
+
+def write_outputs(result: TrainResult, out: Path) -> list[Path]:
+    """Step 5 of the module doc (all but ``run.json``); ``out`` is then also a loadable export
+    folder (``model.txt`` + ``spec.json``). Returns the plot files."""
+    out.mkdir(parents=True, exist_ok=True)
+    result.booster.save_model(str(out / MODEL_FILE))
+    write_json(result.spec, out / SPEC_FILE)
+    write_json(result.metrics, out / "metrics.json")
+    return write_plots(result.plots, out / "plots")
+
+
+def _flat_metrics(metrics: dict) -> dict[str, float]:
+    """Numeric leaves of the metrics as ``a.b.c`` names (MLflow metrics)."""
+    flat: dict[str, float] = {}
+
+    def walk(prefix: str, value: object) -> None:
+        if isinstance(value, dict):
+            for key, sub in value.items():
+                walk(f"{prefix}.{key}" if prefix else str(key), sub)
+        elif isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value):
+            flat[prefix] = float(value)
+
+    walk("", metrics)
+    return flat
+
+
+def log_to_mlflow(result: TrainResult, out: Path, plot_files: list[Path], extra_params: dict) -> dict:
+    """Step 6 of the module doc; returns the run record written to ``run.json``."""
+    import mlflow  # noqa: PLC0415 - keep `cachewise featurize` & co. free of MLflow
+
+    from cachewise.train.tracking import tracking_uri, use_tracking  # noqa: PLC0415
+
+    experiment_id = use_tracking()
+    with mlflow.start_run(experiment_id=experiment_id) as run:
+        mlflow.log_params({**{f"lightgbm.{k}": v for k, v in result.lightgbm_params.items()}, **extra_params})
+        mlflow.log_metrics(_flat_metrics(result.metrics))
+        mlflow.set_tags({"feature_set_version": FEATURE_SET_VERSION, "events_sha256": result.spec["training_data"]["events_sha256"]})
+        for path in plot_files:
+            mlflow.log_artifact(str(path), artifact_path="plots")
+        mlflow.log_artifact(str(out / "metrics.json"))
+        info = mlflow.lightgbm.log_model(
+            result.booster,
+            name="model",
+            extra_files=[str(out / SPEC_FILE)],
+            pip_requirements=[f"lightgbm=={lgb.__version__}"],
+        )
+    return {
+        "tracking_uri": tracking_uri(),
+        "experiment_id": experiment_id,
+        "run_id": run.info.run_id,
+        "model_uri": info.model_uri,
+        "pairwise_accuracy": result.metrics["model"]["pairwise_accuracy"],
+    }
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``cachewise train``."""
+    parser.add_argument("--features", default=None, help="feature table (default: params features.out)")
+    parser.add_argument("--out", default="train/out", help="output folder (default: train/out)")
+    parser.add_argument("--params", default="params.yaml", help="pipeline parameters (default: params.yaml)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Train, write the outputs, log to MLflow, print the headline metrics."""
+    tparams = load_section(args.params, "train")
+    fparams = load_section(args.params, "features")
+    features_path = args.features or param_path(args.params, require(fparams, "out", f"{args.params}:features"))
+    frame, meta = read_features(features_path)
+    horizon = float(meta.get("horizon_s") or require(fparams, "horizon_s", f"{args.params}:features"))
+    result = train_model(frame, meta, tparams, horizon, f"{args.params}:train")
+
+    out = Path(args.out)
+    plot_files = write_outputs(result, out)
+    extra = {
+        "seed": tparams["seed"],
+        "test_fraction": tparams["test_fraction"],
+        "valid_fraction": tparams.get("valid_fraction", 0.2),
+        "horizon_s": horizon,
+        "feature_set_version": FEATURE_SET_VERSION,
+        "n_features": len(FEATURE_NAMES),
+        "pairwise.time_base": result.metrics["pairs"]["time_base"],
+    }
+    record = log_to_mlflow(result, out, plot_files, extra)
+    write_json(record, out / "run.json")
+
+    m, b = result.metrics["model"], result.metrics["baselines"]
+    print(f"train: {result.metrics['split']}; best iteration {result.metrics['best_iteration']}")
+    print(f"train: pairs compared {result.metrics['pairs']['compared']} ({result.metrics['pairs']['time_base']} time base)")
+    for name, scores in [("model", m), *b.items()]:
+        print(f"  {name:14s} " + "  ".join(f"{k}={_fmt(v)}" for k, v in scores.items()))
+    print(f"train: MLflow run {record['run_id']} ({record['tracking_uri']}); model {record['model_uri']}")
+    return 0
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
