@@ -208,7 +208,7 @@ def _resolve_sources(args: argparse.Namespace, params: dict[str, Any], base: Pat
     """Explicit SRCs, else the existing ``ingest.sources``, else a fresh synthetic corpus."""
     if args.sources:
         return [Path(s) for s in args.sources]
-    listed = [base / s for s in params.get("sources") or []]
+    listed = [base / Path(s).expanduser() for s in params.get("sources") or []]
     existing = [p for p in listed if p.exists()]
     for p in listed:
         if not p.exists():

@@ -25,7 +25,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from cachewise.data.commands import ARGUMENT_FACT_KEYS, COMMAND_CLASSES, argument_facts, command_class
+from cachewise.data.commands import ARGUMENT_FACT_KEYS, COMMAND_CLASSES, CommandInfo, classify
 from cachewise.features.record import FinishedCall
 from cachewise.features.spec import (
     CODE_NONE,
@@ -44,6 +44,12 @@ _FAMILY_CODE = VOCABULARIES["model_family"]
 _CLASS_INDEX = {c: i for i, c in enumerate(COMMAND_CLASSES)}
 _OTHER_INDEX = _CLASS_INDEX["other"]
 _NAN_GAPS = (NAN,) * N_RECENT_GAPS
+_NO_FACTS = (0.0,) * len(ARGUMENT_FACT_KEYS)
+_NO_CLASSES = (CODE_NONE, CODE_NONE, 0, 0, *(0,) * len(COMMAND_CLASSES))
+#: class -> (class_first, class_last, n_tool_calls, n_distinct_classes, n_class_*) of a one-call response
+_ONE_CALL_CLASSES = {
+    c: (_CLASS_CODE[c], _CLASS_CODE[c], 1, 1, *(int(c == other) for other in COMMAND_CLASSES)) for c in COMMAND_CLASSES
+}
 
 
 @lru_cache(maxsize=1024)
@@ -58,26 +64,63 @@ def model_family_code(model: str) -> int:
     return CODE_OTHER
 
 
-class _GapStats:
-    """Last and mean observed gap per key (a command class or a call signature)."""
+def _class_features(classes: list[str]) -> tuple[int, ...]:
+    """class_first, class_last, n_tool_calls, n_distinct_classes and n_class_* of a response."""
+    if not classes:
+        return _NO_CLASSES
+    if len(classes) == 1 and classes[0] in _ONE_CALL_CLASSES:
+        return _ONE_CALL_CLASSES[classes[0]]
+    class_counts = [0] * len(COMMAND_CLASSES)
+    for cls in classes:
+        class_counts[_CLASS_INDEX.get(cls, _OTHER_INDEX)] += 1
+    first_code = _CLASS_CODE.get(classes[0], CODE_OTHER)
+    return (first_code, _CLASS_CODE.get(classes[-1], CODE_OTHER), len(classes), len(set(classes)), *class_counts)
 
-    __slots__ = ("last", "total", "count")
+
+def _max_facts(infos: list[CommandInfo]) -> tuple[float, ...]:
+    """Per-key maximum of the tool calls' argument facts, as floats (all 0.0 without a call).
+
+    Argument facts are never negative, so 0.0 is the neutral start.
+    """
+    if not infos:
+        return _NO_FACTS
+    facts = infos[0].facts
+    for info in infos[1:]:
+        facts = tuple(map(max, facts, info.facts))
+    return tuple(map(float, facts))
+
+
+class _GapStats:
+    """Last gap, mean gap and count of gaps per key (a command class or a call signature).
+
+    Keys are kept in the order they were first added (``by_key`` is insertion ordered), so
+    the first key is the oldest.
+    """
+
+    __slots__ = ("by_key",)
 
     def __init__(self) -> None:
-        self.last: dict = {}
-        self.total: dict = {}
-        self.count: dict = {}
+        self.by_key: dict[object, list] = {}  # key -> [last gap, gap total, number of gaps]
 
     def add(self, key: object, gap: float) -> None:
-        self.last[key] = gap
-        self.total[key] = self.total.get(key, 0.0) + gap
-        self.count[key] = self.count.get(key, 0) + 1
+        stats = self.by_key.get(key)
+        if stats is None:
+            self.by_key[key] = [gap, 0.0 + gap, 1]  # the total is a sum started at 0.0
+        else:
+            stats[0] = gap
+            stats[1] += gap
+            stats[2] += 1
 
-    def last_and_mean(self, key: object) -> tuple[float, float]:
-        n = self.count.get(key, 0)
-        if n == 0:
-            return NAN, NAN
-        return self.last[key], self.total[key] / n
+    def last_mean_count(self, key: object) -> tuple[float, float, int]:
+        """Last and mean gap of ``key`` and their number (NaN, NaN, 0 for a key never added)."""
+        stats = self.by_key.get(key)
+        if stats is None:
+            return NAN, NAN, 0
+        return stats[0], stats[1] / stats[2], stats[2]
+
+    def drop_oldest(self) -> None:
+        """Forget the key added first."""
+        del self.by_key[next(iter(self.by_key))]
 
 
 class _Thread:
@@ -117,11 +160,11 @@ class _Session:
         self.sig_gaps = _GapStats()
 
 
-def _touch(table: OrderedDict, key: str, cap: int, make):
-    """Get ``table[key]`` (created by ``make()`` if absent) as most recent; drop the oldest over ``cap``."""
+def _touch(table: OrderedDict, key: str, cap: int, make: type, request_time: float):
+    """Get ``table[key]`` (``make(request_time)`` if absent) as most recent; drop the oldest over ``cap``."""
     item = table.get(key)
     if item is None:
-        item = table[key] = make()
+        item = table[key] = make(request_time)
         if len(table) > cap:
             table.popitem(last=False)
     else:
@@ -147,40 +190,29 @@ class FeatureState:
     def observe(self, call: FinishedCall) -> np.ndarray:
         """Feature vector (float64, :data:`FEATURE_NAMES` order) of ``call``; then record it."""
         req, fin = call.request_time, call.finish_time
-        th = _touch(self._threads, call.thread_key, self.max_threads, lambda: _Thread(req))
-        se = _touch(self._sessions, call.session_key, self.max_sessions, lambda: _Session(req))
+        th = _touch(self._threads, call.thread_key, self.max_threads, _Thread, req)
+        se = _touch(self._sessions, call.session_key, self.max_sessions, _Session, req)
         if req < se.first_request:
             se.first_request = req
         if th.calls:
             self._record_gap(th, se, max(req - th.last_finish, 0.0))
 
-        classes: list[str] = []
-        class_counts = [0] * len(COMMAND_CLASSES)
-        facts: list[float] = [0.0] * len(ARGUMENT_FACT_KEYS)
-        for tc in call.tool_calls:
-            cls = command_class(tc.name, tc.input)
-            classes.append(cls)
-            class_counts[_CLASS_INDEX.get(cls, _OTHER_INDEX)] += 1
-            for i, value in enumerate(argument_facts(tc.name, tc.input).values()):
-                if value > facts[i]:
-                    facts[i] = float(value)
+        infos = [classify(tc.name, tc.input) for tc in call.tool_calls]
+        classes = [info.command_class for info in infos]
+        facts = _max_facts(infos)
         first = classes[0] if classes else ""
         sig = (first, *facts)
 
         gaps = th.gaps
         n_gaps = th.calls  # gaps observed so far: one per earlier call, the last just recorded
         has_history = th.calls > 0
-        class_gap_last, class_gap_mean = th.class_gaps.last_and_mean(first)
-        sess_gap_last, sess_gap_mean = se.class_gaps.last_and_mean(first)
-        sig_gap_last, _ = se.sig_gaps.last_and_mean(sig)
+        class_gap_last, class_gap_mean, _ = th.class_gaps.last_mean_count(first)
+        sess_gap_last, sess_gap_mean, _ = se.class_gaps.last_mean_count(first)
+        sig_gap_last, _, sig_count = se.sig_gaps.last_mean_count(sig)
         since_edc = fin - th.edc_time
         # Positional, in FEATURE_NAMES order (spec sections: response, thread, session).
         values = [
-            _CLASS_CODE.get(first, CODE_OTHER) if classes else CODE_NONE,
-            _CLASS_CODE.get(classes[-1], CODE_OTHER) if classes else CODE_NONE,
-            len(classes),
-            len(set(classes)),
-            *class_counts,
+            *_class_features(classes),
             *facts,
             call.ended_turn,
             call.is_sidechain,
@@ -205,7 +237,7 @@ class FeatureState:
             sess_gap_last,
             sess_gap_mean,
             sig_gap_last,
-            se.sig_gaps.count.get(sig, 0),
+            sig_count,
         ]
         self._record_call(th, se, call, first, sig)
         return np.array(values, dtype=np.float64)
@@ -222,11 +254,8 @@ class FeatureState:
         th.class_gaps.add(th.last_class, gap)
         se.class_gaps.add(th.last_class, gap)
         se.sig_gaps.add(th.last_sig, gap)
-        sig_last = se.sig_gaps.last
-        if len(sig_last) > MAX_SIGNATURES:
-            oldest = next(iter(sig_last))
-            for table in (sig_last, se.sig_gaps.total, se.sig_gaps.count):
-                del table[oldest]
+        if len(se.sig_gaps.by_key) > MAX_SIGNATURES:
+            se.sig_gaps.drop_oldest()
 
     @staticmethod
     def _record_call(th: _Thread, se: _Session, call: FinishedCall, first: str, sig: tuple) -> None:

@@ -1,8 +1,9 @@
 """The feature set: names, order, categorical vocabularies, version, label transform.
 
 One dict, :data:`FEATURE_DOCS`, defines every feature (its order is the model's column
-order) and documents it; :func:`features_markdown` renders it as the FEATURES table
-(``python -m cachewise.features.spec`` prints it). The values are computed by
+order) and documents it; :func:`features_markdown` renders it as the FEATURES table, kept
+in ``features/FEATURES.md`` (``python -m cachewise.features.spec --markdown >
+features/FEATURES.md`` writes it; a test fails when the two differ). The values are computed by
 :class:`cachewise.features.online.FeatureState` from a
 :class:`cachewise.features.record.FinishedCall` and the history of earlier calls, so
 every feature is known when a response finishes: nothing comes from the tool's actual
@@ -22,7 +23,9 @@ an exported model refuses to load under another version.
 
 from __future__ import annotations
 
-from cachewise.data.commands import ARGUMENT_FACT_KEYS, COMMAND_CLASSES
+import argparse
+
+from cachewise.data.commands import ARGUMENT_FACT_DOCS, COMMAND_CLASSES
 from cachewise.features.label import LABEL_TRANSFORM
 
 FEATURE_SET_VERSION = "1"
@@ -48,15 +51,15 @@ N_RECENT_GAPS = 3
 GAP_EWMA_ALPHA = 0.3
 
 _RESPONSE: dict[str, str] = {
-    "class_first": "categorical: command class of the response's first tool call (0 = no tool call)",
-    "class_last": "categorical: command class of the response's last tool call (0 = no tool call)",
+    "class_first": "command class of the response's first tool call (0 = no tool call)",
+    "class_last": "command class of the response's last tool call (0 = no tool call)",
     "n_tool_calls": "number of tool calls in the response",
     "n_distinct_classes": "number of distinct command classes among them",
     **{f"n_class_{c}": f"number of the response's tool calls of class `{c}`" for c in COMMAND_CLASSES},
-    **{f"arg_{k}": f"argument fact `{k}`, maximum over the response's tool calls (0 without tool calls)" for k in ARGUMENT_FACT_KEYS},
+    **{f"arg_{k}": f"{doc}; the maximum over the response's tool calls" for k, doc in ARGUMENT_FACT_DOCS.items()},
     "ended_turn": "1 if the response emitted no tool call (control goes back to the user)",
     "is_sidechain": "1 if the call belongs to a sub-agent thread",
-    "model_family": "categorical: model family parsed from the model identity",
+    "model_family": "model family parsed from the model identity",
     "prompt_tokens": "prompt length of this call (tokens)",
     "prompt_growth": "prompt tokens minus the previous call's of the thread (NaN for the first call)",
     "output_tokens": "response length (tokens)",
@@ -65,7 +68,7 @@ _RESPONSE: dict[str, str] = {
 _THREAD: dict[str, str] = {
     "thread_calls": "number of earlier calls in the thread (its call index while the thread is tracked)",
     "thread_elapsed_s": "finish time minus the thread's first request time",
-    **{f"gap_{i}": f"{i}-th most recent gap of the thread" for i in range(1, N_RECENT_GAPS + 1)},
+    **{f"gap_{i}": f"gap number {i} of the thread, counting back from the latest (1)" for i in range(1, N_RECENT_GAPS + 1)},
     "gap_mean": "mean gap of the thread",
     "gap_max": "largest gap of the thread",
     "gap_ewma": f"exponentially weighted mean gap of the thread (alpha {GAP_EWMA_ALPHA})",
@@ -85,6 +88,11 @@ _SESSION: dict[str, str] = {
 }
 
 FEATURE_DOCS: dict[str, str] = {**_RESPONSE, **_THREAD, **_SESSION}
+_GROUP: dict[str, str] = {
+    **dict.fromkeys(_RESPONSE, "response"),
+    **dict.fromkeys(_THREAD, "thread"),
+    **dict.fromkeys(_SESSION, "session"),
+}
 FEATURE_NAMES: tuple[str, ...] = tuple(FEATURE_DOCS)
 #: Categorical features and the vocabulary each one's codes come from.
 CATEGORICAL: dict[str, str] = {
@@ -117,16 +125,44 @@ def spec_fields() -> dict:
 
 
 def features_markdown() -> str:
-    """The FEATURES table: one row per feature, in model column order."""
+    """The FEATURES table (``features/FEATURES.md``): one row per feature, in model column order."""
     lines = [
         f"# Features (feature set version {FEATURE_SET_VERSION}, label `{LABEL_TRANSFORM}`)",
         "",
-        "| # | feature | description |",
-        "|---|---|---|",
+        "<!-- Generated: python -m cachewise.features.spec --markdown > features/FEATURES.md"
+        " (tests/test_features_doc.py fails when this file is stale). -->",
+        "",
+        "One row per column of the model input, in order. `FeatureState.observe` computes them when a"
+        " response finishes, from that call (*response*) and the earlier calls of its thread (*thread*)"
+        " and session (*session*): never from a tool's run time, its result or a later call. Times are"
+        " in seconds; a *gap* is the idle time after an earlier call of the thread (the next call's"
+        " request time minus that call's finish time, at least 0); NaN means no history yet."
+        " Command classes and argument facts (`arg_*`, 0 without a tool call) come from"
+        " `cachewise.data.commands`.",
+        "",
+        "| # | feature | group | type | description |",
+        "|---|---|---|---|---|",
     ]
-    lines += [f"| {i} | `{name}` | {doc} |" for i, (name, doc) in enumerate(FEATURE_DOCS.items())]
+    for i, (name, doc) in enumerate(FEATURE_DOCS.items()):
+        kind = f"categorical (`{CATEGORICAL[name]}`)" if name in CATEGORICAL else "numeric"
+        description = doc.replace("|", "\\|")  # a pipe inside a table cell must be escaped
+        lines.append(f"| {i} | `{name}` | {_GROUP[name]} | {kind} | {description} |")
+    lines += ["", "Codes of the categorical features (0 = none, 1 = a value outside the vocabulary):", ""]
+    for vocabulary, codes in VOCABULARIES.items():
+        lines.append(f"* `{vocabulary}`: " + ", ".join(f"`{value}` {code}" for value, code in codes.items()))
     return "\n".join(lines) + "\n"
 
 
-if __name__ == "__main__":
+def main(argv: list[str] | None = None) -> int:
+    """``python -m cachewise.features.spec --markdown``: print the FEATURES table."""
+    parser = argparse.ArgumentParser(prog="python -m cachewise.features.spec", description=__doc__.splitlines()[0])
+    parser.add_argument("--markdown", action="store_true", help="print the FEATURES table (features/FEATURES.md)")
+    args = parser.parse_args(argv)
+    if not args.markdown:
+        parser.error("nothing to print: pass --markdown")
     print(features_markdown(), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

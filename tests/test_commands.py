@@ -10,7 +10,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cachewise.data.commands import ARGUMENT_FACT_KEYS, COMMAND_CLASSES, argument_facts, command_class
+from cachewise.data.commands import (
+    ARGUMENT_FACT_KEYS,
+    CACHE_MAX_CHARS,
+    COMMAND_CLASSES,
+    argument_facts,
+    classify,
+    clear_caches,
+    command_class,
+)
 
 
 @pytest.mark.parametrize(
@@ -144,6 +152,82 @@ def test_total_on_any_input(tool: object, tool_input: object) -> None:
     facts = argument_facts(tool, tool_input)  # type: ignore[arg-type]
     assert tuple(facts) == ARGUMENT_FACT_KEYS
     assert all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in facts.values())
+
+
+
+_TOOL_NAMES = st.sampled_from(["Bash", "bash", "Read", "Edit", "MultiEdit", "Task", "str_replace_editor", "X"])
+_INPUT_DICTS = st.one_of(
+    st.dictionaries(
+        st.sampled_from(["command", "cmd", "file_path", "path", "timeout", "run_in_background", "edits", "x"]),
+        _JSON,
+        max_size=4,
+    ),
+    st.builds(lambda c, t: {"command": c, "timeout": t}, _SHELLISH, st.integers(0, 10**6)),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(tool=_TOOL_NAMES, data=_INPUT_DICTS)
+def test_a_json_string_input_gives_the_result_of_its_decoded_dict(tool: str, data: dict) -> None:
+    """The runtime may hold a tool input as JSON text, the offline path as a dict: same features."""
+    expected = classify(tool, data)
+    assert classify(tool, json.dumps(data)) == expected
+    assert classify(tool, json.dumps(data, indent=2)) == expected  # formatting does not matter
+    assert (command_class(tool, data), argument_facts(tool, data)) == (expected.command_class, expected.facts_dict())
+
+
+@settings(max_examples=300, deadline=None)
+@given(tool=_TOOL_NAMES, tool_input=st.one_of(_INPUT_DICTS, _SHELLISH, st.binary(max_size=40)))
+def test_argument_facts_are_never_negative(tool: str, tool_input: object) -> None:
+    """FeatureState takes the per-key maximum over a response's calls starting from 0."""
+    assert all(v >= 0 for v in classify(tool, tool_input).facts)
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.dictionaries(st.text(max_size=10), _JSON, max_size=5))
+def test_cmd_len_of_a_non_shell_call_is_the_length_of_its_json(data: dict) -> None:
+    assert argument_facts("Read", data)["cmd_len"] == len(json.dumps(data, default=str))
+
+
+def test_results_do_not_depend_on_the_caches() -> None:
+    calls = [
+        ("Bash", {"command": 'python -c "import pytest; pytest.main()"'}),  # both strip to `python -c Q`
+        ("Bash", {"command": 'python -c "print(1)"'}),
+        ("Bash", {"command": "cd /testbed && pytest tests/test_a.py -x | tail -5"}),
+        ("Bash", {"command": "cd /testbed && git diff | tail -5", "timeout": 5000}),
+        ("Bash", '{"command": "cd /testbed && ls"}'),
+        ("Read", '{"file_path": "/testbed/a.py"}'),
+        ("Bash", "cd /testbed && ls"),
+    ]
+    clear_caches()
+    fresh = []
+    for name, tool_input in calls:
+        clear_caches()
+        fresh.append(classify(name, tool_input))
+    clear_caches()
+    warm = [classify(name, tool_input) for name, tool_input in calls + calls][len(calls) :]
+    assert warm == fresh
+    assert [info.command_class for info in fresh[:2]] == ["test", "python"]
+
+
+def test_inputs_longer_than_the_cache_limit_are_classified_the_same_way() -> None:
+    body = "x = 1\n" * (CACHE_MAX_CHARS // 6 + 1)
+    command = f"cat > t.py << 'EOF'\n{body}EOF\npytest t.py -x"
+    assert len(command) > CACHE_MAX_CHARS
+    info = classify("Bash", {"command": command})
+    assert info.command_class == "test"
+    facts = info.facts_dict()
+    assert facts["cmd_len"] == len(command) and facts["n_segments"] == 2 and facts["n_paths"] == 2
+    assert facts["is_test"] == 1 and facts["n_test_targets"] == 1 and facts["has_maxfail"] == 1
+    assert classify("Bash", json.dumps({"command": command})) == info
+
+
+
+def test_timeout_and_background_fields_count_on_their_own() -> None:
+    facts = argument_facts("Bash", {"command": "sleep 5", "run_in_background": True})
+    assert facts["background"] == 1 and facts["has_timeout"] == 0
+    facts = argument_facts("Read", {"file_path": "/a", "timeout": 2000})
+    assert facts["has_timeout"] == 1 and facts["timeout_s"] == 2.0 and facts["background"] == 0
 
 
 def test_real_bash_commands_are_classified(shared_traces) -> None:
