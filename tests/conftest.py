@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+# vLLM's core must run on this CPU-only machine; set before anything imports vLLM.
+os.environ.setdefault("VLLM_TARGET_DEVICE", "cpu")
 
 import pytest
 

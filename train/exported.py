@@ -134,11 +134,23 @@ def _load_mlflow(uri: str) -> ExportedModel:
     """Download an MLflow-logged model (``mlflow.lightgbm`` flavor, spec in its extra files)."""
     import mlflow  # noqa: PLC0415 - only MLflow URIs need it
 
+    from cachewise.train.tracking import tracking_uri  # noqa: PLC0415 - imports mlflow
+
+    # Resolve against the documented store, never whatever URI this process last set
+    # globally: MLflow resolves ``models:/`` through its global registry URI, whatever
+    # download_artifacts is told, so set it for the download and restore it afterwards.
+    store = tracking_uri()
+    previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    mlflow.set_tracking_uri(store)
+    mlflow.set_registry_uri(store)
     with tempfile.TemporaryDirectory(prefix="cachewise-model-") as tmp:
         try:
             local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp))
         except Exception as exc:  # noqa: BLE001 - MLflow raises many types for a bad URI
-            raise ModelLoadError(f"{uri}: cannot download from MLflow: {exc}") from exc
+            raise ModelLoadError(f"{uri}: cannot download from MLflow ({store}): {exc}") from exc
+        finally:
+            mlflow.set_tracking_uri(previous[0])
+            mlflow.set_registry_uri(previous[1])
         return load_folder(local / "model.lgb", local / "extra_files" / SPEC_FILE, uri)
 
 
