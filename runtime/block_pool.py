@@ -1,0 +1,282 @@
+"""``ScoredBlockPool``: vLLM's ``BlockPool`` with a prediction-driven eviction order.
+
+Only the *order* in which free blocks are reused changes; every piece of vLLM's
+bookkeeping stays vLLM's own code path:
+
+* ``get_new_blocks(n)`` takes ``n`` victims from :meth:`EvictionOrder.take` (each removed
+  from vLLM's ``free_block_queue`` with its O(1) ``remove``), puts them back at the queue
+  head (``prepend_n``) and calls vLLM's
+  ``BlockPool.get_new_blocks``, which pops exactly those blocks and does the eviction
+  (hash removal, ``BlockRemoved`` events, metrics collector, ref counts, reuse watchers).
+  So ``free_block_queue`` always holds exactly the free blocks, free counts are vLLM's, and
+  everything that walks the queue keeps working. If the order has fewer candidates than
+  asked for (blocks freed outside its view), the rest come from the queue head in vLLM's
+  order and are counted in ``order_fallback_blocks``.
+* ``free_blocks``/``touch``/hash removal run vLLM's code first and then tell the order
+  what happened. Blocks released with ``unpin_blocks`` (HiSparse's still-readable pages)
+  are deliberately not given to the order: vLLM treats them as last-resort victims, and so
+  they are only reached once the order has no candidate left (queue-head fallback).
+
+Request context: :meth:`ScoredBlockPool.on_request_released` is called once per request
+by the hook in :mod:`cachewise.runtime.hooks` (``KVCacheManager.free`` and
+``pop_blocks_for_free``) *before* the request's blocks return to the queue. A finished
+request gets one predictor call; a request released unfinished (preempted, or waiting for
+remote KV) is not shown to the predictor: its prefix is treated as needed now
+(``reuse_at = now``) because vLLM re-queues it at the front. Blocks freed on other paths
+(sliding-window trimming, copy-on-write retention, connectors) carry no prediction and sit
+in the no-opinion tier.
+
+Modes: *active* (a predictor is set) or *fallback* (vLLM's order: ``get_new_blocks`` is
+vLLM's unchanged). A pool starts in fallback when built without a predictor (e.g. the
+model failed to load) and switches to fallback for good after
+``config.max_consecutive_failures`` predictor failures in a row. Metrics (evictions,
+harmful evictions, fallbacks) are kept in both modes.
+
+Failure behaviour: predictor exceptions and invalid predictions (NaN, -inf) are caught,
+counted (``fallbacks``), and warned about once per pool; the request's blocks then carry
+no prediction. Nothing here raises into vLLM except vLLM's own errors.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
+
+from vllm.distributed.kv_events import MEDIUM_GPU
+from vllm.v1.core.block_pool import BlockPool
+from vllm.v1.core.kv_cache_metrics import KVCacheMetricsCollector
+from vllm.v1.core.kv_cache_utils import BlockHash, KVCacheBlock, make_block_hash_with_group_id
+from vllm.v1.request import Request
+
+from cachewise.runtime.config import PoolConfig
+from cachewise.runtime.eviction_order import EvictionOrder
+from cachewise.runtime.metrics import PoolStats, Publisher, observe_latency
+from cachewise.runtime.policy import InvalidPrediction, ReusePredictor, checked
+
+logger = logging.getLogger("vllm.cachewise")
+
+
+class ScoredBlockPool(BlockPool):
+    """A ``BlockPool`` whose free blocks are reused in the order of reuse predictions.
+
+    Constructed like vLLM's ``BlockPool`` plus ``predictor`` (None = fallback mode),
+    ``clock`` (the time base of predictions; seconds) and ``config``.
+    ``fallback_reason`` marks a pool built without a predictor because of a failure (it is
+    counted once in ``stats.fallbacks``).
+    """
+
+    def __init__(
+        self,
+        num_gpu_blocks: int,
+        enable_caching: bool,
+        hash_block_size: int,
+        enable_kv_cache_events: bool = False,
+        metrics_collector: KVCacheMetricsCollector | None = None,
+        num_hash_lookahead_tokens: int = 0,
+        medium: str = MEDIUM_GPU,
+        *,
+        predictor: ReusePredictor | None,
+        clock: Callable[[], float] = time.monotonic,
+        config: PoolConfig | None = None,
+        fallback_reason: str | None = None,
+    ) -> None:
+        super().__init__(
+            num_gpu_blocks,
+            enable_caching,
+            hash_block_size,
+            enable_kv_cache_events=enable_kv_cache_events,
+            metrics_collector=metrics_collector,
+            num_hash_lookahead_tokens=num_hash_lookahead_tokens,
+            medium=medium,
+        )
+        self.config = config or PoolConfig()
+        self.predictor = predictor
+        self.clock = clock
+        self.stats = PoolStats()
+        self._publisher = Publisher(self.stats, self.config.log_interval_s, f"pool[{num_gpu_blocks} blocks]")
+        self._order: EvictionOrder | None = EvictionOrder(self.blocks) if predictor is not None and enable_caching else None
+        self._consecutive_failures = 0
+        self._warned = False
+        window = self.config.harmful_window
+        self._window = num_gpu_blocks if window is None else window
+        self._recently_evicted: OrderedDict[bytes, None] = OrderedDict()
+        if fallback_reason is not None:
+            self.stats.fallbacks["load"] += 1
+            self._publisher.publish()
+
+    @property
+    def active(self) -> bool:
+        """Whether predictions drive the eviction order (False: vLLM's order)."""
+        return self._order is not None
+
+    # ------------------------------------------------------- request context
+    def on_request_released(self, request: Request, chains: Sequence[tuple[Sequence[KVCacheBlock], bool]]) -> None:
+        """``request`` is about to return its blocks; ``chains`` = (block table, chained) per group.
+
+        Calls the predictor once (finished requests only; its failures are contained here)
+        and records the prediction and the chain links on the request's blocks. The hook
+        that calls this contains anything else (:func:`cachewise.runtime.hooks.install_hooks`).
+        """
+        self.stats.released += 1
+        order = self._order
+        if order is not None and any(chain for chain, _ in chains):
+            now = self.clock()
+            if request.is_finished():
+                prediction = self._predict(request, now)
+            else:
+                self.stats.held += 1
+                prediction = (now, now + self.config.max_idle_s)
+            if self._order is not None:  # the prediction may have switched the pool to fallback
+                reuse_at, expire_at = prediction if prediction is not None else (None, math.inf)
+                for chain, chained in chains:
+                    order.on_release(chain, reuse_at, expire_at, chained)
+        self._publisher.publish()
+
+    def _predict(self, request: Request, now: float) -> tuple[float, float] | None:
+        """The predictor's checked answer for ``request``, or None (no opinion or failure)."""
+        assert self.predictor is not None
+        start = time.perf_counter()
+        try:
+            raw = self.predictor.on_request_finished(request, now)
+        except InvalidPrediction as exc:
+            self._failed("invalid_score", str(exc))
+            return None
+        except Exception as exc:  # noqa: BLE001 - a predictor bug must not reach vLLM
+            self._failed("predictor_error", f"predictor raised {type(exc).__name__}: {exc}")
+            return None
+        finally:
+            elapsed = time.perf_counter() - start
+            self.stats.scorer_seconds += elapsed
+            observe_latency(elapsed)
+        if raw is None:
+            self.stats.no_opinion += 1
+            self._consecutive_failures = 0
+            return None
+        try:
+            prediction = checked(raw, now, self.config.max_idle_s)
+        except InvalidPrediction as exc:
+            self._failed("invalid_score", str(exc))
+            return None
+        self.stats.predictions += 1
+        self._consecutive_failures = 0
+        return prediction
+
+    def _failed(self, reason: str, detail: str) -> None:
+        """Count one predictor failure; warn on the first; go to fallback after too many in a row."""
+        self.stats.fallbacks[reason] += 1
+        self._consecutive_failures += 1
+        limit = self.config.max_consecutive_failures
+        if not self._warned:
+            self._warned = True
+            logger.warning(
+                "CacheWise: %s; that request's blocks carry no prediction (LRU tier). Further failures are "
+                "counted in cachewise_fallbacks_total; after %d in a row the pool reverts to vLLM's order.",
+                detail,
+                limit,
+            )
+        if self._consecutive_failures >= limit and self._order is not None:
+            self.disable(f"{limit} predictor failures in a row (last: {detail})")
+
+    def disable(self, reason: str) -> None:
+        """Switch to vLLM's eviction order for good (one warning)."""
+        if self._order is None:
+            return
+        self._order = None
+        self.stats.fallbacks["disabled"] += 1
+        logger.warning("CacheWise: reverting to vLLM's eviction order: %s", reason)
+
+    def record_hook_error(self, exc: BaseException) -> None:
+        """A CacheWise hook around this pool failed; vLLM continued. Counted, warned once."""
+        self.stats.fallbacks["hook_error"] += 1
+        if not self._warned:
+            self._warned = True
+            logger.warning("CacheWise: hook error ignored (%s: %s); vLLM continues", type(exc).__name__, exc)
+
+    # ------------------------------------------------------------ allocation
+    def get_new_blocks(self, num_blocks: int) -> list[KVCacheBlock]:
+        """vLLM's ``get_new_blocks`` on victims chosen by the eviction order."""
+        order = self._order
+        if order is None or num_blocks <= 0:
+            return super().get_new_blocks(num_blocks)
+        if num_blocks > self.get_num_free_blocks():
+            raise ValueError(f"Cannot get {num_blocks} free blocks from the pool")
+        victims = order.take(num_blocks, self.clock(), self.free_block_queue)
+        self.free_block_queue.prepend_n(victims)
+        blocks = super().get_new_blocks(num_blocks)
+        if len(victims) < num_blocks:  # taken from the queue head in vLLM's order
+            self.stats.order_fallback_blocks += num_blocks - len(victims)
+            for block in blocks[len(victims) :]:
+                order.on_drop(block)
+        return blocks
+
+    def free_blocks(self, ordered_blocks: Iterable[KVCacheBlock]) -> None:
+        """vLLM's ``free_blocks``; then the blocks that reached ref count 0 become candidates."""
+        order = self._order
+        if order is None:
+            super().free_blocks(ordered_blocks)
+            return
+        blocks = list(ordered_blocks)
+        super().free_blocks(blocks)
+        order.on_free(
+            [b for b in blocks if b.ref_cnt == 0 and b.prev_free_block is not None and b.pool is self],
+            self.clock(),
+        )
+
+    def touch(self, blocks: Sequence[KVCacheBlock]) -> None:
+        """vLLM's ``touch``; a hit consumes the blocks' predictions."""
+        order = self._order
+        if order is not None:
+            for block in blocks:
+                if not block.is_null:
+                    order.on_touch(block)
+        super().touch(blocks)
+
+    # ---------------------------------------------------- hashes and metrics
+    def _remove_cached_block_hashes(self, block: KVCacheBlock) -> list:
+        # Blocks evicted by get_new_blocks (popped: ref count 0, out of the queue) were
+        # unlinked when taken; every other hash drop (connector eviction, promotion, copy)
+        # is reported to the order here.
+        if self._order is None or (block.ref_cnt == 0 and block.prev_free_block is None):
+            return super()._remove_cached_block_hashes(block)
+        had_hash = block._block_hash is not None
+        removed = super()._remove_cached_block_hashes(block)
+        if had_hash and self._order is not None:
+            self._order.on_drop(block)
+            if block.ref_cnt == 0:  # dropped while free: now an unhashed candidate
+                self._order.on_free([block], self.clock())
+        return removed
+
+    def _maybe_evict_cached_block(self, block: KVCacheBlock) -> bool:
+        key = block._block_hash
+        if key is None:
+            return super()._maybe_evict_cached_block(block)
+        evicted = super()._maybe_evict_cached_block(block)
+        if evicted:
+            self.stats.evictions += 1
+            window = self._recently_evicted
+            window[key] = None
+            if len(window) > self._window:
+                window.popitem(last=False)
+        return evicted
+
+    def get_cached_block(self, block_hash: BlockHash, kv_cache_group_ids: list[int]) -> list[KVCacheBlock] | None:
+        """vLLM's lookup; a miss on a recently evicted hash counts one harmful eviction."""
+        found = super().get_cached_block(block_hash, kv_cache_group_ids)
+        if found is None and self._recently_evicted and kv_cache_group_ids:
+            key = make_block_hash_with_group_id(block_hash, kv_cache_group_ids[0])
+            if key in self._recently_evicted:
+                del self._recently_evicted[key]  # count each eviction at most once
+                self.stats.harmful_evictions += 1
+        return found
+
+    def reset_prefix_cache(self) -> bool:
+        """vLLM's reset; on success all predictions and links are forgotten too."""
+        ok = super().reset_prefix_cache()
+        if ok:
+            self._recently_evicted.clear()
+            if self._order is not None:
+                self._order = EvictionOrder(self.blocks)
+        return ok

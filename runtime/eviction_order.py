@@ -1,0 +1,387 @@
+"""The eviction order over a block pool's free blocks, driven by reuse predictions.
+
+:class:`EvictionOrder` decides *which* free block a :class:`ScoredBlockPool` hands out
+next; it never owns vLLM's bookkeeping (hashes, ref counts, the free queue), it only reads
+it to validate its own entries. Order of candidates (first = evicted first):
+
+1. blocks with no prefix-cache hash, most recently freed first (as vLLM's free queue);
+2. hashed blocks whose prediction expired (``expire_at <= now``), earliest expiry first;
+3. hashed blocks with no prediction, in vLLM's LRU order (free sequence);
+4. hashed blocks by their reuse key, farthest first, then deeper block first, then the
+   order they became candidates (which follows vLLM's free order).
+
+Time rule. A block's reuse key starts as the predicted ``reuse_at``. When ``now`` passes the
+key without a reuse, the block is *overdue* and is re-keyed to
+``now + max(now - freed_at, MIN_OVERDUE_STEP_S)``: a prefix already idle ``e`` seconds past
+its prediction is expected to stay idle about as long again (the Pareto-tail rule of
+:mod:`cachewise.train.idle`), so it sinks steadily instead of keeping a stale, already passed
+reuse time; each re-key at least doubles its idle horizon, so a block is re-keyed
+O(log(max_idle / MIN_OVERDUE_STEP_S)) times per free period. At ``expire_at`` it is
+evicted before every predicted block. Re-keys and expiries are driven lazily by a timer
+heap keyed by the time of the next change, processed at eviction time only.
+
+Chains: for KV-cache groups whose prefix lookup stops at the first missing block (full
+attention), each cached block remembers its parent (the block before it in the releasing
+request's block table) and counts its cached children. Only *leaves* (no cached child)
+are candidates, so an ancestor is never evicted while a cached descendant exists. When a
+leaf's hash is dropped its prediction is folded into its parent (soonest ``reuse_at``,
+latest ``expire_at``): a parent's key is therefore never later than that of any cached
+descendant, including descendants freed while the parent was still in use elsewhere.
+
+A block's prediction is consumed by its next reuse: :meth:`on_touch` clears it, and the
+request that reused it sets a new one when it is released.
+
+Complexity: every operation is O(1) or O(log n) in the number of blocks (amortised over
+the bounded re-keys) except :meth:`on_release`, which is O(blocks of the released request)
+like vLLM's own free. Candidates live in two binary heaps (by reuse key; by time of the
+next re-key or expiry) and a stack (unhashed blocks) with lazy deletion: an entry is live
+iff its block is still free, hashed, a leaf, and carries the entry's token (each push
+issues a new token). Stale entries are dropped when they surface or by a compaction that
+runs when the containers exceed ``3 * num_blocks`` entries, so memory is O(num blocks).
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import sys
+from array import array
+from collections.abc import Iterable, Sequence
+
+from vllm.v1.core.kv_cache_utils import FreeKVCacheBlockQueue, KVCacheBlock
+
+MIN_OVERDUE_STEP_S = 1.0
+"""Smallest re-key step (s) of an overdue block (one freed and predicted back at once)."""
+
+_INF = math.inf
+_NEG_INF = -math.inf
+_FAR = -sys.float_info.max  # primary key of a "never reused" prediction: after the no-opinion tier
+_ID_BITS = 32
+_ID_MASK = (1 << _ID_BITS) - 1
+_WORD = 64
+_WORD_MASK = (1 << _WORD) - 1
+_DEPTH_LIMIT = 1 << 31
+
+
+class EvictionOrder:
+    """Candidate structures and per-block prediction state for ``blocks`` (block_id = index).
+
+    Per-block state lives in flat arrays (8 bytes or less per field and block, no boxed
+    objects). Hot loops read ``KVCacheBlock._block_hash`` directly: the ``block_hash``
+    property is a Python call that only returns that slot.
+    """
+
+    def __init__(self, blocks: Sequence[KVCacheBlock]) -> None:
+        n = len(blocks)
+        self._blocks = blocks
+        self._num_blocks = n
+        self._reuse = array("d", [_INF]) * n  # current reuse key
+        self._expire = array("d", [_NEG_INF]) * n
+        self._freed_at = array("d", [0.0]) * n
+        self._keyed = bytearray(n)  # 1 iff the block carries a prediction since its last reuse
+        self._depth = array("i", [0]) * n
+        self._parent = array("i", [-1]) * n
+        self._parent_epoch = array("q", [0]) * n
+        self._epoch = array("q", [0]) * n  # bumped whenever the block's hash is dropped
+        self._children = array("i", [0]) * n  # cached children linked to the current epoch
+        self._seq = array("q", [0]) * n  # free sequence number (LRU order) of the last free
+        self._token = array("q", [0]) * n  # token of the block's live heap entries
+        self._next_seq = 1
+        self._next_token = 1
+        self._heap: list[tuple[float, int]] = []
+        self._timers: list[tuple[float, int]] = []
+        self._unhashed: list[int] = [b.block_id for b in reversed(blocks) if self._is_free(b)]
+        self._compact_at = 3 * n + 1024
+        self.rekeys = 0  # overdue re-keys done so far
+
+    # ----------------------------------------------------------------- events
+    def on_release(
+        self,
+        chain: Sequence[KVCacheBlock],
+        reuse_at: float | None,
+        expire_at: float,
+        chained: bool,
+    ) -> None:
+        """A request lets go of ``chain`` (its block table of one KV-cache group, in order).
+
+        Links each hashed block to the hashed block before it (when ``chained``), records
+        its depth, and merges the prediction into every hashed block of the chain (soonest
+        ``reuse_at``, latest ``expire_at``); ``reuse_at`` None leaves predictions as they are.
+        """
+        blocks, parent, parent_epoch, epoch, children = (
+            self._blocks,
+            self._parent,
+            self._parent_epoch,
+            self._epoch,
+            self._children,
+        )
+        keyed, reuse, expire, depth = self._keyed, self._reuse, self._expire, self._depth
+        n = self._num_blocks
+        prev = -1
+        for i, blk in enumerate(chain):
+            b = blk.block_id
+            if blk._block_hash is None or b < 0 or b >= n or blocks[b] is not blk:
+                prev = -1  # null, unhashed or foreign block: the chain is broken here
+                continue
+            if chained:
+                depth[b] = i if i < _DEPTH_LIMIT else _DEPTH_LIMIT - 1
+                if prev >= 0:
+                    p = parent[b]
+                    if p < 0 or epoch[p] != parent_epoch[b]:
+                        parent[b] = prev
+                        parent_epoch[b] = epoch[prev]
+                        children[prev] += 1
+            if reuse_at is not None:
+                if keyed[b]:
+                    if reuse_at < reuse[b]:
+                        reuse[b] = reuse_at
+                    if expire_at > expire[b]:
+                        expire[b] = expire_at
+                else:
+                    keyed[b] = 1
+                    reuse[b] = reuse_at
+                    expire[b] = expire_at
+            prev = b
+
+    def on_free(self, blocks: Iterable[KVCacheBlock], now: float) -> None:
+        """``blocks`` just reached ref count 0 at ``now`` and joined the free queue.
+
+        Unhashed ones become first candidates (the last one given is reused first, like
+        vLLM's ``prepend_n`` of a reversed chain); hashed leaves join the heaps.
+        """
+        seq, freed_at, children, token = self._seq, self._freed_at, self._children, self._token
+        unhashed: list[int] = []
+        next_seq = self._next_seq
+        for blk in blocks:
+            b = blk.block_id
+            if blk._block_hash is None:
+                unhashed.append(b)
+                continue
+            seq[b] = next_seq
+            next_seq += 1
+            freed_at[b] = now
+            if children[b] == 0:
+                self._push(b)
+            else:
+                token[b] = 0  # entries from an earlier free period must not revive
+        self._next_seq = next_seq
+        if unhashed:
+            unhashed.reverse()
+            self._unhashed.extend(unhashed)
+            if len(self._unhashed) > self._compact_at:
+                self._compact()
+
+    def on_touch(self, block: KVCacheBlock) -> None:
+        """``block`` was hit by a new request: its prediction is consumed, its entries die."""
+        self._keyed[block.block_id] = 0
+        self._token[block.block_id] = 0
+
+    def on_drop(self, block: KVCacheBlock) -> None:
+        """``block``'s prefix-cache hash is being dropped (evicted or overwritten).
+
+        Unlinks it from its parent, folds its prediction into the parent, and makes the
+        parent a candidate if it is now a free leaf. Idempotent.
+        """
+        parent = self._detach(block.block_id)
+        if parent >= 0:
+            self._push(parent)
+
+    # ---------------------------------------------------------------- queries
+    def take(self, count: int, now: float, queue: FreeKVCacheBlockQueue) -> list[KVCacheBlock]:
+        """Up to ``count`` victims at time ``now``, in eviction order, removed from ``queue``.
+
+        Hashed victims are unlinked from their parents as they are taken, so a parent that
+        becomes a free leaf can be taken in the same call; when it would be the very next
+        pick anyway (it beats the heap top and no timer is due) it is taken without a heap
+        round trip. Fewer than ``count`` blocks are returned only when no candidate is left.
+        """
+        blocks, unhashed, remove = self._blocks, self._unhashed, queue.remove
+        victims: list[KVCacheBlock] = []
+        pending = -1  # a parent known to be the next hashed pick, kept out of the heap
+        while len(victims) < count:
+            blk = None
+            while unhashed:
+                cand = blocks[unhashed.pop()]
+                if cand.ref_cnt == 0 and cand.prev_free_block is not None and cand._block_hash is None:
+                    blk = cand
+                    break
+            if blk is None:
+                if pending >= 0:
+                    blk, pending = blocks[pending], -1
+                else:
+                    blk = self._next_hashed(now)
+                    if blk is None:
+                        break
+                remove(blk)
+                parent = self._detach(blk.block_id)
+                if parent >= 0:
+                    if self._next_anyway(parent, now):
+                        pending = parent
+                    else:
+                        self._push(parent)
+            else:
+                remove(blk)
+            victims.append(blk)
+        if pending >= 0:
+            self._push(pending)
+        return victims
+
+    def prediction(self, block_id: int) -> tuple[float, float] | None:
+        """``(reuse key, expire_at)`` the block currently carries, or None."""
+        if not self._keyed[block_id]:
+            return None
+        return self._reuse[block_id], self._expire[block_id]
+
+    def parent(self, block_id: int) -> int:
+        """Block id of the block's cached parent, or -1."""
+        p = self._parent[block_id]
+        return p if p >= 0 and self._epoch[p] == self._parent_epoch[block_id] else -1
+
+    def num_entries(self) -> int:
+        """Entries held in the candidate containers, stale ones included."""
+        return len(self._heap) + len(self._timers) + len(self._unhashed)
+
+    # --------------------------------------------------------------- internals
+    @staticmethod
+    def _is_free(block: KVCacheBlock) -> bool:
+        return block.ref_cnt == 0 and block.prev_free_block is not None and not block.is_null
+
+    def _next_hashed(self, now: float) -> KVCacheBlock | None:
+        """The best hashed candidate: an expired one, else the heap top (re-keying overdue ones)."""
+        blocks, token = self._blocks, self._token
+        while self._timers and self._timers[0][0] <= now:  # re-read: a re-key may compact
+            _, packed = heapq.heappop(self._timers)
+            b = packed & _ID_MASK
+            blk = blocks[b]
+            if not (
+                token[b] == (packed >> _ID_BITS) & _WORD_MASK
+                and blk.ref_cnt == 0
+                and blk.prev_free_block is not None
+                and blk._block_hash is not None
+            ):
+                continue
+            if self._expire[b] <= now:
+                return blk
+            idle = now - self._freed_at[b]
+            self._reuse[b] = now + (idle if idle > MIN_OVERDUE_STEP_S else MIN_OVERDUE_STEP_S)
+            self.rekeys += 1
+            self._push(b)
+        heap = self._heap
+        while heap:
+            _, packed = heapq.heappop(heap)
+            b = packed & _ID_MASK
+            blk = blocks[b]
+            if (
+                token[b] == (packed >> _ID_BITS) & _WORD_MASK
+                and blk.ref_cnt == 0
+                and blk.prev_free_block is not None
+                and blk._block_hash is not None
+            ):
+                return blk
+        return None
+
+    def _detach(self, b: int) -> int:
+        """Unlink block ``b`` from its parent (folding its key upward) and reset its state.
+
+        Returns the parent's id when the parent just became a free cached leaf (a new
+        candidate the caller must push or take), else -1.
+        """
+        p = self._parent[b]
+        freed_parent = -1
+        if p >= 0:
+            if self._epoch[p] == self._parent_epoch[b]:
+                left = self._children[p] - 1
+                self._children[p] = left
+                if self._keyed[b]:
+                    self._fold(b, p)
+                if left == 0:
+                    pblk = self._blocks[p]
+                    if pblk.ref_cnt == 0 and pblk.prev_free_block is not None and pblk._block_hash is not None:
+                        freed_parent = p
+            self._parent[b] = -1
+        self._epoch[b] += 1
+        self._children[b] = 0
+        self._keyed[b] = 0
+        self._token[b] = 0  # its heap entries are dead
+        return freed_parent
+
+    def _fold(self, child: int, parent: int) -> None:
+        """Merge ``child``'s prediction into ``parent``'s."""
+        if self._keyed[parent]:
+            if self._reuse[child] < self._reuse[parent]:
+                self._reuse[parent] = self._reuse[child]
+            if self._expire[child] > self._expire[parent]:
+                self._expire[parent] = self._expire[child]
+        else:
+            self._keyed[parent] = 1
+            self._reuse[parent] = self._reuse[child]
+            self._expire[parent] = self._expire[child]
+
+    def _entry(self, b: int) -> tuple[tuple[float, int], float]:
+        """Heap entry of block ``b`` under its current key (with a new token) and its due time."""
+        token = self._next_token
+        self._next_token = token + 1
+        self._token[b] = token
+        tail = (token << _ID_BITS) | b
+        if not self._keyed[b]:  # LRU tier: vLLM's free order
+            return (_NEG_INF, (self._seq[b] << (_WORD + _ID_BITS)) | tail), _INF
+        # predicted tier: deeper first, then push order (the token), which follows free order
+        reuse, expire = self._reuse[b], self._expire[b]
+        entry = (-reuse if reuse < _INF else _FAR, ((_DEPTH_LIMIT - self._depth[b]) << (_WORD + _ID_BITS)) | tail)
+        return entry, reuse if reuse < expire else expire
+
+    def _push(self, b: int) -> None:
+        """Make free leaf ``b`` a candidate under its current key (new token: old entries die).
+
+        A free block never gains a child (children are linked only through a releasing
+        request's block table, which holds the parent), so a pushed leaf stays a leaf.
+        """
+        entry, due = self._entry(b)
+        heapq.heappush(self._heap, entry)
+        if due < _INF:
+            heapq.heappush(self._timers, (due, entry[1]))
+        if len(self._heap) > self._compact_at:
+            self._compact()
+
+    def _next_anyway(self, b: int, now: float) -> bool:
+        """Whether candidate ``b`` would be the next hashed pick of :meth:`_next_hashed`.
+
+        True for an expired ``b`` due no later than every timer, and for a ``b`` that is not
+        due while no timer is due and ``b`` beats the heap top.
+        """
+        entry, due = self._entry(b)
+        timers = self._timers
+        if due <= now:
+            return self._expire[b] <= now and (not timers or due <= timers[0][0])
+        if timers and timers[0][0] <= now:
+            return False
+        return not self._heap or entry < self._heap[0]
+
+    def _live(self, packed: int) -> bool:
+        """Whether a heap entry still describes a candidate."""
+        b = packed & _ID_MASK
+        blk = self._blocks[b]
+        return (
+            self._token[b] == (packed >> _ID_BITS) & _WORD_MASK
+            and blk.ref_cnt == 0
+            and blk.prev_free_block is not None
+            and blk._block_hash is not None
+            and self._children[b] == 0
+        )
+
+    def _compact(self) -> None:
+        """Drop stale entries (amortised O(1): runs once the containers outgrow ``3 * num_blocks``)."""
+        self._heap = [e for e in self._heap if self._live(e[1])]
+        heapq.heapify(self._heap)
+        self._timers = [e for e in self._timers if self._live(e[1])]
+        heapq.heapify(self._timers)
+        blocks = self._blocks
+        seen: set[int] = set()
+        kept: list[int] = []
+        for b in reversed(self._unhashed):  # keep each block's most recent entry
+            blk = blocks[b]
+            if b not in seen and self._is_free(blk) and blk._block_hash is None:
+                seen.add(b)
+                kept.append(b)
+        kept.reverse()
+        self._unhashed = kept

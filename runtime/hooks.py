@@ -1,0 +1,169 @@
+"""How a ``ScoredBlockPool`` gets into vLLM's real KV-cache manager, without a fork.
+
+Two patches, installed once per process by :func:`install_hooks` (idempotent, re-entrant):
+
+1. ``vllm.v1.core.kv_cache_coordinator.BlockPool`` -- the name ``KVCacheCoordinator.__init__``
+   calls to build the pool that all KV-cache groups share -- becomes :func:`_build_pool`.
+   It builds vLLM's own ``BlockPool`` unless a :class:`PolicyBinding` is active in the
+   current context, in which case it builds a :class:`ScoredBlockPool` from the binding.
+   With no binding active nothing changes.
+2. ``KVCacheManager.free`` and ``KVCacheManager.pop_blocks_for_free`` (the only two ways the
+   scheduler hands back a request's blocks, deferred frees included) first call
+   ``ScoredBlockPool.on_request_released(request, chains)`` when the manager's pool is a
+   scored one. A failure in that call is counted and ignored; the free always happens.
+
+A binding becomes active through :func:`use_policy` (a context manager, for the replay
+benchmark and tests) or, in a served engine, through the plugin's ``Scheduler.__init__``
+wrapper, which derives it from ``--additional-config '{"cachewise": {...}}'``
+(:mod:`cachewise.runtime.plugin`). Only pools *constructed* while a binding is active are
+scored; they keep their predictor after the context exits.
+
+Example (the replay)::
+
+    with use_policy(predictor, clock=sim_clock):
+        scheduler = Scheduler(vllm_config=..., kv_cache_config=..., ...)
+    assert isinstance(scheduler.kv_cache_manager.block_pool, ScoredBlockPool)
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any
+
+import vllm.v1.core.kv_cache_coordinator as kv_cache_coordinator
+from vllm.v1.core.block_pool import BlockPool
+from vllm.v1.core.kv_cache_manager import KVCacheManager
+from vllm.v1.core.kv_cache_utils import KVCacheBlock
+from vllm.v1.core.single_type_kv_cache_manager import FullAttentionManager, SingleTypeKVCacheManager
+from vllm.v1.request import Request
+
+from cachewise.runtime.block_pool import ScoredBlockPool
+from cachewise.runtime.config import PoolConfig
+from cachewise.runtime.policy import ReusePredictor
+
+_VLLM_BLOCK_POOL = BlockPool
+_DENSE_LOOKUP = FullAttentionManager.find_longest_cache_hit.__func__
+
+
+@dataclass(frozen=True)
+class PolicyBinding:
+    """What pools built in the current context are made of.
+
+    ``predictor`` None = fallback mode (vLLM's order, CacheWise metrics on);
+    ``fallback_reason`` says why, when that is the result of a failure;
+    ``on_pool`` is called with every pool built under the binding.
+    """
+
+    predictor: ReusePredictor | None
+    clock: Callable[[], float] = time.monotonic
+    config: PoolConfig = field(default_factory=PoolConfig)
+    fallback_reason: str | None = None
+    on_pool: Callable[[ScoredBlockPool], None] | None = None
+
+
+_binding: ContextVar[PolicyBinding | None] = ContextVar("cachewise_policy_binding", default=None)
+
+
+def current_binding() -> PolicyBinding | None:
+    """The binding pools would be built with right now (None: vLLM's ``BlockPool``)."""
+    return _binding.get()
+
+
+@contextmanager
+def bound(binding: PolicyBinding) -> Iterator[None]:
+    """Activate ``binding`` for pools built inside the block (hooks installed if needed)."""
+    install_hooks()
+    token = _binding.set(binding)
+    try:
+        yield
+    finally:
+        _binding.reset(token)
+
+
+@contextmanager
+def use_policy(
+    predictor: ReusePredictor | None,
+    clock: Callable[[], float] = time.monotonic,
+    config: PoolConfig | None = None,
+    on_pool: Callable[[ScoredBlockPool], None] | None = None,
+) -> Iterator[None]:
+    """Every KV-cache manager / scheduler built inside the block uses a ``ScoredBlockPool``.
+
+    ``predictor`` None gives a pool in fallback mode (vLLM's order, CacheWise metrics).
+    """
+    with bound(PolicyBinding(predictor, clock, config or PoolConfig(), None, on_pool)):
+        yield
+
+
+def _build_pool(*args: Any, **kwargs: Any) -> BlockPool:
+    """Stand-in for ``BlockPool`` inside ``kv_cache_coordinator``: scored iff a binding is active."""
+    binding = _binding.get()
+    if binding is None:
+        return _VLLM_BLOCK_POOL(*args, **kwargs)
+    pool = ScoredBlockPool(
+        *args,
+        predictor=binding.predictor,
+        clock=binding.clock,
+        config=binding.config,
+        fallback_reason=binding.fallback_reason,
+        **kwargs,
+    )
+    if binding.on_pool is not None:
+        binding.on_pool(pool)
+    return pool
+
+
+@functools.cache
+def _is_chained(manager_type: type[SingleTypeKVCacheManager]) -> bool:
+    """Whether the group's prefix lookup stops at the first missing block (dense attention)."""
+    return getattr(manager_type.find_longest_cache_hit, "__func__", None) is _DENSE_LOOKUP
+
+
+def request_chains(manager: KVCacheManager, request_id: str) -> list[tuple[Sequence[KVCacheBlock], bool]]:
+    """``(block table, chained)`` of every KV-cache group for ``request_id`` (read-only)."""
+    return [
+        (m.req_to_blocks.get(request_id) or (), _is_chained(type(m))) for m in manager.coordinator.single_type_managers
+    ]
+
+
+def _release(manager: KVCacheManager, request: Request) -> None:
+    pool = manager.block_pool
+    if not isinstance(pool, ScoredBlockPool):
+        return
+    try:
+        pool.on_request_released(request, request_chains(manager, request.request_id))
+    except Exception as exc:  # noqa: BLE001 - never let CacheWise break a free
+        pool.record_hook_error(exc)
+
+
+def _wrap_release(original: Callable[..., Any]) -> Callable[..., Any]:
+    def wrapper(self: KVCacheManager, request: Request) -> Any:
+        _release(self, request)
+        return original(self, request)
+
+    wrapper.__name__ = original.__name__
+    wrapper.__qualname__ = original.__qualname__
+    wrapper.__doc__ = original.__doc__
+    wrapper.__wrapped__ = original  # type: ignore[attr-defined]
+    wrapper._cachewise_hook = True  # type: ignore[attr-defined]
+    return wrapper
+
+
+def install_hooks() -> None:
+    """Install the pool factory and the release hooks (no-op when already installed)."""
+    if kv_cache_coordinator.BlockPool is not _build_pool:
+        kv_cache_coordinator.BlockPool = _build_pool  # type: ignore[assignment, misc]
+    for name in ("free", "pop_blocks_for_free"):
+        method = getattr(KVCacheManager, name)
+        if not getattr(method, "_cachewise_hook", False):
+            setattr(KVCacheManager, name, _wrap_release(method))
+
+
+def hooks_installed() -> bool:
+    """Whether :func:`install_hooks` has run in this process."""
+    return kv_cache_coordinator.BlockPool is _build_pool and getattr(KVCacheManager.free, "_cachewise_hook", False)

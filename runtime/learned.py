@@ -1,0 +1,59 @@
+"""The learned reuse predictor: the exported LightGBM scorer inside vLLM.
+
+Per finished request: build its :class:`~cachewise.features.record.FinishedCall`
+(:mod:`cachewise.runtime.request_calls`), turn it into the feature vector with the same
+:class:`~cachewise.features.online.FeatureState` training used, and ask the exported model
+(:func:`cachewise.train.exported.load_exported`) for ``mu = log1p(idle seconds)``. With the
+model's validation residual quantiles ``Q`` (spec ``residual_quantiles.model``, see
+:mod:`cachewise.train.idle`) the prediction is::
+
+    reuse_at  = now + expm1(mu + Q(0.5))        # the conditioned gap at zero idle time
+    expire_at = now + expm1(mu + Q(EXPIRY_LEVEL))
+
+i.e. the prefix is expected back after the median gap of its kind, and counts as ended
+once it has been idle longer than ``EXPIRY_LEVEL`` of such prefixes ever were. Between
+the two the pool re-keys an overdue prefix to "idle as long again" (the tail rule of
+:mod:`cachewise.train.idle`; :mod:`cachewise.runtime.eviction_order`), and caps
+``expire_at`` at ``now + max_idle_s``. A NaN / inf model output raises
+:class:`~cachewise.runtime.policy.InvalidPrediction`, which the pool counts as an invalid
+score (no prediction for that request).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from vllm.v1.request import Request
+
+from cachewise.features.online import FeatureState
+from cachewise.runtime.policy import InvalidPrediction, ReusePrediction
+from cachewise.runtime.request_calls import CallBuilder
+from cachewise.train.idle import LEVELS
+
+EXPIRY_LEVEL = 0.99
+_EXPIRY_INDEX = int(round(EXPIRY_LEVEL * (len(LEVELS) - 1)))
+
+
+class LearnedPredictor:
+    """:class:`~cachewise.runtime.policy.ReusePredictor` backed by an exported model.
+
+    ``model`` is a :class:`cachewise.train.exported.ExportedModel` (``predict_one``,
+    ``expected_gap_one``, ``conditioner``); ``calls`` builds the calls; ``features`` holds
+    the per-thread history (one per engine).
+    """
+
+    def __init__(self, model: Any, calls: CallBuilder, features: FeatureState | None = None) -> None:
+        self.model = model
+        self._calls = calls
+        self._features = features or FeatureState()
+        self._expiry_residual = float(model.conditioner.residual_quantiles[_EXPIRY_INDEX])
+
+    def on_request_finished(self, request: Request, now: float) -> ReusePrediction:
+        call = self._calls.build(request, now)
+        label = float(self.model.predict_one(self._features.observe(call)))
+        if not math.isfinite(label):
+            raise InvalidPrediction(f"model returned {label} for thread {call.thread_key}")
+        gap = self.model.expected_gap_one(label, 0.0)
+        horizon = math.expm1(label + self._expiry_residual)
+        return ReusePrediction(now + gap, now + max(horizon, gap))

@@ -1,0 +1,151 @@
+"""CacheWise's counters: per-pool statistics, Prometheus export, periodic log lines.
+
+Each :class:`~cachewise.runtime.block_pool.ScoredBlockPool` counts into a plain
+:class:`PoolStats` (cheap enough for the eviction path) and hands deltas to the
+process-wide Prometheus metrics in :func:`publish` once per released request and per log
+tick. The metrics live in ``prometheus_client``'s default registry of the process that runs
+the scheduler (vLLM's engine core). vLLM's ``/metrics`` serves them when that registry is
+shared with the API server: in-process engines, or any setup with
+``PROMETHEUS_MULTIPROC_DIR`` set (vLLM sets it itself with ``--api-server-count > 1``);
+otherwise set ``metrics_port`` in the cachewise settings to serve them from the engine
+process (:func:`serve_metrics`).
+
+Exported names: ``cachewise_evictions_total``, ``cachewise_harmful_evictions_total``,
+``cachewise_predictions_total``, ``cachewise_fallbacks_total{reason}``,
+``cachewise_order_fallback_blocks_total``, ``cachewise_scorer_latency_seconds``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field, fields
+
+from prometheus_client import Counter, Histogram, start_http_server
+
+# Under the "vllm" logger so that vLLM's own logging setup (handler, level, format) shows our lines.
+logger = logging.getLogger("vllm.cachewise")
+
+FALLBACK_REASONS = ("load", "predictor_error", "invalid_score", "hook_error", "disabled")
+
+
+@dataclass
+class PoolStats:
+    """Counts since the pool was built (monotone; never reset)."""
+
+    released: int = 0  # requests whose blocks were handed back through the release hook
+    evictions: int = 0  # cached blocks whose hash was dropped to reuse the block
+    harmful_evictions: int = 0  # evicted hashes that a later request looked up again
+    predictions: int = 0  # predictor calls that returned a usable prediction
+    no_opinion: int = 0  # predictor calls that returned None
+    held: int = 0  # requests released unfinished (preempted), kept as imminent
+    fallbacks: dict[str, int] = field(default_factory=lambda: dict.fromkeys(FALLBACK_REASONS, 0))
+    order_fallback_blocks: int = 0  # blocks handed out in vLLM's order for lack of a candidate
+    scorer_seconds: float = 0.0  # total time spent in the predictor
+
+    @property
+    def total_fallbacks(self) -> int:
+        return sum(self.fallbacks.values())
+
+
+_lock = threading.Lock()
+_prom: dict[str, Counter | Histogram] = {}
+
+
+def _metrics() -> dict[str, Counter | Histogram]:
+    """The process-wide Prometheus metrics, created on first use (idempotent)."""
+    with _lock:
+        if not _prom:
+            _prom["evictions"] = Counter("cachewise_evictions", "Cached KV blocks evicted by CacheWise pools")
+            _prom["harmful_evictions"] = Counter(
+                "cachewise_harmful_evictions",
+                "Evicted KV block hashes that a later request looked up again (within the pool's window)",
+            )
+            _prom["predictions"] = Counter("cachewise_predictions", "Reuse predictions made (one per finished request)")
+            _prom["fallbacks"] = Counter(
+                "cachewise_fallbacks", "Times CacheWise fell back to vLLM's order", ["reason"]
+            )
+            _prom["order_fallback_blocks"] = Counter(
+                "cachewise_order_fallback_blocks", "Blocks handed out in vLLM's order for lack of a scored candidate"
+            )
+            _prom["scorer_latency"] = Histogram(
+                "cachewise_scorer_latency_seconds",
+                "Time of one reuse prediction (per finished request)",
+                buckets=(1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 5e-2, 0.1),
+            )
+        return _prom
+
+
+def observe_latency(seconds: float) -> None:
+    """Record one predictor call's latency in the histogram."""
+    _metrics()["scorer_latency"].observe(seconds)
+
+
+class Publisher:
+    """Pushes a pool's :class:`PoolStats` deltas to Prometheus; logs a stat line periodically."""
+
+    _SCALARS = ("evictions", "harmful_evictions", "predictions", "order_fallback_blocks")
+
+    def __init__(self, stats: PoolStats, log_interval_s: float, label: str) -> None:
+        self._stats = stats
+        self._label = label
+        self._sent = PoolStats()
+        self._interval = log_interval_s
+        self._next_log = time.monotonic() + log_interval_s
+        self._logged = PoolStats()
+
+    def publish(self) -> None:
+        """Send the deltas since the last call; log a stat line when the interval elapsed."""
+        prom = _metrics()
+        stats, sent = self._stats, self._sent
+        for name in self._SCALARS:
+            delta = getattr(stats, name) - getattr(sent, name)
+            if delta:
+                prom[name].inc(delta)
+                setattr(sent, name, getattr(stats, name))
+        for reason, count in stats.fallbacks.items():
+            delta = count - sent.fallbacks[reason]
+            if delta:
+                prom["fallbacks"].labels(reason=reason).inc(delta)
+                sent.fallbacks[reason] = count
+        if self._interval and time.monotonic() >= self._next_log:
+            self._next_log = time.monotonic() + self._interval
+            self._log_line()
+
+    def _log_line(self) -> None:
+        s, last = self._stats, self._logged
+        calls = s.predictions + s.no_opinion - last.predictions - last.no_opinion
+        mean_us = (s.scorer_seconds - last.scorer_seconds) / calls * 1e6 if calls else 0.0
+        logger.info(
+            "CacheWise %s: evictions=%d (+%d) harmful=%d (+%d) predictions=%d (+%d) "
+            "no_opinion=%d held=%d fallbacks=%d order_fallback_blocks=%d scorer_mean=%.1fus",
+            self._label,
+            s.evictions,
+            s.evictions - last.evictions,
+            s.harmful_evictions,
+            s.harmful_evictions - last.harmful_evictions,
+            s.predictions,
+            s.predictions - last.predictions,
+            s.no_opinion,
+            s.held,
+            s.total_fallbacks,
+            s.order_fallback_blocks,
+            mean_us,
+        )
+        for f in fields(PoolStats):
+            value = getattr(s, f.name)
+            setattr(last, f.name, dict(value) if isinstance(value, dict) else value)
+
+
+_served_ports: set[int] = set()
+
+
+def serve_metrics(port: int) -> None:
+    """Serve the default Prometheus registry on ``port`` from this process (once per port)."""
+    with _lock:
+        if port in _served_ports:
+            return
+        start_http_server(port)
+        _served_ports.add(port)
+    logger.info("CacheWise metrics served on :%d/metrics", port)

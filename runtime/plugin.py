@@ -1,0 +1,141 @@
+"""vLLM general plugin: ``vllm.general_plugins: cachewise = cachewise.runtime.plugin:register``.
+
+vLLM calls :func:`register` in every process (front end, engine core, workers), possibly
+several times. It installs the pool hooks (:mod:`cachewise.runtime.hooks`) and wraps
+``vllm.v1.core.sched.scheduler.Scheduler.__init__`` (hence every subclass, the async
+scheduler included). Nothing changes unless the engine's
+``VllmConfig.additional_config`` has a ``"cachewise"`` entry: the wrapper reads it while
+the scheduler is being built, so the KV-cache manager constructed inside gets a
+``ScoredBlockPool``.
+
+Serving::
+
+    vllm serve MODEL --additional-config '{"cachewise": {"model": "models:/cachewise-reuse@champion"}}'
+
+Start-up logs one line saying CacheWise is active, with which model, or that it runs in
+fallback mode (vLLM's eviction order) and why. Failures to build the predictor (missing
+or corrupt model, unreachable registry, feature-spec version mismatch, bad settings) log
+ONE warning, count one ``cachewise_fallbacks_total{reason="load"}`` and leave vLLM serving
+in its default order.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from cachewise.runtime.config import CONFIG_KEY, CacheWiseSettings, ConfigError
+from cachewise.runtime.hooks import PolicyBinding, bound, install_hooks
+from cachewise.runtime.metrics import serve_metrics
+
+logger = logging.getLogger("vllm.cachewise")
+
+
+def register() -> None:
+    """Entry point: install the hooks (idempotent; does nothing visible without settings)."""
+    install_hooks()
+    from vllm.v1.core.sched.scheduler import Scheduler
+
+    if not getattr(Scheduler.__init__, "_cachewise_hook", False):
+        Scheduler.__init__ = _wrap_scheduler_init(Scheduler.__init__)  # type: ignore[method-assign]
+
+
+def settings_of(vllm_config: Any) -> dict | None:
+    """The raw ``cachewise`` settings of an engine config, or None when absent."""
+    extra = getattr(vllm_config, "additional_config", None)
+    if not isinstance(extra, dict) or CONFIG_KEY not in extra:
+        return None
+    return extra[CONFIG_KEY]
+
+
+def _wrap_scheduler_init(original: Callable[..., None]) -> Callable[..., None]:
+    @functools.wraps(original)
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        vllm_config = kwargs.get("vllm_config", args[0] if args else None)
+        raw = settings_of(vllm_config)
+        if raw is None:
+            original(self, *args, **kwargs)
+            return
+        binding = binding_for(raw, vllm_config)
+        with bound(binding):
+            original(self, *args, **kwargs)
+
+    __init__._cachewise_hook = True  # type: ignore[attr-defined]
+    return __init__
+
+
+def binding_for(raw: Any, vllm_config: Any) -> PolicyBinding:
+    """The pool binding for raw ``cachewise`` settings; never raises (failures give fallback)."""
+    try:
+        settings = CacheWiseSettings.from_mapping(raw)
+    except ConfigError as exc:
+        return _fallback(f"invalid settings: {exc}", CacheWiseSettings(mode="fallback"))
+    if settings.metrics_port is not None:
+        try:
+            serve_metrics(settings.metrics_port)
+        except OSError as exc:
+            logger.warning("CacheWise: cannot serve metrics on port %d: %s", settings.metrics_port, exc)
+    if settings.mode == "fallback":
+        return PolicyBinding(None, config=settings.pool, on_pool=_announce(settings, "fallback mode by setting"))
+    try:
+        predictor = build_learned_predictor(settings, vllm_config)
+    except Exception as exc:  # noqa: BLE001 - any load failure means: serve in vLLM's order
+        return _fallback(f"cannot load model {settings.model!r}: {type(exc).__name__}: {exc}", settings)
+    return PolicyBinding(predictor, config=settings.pool, on_pool=_announce(settings, None))
+
+
+def build_learned_predictor(settings: CacheWiseSettings, vllm_config: Any) -> Any:
+    """A :class:`~cachewise.runtime.learned.LearnedPredictor` for the engine (raises on failure)."""
+    from cachewise.runtime.learned import LearnedPredictor
+    from cachewise.runtime.request_calls import CallBuilder, LazyTokenizer
+    from cachewise.runtime.tool_calls import get_parser
+    from cachewise.train.exported import load_exported
+
+    parser = get_parser(settings.tool_parser)
+    model = load_exported(settings.model)
+    model_config = vllm_config.model_config
+    calls = CallBuilder(
+        model=str(model_config.served_model_name or model_config.model),
+        hash_block_size=vllm_config.cache_config.block_size,
+        parser=parser,
+        tokenizer=None if model_config.skip_tokenizer_init else LazyTokenizer(_tokenizer_loader(model_config)),
+    )
+    return LearnedPredictor(model, calls)
+
+
+def _tokenizer_loader(model_config: Any) -> Callable[[], Any]:
+    def load() -> Any:
+        from vllm.tokenizers import cached_tokenizer_from_config
+
+        return cached_tokenizer_from_config(model_config)
+
+    return load
+
+
+def _fallback(reason: str, settings: CacheWiseSettings) -> PolicyBinding:
+    logger.warning("CacheWise: %s; serving with vLLM's default eviction order", reason)
+    return PolicyBinding(None, config=settings.pool, fallback_reason=reason, on_pool=_announce(settings, reason))
+
+
+def _announce(settings: CacheWiseSettings, fallback: str | None) -> Callable[[Any], None]:
+    """The start-up line, logged when the engine's pool is built."""
+
+    def on_pool(pool: Any) -> None:
+        if fallback is None:
+            logger.info(
+                "CacheWise active: learned eviction order, model=%s, tool_parser=%s, max_idle_s=%g, pool=%d blocks",
+                settings.model,
+                settings.tool_parser,
+                settings.pool.max_idle_s,
+                pool.num_gpu_blocks,
+            )
+        else:
+            logger.info(
+                "CacheWise active in fallback mode (vLLM's eviction order, CacheWise metrics on): %s; pool=%d blocks",
+                fallback,
+                pool.num_gpu_blocks,
+            )
+
+    return on_pool

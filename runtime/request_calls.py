@@ -1,0 +1,163 @@
+"""A finished vLLM ``Request`` as a :class:`~cachewise.features.record.FinishedCall`.
+
+The feature code was written for trace rows; this module gives it the same object from
+what the engine core knows when a request finishes, with no client changes:
+
+* times: ``finish_time`` is the pool's ``now``; ``request_time`` is ``now`` minus the
+  request's age on the clock ``Request.arrival_time`` was taken with (``arrival_clock``,
+  ``time.time`` in vLLM), so both are on the pool's clock;
+* token counts: ``num_prompt_tokens`` and ``num_output_tokens``;
+* tool calls: the client's explicit hint if any, else the output token ids decoded with
+  the model's tokenizer and parsed (:mod:`cachewise.runtime.tool_calls`); no tokenizer
+  means no tool calls (non-tool features only);
+* thread: the growing prompt this call extends. A call's thread is found by its prompt's
+  block hashes: every finished call registers the hash of its last full prompt block and
+  of its last full block overall, and a new call belongs to the thread of the latest such
+  hash found in its own hash chain (searched from the end); no match starts a new thread;
+* session: vLLM's ``Request.session_id`` when the client sent one, else the hint's
+  ``session_id``, else the session of the thread found above, else the thread itself.
+
+Client hints: ``SamplingParams.extra_args = {"cachewise": {"tool": ..., "arguments": ...,
+"tool_calls": [...], "session_id": ..., "thread_id": ..., "is_sidechain": bool}}`` (all
+optional; with the OpenAI server pass them as ``vllm_xargs`` / ``extra_args``).
+
+Memory is bounded: at most ``max_threads`` registered hashes (least recently used dropped).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+from vllm.v1.request import Request
+
+from cachewise.features.record import FinishedCall, ToolCallInfo
+from cachewise.runtime.tool_calls import ToolCallParser, calls_from_hint
+
+logger = logging.getLogger("vllm.cachewise")
+
+HINT_KEY = "cachewise"
+
+
+class Detokenizer(Protocol):
+    """What is needed of a tokenizer: ``decode(ids, skip_special_tokens=...) -> str``."""
+
+    def decode(self, token_ids: list[int], skip_special_tokens: bool = ...) -> str: ...
+
+
+class LazyTokenizer:
+    """Loads a tokenizer on first use through ``load``; a failed load is logged once and not retried."""
+
+    def __init__(self, load: Callable[[], Detokenizer | None]) -> None:
+        self._load = load
+        self._tokenizer: Detokenizer | None = None
+        self._tried = False
+
+    def get(self) -> Detokenizer | None:
+        if not self._tried:
+            self._tried = True
+            try:
+                self._tokenizer = self._load()
+            except Exception as exc:  # noqa: BLE001 - no tokenizer = no parsed tool calls, not an outage
+                logger.info("CacheWise: no tokenizer for tool-call parsing (%s); using hints only", exc)
+        return self._tokenizer
+
+
+def hint_of(request: Request) -> Mapping[str, Any]:
+    """The client's ``extra_args["cachewise"]`` dict for ``request`` (empty when absent or malformed)."""
+    params = request.sampling_params
+    extra = getattr(params, "extra_args", None) if params is not None else None
+    hint = extra.get(HINT_KEY) if isinstance(extra, Mapping) else None
+    return hint if isinstance(hint, Mapping) else {}
+
+
+class CallBuilder:
+    """Builds the :class:`FinishedCall` of each finished request (module doc); keeps thread state."""
+
+    def __init__(
+        self,
+        model: str,
+        hash_block_size: int,
+        parser: ToolCallParser,
+        tokenizer: LazyTokenizer | None = None,
+        arrival_clock: Callable[[], float] = time.time,
+        max_threads: int = 131072,
+    ) -> None:
+        if hash_block_size < 1 or max_threads < 1:
+            raise ValueError("hash_block_size and max_threads must be positive")
+        self._model = model
+        self._block = hash_block_size
+        self._parser = parser
+        self._tokenizer = tokenizer
+        self._arrival_clock = arrival_clock
+        self._max = max_threads
+        self._threads: OrderedDict[bytes, tuple[str, str]] = OrderedDict()  # hash -> (thread, session)
+        self._next_thread = 0
+
+    def build(self, request: Request, now: float) -> FinishedCall:
+        """The call ``request`` was, finishing at ``now`` (pool clock); records its thread."""
+        hint = hint_of(request)
+        hashes = request.block_hashes
+        prompt_blocks = min(request.num_prompt_tokens // self._block, len(hashes))
+        thread, session = self._thread_of(request, hint, hashes, prompt_blocks)
+        tool_calls = self._tool_calls(request, hint)
+        age = max(self._arrival_clock() - request.arrival_time, 0.0)
+        call = FinishedCall(
+            thread_key=thread,
+            session_key=session,
+            request_time=now - age,
+            finish_time=now,
+            prompt_tokens=request.num_prompt_tokens,
+            output_tokens=request.num_output_tokens,
+            tool_calls=tool_calls,
+            ended_turn=not tool_calls,
+            model=self._model,
+            is_sidechain=bool(hint.get("is_sidechain", False)),
+        )
+        for idx in {prompt_blocks - 1, len(hashes) - 1}:
+            if idx >= 0:
+                self._remember(hashes[idx], thread, session)
+        return call
+
+    def _thread_of(
+        self, request: Request, hint: Mapping[str, Any], hashes: list[bytes], prompt_blocks: int
+    ) -> tuple[str, str]:
+        """(thread key, session key) of ``request`` (module doc)."""
+        found: tuple[str, str] | None = None
+        if isinstance(hint.get("thread_id"), str):
+            found = (hint["thread_id"], "")
+        else:
+            threads = self._threads
+            for i in range(prompt_blocks - 1, -1, -1):
+                entry = threads.get(hashes[i])
+                if entry is not None:
+                    threads.move_to_end(hashes[i])
+                    found = entry
+                    break
+        if found is None:
+            self._next_thread += 1
+            found = (f"t{self._next_thread}", "")
+        thread, session = found
+        explicit = request.session_id or hint.get("session_id")
+        if isinstance(explicit, str) and explicit:
+            session = explicit
+        return thread, session or thread
+
+    def _remember(self, block_hash: bytes, thread: str, session: str) -> None:
+        self._threads[block_hash] = (thread, session)
+        self._threads.move_to_end(block_hash)
+        if len(self._threads) > self._max:
+            self._threads.popitem(last=False)
+
+    def _tool_calls(self, request: Request, hint: Mapping[str, Any]) -> tuple[ToolCallInfo, ...]:
+        stated = calls_from_hint(hint)
+        if stated is not None:
+            return stated
+        tokenizer = self._tokenizer.get() if self._tokenizer is not None else None
+        if tokenizer is None or not request.num_output_tokens:
+            return ()
+        text = tokenizer.decode(list(request.output_token_ids), skip_special_tokens=False)
+        return self._parser(text)

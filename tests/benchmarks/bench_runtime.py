@@ -1,0 +1,214 @@
+"""Overhead of CacheWise's scored block pool against vLLM's BlockPool (prints figures).
+
+For each pool size (default 10k, 100k, 1M blocks) both pools are filled the same way:
+requests of ``--chain`` blocks are allocated, their blocks hashed (vLLM's
+``cache_full_blocks``) and freed; the scored pool first receives one prediction per
+request (a scripted predictor: reuse in U(1 s, 1 h), expiry 3x later, so the timer heap
+and overdue re-keys are exercised when the clock is advanced). Then blocks are evicted in
+batches of ``--batch`` through ``get_new_blocks`` until ``--evict`` blocks (default: the
+whole pool) have been evicted. Reported:
+
+* release: µs per finished request (scored: ``on_request_released`` + ``free_blocks``;
+  vLLM: ``free_blocks``) and per block;
+* evict: µs per evicted block, amortised over the batches (median of ``--trials`` phases),
+  and the difference;
+* memory: bytes per block of each pool (tracemalloc, separate untimed build and fill,
+  heaps included);
+* learned scorer: µs per prediction (features + LightGBM) with ``--model`` (an export
+  folder), else with a random 400-tree model of the real feature set.
+
+Target: scored-pool eviction overhead < 5 µs amortised per evicted block.
+Run: ``python tests/benchmarks/bench_runtime.py [--sizes 10000,100000] [--model models/cachewise-reuse]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import random
+import statistics
+import time
+import tracemalloc
+from types import SimpleNamespace
+
+os.environ.setdefault("VLLM_TARGET_DEVICE", "cpu")
+
+from vllm.v1.core.block_pool import BlockPool  # noqa: E402
+from vllm.v1.core.kv_cache_utils import init_none_hash  # noqa: E402
+from vllm.utils.hashing import sha256  # noqa: E402
+
+from cachewise.runtime.block_pool import ScoredBlockPool  # noqa: E402
+from cachewise.runtime.config import PoolConfig  # noqa: E402
+from cachewise.runtime.policy import ReusePrediction  # noqa: E402
+
+BLOCK = 16
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Scripted:
+    """Reuse in U(1 s, 1 h), expiry three times as far: one prediction per request."""
+
+    def __init__(self, seed: int) -> None:
+        self.rng = random.Random(seed)
+
+    def on_request_finished(self, request, now: float) -> ReusePrediction:
+        gap = self.rng.uniform(1.0, 3600.0)
+        return ReusePrediction(now + gap, now + 3 * gap)
+
+
+def _finished_request() -> SimpleNamespace:
+    return SimpleNamespace(is_finished=lambda: True)
+
+
+def _fill(pool: BlockPool, chain: int, clock: Clock) -> tuple[float, int]:
+    """Allocate, hash and free every block in chains of ``chain``; seconds spent releasing, requests."""
+    scored = isinstance(pool, ScoredBlockPool)
+    release_s, n_req, serial = 0.0, 0, 0
+    for _ in range((pool.num_gpu_blocks - 1) // chain):  # every block reused from the never-used ones
+        blocks = pool.get_new_blocks(chain)
+        hashes = [serial.to_bytes(8, "big") + i.to_bytes(24, "big") for i in range(chain)]
+        serial += 1
+        pool.cache_full_blocks(SimpleNamespace(block_hashes=hashes), blocks, 0, chain, BLOCK, 0)
+        clock.now += 0.01
+        t0 = time.perf_counter()
+        if scored:
+            pool.on_request_released(_finished_request(), [(blocks, True)])
+        pool.free_blocks(reversed(blocks))
+        release_s += time.perf_counter() - t0
+        n_req += 1
+    return release_s, n_req
+
+
+def _evict(pool: BlockPool, total: int, batch: int, clock: Clock) -> tuple[float, int]:
+    """(seconds, blocks) evicting at least ``total`` cached blocks in batches of ``batch``.
+
+    After each timed batch the blocks are hashed again and released (untimed), so every
+    batch evicts cached blocks from a full cache.
+    """
+    spent, done = 0.0, 0
+    while done < total:
+        clock.now += 1.0  # time passes: some predictions become overdue or expire
+        t0 = time.perf_counter()
+        blocks = pool.get_new_blocks(batch)
+        spent += time.perf_counter() - t0
+        pool.free_blocks(blocks)  # unhashed: back at the head, reused first; excluded from timing
+        done += batch
+        # re-hash the returned blocks so that the next batch evicts cached blocks again
+        hashes = [b"e" + done.to_bytes(8, "big") + i.to_bytes(23, "big") for i in range(batch)]
+        got = pool.get_new_blocks(batch)
+        pool.cache_full_blocks(SimpleNamespace(block_hashes=hashes), got, 0, batch, BLOCK, 0)
+        if isinstance(pool, ScoredBlockPool):
+            pool.on_request_released(_finished_request(), [(got, True)])
+        pool.free_blocks(reversed(got))
+    return spent, done
+
+
+def _build(kind: str, n: int, clock: Clock) -> BlockPool:
+    if kind == "vllm":
+        return BlockPool(n, True, BLOCK)
+    return ScoredBlockPool(n, True, BLOCK, predictor=Scripted(1), clock=clock, config=PoolConfig(log_interval_s=0))
+
+
+def bench_pool(kind: str, n: int, chain: int, batch: int, evict: int, trials: int) -> dict[str, float]:
+    """Release and eviction timings (median of ``trials`` eviction phases on one filled pool)."""
+    clock = Clock()
+    gc.collect()
+    pool = _build(kind, n, clock)
+    release_s, n_req = _fill(pool, chain, clock)
+    phases = []
+    for _ in range(trials):
+        spent, evicted = _evict(pool, min(evict, n - chain), batch, clock)
+        phases.append(spent / evicted * 1e6)
+    return {
+        "release_us_per_req": release_s / n_req * 1e6,
+        "release_us_per_block": release_s / (n_req * chain) * 1e6,
+        "evict_us_per_block": statistics.median(phases),
+        "rekeys": getattr(getattr(pool, "_order", None), "rekeys", 0),
+    }
+
+
+def bytes_per_block(kind: str, n: int, chain: int) -> float:
+    """Memory (tracemalloc) of a pool built and filled as in :func:`bench_pool`, per block."""
+    gc.collect()
+    tracemalloc.start()
+    pool = _build(kind, n, Clock())
+    _fill(pool, chain, Clock())
+    used = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    del pool
+    return used / n
+
+
+def bench_scorer(model_path: str | None, n: int = 2000) -> float:
+    """µs per learned prediction (``FeatureState.observe`` + ``ExportedModel.predict_one``).
+
+    Uses the export at ``model_path``, else a random 400-tree, 31-leaf model of the real
+    feature set written to a temporary export folder (the size of the pipeline's model).
+    """
+    import json
+    import tempfile
+    from pathlib import Path
+
+    import lightgbm as lgb
+    import numpy as np
+
+    from cachewise.features.online import FeatureState
+    from cachewise.features.record import FinishedCall, ToolCallInfo
+    from cachewise.features.spec import FEATURE_NAMES, spec_fields
+    from cachewise.train.exported import load_exported
+    from cachewise.train.idle import N_LEVELS
+
+    with tempfile.TemporaryDirectory() as tmp:
+        if model_path is None:
+            rng = np.random.default_rng(0)
+            x = rng.normal(size=(5000, len(FEATURE_NAMES)))
+            params = {"objective": "regression", "num_leaves": 31, "verbose": -1}
+            lgb.train(params, lgb.Dataset(x, rng.normal(size=5000)), 400).save_model(f"{tmp}/model.txt")
+            spec = {**spec_fields(), "residual_quantiles": {"model": list(np.linspace(-1, 1, N_LEVELS))}}
+            Path(tmp, "spec.json").write_text(json.dumps(spec))
+            model_path = tmp
+        model = load_exported(model_path)
+        state = FeatureState()
+        tools = (ToolCallInfo("Bash", {"command": "python -m pytest -x tests/test_app.py"}),)
+        calls = [FinishedCall(f"t{i % 50}", f"s{i % 50}", float(i), i + 2.0, 4000 + i, 120, tools, False, "qwen") for i in range(n)]
+        t0 = time.perf_counter()
+        for call in calls:
+            model.predict_one(state.observe(call))
+        return (time.perf_counter() - t0) / n * 1e6
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="CacheWise runtime overhead vs vLLM's BlockPool")
+    parser.add_argument("--sizes", default="10000,100000,1000000")
+    parser.add_argument("--chain", type=int, default=64, help="blocks per request")
+    parser.add_argument("--batch", type=int, default=32, help="blocks per get_new_blocks call")
+    parser.add_argument("--evict", type=int, default=200000, help="blocks evicted per size (capped at the pool)")
+    parser.add_argument("--trials", type=int, default=3, help="eviction phases per size (median reported)")
+    parser.add_argument("--model", default=None, help="export folder for the scorer timing")
+    args = parser.parse_args()
+    init_none_hash(sha256)
+    print(f"chain={args.chain} blocks/request, eviction batch={args.batch}, median of {args.trials} eviction phases")
+    print(f"{'blocks':>9} {'pool':>7} {'release us/req':>15} {'us/block':>9} {'evict us/block':>15} {'bytes/block':>12} {'rekeys':>7}")
+    for n in (int(s) for s in args.sizes.split(",")):
+        rows = {kind: bench_pool(kind, n, args.chain, args.batch, args.evict, args.trials) for kind in ("vllm", "scored")}
+        for kind, r in rows.items():
+            r["bytes_per_block"] = bytes_per_block(kind, n, args.chain)
+            print(f"{n:>9} {kind:>7} {r['release_us_per_req']:>15.1f} {r['release_us_per_block']:>9.3f} "
+                  f"{r['evict_us_per_block']:>15.3f} {r['bytes_per_block']:>12.0f} {r['rekeys']:>7}")
+        d = {k: rows["scored"][k] - rows["vllm"][k] for k in ("release_us_per_req", "release_us_per_block", "evict_us_per_block", "bytes_per_block")}
+        print(f"{n:>9} {'delta':>7} {d['release_us_per_req']:>15.1f} {d['release_us_per_block']:>9.3f} "
+              f"{d['evict_us_per_block']:>15.3f} {d['bytes_per_block']:>12.0f}   target < 5 us/evicted block: "
+              f"{'MET' if d['evict_us_per_block'] < 5 else 'MISSED'}")
+    print(f"learned scorer: {bench_scorer(args.model):.1f} us per finished request (features + LightGBM)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,37 @@
+"""The ``cachewise`` entry of vLLM's ``--additional-config``: parsing and its errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from cachewise.runtime.config import CacheWiseSettings, ConfigError, PoolConfig, SchedulerSettings
+
+
+def test_full_settings_parse() -> None:
+    s = CacheWiseSettings.from_mapping(
+        {"model": "models:/cachewise-reuse@champion", "tool_parser": "hermes", "max_idle_s": 900, "harmful_window": 10,
+         "metrics_port": "9400", "scheduler": {"max_passes": 2, "max_wait_s": 5}}
+    )
+    assert s.mode == "learned" and s.model == "models:/cachewise-reuse@champion" and s.tool_parser == "hermes"
+    assert s.pool == PoolConfig(max_idle_s=900.0, harmful_window=10) and s.metrics_port == 9400
+    assert s.scheduler == SchedulerSettings(max_passes=2, max_wait_s=5.0)
+    assert CacheWiseSettings.from_mapping({"mode": "fallback"}).model is None
+
+
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        ({"mode": "learned"}, "cachewise.model is required"),
+        ({"mode": "lru", "model": "m"}, "mode must be one of"),
+        ({"model": "m", "max_idle": 1}, "unknown cachewise keys ['max_idle']"),
+        ({"model": "m", "max_idle_s": "long"}, "max_idle_s must be a number"),
+        ({"model": "m", "max_idle_s": 0}, "max_idle_s must be > 0"),
+        ({"model": "m", "scheduler": {"passes": 1}}, "unknown cachewise.scheduler keys ['passes']"),
+        ({"model": "m", "scheduler": {"lookahead": 0}}, "invalid scheduler settings"),
+        ({"model": "m", "scheduler": []}, "must be a JSON object"),
+        ("learned", "must be a JSON object"),
+    ],
+)
+def test_bad_settings_name_the_problem(raw, message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        CacheWiseSettings.from_mapping(raw)
