@@ -1,0 +1,159 @@
+"""``cachewise replay``: agent sessions through vLLM's real scheduler, one run per policy.
+
+Example::
+
+    cachewise replay --events data/events.parquet \\
+        --policies lru,per_tool_mean,ttl,heuristic,learned,belady,infinite \\
+        --capacity-frac 0.5 --concurrency 32 --model models/cachewise-reuse --out data/replay
+
+Settings come from the ``replay:`` section of ``--params`` (see
+:mod:`cachewise.runtime.replay.config`); flags given on the command line win. Without
+``--sweep`` every policy runs at one point (``--capacity-frac``, ``--concurrency``); with it,
+over the grid of ``replay.sweep`` plus that point. Writes ``results.csv``, plot tables and
+``report.md`` under ``--out`` and prints the headline table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from cachewise.data.schema import SchemaError, read_events
+from cachewise.features.params import ParamsError, load_section
+from cachewise.runtime.replay.config import ReplayConfig, ReplayConfigError, load_config
+from cachewise.runtime.replay.costmodel import CostModelError, load_cost_model
+from cachewise.runtime.replay.driver import ReplayStuck
+from cachewise.runtime.replay.engine import EngineParams
+from cachewise.runtime.replay.policies import IdleStats, PolicyContext, learned_factory
+from cachewise.runtime.replay.report import markdown_table, write_report
+from cachewise.runtime.replay.runner import Replayer
+from cachewise.runtime.replay.selection import select_sessions
+from cachewise.runtime.replay.sweep import run_grid
+from cachewise.runtime.replay.targets import headline
+from cachewise.runtime.replay.workload import Workload, build_workload
+from cachewise.train.exported import ModelLoadError
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Add the replay's flags to ``parser``."""
+    parser.add_argument("--params", default="params.yaml", help="params file with a replay: section")
+    parser.add_argument("--events", help="events table (Parquet) to replay")
+    parser.add_argument(
+        "--policies", help="comma-separated policies (lru,per_tool_mean,ttl,heuristic,learned,belady,infinite)"
+    )
+    parser.add_argument("--capacity-frac", type=float, help="KV capacity as a fraction of the peak live working set")
+    parser.add_argument("--concurrency", type=int, help="sessions served at once")
+    parser.add_argument(
+        "--arrival-rate", type=float, help="sessions per second (Poisson); default: start when a slot frees"
+    )
+    parser.add_argument("--model", help="exported model folder or MLflow URI for the learned policy")
+    parser.add_argument("--sweep", action="store_true", help="run the capacity x concurrency grid of replay.sweep")
+    parser.add_argument("--out", help="output folder (default data/replay)")
+    parser.add_argument("--max-sessions", type=int, help="replay at most this many sessions")
+    parser.add_argument("--split", choices=("test", "all"), help="replay held-out tasks only (test) or every session")
+    parser.add_argument("--token-scale", type=int, help="trace tokens per replay token")
+    parser.add_argument("--seed", type=int, help="seed of session order, token ids and arrivals")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _config(args: argparse.Namespace) -> ReplayConfig:
+    overrides = {
+        "events": args.events,
+        "policies": tuple(p.strip() for p in args.policies.split(",") if p.strip()) if args.policies else None,
+        "capacity_frac": args.capacity_frac,
+        "concurrency": args.concurrency,
+        "arrival_rate": args.arrival_rate,
+        "model": args.model,
+        "out": args.out,
+        "max_sessions": args.max_sessions,
+        "split": args.split,
+        "token_scale": args.token_scale,
+        "seed": args.seed,
+    }
+    return load_config(args.params, overrides)
+
+
+def _split_params(params: str) -> dict:
+    """``seed``, ``test_fraction``, ``valid_fraction`` of the train section (the held-out split)."""
+    train = load_section(params, "train")
+    keys = {"seed": "split_seed", "test_fraction": "test_fraction", "valid_fraction": "valid_fraction"}
+    return {mine: train[theirs] for theirs, mine in keys.items() if theirs in train}
+
+
+def _setup_lines(config: ReplayConfig, workload: Workload, engine: EngineParams) -> list[str]:
+    """The report's description of how the replay was run."""
+    groups = ", ".join((m or "?") + (" (sub-agent)" if side else "") for m, side in workload.prefix_groups)
+    overlay = f"Poisson arrivals at {config.arrival_rate:g} sessions/s, " if config.arrival_rate else ""
+    return [
+        (
+            f"Events: `{config.events}`, split `{config.split}`: {len(workload.sessions)} sessions,"
+            f" {len(workload.calls)} LLM calls replayed (closed loop, recorded tool times)."
+        ),
+        (
+            f"Engine: vLLM v1 `Scheduler` + `KVCacheManager` (real code, CPU, no GPU), block = {engine.block_size}"
+            f" replay tokens; token_scale {config.workload.token_scale} (one replay token = that many trace"
+            f" tokens); at most {engine.max_num_batched_tokens} replay tokens per step."
+        ),
+        f"Step times: cost model `{config.model_shape}` from `{config.cost_coefficients}`.",
+        (
+            f"Overlay: {overlay}at most N concurrent sessions (N per table), sessions in seeded random order"
+            f" (seed {config.seed})."
+        ),
+        f"Workload adjustments: {dict(workload.counts) or 'none'}; shared system prompt groups: {groups}.",
+    ]
+
+
+def replay(config: ReplayConfig, params_path: str, sweep: bool, progress: bool) -> Path:
+    """Run the replay described by ``config``; returns the report's path."""
+    events = read_events(config.events)
+    split = _split_params(params_path) if config.split == "test" else {}
+    chosen = select_sessions(events, config.split, config.max_sessions, config.seed, **split)
+    workload = build_workload(events, config.workload, chosen.sessions)
+    cost = load_cost_model(config.cost_coefficients, config.model_shape)
+    engine = config.engine.for_scale(config.workload.token_scale)
+    learned = None
+    if "learned" in config.policies:
+        if config.model is None:
+            raise ReplayConfigError("policy 'learned' needs --model (or replay.model)")
+        learned = learned_factory(config.model, workload, engine.block_size)
+    ctx = PolicyContext(workload, IdleStats.fit(chosen.fit_events), config.ttl_quantile, learned)
+    replayer = Replayer(workload, cost, engine, ctx, seed=config.seed)
+    fracs = (config.capacity_frac, *(config.sweep.capacity_fracs if sweep else ()))
+    concs = (config.concurrency, *(config.sweep.concurrency if sweep else ()))
+    results = run_grid(replayer, config.policies, fracs, concs, config.arrivals(), progress)
+    setup = _setup_lines(config, workload, engine)
+    path = write_report(results, config.out, config.policies, config.concurrency, config.capacity_frac, setup)
+    point = headline(results, config.concurrency, config.capacity_frac)
+    cols = [
+        "evictions",
+        "harmful_evictions",
+        "hit_rate",
+        "recomputed_tokens",
+        "preemptions",
+        "session_s_mean",
+        "policy_overhead_pct",
+    ]
+    print(markdown_table(point.loc[[p for p in config.policies if p in point.index], cols]))
+    print(f"report: {path}")
+    return path
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of ``cachewise replay``; returns the exit status."""
+    try:
+        config = _config(args)
+        replay(config, args.params, args.sweep, progress=not args.no_progress)
+    except (
+        ReplayConfigError,
+        SchemaError,
+        CostModelError,
+        ParamsError,
+        ModelLoadError,
+        ReplayStuck,
+        OSError,
+        ValueError,
+    ) as exc:
+        print(f"cachewise replay: error: {exc}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,149 @@
+"""The replay's settings: the ``replay:`` section of params.yaml, overridden by CLI flags.
+
+Every key has a default here, so a missing section or key falls back to it; an unknown
+key, or a value of the wrong type, raises :class:`ReplayConfigError` naming it (a typo must
+not silently change a benchmark). Token counts in ``engine`` are *trace* tokens; the
+engine sees them divided by ``workload.token_scale``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from types import UnionType
+from typing import Any, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+from cachewise.runtime.replay.driver import ArrivalParams
+from cachewise.runtime.replay.engine import EngineParams
+from cachewise.runtime.replay.policies import POLICIES
+from cachewise.runtime.replay.workload import WorkloadParams
+
+SECTION = "replay"
+
+
+class ReplayConfigError(ValueError):
+    """The ``replay`` settings are malformed."""
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """vLLM scheduler shape in trace tokens (``replay.engine``)."""
+
+    block_size: int = 16
+    max_num_seqs: int = 256
+    max_num_batched_tokens: int = 8192
+
+    def for_scale(self, token_scale: int) -> EngineParams:
+        """The engine parameters in replay tokens."""
+        return EngineParams(
+            block_size=self.block_size,
+            max_num_seqs=self.max_num_seqs,
+            max_num_batched_tokens=max(self.block_size, self.max_num_batched_tokens // token_scale),
+        )
+
+
+@dataclass(frozen=True)
+class SweepSettings:
+    """The grid of ``--sweep`` (``replay.sweep``)."""
+
+    capacity_fracs: tuple[float, ...] = (0.25, 0.5, 0.75)
+    concurrency: tuple[int, ...] = (32,)
+
+
+@dataclass(frozen=True)
+class ReplayConfig:
+    """All replay settings (see the module doc and ``cachewise replay --help``)."""
+
+    events: str = "data/events.parquet"
+    out: str = "data/replay"
+    cost_coefficients: str = "runtime/replay/cost_coefficients.json"
+    model_shape: str = "llama-3.1-8b-bf16"
+    model: str | None = "models/cachewise-reuse"
+    policies: tuple[str, ...] = POLICIES
+    split: str = "test"
+    max_sessions: int | None = 48
+    seed: int = 0
+    capacity_frac: float = 0.5
+    concurrency: int = 32
+    arrival_rate: float | None = None
+    ttl_quantile: float = 0.9
+    workload: WorkloadParams = field(default_factory=lambda: WorkloadParams(token_scale=16))
+    engine: EngineSettings = field(default_factory=EngineSettings)
+    sweep: SweepSettings = field(default_factory=SweepSettings)
+
+    def __post_init__(self) -> None:
+        unknown = [p for p in self.policies if p not in POLICIES]
+        if unknown:
+            raise ReplayConfigError(f"unknown policies {unknown}; known: {', '.join(POLICIES)}")
+        if self.split not in ("test", "all"):
+            raise ReplayConfigError(f"split must be 'test' or 'all', got {self.split!r}")
+        if not 0 < self.ttl_quantile < 1:
+            raise ReplayConfigError(f"ttl_quantile must be in (0, 1), got {self.ttl_quantile}")
+
+    def arrivals(self, concurrency: int | None = None) -> ArrivalParams:
+        """The session overlay at ``concurrency`` (default: the configured one)."""
+        return ArrivalParams(concurrency or self.concurrency, self.arrival_rate, self.seed)
+
+
+_NESTED = {"workload": WorkloadParams, "engine": EngineSettings, "sweep": SweepSettings}
+_TUPLES = {"policies", "capacity_fracs", "concurrency"}
+
+
+def _values(cls: type, raw: Any, where: str) -> dict[str, Any]:
+    """``raw`` checked against the fields of ``cls`` (lists of tuple fields become tuples)."""
+    if not isinstance(raw, dict):
+        raise ReplayConfigError(f"{where}: expected a mapping, got {type(raw).__name__}")
+    names = {f.name for f in fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        raise ReplayConfigError(f"{where}: unknown keys {unknown}; known: {sorted(names)}")
+    values = {k: tuple(v) if k in _TUPLES and isinstance(v, list) else v for k, v in raw.items()}
+    hints = get_type_hints(cls)
+    for key, value in values.items():
+        if key in _NESTED and cls is ReplayConfig:
+            continue
+        hint = hints[key]
+        options = get_args(hint) if get_origin(hint) in (Union, UnionType) else (hint,)
+        allowed = tuple(get_origin(t) or t for t in options)
+        if float in allowed:
+            allowed += (int,)
+        if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
+            raise ReplayConfigError(f"{where}.{key}: {value!r} is not of type {hints[key]}")
+    return values
+
+
+def _replace(obj: Any, values: dict[str, Any], where: str) -> Any:
+    try:
+        return replace(obj, **values)
+    except (TypeError, ValueError) as exc:
+        raise ReplayConfigError(f"{where}: {exc}") from exc
+
+
+def load_config(params_path: str | Path | None, overrides: dict[str, Any]) -> ReplayConfig:
+    """Settings from ``params_path`` (its ``replay:`` section; absent file or section = defaults),
+    with ``overrides`` (non-None CLI values, by field name) applied on top."""
+    raw: dict[str, Any] = {}
+    if params_path is not None and Path(params_path).exists():
+        try:
+            doc = yaml.safe_load(Path(params_path).read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ReplayConfigError(f"{params_path}: not valid YAML: {exc}") from exc
+        raw = dict(doc.get(SECTION) or {})
+    where = f"{params_path}:{SECTION}"
+    values = _values(ReplayConfig, raw, where)
+    defaults = ReplayConfig()
+    for key, cls in _NESTED.items():
+        if key in values:
+            values[key] = _replace(
+                getattr(defaults, key), _values(cls, values[key], f"{where}.{key}"), f"{where}.{key}"
+            )
+    config = _replace(defaults, values, where)
+    workload_keys = {f.name for f in fields(WorkloadParams)}
+    given = {k: v for k, v in overrides.items() if v is not None}
+    nested = {k: v for k, v in given.items() if k in workload_keys}
+    flat = {k: v for k, v in given.items() if k not in workload_keys}
+    if nested:
+        flat["workload"] = _replace(config.workload, nested, "command line")
+    return _replace(config, flat, "command line")

@@ -1,0 +1,101 @@
+"""GPU time of one engine step, from coefficients measured on a real GPU.
+
+The replay runs vLLM's scheduler without a GPU; this model says how long the GPU would
+have taken for each scheduled step, and the replay's simulated clock advances by that.
+Coefficients come from ``runtime/replay/measure_costs.py`` (a JSON file, path given by the
+caller), per model shape::
+
+    prefill_time(new, ctx) = a0 + a_tok * new + a_ctx * new * (ctx + new / 2)
+    decode_step(batch, total_ctx) = b0 + b_seq * batch + b_ctx * total_ctx
+
+A step that mixes prefill chunks and decodes (vLLM's chunked prefill) costs the sum of
+each chunk's prefill time plus one decode step of the decoding requests.
+
+Invariant: every time is finite and >= 0 for non-negative inputs (coefficients are
+checked non-negative on load).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+PREFILL_KEYS = ("a0", "a_tok", "a_ctx")
+DECODE_KEYS = ("b0", "b_seq", "b_ctx")
+
+
+class CostModelError(ValueError):
+    """The coefficient file is missing, malformed, or lacks the requested shape."""
+
+
+@dataclass(frozen=True)
+class CostModel:
+    """Step-time model of one model shape on one GPU (seconds, tokens)."""
+
+    shape: str
+    a0: float
+    a_tok: float
+    a_ctx: float
+    b0: float
+    b_seq: float
+    b_ctx: float
+
+    def prefill_time(self, new_tokens: int, context_tokens: int) -> float:
+        """Seconds to prefill ``new_tokens`` tokens on top of ``context_tokens`` cached ones."""
+        if new_tokens <= 0:
+            return 0.0
+        return self.a0 + self.a_tok * new_tokens + self.a_ctx * new_tokens * (context_tokens + new_tokens / 2)
+
+    def decode_step(self, batch: int, total_context_tokens: int) -> float:
+        """Seconds for one decode step of ``batch`` sequences holding ``total_context_tokens``."""
+        if batch <= 0:
+            return 0.0
+        return self.b0 + self.b_seq * batch + self.b_ctx * total_context_tokens
+
+    def step_time(self, prefill: list[tuple[int, int]], decode_ctx: list[int], token_scale: int = 1) -> float:
+        """Seconds of one engine step, from replay-token counts.
+
+        ``prefill``: ``(new, context)`` per prefilling request; ``decode_ctx``: context of each
+        decoding request. One replay token stands for ``token_scale`` trace tokens, so a
+        decode step stands for ``token_scale`` real decode steps.
+        """
+        s = token_scale
+        seconds = sum(self.prefill_time(n * s, ctx * s) for n, ctx in prefill)
+        if decode_ctx:
+            seconds += s * self.decode_step(len(decode_ctx), s * sum(decode_ctx))
+        return seconds
+
+
+def load_cost_model(path: str | Path, shape: str) -> CostModel:
+    """Read the coefficients of ``shape`` from the JSON file at ``path``.
+
+    Raises :class:`CostModelError` naming the file when it is absent, not JSON, lacks the
+    shape, or holds a negative or non-finite coefficient.
+    """
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise CostModelError(
+            f"{path}: cost coefficient file not found (written by runtime/replay/measure_costs.py)"
+        ) from exc
+    except json.JSONDecodeError as exc:
+        raise CostModelError(f"{path}:{exc.lineno}: not valid JSON: {exc.msg}") from exc
+    shapes = doc.get("shapes") if isinstance(doc, dict) else None
+    if not isinstance(shapes, dict) or shape not in shapes:
+        known = sorted(shapes) if isinstance(shapes, dict) else []
+        raise CostModelError(f"{path}: no shape {shape!r} (has {known})")
+    entry = shapes[shape]
+    values: dict[str, float] = {}
+    for part, keys in (("prefill", PREFILL_KEYS), ("decode", DECODE_KEYS)):
+        section = entry.get(part) or {}
+        for key in keys:
+            if key not in section:
+                raise CostModelError(f"{path}: shapes.{shape}.{part} lacks {key!r}")
+            value = float(section[key])
+            if not math.isfinite(value) or value < 0:
+                raise CostModelError(f"{path}: shapes.{shape}.{part}.{key} = {value} is not >= 0")
+            values[key] = value
+    return CostModel(shape=shape, **values)

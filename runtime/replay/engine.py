@@ -1,0 +1,287 @@
+"""vLLM's real v1 ``Scheduler`` and ``KVCacheManager``, stepped without a GPU.
+
+:class:`VllmEngine` builds the scheduler exactly as vLLM's engine core would for a
+Llama-shaped model (a ``config.json`` written to a temporary folder, no weights, no
+tokenizer), with prefix caching on and a KV cache of ``num_blocks`` blocks. Each
+:meth:`VllmEngine.step` calls ``Scheduler.schedule()``, then hands
+``Scheduler.update_from_output()`` a ``ModelRunnerOutput`` that "samples" the planned
+output token of every request whose prefill is complete, as the GPU model runner does
+(partial prefill chunks sample nothing). Requests are sent with ``max_tokens`` equal to
+their planned output length and ``ignore_eos``, so every response has exactly its
+recorded length.
+
+KV-cache events (``BlockStored`` / ``BlockRemoved``) are turned on and collected from the
+scheduler's publisher, which is replaced by an in-memory :class:`EventLog`: that is how
+evictions are counted for every policy without touching the block pool.
+
+Invariant: the engine never changes vLLM's code paths; a policy gets in only by building
+the engine inside :func:`cachewise.runtime.hooks.use_policy`, which makes vLLM's own
+``KVCacheCoordinator`` build the runtime's ``ScoredBlockPool``.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+from vllm.config import (
+    CacheConfig,
+    KVEventsConfig,
+    ModelConfig,
+    ParallelConfig,
+    SchedulerConfig,
+    VllmConfig,
+)
+from vllm.distributed.kv_events import BlockRemoved, BlockStored, KVEventBatch
+from vllm.envs import enable_envs_cache
+from vllm.sampling_params import SamplingParams
+from vllm.utils.hashing import get_hash_fn_by_name
+from vllm.v1.core.kv_cache_utils import (
+    get_request_block_hasher,
+    init_none_hash,
+    maybe_convert_block_hash,
+)
+from vllm.v1.core.sched.output import SchedulerOutput
+from vllm.v1.core.sched.scheduler import Scheduler
+from vllm.v1.core.single_type_kv_cache_manager import register_all_kvcache_specs
+from vllm.v1.kv_cache_interface import FullAttentionSpec, KVCacheConfig, KVCacheGroupSpec
+from vllm.v1.outputs import ModelRunnerOutput
+from vllm.v1.request import Request
+from vllm.v1.structured_output import StructuredOutputManager
+
+from cachewise.runtime.request_calls import HINT_KEY
+
+#: Llama-3.1-style ``config.json`` fields the scheduler's ``ModelConfig`` needs (no weights).
+LLAMA_CONFIG = {
+    "architectures": ["LlamaForCausalLM"],
+    "model_type": "llama",
+    "hidden_size": 4096,
+    "intermediate_size": 14336,
+    "num_attention_heads": 32,
+    "num_hidden_layers": 32,
+    "num_key_value_heads": 8,
+    "vocab_size": 128256,
+    "max_position_embeddings": 1048576,
+    "rms_norm_eps": 1e-05,
+    "rope_theta": 500000.0,
+    "torch_dtype": "bfloat16",
+    "bos_token_id": 128000,
+    "eos_token_id": 128001,
+    "hidden_act": "silu",
+    "tie_word_embeddings": False,
+}
+VOCAB_SIZE = LLAMA_CONFIG["vocab_size"]
+
+
+@dataclass(frozen=True)
+class EngineParams:
+    """Scheduler shape in replay tokens (from ``replay.engine`` of params.yaml, scaled)."""
+
+    block_size: int = 16
+    max_num_seqs: int = 256
+    max_num_batched_tokens: int = 512
+
+
+class EventLog:
+    """An in-memory KV-event publisher: keeps the hashes stored and removed since the last take.
+
+    Hashes are vLLM's external block hashes (``maybe_convert_block_hash``), the same form
+    :meth:`VllmEngine.block_hashes` returns.
+    """
+
+    def __init__(self) -> None:
+        self.stored: list = []
+        self.removed: list = []
+
+    def publish(self, events: KVEventBatch) -> None:
+        for ev in events.events:
+            if isinstance(ev, BlockRemoved):
+                self.removed.extend(ev.block_hashes)
+            elif isinstance(ev, BlockStored):
+                self.stored.extend(ev.block_hashes)
+
+    def take(self) -> tuple[list, list]:
+        """(stored, removed) since the previous call."""
+        out = (self.stored, self.removed)
+        self.stored, self.removed = [], []
+        return out
+
+    def shutdown(self) -> None:
+        """Part of vLLM's publisher interface; nothing to release."""
+
+
+@lru_cache(maxsize=1)
+def _model_dir() -> str:
+    """A folder holding :data:`LLAMA_CONFIG` as ``config.json`` (lives for the process)."""
+    folder = Path(tempfile.mkdtemp(prefix="cachewise-replay-model-"))
+    (folder / "config.json").write_text(json.dumps(LLAMA_CONFIG))
+    return str(folder)
+
+
+@lru_cache(maxsize=8)
+def _vllm_config(max_model_len: int, params: EngineParams) -> VllmConfig:
+    """The (costly to build) vLLM config, shared by every engine of the same shape."""
+    model = ModelConfig(model=_model_dir(), skip_tokenizer_init=True, max_model_len=max_model_len, dtype="bfloat16")
+    sched = SchedulerConfig(
+        max_num_seqs=params.max_num_seqs,
+        max_num_batched_tokens=max(params.max_num_batched_tokens, params.block_size),
+        max_model_len=max_model_len,
+        enable_chunked_prefill=True,
+        is_encoder_decoder=False,
+        async_scheduling=False,
+        watermark=0.0,
+    )
+    cache = CacheConfig(block_size=params.block_size, enable_prefix_caching=True)
+    config = VllmConfig(
+        model_config=model,
+        scheduler_config=sched,
+        cache_config=cache,
+        parallel_config=ParallelConfig(),
+        kv_events_config=KVEventsConfig(enable_kv_cache_events=True, publisher="null"),
+    )
+    register_all_kvcache_specs(config)
+    init_none_hash(get_hash_fn_by_name(cache.prefix_caching_hash_algo))
+    return config
+
+
+@dataclass
+class StepResult:
+    """What one engine step did (replay tokens).
+
+    ``prefill``: ``(new_tokens, context_tokens)`` per request computing prompt (or
+    recomputing preempted) tokens; ``prefilled_blocks``: external hashes of the full blocks
+    whose last token was prefilled in this step; ``decode_ctx``: context length of each
+    decoding request; ``finished``: requests that completed in this step.
+    """
+
+    prefill: list[tuple[int, int]] = field(default_factory=list)
+    prefilled_blocks: list = field(default_factory=list)
+    decode_ctx: list[int] = field(default_factory=list)
+    finished: list[Request] = field(default_factory=list)
+
+    @property
+    def idle(self) -> bool:
+        """True when nothing was scheduled (no request could run)."""
+        return not self.prefill and not self.decode_ctx
+
+
+class VllmEngine:
+    """One vLLM scheduler with a KV cache of ``num_blocks`` blocks (block 0 is vLLM's null block)."""
+
+    def __init__(
+        self,
+        num_blocks: int,
+        max_model_len: int,
+        params: EngineParams,
+    ):
+        self.params = params
+        config = _vllm_config(max_model_len, params)
+        spec = FullAttentionSpec(block_size=params.block_size, num_kv_heads=1, head_size=1, dtype=torch.float32)
+        kv_config = KVCacheConfig(
+            num_blocks=num_blocks, kv_cache_tensors=[], kv_cache_groups=[KVCacheGroupSpec(["layer"], spec)]
+        )
+        config.cache_config.num_gpu_blocks = num_blocks
+        self.scheduler = Scheduler(
+            vllm_config=config,
+            kv_cache_config=kv_config,
+            structured_output_manager=StructuredOutputManager(config),
+            block_size=params.block_size,
+            log_stats=True,
+        )
+        self.events = EventLog()
+        self.scheduler.kv_event_publisher = self.events
+        # As vLLM's EngineCore does once the scheduler is built: no env overrides from here on.
+        enable_envs_cache()
+        self._hasher = get_request_block_hasher(
+            params.block_size, get_hash_fn_by_name(config.cache_config.prefix_caching_hash_algo)
+        )
+        self._outputs: dict[str, np.ndarray] = {}
+        self.prefix_queries = 0
+        self.prefix_hits = 0
+
+    @property
+    def block_pool(self):
+        """The scheduler's block pool (vLLM's, or the policy's subclass)."""
+        return self.scheduler.kv_cache_manager.block_pool
+
+    def add(
+        self,
+        request_id: str,
+        prompt: np.ndarray,
+        output: np.ndarray,
+        session_id: str | None,
+        arrival_time: float,
+        hint: dict | None = None,
+    ) -> Request:
+        """Queue a request, arrived at ``arrival_time``, that will generate exactly ``output``.
+
+        ``hint`` becomes ``SamplingParams.extra_args["cachewise"]``, the client-hint channel
+        of :mod:`cachewise.runtime.request_calls`.
+        """
+        params = SamplingParams(
+            max_tokens=len(output),
+            ignore_eos=True,
+            detokenize=False,
+            extra_args={HINT_KEY: hint} if hint is not None else None,
+        )
+        request = Request(
+            request_id=request_id,
+            prompt_token_ids=prompt.tolist(),
+            sampling_params=params,
+            pooling_params=None,
+            block_hasher=self._hasher,
+            session_id=session_id,
+            arrival_time=arrival_time,
+        )
+        self._outputs[request_id] = output
+        self.scheduler.add_request(request)
+        return request
+
+    @staticmethod
+    def block_hashes(request: Request) -> list:
+        """External hashes of the request's full blocks, as KV events report them."""
+        return [maybe_convert_block_hash(h) for h in request.block_hashes]
+
+    def has_work(self) -> bool:
+        """True while some request is waiting or running."""
+        return self.scheduler.has_unfinished_requests()
+
+    def step(self) -> StepResult:
+        """Schedule one batch, "run" it, and feed the sampled tokens back."""
+        out: SchedulerOutput = self.scheduler.schedule()
+        result = StepResult()
+        req_ids = list(out.num_scheduled_tokens)
+        sampled: list[list[int]] = []
+        for rid in req_ids:
+            request = self.scheduler.requests[rid]
+            n = out.num_scheduled_tokens[rid]
+            before = request.num_computed_tokens - n
+            if before >= request.num_prompt_tokens and n == 1:
+                result.decode_ctx.append(before)
+            else:
+                result.prefill.append((n, before))
+                bs = self.params.block_size
+                done = request.block_hashes[before // bs : (before + n) // bs]
+                result.prefilled_blocks.extend(maybe_convert_block_hash(h) for h in done)
+            if request.is_prefill_chunk:
+                sampled.append([])
+            else:
+                sampled.append([int(self._outputs[rid][len(request.output_token_ids)])])
+        runner_out = ModelRunnerOutput(
+            req_ids=req_ids, req_id_to_index={r: i for i, r in enumerate(req_ids)}, sampled_token_ids=sampled
+        )
+        scheduled = {rid: self.scheduler.requests[rid] for rid in req_ids}
+        for core_out in self.scheduler.update_from_output(out, runner_out).values():
+            if core_out.scheduler_stats is not None:
+                self.prefix_queries += core_out.scheduler_stats.prefix_cache_stats.queries
+                self.prefix_hits += core_out.scheduler_stats.prefix_cache_stats.hits
+        for rid, request in scheduled.items():
+            if request.is_finished():
+                result.finished.append(request)
+                self._outputs.pop(rid, None)
+        return result

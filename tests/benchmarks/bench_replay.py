@@ -1,0 +1,129 @@
+"""Replay benchmark: the full capacity x concurrency sweep, and the harness's own figures.
+
+Prints, for the events table given (default: ingest ../shared/traces/claude-code into a
+temporary file):
+
+* token-scale fidelity: LRU and Belady at one point with ``token_scale`` 16 and 4 on the
+  same sessions; harmful evictions in trace tokens (blocks x tokens per block), hit rate and
+  mean session time, with their relative difference;
+* replay speed: LLM calls replayed per second and vLLM steps per second, per policy;
+* the full sweep (capacity fractions 0.1 ... 1.0 x concurrency 8, 16, 32, 48, every policy),
+  written like ``cachewise replay --sweep`` (results.csv, plots, report.md) under ``--out``,
+  and its headline tables.
+
+Run: ``python tests/benchmarks/bench_replay.py [--events PATH] [--model DIR] [--out DIR] [--quick]``
+(``--quick``: 2 capacities x 1 concurrency, for a smoke check).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from cachewise.data.ingest import load_sources
+from cachewise.data.schema import read_events, write_events
+from cachewise.runtime.replay.cli import replay
+from cachewise.runtime.replay.config import SweepSettings, load_config
+from cachewise.runtime.replay.costmodel import load_cost_model
+from cachewise.runtime.replay.policies import IdleStats, PolicyContext
+from cachewise.runtime.replay.runner import Replayer, RunSpec
+from cachewise.runtime.replay.selection import select_sessions
+from cachewise.runtime.replay.workload import build_workload
+
+REPO = Path(__file__).resolve().parents[2]
+SHARED_TRACES = (REPO / ".." / "shared" / "traces").resolve()
+FULL_FRACS = (0.1, 0.2, 0.3, 0.5, 0.7, 0.9, 1.0)
+FULL_CONCURRENCY = (8, 16, 32, 48)  # the test split holds ~52 sessions; 48 are replayed
+
+
+def _events(path: str | None, tmp: Path) -> str:
+    if path:
+        return path
+    src = SHARED_TRACES / "claude-code"
+    if not src.is_dir():
+        raise SystemExit(f"no --events given and no real traces at {src}")
+    events, _ = load_sources([src])
+    out = tmp / "events_cc.parquet"
+    write_events(events, out)
+    return str(out)
+
+
+def _replayer(config, token_scale: int, n_sessions: int) -> Replayer:
+    events = read_events(config.events)
+    chosen = select_sessions(events, "all", n_sessions, config.seed)
+    workload = build_workload(events, replace(config.workload, token_scale=token_scale), chosen.sessions)
+    cost = load_cost_model(config.cost_coefficients, config.model_shape)
+    ctx = PolicyContext(workload, IdleStats.fit(events))
+    return Replayer(workload, cost, config.engine.for_scale(token_scale), ctx, seed=config.seed)
+
+
+def fidelity(config, n_sessions: int = 8) -> None:
+    """LRU and Belady at capacity 0.5, concurrency 8: token_scale 16 against 4."""
+    print(f"\n== token-scale fidelity ({n_sessions} sessions, concurrency 8, capacity 0.5) ==")
+    arrivals = config.arrivals(8)
+    rows = {}
+    for scale in (16, 4):
+        rep = _replayer(config, scale, n_sessions)
+        for policy in ("lru", "belady"):
+            start = time.perf_counter()
+            r = rep.run(RunSpec(policy, 0.5, arrivals))
+            rows[(scale, policy)] = r
+            print(
+                f"scale {scale:2d} {policy:7s} harmful={r['harmful_evictions'] * r['block_tokens']:>12,} trace tokens"
+                f"  hit={r['hit_rate']:.3f}  session_mean={r['session_s_mean']:8.1f}s"
+                f"  wall={time.perf_counter() - start:6.1f}s"
+            )
+    for policy in ("lru", "belady"):
+        a, b = rows[(16, policy)], rows[(4, policy)]
+        ha, hb = a["harmful_evictions"] * a["block_tokens"], b["harmful_evictions"] * b["block_tokens"]
+        print(
+            f"{policy:7s} scale 16 vs 4: harmful tokens {100 * (ha / hb - 1):+.1f}%, hit rate"
+            f" {a['hit_rate'] - b['hit_rate']:+.3f}, session mean {100 * (a['session_s_mean'] / b['session_s_mean'] - 1):+.1f}%"
+        )
+
+
+def speed(config, n_sessions: int = 16) -> None:
+    """Calls and engine steps per second of wall time, per policy, at capacity 0.5."""
+    print(f"\n== replay speed ({n_sessions} sessions, token_scale {config.workload.token_scale}, concurrency 16) ==")
+    rep = _replayer(config, config.workload.token_scale, n_sessions)
+    calls = len(rep.w.calls)
+    arrivals = config.arrivals(16)
+    blocks, _ = rep.num_blocks(0.5, arrivals)  # runs (and caches) the infinite-cache sizing run
+    for policy in [p for p in config.policies if p != "learned"]:
+        start = time.perf_counter()
+        r = rep.run_at(policy, rep.infinite_blocks if policy == "infinite" else blocks, arrivals)
+        wall = time.perf_counter() - start
+        print(
+            f"{policy:14s} {calls / wall:7.1f} calls/s  {r['steps'] / wall:8.1f} steps/s"
+            f"  engine CPU {r['engine_cpu_s']:6.2f}s  policy CPU {r['policy_cpu_s']:6.2f}s"
+            f" ({r['policy_overhead_pct']:.3f}% of replayed step time)"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events")
+    parser.add_argument("--model")
+    parser.add_argument("--params", default=str(REPO / "params.yaml"))
+    parser.add_argument("--out", default="/tmp/cw/replay_full")
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        events = _events(args.events, Path(tmp))
+        config = load_config(args.params, {"events": events, "model": args.model, "out": args.out})
+        if args.model is None:
+            config = replace(config, policies=tuple(p for p in config.policies if p != "learned"))
+        fidelity(config)
+        speed(config)
+        grid = SweepSettings((0.3, 0.7), (32,)) if args.quick else SweepSettings(FULL_FRACS, FULL_CONCURRENCY)
+        print(f"\n== sweep: capacity {grid.capacity_fracs} x concurrency {grid.concurrency} ==")
+        start = time.perf_counter()
+        replay(replace(config, sweep=grid), args.params, sweep=True, progress=True)
+        print(f"sweep wall time {time.perf_counter() - start:.0f}s; report: {Path(args.out) / 'report.md'}")
+
+
+if __name__ == "__main__":
+    main()

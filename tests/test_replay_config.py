@@ -1,0 +1,45 @@
+"""The replay's settings: params.yaml section, CLI overrides, and errors that name the key."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from cachewise.runtime.replay.config import ReplayConfigError, load_config
+
+
+def write(tmp_path, section: dict) -> str:
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump({"replay": section}))
+    return str(path)
+
+
+def test_defaults_without_a_file(tmp_path) -> None:
+    config = load_config(tmp_path / "absent.yaml", {})
+    assert config.capacity_frac == 0.5 and config.concurrency == 32 and config.workload.token_scale == 16
+
+
+def test_section_then_flags(tmp_path) -> None:
+    path = write(tmp_path, {"concurrency": 8, "workload": {"max_gap_s": 30}, "sweep": {"capacity_fracs": [0.2, 0.4]}})
+    config = load_config(path, {"concurrency": 4, "token_scale": 2, "policies": ("lru", "belady"), "model": None})
+    assert config.concurrency == 4
+    assert (config.workload.token_scale, config.workload.max_gap_s) == (2, 30)
+    assert config.sweep.capacity_fracs == (0.2, 0.4)
+    assert config.policies == ("lru", "belady") and config.model == "models/cachewise-reuse"
+    assert config.engine.for_scale(2).max_num_batched_tokens == 4096
+
+
+@pytest.mark.parametrize(
+    ("section", "message"),
+    [
+        ({"capacity_fraction": 0.5}, r"replay: unknown keys \['capacity_fraction'\]"),
+        ({"concurrency": "many"}, r"replay\.concurrency: 'many' is not of type"),
+        ({"workload": {"token_scale": 0}}, r"token_scale must be >= 1"),
+        ({"engine": {"blocks": 3}}, r"replay\.engine: unknown keys"),
+        ({"policies": ["lru", "fifo"]}, r"unknown policies \['fifo'\]"),
+        ({"split": "train"}, r"split must be 'test' or 'all'"),
+    ],
+)
+def test_errors_name_the_key(tmp_path, section: dict, message: str) -> None:
+    with pytest.raises(ReplayConfigError, match=message):
+        load_config(write(tmp_path, section), {})

@@ -1,0 +1,163 @@
+"""The replay harness against a trace small enough to replay by hand (real vLLM scheduler).
+
+Three sessions A, B, C start together; each makes two calls. Call 0: a 32-token prompt
+(2 blocks of 16) and a 1-token answer that asks for a tool; call 1 comes back after the
+recorded tool time (A: 1 s, B: 5 s, C: 10 s) with a 48-token prompt (call 0's prompt, its
+answer, 15 tool-result tokens: 3 blocks) and ends the session. Engine steps cost ~1 ms, so
+the three calls 0 share the first step and every call 1 runs alone.
+
+KV cache: 7 blocks = vLLM's null block + 6. After the first step the 6 blocks hold
+A0 A1 B0 B1 C0 C1 (all free, cached); vLLM freed each chain tail first, requests in order,
+so its free queue is A1 A0 B1 B0 C1 C0.
+
+vLLM LRU, by hand:
+  t=1  A hits A0 A1 (leave the queue), needs 1 block: evicts B1 (queue head).     1 harmful
+       A ends and frees A2 A1 A0 -> queue B0 C1 C0 A2 A1 A0.
+  t=5  B hits B0 only, needs 2 blocks: evicts C1, C0.                              2 harmful
+  t=10 C hits nothing, needs 3 blocks: evicts A2 A1 A0 (A is done: harmless).
+  => 6 evictions, 3 harmful.
+
+Belady oracle (evict the block whose next use is farthest; ended prefixes first):
+  t=1  A needs 1 block: C's chain is needed last (t=10): evicts its leaf C1.      1 harmful
+       A ended: its blocks go first from now on.
+  t=5  B hits B0 B1, needs 1 block: evicts A's leaf A2.
+  t=10 C hits C0, needs 2 blocks: evicts A1, A0.
+  => 4 evictions, 1 harmful.
+
+An infinite cache evicts nothing. In every case each session ends right after its recorded
+tool time (steps are ~1 ms), which checks the closed loop.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from cachewise.data.schema import COLUMNS, validate
+from cachewise.runtime.replay.costmodel import load_cost_model
+from cachewise.runtime.replay.driver import ArrivalParams
+from cachewise.runtime.replay.engine import EngineParams
+from cachewise.runtime.replay.policies import IdleStats, PolicyContext
+from cachewise.runtime.replay.runner import Replayer
+from cachewise.runtime.replay.workload import WorkloadParams, build_workload
+
+pytestmark = pytest.mark.vllm
+
+TOOL_TIME = {"A": 1.0, "B": 5.0, "C": 10.0}
+LATENCY = 0.5  # recorded LLM latency (not replayed: the engine's own time counts)
+
+
+def _row(session: str, k: int, t: float, prompt: int, tool: bool) -> dict:
+    calls = (
+        [
+            {
+                "name": "Bash",
+                "input_json": json.dumps({"command": "pytest -x"}),
+                "command_class": "test",
+                "start_time": t + LATENCY,
+                "end_time": t + LATENCY + TOOL_TIME[session],
+                "observation_bytes": 100,
+                "is_error": False,
+            }
+        ]
+        if tool
+        else []
+    )
+    return {
+        "source": "synthetic",
+        "src_file": "hand.jsonl",
+        "task_id": f"task-{session}",
+        "session_id": session,
+        "thread_id": session,
+        "is_sidechain": False,
+        "call_index": k,
+        "model": "hand-model",
+        "time_basis": "synthetic",
+        "request_time": t,
+        "response_time": t + LATENCY,
+        "prompt_tokens": prompt,
+        "cached_tokens": None,
+        "output_tokens": 1,
+        "hash_ids": None,
+        "tool_calls": calls,
+        "ended_turn": not tool,
+    }
+
+
+def hand_events() -> pd.DataFrame:
+    rows = []
+    for s in "ABC":
+        rows.append(_row(s, 0, 0.0, 32, tool=True))
+        rows.append(_row(s, 1, LATENCY + TOOL_TIME[s], 48, tool=False))
+    frame = pd.DataFrame(rows)[COLUMNS]
+    validate(frame)
+    return frame
+
+
+@pytest.fixture(scope="module")
+def replayer(tmp_path_factory) -> Replayer:
+    coeffs = tmp_path_factory.mktemp("cost") / "cost.json"
+    coeffs.write_text(
+        json.dumps(
+            {
+                "shapes": {
+                    "tiny": {
+                        "prefill": {"a0": 1e-3, "a_tok": 0.0, "a_ctx": 0.0},
+                        "decode": {"b0": 1e-3, "b_seq": 0.0, "b_ctx": 0.0},
+                    }
+                }
+            }
+        )
+    )
+    events = hand_events()
+    workload = build_workload(events, WorkloadParams(token_scale=1, system_prompt_tokens=0), ["A", "B", "C"])
+    ctx = PolicyContext(workload, IdleStats.fit(events))
+    return Replayer(
+        workload, load_cost_model(coeffs, "tiny"), EngineParams(block_size=16, max_num_batched_tokens=256), ctx
+    )
+
+
+ARRIVALS = ArrivalParams(concurrency=3)
+
+
+@pytest.mark.parametrize(("policy", "evictions", "harmful"), [("lru", 6, 3), ("belady", 4, 1), ("infinite", 0, 0)])
+def test_evictions_match_hand_count(replayer: Replayer, policy: str, evictions: int, harmful: int) -> None:
+    blocks = replayer.infinite_blocks if policy == "infinite" else 7
+    result = replayer.run_at(policy, blocks, ARRIVALS)
+    assert (result["evictions"], result["harmful_evictions"]) == (evictions, harmful)
+    assert result["sessions"] == 3
+    assert result["preemptions"] == 0
+
+
+def test_closed_loop_timing(replayer: Replayer) -> None:
+    result = replayer.run_at("lru", 7, ARRIVALS)
+    # Sessions end about one tool time after the first step: (1 + 5 + 10) / 3 s, plus ms steps.
+    assert result["session_s_mean"] == pytest.approx(sum(TOOL_TIME.values()) / 3, abs=0.02)
+    assert result["makespan_s"] == pytest.approx(max(TOOL_TIME.values()), abs=0.02)
+
+
+def test_recompute_counts_the_evicted_prefix(replayer: Replayer) -> None:
+    # LRU: B recomputes B1 (16 tokens), C recomputes C0 C1 (32); Belady: C recomputes C1 only.
+    assert replayer.run_at("lru", 7, ARRIVALS)["recomputed_tokens"] == 48
+    assert replayer.run_at("belady", 7, ARRIVALS)["recomputed_tokens"] == 16
+
+
+def test_peak_live_working_set(replayer: Replayer) -> None:
+    # When A's second call arrives: A's 3 blocks + B's 2 + C's 2 (then A's session ends).
+    assert replayer.peak_live_blocks(ARRIVALS) == 7
+
+
+def test_one_session_at_a_time(replayer: Replayer) -> None:
+    # Concurrency 1: sessions run back to back, each alone fits in the cache: nothing harmful.
+    result = replayer.run_at("lru", 7, ArrivalParams(concurrency=1))
+    assert result["harmful_evictions"] == 0
+    assert result["makespan_s"] == pytest.approx(sum(TOOL_TIME.values()), abs=0.05)
+
+
+def test_poisson_arrivals_spread_sessions(replayer: Replayer) -> None:
+    # One session per ~1000 s on average: sessions do not overlap, so nothing harmful either.
+    result = replayer.run_at("lru", 7, ArrivalParams(concurrency=3, arrival_rate=1e-3, seed=1))
+    assert result["harmful_evictions"] == 0
+    assert result["makespan_s"] > 100
