@@ -24,7 +24,10 @@ request gets one predictor call; a request released unfinished (preempted, or wa
 remote KV) is not shown to the predictor: its prefix is treated as needed now
 (``reuse_at = now``) because vLLM re-queues it at the front. Blocks freed on other paths
 (sliding-window trimming, copy-on-write retention, connectors) carry no prediction and sit
-in the no-opinion tier.
+in the no-opinion tier. :meth:`ScoredBlockPool.on_request_arrived` is called by the
+``Scheduler.add_request`` hook when a request enters the waiting queue: the free cached
+blocks of its prefix become *requested* (see :mod:`cachewise.runtime.eviction_order`), so
+a prefix whose request is already queued is not evicted as overdue while it waits.
 
 Modes: *active* (a predictor is set) or *fallback* (vLLM's order: ``get_new_blocks`` is
 vLLM's unchanged). A pool starts in fallback when built without a predictor (e.g. the
@@ -39,6 +42,7 @@ no prediction. Nothing here raises into vLLM except vLLM's own errors.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import time
@@ -48,7 +52,7 @@ from collections.abc import Callable, Iterable, Sequence
 from vllm.distributed.kv_events import MEDIUM_GPU
 from vllm.v1.core.block_pool import BlockPool
 from vllm.v1.core.kv_cache_metrics import KVCacheMetricsCollector
-from vllm.v1.core.kv_cache_utils import BlockHash, KVCacheBlock, make_block_hash_with_group_id
+from vllm.v1.core.kv_cache_utils import BlockHash, KVCacheBlock, make_block_hash_with_group_id, resolve_block_hashes
 from vllm.v1.request import Request
 
 from cachewise.runtime.config import PoolConfig
@@ -134,6 +138,30 @@ class ScoredBlockPool(BlockPool):
                 for chain, chained in chains:
                     order.on_release(chain, reuse_at, expire_at, chained)
         self._publisher.publish()
+
+    def on_request_arrived(self, request: Request, groups: Sequence[tuple[int, int]]) -> None:
+        """``request`` entered the waiting queue; ``groups`` = (group id, block size) per chained group.
+
+        Looks its prefix up as vLLM's full-attention ``find_longest_cache_hit`` does (in
+        order, at most ``num_tokens - 1`` tokens, stopping at the first miss; vLLM's lookup,
+        so no harmful eviction is counted here) and marks the hits that are free as requested
+        now (expiring ``max_idle_s`` later). O(prefix blocks); the predictor is not called.
+        """
+        order = self._order
+        if order is None or request.skip_reading_prefix_cache:
+            return
+        now = self.clock()
+        for group_id, block_size in groups:
+            hashes = resolve_block_hashes(request.block_hashes, self.hash_block_size, block_size)
+            free: list[KVCacheBlock] = []
+            for block_hash in itertools.islice(hashes, (request.num_tokens - 1) // block_size):
+                found = BlockPool.get_cached_block(self, block_hash, [group_id])
+                if found is None:
+                    break
+                if found[0].ref_cnt == 0:
+                    free.append(found[0])
+            if free:
+                order.on_request(free, now, now + self.config.max_idle_s)
 
     def _predict(self, request: Request, now: float) -> tuple[float, float] | None:
         """The predictor's checked answer for ``request``, or None (no opinion or failure)."""

@@ -31,6 +31,14 @@ descendant, including descendants freed while the parent was still in use elsewh
 A block's prediction is consumed by its next reuse: :meth:`on_touch` clears it, and the
 request that reused it sets a new one when it is released.
 
+Requested blocks: when a request arrives, the free cached blocks of its prefix are
+*requested* (:meth:`on_request`): their key becomes ``min(key, arrival time)`` and they are
+never re-keyed as overdue (their only timer is their expiry), so while the request waits
+they rank after every other predicted block (whose keys are all later than ``now`` once due
+re-keys are done), latest arrival evicted first. The mark is consumed like a prediction
+(the request's hit touches the blocks) and dropped with the hash; a fold from a requested
+child makes its parent requested (the parent is the previous block of the same prefix).
+
 Complexity: every operation is O(1) or O(log n) in the number of blocks (amortised over
 the bounded re-keys) except :meth:`on_release`, which is O(blocks of the released request)
 like vLLM's own free. Candidates live in two binary heaps (by reuse key; by time of the
@@ -79,6 +87,7 @@ class EvictionOrder:
         self._expire = array("d", [_NEG_INF]) * n
         self._freed_at = array("d", [0.0]) * n
         self._keyed = bytearray(n)  # 1 iff the block carries a prediction since its last reuse
+        self._requested = bytearray(n)  # 1 iff keyed by a queued request's arrival: no overdue re-key
         self._depth = array("i", [0]) * n
         self._parent = array("i", [-1]) * n
         self._parent_epoch = array("q", [0]) * n
@@ -139,6 +148,7 @@ class EvictionOrder:
                         expire[b] = expire_at
                 else:
                     keyed[b] = 1
+                    self._requested[b] = 0
                     reuse[b] = reuse_at
                     expire[b] = expire_at
             prev = b
@@ -171,9 +181,33 @@ class EvictionOrder:
             if len(self._unhashed) > self._compact_at:
                 self._compact()
 
+    def on_request(self, blocks: Iterable[KVCacheBlock], now: float, expire_at: float) -> None:
+        """A request that arrived at ``now`` will hit ``blocks`` (free, cached, its prefix in order).
+
+        Each is keyed ``min(key, now)`` (latest ``expire_at``) and marked requested (no
+        overdue re-key); leaves are re-pushed under the new key (their old entries die).
+        Keys only decrease, so a parent's key stays no later than its descendants'.
+        """
+        keyed, reuse, expire, children = self._keyed, self._reuse, self._expire, self._children
+        for blk in blocks:
+            b = blk.block_id
+            if keyed[b]:
+                if now < reuse[b]:
+                    reuse[b] = now
+                if expire_at > expire[b]:
+                    expire[b] = expire_at
+            else:
+                keyed[b] = 1
+                reuse[b] = now
+                expire[b] = expire_at
+            self._requested[b] = 1
+            if children[b] == 0:
+                self._push(b)
+
     def on_touch(self, block: KVCacheBlock) -> None:
         """``block`` was hit by a new request: its prediction is consumed, its entries die."""
         self._keyed[block.block_id] = 0
+        self._requested[block.block_id] = 0
         self._token[block.block_id] = 0
 
     def on_drop(self, block: KVCacheBlock) -> None:
@@ -302,11 +336,14 @@ class EvictionOrder:
         self._epoch[b] += 1
         self._children[b] = 0
         self._keyed[b] = 0
+        self._requested[b] = 0
         self._token[b] = 0  # its heap entries are dead
         return freed_parent
 
     def _fold(self, child: int, parent: int) -> None:
-        """Merge ``child``'s prediction into ``parent``'s."""
+        """Merge ``child``'s prediction (and requested mark) into ``parent``'s."""
+        if self._requested[child]:
+            self._requested[parent] = 1
         if self._keyed[parent]:
             if self._reuse[child] < self._reuse[parent]:
                 self._reuse[parent] = self._reuse[child]
@@ -328,7 +365,7 @@ class EvictionOrder:
         # predicted tier: deeper first, then push order (the token), which follows free order
         reuse, expire = self._reuse[b], self._expire[b]
         entry = (-reuse if reuse < _INF else _FAR, ((_DEPTH_LIMIT - self._depth[b]) << (_WORD + _ID_BITS)) | tail)
-        return entry, reuse if reuse < expire else expire
+        return entry, reuse if reuse < expire and not self._requested[b] else expire
 
     def _push(self, b: int) -> None:
         """Make free leaf ``b`` a candidate under its current key (new token: old entries die).

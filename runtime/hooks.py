@@ -1,6 +1,6 @@
 """How a ``ScoredBlockPool`` gets into vLLM's real KV-cache manager, without a fork.
 
-Two patches, installed once per process by :func:`install_hooks` (idempotent, re-entrant):
+Three patches, installed once per process by :func:`install_hooks` (idempotent, re-entrant):
 
 1. ``vllm.v1.core.kv_cache_coordinator.BlockPool`` -- the name ``KVCacheCoordinator.__init__``
    calls to build the pool that all KV-cache groups share -- becomes :func:`_build_pool`.
@@ -11,6 +11,10 @@ Two patches, installed once per process by :func:`install_hooks` (idempotent, re
    scheduler hands back a request's blocks, deferred frees included) first call
    ``ScoredBlockPool.on_request_released(request, chains)`` when the manager's pool is a
    scored one. A failure in that call is counted and ignored; the free always happens.
+3. ``Scheduler.add_request`` (hence every subclass) first calls
+   ``ScoredBlockPool.on_request_arrived(request, groups)`` when the scheduler's pool is a
+   scored one, so the free cached prefix of a queued request is kept while it waits.
+   Failures are counted and ignored the same way; the request is always added.
 
 A binding becomes active through :func:`use_policy` (a context manager, for the replay
 benchmark and tests) or, in a served engine, through the plugin's ``Scheduler.__init__``
@@ -131,6 +135,13 @@ def request_chains(manager: KVCacheManager, request_id: str) -> list[tuple[Seque
     ]
 
 
+def chained_groups(manager: KVCacheManager) -> list[tuple[int, int]]:
+    """``(kv_cache_group_id, block_size)`` of every chained KV-cache group of ``manager``."""
+    return [
+        (m.kv_cache_group_id, m.block_size) for m in manager.coordinator.single_type_managers if _is_chained(type(m))
+    ]
+
+
 def _release(manager: KVCacheManager, request: Request) -> None:
     pool = manager.block_pool
     if not isinstance(pool, ScoredBlockPool):
@@ -141,9 +152,22 @@ def _release(manager: KVCacheManager, request: Request) -> None:
         pool.record_hook_error(exc)
 
 
-def _wrap_release(original: Callable[..., Any]) -> Callable[..., Any]:
-    def wrapper(self: KVCacheManager, request: Request) -> Any:
-        _release(self, request)
+def _arrive(scheduler: Any, request: Request) -> None:
+    manager = getattr(scheduler, "kv_cache_manager", None)
+    pool = getattr(manager, "block_pool", None)
+    if not isinstance(pool, ScoredBlockPool):
+        return
+    try:
+        pool.on_request_arrived(request, chained_groups(manager))
+    except Exception as exc:  # noqa: BLE001 - never let CacheWise break an arrival
+        pool.record_hook_error(exc)
+
+
+def _wrap(original: Callable[..., Any], hook: Callable[[Any, Request], None]) -> Callable[..., Any]:
+    """``original(self, request)`` preceded by ``hook(self, request)`` (which never raises)."""
+
+    def wrapper(self: Any, request: Request) -> Any:
+        hook(self, request)
         return original(self, request)
 
     wrapper.__name__ = original.__name__
@@ -155,13 +179,19 @@ def _wrap_release(original: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def install_hooks() -> None:
-    """Install the pool factory and the release hooks (no-op when already installed)."""
+    """Install the pool factory, the release hooks and the arrival hook (no-op when already installed)."""
+    from vllm.v1.core.sched.scheduler import Scheduler  # imported late, like the plugin's wrapper
+
     if kv_cache_coordinator.BlockPool is not _build_pool:
         kv_cache_coordinator.BlockPool = _build_pool  # type: ignore[assignment, misc]
-    for name in ("free", "pop_blocks_for_free"):
-        method = getattr(KVCacheManager, name)
+    for owner, name, hook in (
+        (KVCacheManager, "free", _release),
+        (KVCacheManager, "pop_blocks_for_free", _release),
+        (Scheduler, "add_request", _arrive),
+    ):
+        method = getattr(owner, name)
         if not getattr(method, "_cachewise_hook", False):
-            setattr(KVCacheManager, name, _wrap_release(method))
+            setattr(owner, name, _wrap(method, hook))
 
 
 def hooks_installed() -> bool:
