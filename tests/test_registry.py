@@ -99,3 +99,18 @@ def test_score_cli_on_exported_and_registered_model(workspace, capsys):
     for scores in [result["model"], *result["baselines"].values()]:
         assert 0.0 <= scores["pairwise_accuracy"] <= 1.0
     assert result["baselines"]["lru"]["mae_log"] is None
+
+
+def test_score_held_out_keeps_only_the_tasks_training_held_out(workspace, capsys):
+    root = workspace
+    export_dir = root / "models" / "cachewise-reuse"
+    if not export_dir.is_dir():
+        pytest.skip("needs the export of test_train_register_champion_export_round_trip")
+    spec = json.loads((export_dir / "spec.json").read_text())
+    held_out = set(spec["training_data"]["test_tasks"])
+    events = read_features(root / "data" / "features.parquet")[0]
+    expected = int(events["task_id"].isin(held_out).sum())
+    _cli("score", "--traces", str(root / "corpus"), "--model", str(export_dir), "--json", "--held-out")
+    result = json.loads(capsys.readouterr().out)
+    assert 0 < expected < len(events)
+    assert result["n_events"] == expected

@@ -6,7 +6,8 @@ Fields (JSON object):
   ``feature_names`` (model column order), ``categorical`` (feature -> vocabulary),
   ``vocabularies`` (value -> integer code), ``label_transform`` (``log1p_seconds``);
 * ``horizon_s``: reuse horizon of the labels; a censored label is ``log1p(2 * horizon_s)``;
-* ``training_data``: ``events_sha256`` (fingerprint of the events file), row / task counts;
+* ``training_data``: ``events_sha256`` (fingerprint of the events file), row / task counts,
+  ``test_tasks`` (the held-out task ids: ``cachewise score --held-out`` scores only those);
 * ``idle_quantiles``: per primary command class (``<none>`` = no tool call) and ``__all__``:
   ``n``, ``censored_fraction`` and ``p50`` / ``p90`` / ``p99`` of the observed idle seconds of
   the training rows, a censored row counted at ``2 * horizon_s``;

@@ -21,6 +21,8 @@ import json
 import sys
 from pathlib import Path
 
+import pandas as pd
+
 from cachewise.data.ingest import IngestError, load_sources
 from cachewise.data.schema import SchemaError, validate
 from cachewise.features.featurize import featurize
@@ -41,6 +43,14 @@ def score_events(model: ExportedModel, events, pairs_cfg: PairSettings) -> dict:
     stats = BaselineStats.from_dict(spec["baselines"])
     conditioners = {name: IdleConditioner(tuple(spec["residual_quantiles"][name])) for name in GAP_PREDICTORS}
     return evaluate(frame, pred, stats, conditioners, horizon, pairs_cfg)
+
+
+def held_out_events(model: ExportedModel, events: pd.DataFrame) -> pd.DataFrame:
+    """The rows of the tasks ``model``'s training held out (``training_data.test_tasks``)."""
+    tasks = model.spec.get("training_data", {}).get("test_tasks")
+    if not tasks:
+        raise ModelLoadError(f"{model.source}: spec lists no held-out tasks (exported before they were recorded)")
+    return events[events["task_id"].isin(set(tasks))].reset_index(drop=True)
 
 
 def _pair_settings(params: str) -> PairSettings:
@@ -68,6 +78,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="models/cachewise-reuse", help="export folder or models:/NAME@ALIAS URI")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     parser.add_argument("--params", default="params.yaml", help="pairwise settings (train.pairwise); defaults if absent")
+    parser.add_argument(
+        "--held-out", action="store_true", help="score only the tasks the model's training held out (its spec lists them)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -75,6 +88,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         model = load_exported(args.model)
         events, _ = load_sources([Path(args.traces)])
+        if args.held_out:
+            events = held_out_events(model, events)
         validate(events)
     except (ModelLoadError, IngestError, SchemaError, FileNotFoundError) as exc:
         print(f"score: error: {exc}", file=sys.stderr)

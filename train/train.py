@@ -109,6 +109,7 @@ def train_model(frame: pd.DataFrame, meta: dict, tparams: dict, horizon_s: float
             "rows": int(len(frame)),
             "tasks": int(frame["task_id"].nunique()),
             "sessions": int(frame[["source", "session_id"]].drop_duplicates().shape[0]),
+            "test_tasks": sorted(test["task_id"].unique().tolist()),
         },
         idle_table=idle_quantiles(train["primary_class"], train["idle_s"], train["censored"], horizon_s),
         conditioners=conditioners,
