@@ -3,7 +3,7 @@
 Example::
 
     cachewise replay --events data/events.parquet \\
-        --policies lru,per_tool_mean,ttl,heuristic,learned,belady,infinite \\
+        --policies lru,lru_arrival,per_tool_mean,ttl,heuristic,learned,belady,infinite \\
         --capacity-frac 0.5 --concurrency 32 --model models/cachewise-reuse --out data/replay
 
 Settings come from the ``replay:`` section of ``--params`` (see
@@ -40,7 +40,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--params", default="params.yaml", help="params file with a replay: section")
     parser.add_argument("--events", help="events table (Parquet) to replay")
     parser.add_argument(
-        "--policies", help="comma-separated policies (lru,per_tool_mean,ttl,heuristic,learned,belady,infinite)"
+        "--policies", help="comma-separated policies (lru,lru_arrival,per_tool_mean,ttl,heuristic,learned,belady,infinite)"
     )
     parser.add_argument("--capacity-frac", type=float, help="KV capacity as a fraction of the peak live working set")
     parser.add_argument("--concurrency", type=int, help="sessions served at once")

@@ -7,6 +7,9 @@ once per finished request, on the replay's simulated clock. "Ended" below means
 ``(inf, now)``: never reused, evicted before anything else.
 
 ``lru``            vLLM's own ``BlockPool`` (its free-queue order), no predictor.
+``lru_arrival``    The runtime's pool with no opinion on any request (so vLLM's LRU order),
+                   plus its arrival rule: the cached prefix of a request waiting in the queue
+                   is evicted last. The honest baseline for what predictions add.
 ``per_tool_mean``  CacheWise-hint style: ``reuse_at = now + mean idle time`` of the
                    response's primary command class (class of its first tool call) in the
                    fitting sessions; a response with no tool call ended its session.
@@ -47,8 +50,8 @@ from cachewise.runtime.policy import ReusePrediction, ReusePredictor
 from cachewise.runtime.replay.workload import Workload
 from cachewise.runtime.request_calls import CallBuilder
 
-POLICIES = ("lru", "per_tool_mean", "ttl", "heuristic", "learned", "belady", "infinite")
-HAND_WRITTEN = ("per_tool_mean", "ttl", "heuristic")
+POLICIES = ("lru", "lru_arrival", "per_tool_mean", "ttl", "heuristic", "learned", "belady", "infinite")
+HAND_WRITTEN = ("lru_arrival", "per_tool_mean", "ttl", "heuristic")
 NO_TOOL = "<none>"
 _INF = math.inf
 
@@ -156,6 +159,13 @@ class Heuristic(_ClassPolicy):
         return ReusePrediction(now + self.stats.quantile(klass, 0.5), now + self.stats.quantile(klass, 0.99))
 
 
+class NoOpinion:
+    """No prediction for any request: the pool keeps vLLM's LRU order (and its arrival rule)."""
+
+    def on_request_finished(self, request: Request, now: float) -> ReusePrediction | None:
+        return None
+
+
 class BeladyOracle:
     """``reuse_at = now + recorded gap to the thread's next call``; a thread's last call is ended."""
 
@@ -246,6 +256,7 @@ def build_policy(name: str, ctx: PolicyContext, clock: Callable[[], float]) -> P
         return Policy(name, ctx.learned(clock))
     facts = _CallFacts(ctx.workload)
     predictors: dict[str, Callable[[], ReusePredictor]] = {
+        "lru_arrival": NoOpinion,
         "per_tool_mean": lambda: PerToolMean(facts, ctx.stats),
         "ttl": lambda: TtlPin(facts, ctx.stats, ctx.ttl_quantile),
         "heuristic": lambda: Heuristic(facts, ctx.stats),
