@@ -124,7 +124,7 @@ class EvictionOrder:
             self._epoch,
             self._children,
         )
-        keyed, reuse, expire, depth = self._keyed, self._reuse, self._expire, self._depth
+        merge, depth = self._merge, self._depth
         n = self._num_blocks
         prev = -1
         for i, blk in enumerate(chain):
@@ -141,16 +141,7 @@ class EvictionOrder:
                         parent_epoch[b] = epoch[prev]
                         children[prev] += 1
             if reuse_at is not None:
-                if keyed[b]:
-                    if reuse_at < reuse[b]:
-                        reuse[b] = reuse_at
-                    if expire_at > expire[b]:
-                        expire[b] = expire_at
-                else:
-                    keyed[b] = 1
-                    self._requested[b] = 0
-                    reuse[b] = reuse_at
-                    expire[b] = expire_at
+                merge(b, reuse_at, expire_at)
             prev = b
 
     def on_free(self, blocks: Iterable[KVCacheBlock], now: float) -> None:
@@ -188,19 +179,11 @@ class EvictionOrder:
         overdue re-key); leaves are re-pushed under the new key (their old entries die).
         Keys only decrease, so a parent's key stays no later than its descendants'.
         """
-        keyed, reuse, expire, children = self._keyed, self._reuse, self._expire, self._children
+        merge, requested, children = self._merge, self._requested, self._children
         for blk in blocks:
             b = blk.block_id
-            if keyed[b]:
-                if now < reuse[b]:
-                    reuse[b] = now
-                if expire_at > expire[b]:
-                    expire[b] = expire_at
-            else:
-                keyed[b] = 1
-                reuse[b] = now
-                expire[b] = expire_at
-            self._requested[b] = 1
+            merge(b, now, expire_at)
+            requested[b] = 1
             if children[b] == 0:
                 self._push(b)
 
@@ -344,15 +327,23 @@ class EvictionOrder:
         """Merge ``child``'s prediction (and requested mark) into ``parent``'s."""
         if self._requested[child]:
             self._requested[parent] = 1
-        if self._keyed[parent]:
-            if self._reuse[child] < self._reuse[parent]:
-                self._reuse[parent] = self._reuse[child]
-            if self._expire[child] > self._expire[parent]:
-                self._expire[parent] = self._expire[child]
+        self._merge(parent, self._reuse[child], self._expire[child])
+
+    def _merge(self, b: int, reuse_at: float, expire_at: float) -> None:
+        """Merge the prediction ``(reuse_at, expire_at)`` into block ``b``'s: the sooner reuse, the later expiry.
+
+        A block without a prediction takes it as is. Leaves the requested mark alone (a
+        block without a prediction is never requested: marks are cleared with predictions).
+        """
+        if self._keyed[b]:
+            if reuse_at < self._reuse[b]:
+                self._reuse[b] = reuse_at
+            if expire_at > self._expire[b]:
+                self._expire[b] = expire_at
         else:
-            self._keyed[parent] = 1
-            self._reuse[parent] = self._reuse[child]
-            self._expire[parent] = self._expire[child]
+            self._keyed[b] = 1
+            self._reuse[b] = reuse_at
+            self._expire[b] = expire_at
 
     def _entry(self, b: int) -> tuple[tuple[float, int], float]:
         """Heap entry of block ``b`` under its current key (with a new token) and its due time."""
