@@ -77,3 +77,14 @@ def checked(prediction: object, now: float, max_idle_s: float) -> ReusePredictio
     if reuse_at == -math.inf or expire_at == -math.inf:
         raise InvalidPrediction(f"-inf in prediction {prediction!r}")
     return ReusePrediction(reuse_at, min(expire_at, now + max_idle_s))
+
+
+class ManualClock:
+    """A clock that moves only when told (``clock.now = t``): the pool's injectable clock for
+    simulated time (the replay) and for tests."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now

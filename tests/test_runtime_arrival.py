@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import pytest
 
+from cachewise.runtime.policy import ManualClock as Clock
 from cachewise.runtime.cpu_engine import make_request, make_scheduler, make_vllm_config, run_to_completion, step
 from cachewise.runtime.hooks import use_policy
 from cachewise.runtime.policy import ReusePrediction
@@ -21,14 +22,6 @@ pytestmark = pytest.mark.vllm
 BLOCK = 16
 A_PROMPT = list(range(4 * BLOCK))
 B_PROMPT = list(range(1000, 1000 + 4 * BLOCK))
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class Fixed:

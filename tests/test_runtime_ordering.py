@@ -21,6 +21,7 @@ import lightgbm as lgb
 import numpy as np
 import pytest
 
+from cachewise.runtime.policy import ManualClock as Clock
 from cachewise.features.online import FeatureState
 from cachewise.features.record import FinishedCall, ToolCallInfo
 from cachewise.features.spec import spec_fields
@@ -124,14 +125,6 @@ def test_learned_order_keeps_the_waiting_session(model_dir: Path) -> None:
         for i, tools in enumerate([(ToolCallInfo("Bash", TEST_RUN["arguments"]),), ()])
     ]
     assert model.predict_one(vecs[0]) < model.predict_one(vecs[1])
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class ByRequest:

@@ -24,6 +24,7 @@ import numpy as np
 from tqdm import tqdm
 from vllm.v1.request import Request
 
+from cachewise.runtime.policy import ManualClock
 from cachewise.runtime.replay.costmodel import CostModel
 from cachewise.runtime.replay.engine import VllmEngine
 from cachewise.runtime.replay.metrics import RunMetrics
@@ -44,16 +45,6 @@ class ArrivalParams:
     seed: int = 0
 
 
-class SimClock:
-    """The replay's simulated time in seconds; policies read it instead of the wall clock."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 class ClosedLoopDriver:
     """Replays ``workload`` through ``engine``; the results accumulate in ``metrics``."""
 
@@ -65,7 +56,7 @@ class ClosedLoopDriver:
         cost: CostModel,
         arrivals: ArrivalParams,
         metrics: RunMetrics,
-        clock: SimClock,
+        clock: ManualClock,
     ):
         if arrivals.concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {arrivals.concurrency}")

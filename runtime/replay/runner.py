@@ -21,8 +21,9 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from cachewise.runtime.hooks import use_policy
+from cachewise.runtime.policy import ManualClock
 from cachewise.runtime.replay.costmodel import CostModel
-from cachewise.runtime.replay.driver import ArrivalParams, ClosedLoopDriver, SimClock
+from cachewise.runtime.replay.driver import ArrivalParams, ClosedLoopDriver
 from cachewise.runtime.replay.engine import VOCAB_SIZE, EngineParams, VllmEngine
 from cachewise.runtime.replay.metrics import RunMetrics
 from cachewise.runtime.replay.policies import Policy, PolicyContext, build_policy
@@ -126,7 +127,7 @@ class Replayer:
 
     def run_at(self, policy_name: str, num_blocks: int, arrivals: ArrivalParams, progress: bool = False) -> dict:
         """:meth:`RunMetrics.summary` of ``policy_name`` with exactly ``num_blocks`` vLLM blocks."""
-        clock = SimClock()
+        clock = ManualClock()
         policy: Policy = build_policy(policy_name, self.ctx, clock)
         metrics = RunMetrics(token_scale=self.w.params.token_scale, block_size=self.engine_params.block_size)
         if policy.predictor is None:

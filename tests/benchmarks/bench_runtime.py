@@ -38,19 +38,12 @@ from vllm.v1.core.block_pool import BlockPool  # noqa: E402
 from vllm.v1.core.kv_cache_utils import init_none_hash  # noqa: E402
 from vllm.utils.hashing import sha256  # noqa: E402
 
+from cachewise.runtime.policy import ManualClock as Clock
 from cachewise.runtime.block_pool import ScoredBlockPool  # noqa: E402
 from cachewise.runtime.config import PoolConfig  # noqa: E402
 from cachewise.runtime.policy import ReusePrediction  # noqa: E402
 
 BLOCK = 16
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class Scripted:
