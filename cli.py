@@ -4,13 +4,23 @@ Each subcommand lives in the module that does its work; that module exposes
 ``configure(parser: argparse.ArgumentParser) -> None`` and ``run(args) -> int``.
 Modules are imported only when their subcommand runs, so ``cachewise ingest`` never
 pays for importing MLflow or vLLM.
+
+Errors: a user error (bad params key or value, a path that cannot be read or written, a
+model or registry that cannot be used: ``ValueError``, ``OSError``, the project's own error
+types and MLflow's) prints ONE line ``cachewise <command>: error: ...`` on stderr and exits
+2; anything else prints one line and exits 1. ``--debug`` (before or after the command)
+shows the traceback instead. SIGTERM is turned into ``SystemExit(143)`` so that every
+``finally`` runs: staged outputs are removed and an MLflow run ends ``KILLED``.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
+import threading
+from types import FrameType
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "ingest": ("cachewise.data.ingest", "read traces and write the events table"),
@@ -20,20 +30,48 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "score": ("cachewise.train.score", "report a model's prediction quality next to baselines"),
     "replay": ("cachewise.runtime.replay.cli", "replay agent sessions through vLLM's scheduler"),
 }
+USER_ERROR, INTERNAL_ERROR, TERMINATED = 2, 1, 128 + signal.SIGTERM
+#: Project error types that are not ValueError/OSError subclasses (matched by name: no imports).
+_USER_ERROR_NAMES = frozenset({"IngestError", "ModelLoadError", "MlflowException", "ReplayStuck"})
+
+
+def is_user_error(exc: BaseException) -> bool:
+    """True for errors caused by the input (module doc), as opposed to bugs."""
+    return isinstance(exc, (ValueError, OSError)) or any(c.__name__ in _USER_ERROR_NAMES for c in type(exc).__mro__)
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(TERMINATED)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parse ``argv`` (default ``sys.argv[1:]``) and run the chosen subcommand."""
+    """Parse ``argv`` (default ``sys.argv[1:]``) and run the chosen subcommand (errors: module doc)."""
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog="cachewise", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    chosen = argv[0] if argv and argv[0] in SUBCOMMANDS else None
+    chosen = next((a for a in argv if not a.startswith("-")), None)
     for name, (module, help_text) in SUBCOMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
         if name == chosen:
             importlib.import_module(module).configure(p)
     args = parser.parse_args(argv)
-    return int(importlib.import_module(SUBCOMMANDS[args.command][0]).run(args) or 0)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
+    try:
+        return int(importlib.import_module(SUBCOMMANDS[args.command][0]).run(args) or 0)
+    except Exception as exc:
+        if args.debug:
+            raise
+        user = is_user_error(exc)
+        kind = "error" if user else f"internal error ({type(exc).__name__}; re-run with --debug for the traceback)"
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        print(f"cachewise {args.command}: {kind}: {message}", file=sys.stderr)
+        return USER_ERROR if user else INTERNAL_ERROR
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

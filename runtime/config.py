@@ -6,8 +6,9 @@ Example::
         "model": "models:/cachewise-reuse@champion", "mode": "learned",
         "tool_parser": "hermes", "max_idle_s": 1800}}'
 
-Every key is optional except ``model`` in ``learned`` mode. Unknown keys and wrong types
-raise :class:`ConfigError` naming the key; the plugin turns that into a fallback to vLLM's
+Every key is optional except ``model`` in ``learned`` mode. Unknown keys, wrong types,
+non-finite numbers (JSON ``1e400`` parses as infinity) and out-of-range values (a
+``metrics_port`` outside 1..65535) raise :class:`ConfigError` naming the key; the plugin turns that into a fallback to vLLM's
 order with one warning (a typo must not take the server down, but must be visible).
 """
 
@@ -20,6 +21,7 @@ from typing import Any
 
 CONFIG_KEY = "cachewise"
 MODES = ("learned", "fallback")
+MAX_PORT = 65535
 
 
 class ConfigError(ValueError):
@@ -44,8 +46,8 @@ class PoolConfig:
     log_interval_s: float = 60.0
 
     def __post_init__(self) -> None:
-        if not (self.max_idle_s > 0):
-            raise ConfigError(f"max_idle_s must be > 0, got {self.max_idle_s}")
+        if not (0 < self.max_idle_s < math.inf):
+            raise ConfigError(f"max_idle_s must be a finite number > 0, got {self.max_idle_s}")
         if self.harmful_window is not None and self.harmful_window < 0:
             raise ConfigError(f"harmful_window must be >= 0, got {self.harmful_window}")
         if self.max_consecutive_failures < 1:
@@ -78,18 +80,24 @@ class SchedulerSettings:
         return cls(**{k: _typed(cls, k, v) for k, v in raw.items()})
 
     def __post_init__(self) -> None:
-        if self.lookahead < 1 or self.max_passes < 0 or not (self.max_wait_s >= 0):
+        if self.lookahead < 1 or self.max_passes < 0 or not (0 <= self.max_wait_s < math.inf):
             raise ConfigError(f"invalid scheduler settings {self}")
 
 
 @dataclass(frozen=True)
 class CacheWiseSettings:
-    """Everything under ``additional_config["cachewise"]``."""
+    """Everything under ``additional_config["cachewise"]``.
+
+    ``registry_timeout_s``: wall-clock budget (retries included) for fetching a ``models:/``
+    model from the MLflow registry at start-up; None: the loader's default
+    (:data:`cachewise.train.exported.REGISTRY_TIMEOUT_S`, 10 s). ``metrics_port``: 1..65535.
+    """
 
     mode: str = "learned"
     model: str | None = None
     tool_parser: str = "auto"
     metrics_port: int | None = None
+    registry_timeout_s: float | None = None
     pool: PoolConfig = field(default_factory=PoolConfig)
     scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)
 
@@ -98,6 +106,10 @@ class CacheWiseSettings:
             raise ConfigError(f"cachewise.mode must be one of {MODES}, got {self.mode!r}")
         if self.mode == "learned" and not self.model:
             raise ConfigError("cachewise.model is required in learned mode (a path or a models:/ URI)")
+        if self.metrics_port is not None and not 1 <= self.metrics_port <= MAX_PORT:
+            raise ConfigError(f"cachewise.metrics_port must be 1..{MAX_PORT}, got {self.metrics_port}")
+        if self.registry_timeout_s is not None and not 0 < self.registry_timeout_s < math.inf:
+            raise ConfigError(f"cachewise.registry_timeout_s must be a finite number > 0, got {self.registry_timeout_s}")
 
     @classmethod
     def from_mapping(cls, raw: Mapping[str, Any]) -> CacheWiseSettings:
@@ -106,7 +118,7 @@ class CacheWiseSettings:
             raise ConfigError(f"additional_config.cachewise must be a JSON object, got {type(raw).__name__}")
         raw = dict(raw)
         pool_keys = {f.name for f in fields(PoolConfig)}
-        own_keys = {"mode", "model", "tool_parser", "metrics_port", "scheduler"}
+        own_keys = {"mode", "model", "tool_parser", "metrics_port", "registry_timeout_s", "scheduler"}
         unknown = set(raw) - pool_keys - own_keys
         if unknown:
             raise ConfigError(
@@ -117,11 +129,14 @@ class CacheWiseSettings:
             sched_raw = raw.pop("scheduler", None)
             scheduler = SchedulerSettings.from_mapping({} if sched_raw is None else sched_raw)
             port = raw.pop("metrics_port", None)
+            port = int(port) if isinstance(port, str) and port.strip().isdigit() else port  # "9400" as on a CLI
+            timeout = raw.pop("registry_timeout_s", None)
             return cls(
                 mode=str(raw.pop("mode", "learned")),
                 model=None if raw.get("model") is None else str(raw.pop("model")),
                 tool_parser=str(raw.pop("tool_parser", "auto")),
-                metrics_port=None if port is None else int(port),
+                metrics_port=None if port is None else _typed(cls, "metrics_port", port, int),
+                registry_timeout_s=None if timeout is None else _typed(cls, "registry_timeout_s", timeout, float),
                 pool=pool,
                 scheduler=scheduler,
             )
@@ -131,11 +146,14 @@ class CacheWiseSettings:
             raise ConfigError(f"cachewise settings: {exc}") from exc
 
 
-def _typed(cls: type, key: str, value: Any) -> Any:
-    """``value`` converted to the type of field ``key`` of dataclass ``cls`` (None kept)."""
-    default = next(f.default for f in fields(cls) if f.name == key)
+def _typed(cls: type, key: str, value: Any, kind: type | None = None) -> Any:
+    """``value`` as a finite number of the type of field ``key`` of dataclass ``cls`` (or ``kind``; None kept)."""
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"cachewise.{key} must be a number, got {value!r}")
-    return float(value) if isinstance(default, float) else int(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(f"cachewise.{key} must be a finite number, got {value!r}")
+    if kind is None:
+        kind = float if isinstance(next(f.default for f in fields(cls) if f.name == key), float) else int
+    if kind is int and value != int(value):
+        raise ConfigError(f"cachewise.{key} must be an integer, got {value!r}")
+    return kind(value)

@@ -16,7 +16,9 @@ Start-up logs one line saying CacheWise is active, with which model, or that it 
 fallback mode (vLLM's eviction order) and why. Failures to build the predictor (missing
 or corrupt model, unreachable registry, feature-spec version mismatch, bad settings) log
 ONE warning, count one ``cachewise_fallbacks_total{reason="load"}`` and leave vLLM serving
-in its default order.
+in its default order. Loading never runs unchecked bytes through LightGBM's parser
+(:mod:`cachewise.train.exported`), and a ``models:/`` download gives up after
+``registry_timeout_s`` (default 10 s).
 """
 
 from __future__ import annotations
@@ -75,7 +77,7 @@ def binding_for(raw: Any, vllm_config: Any) -> PolicyBinding:
     if settings.metrics_port is not None:
         try:
             serve_metrics(settings.metrics_port)
-        except OSError as exc:
+        except (OSError, OverflowError, ValueError) as exc:  # busy port, or one the OS refuses
             logger.warning("CacheWise: cannot serve metrics on port %d: %s", settings.metrics_port, exc)
     if settings.mode == "fallback":
         return PolicyBinding(None, config=settings.pool, on_pool=_announce(settings, "fallback mode by setting"))
@@ -94,7 +96,7 @@ def build_learned_predictor(settings: CacheWiseSettings, vllm_config: Any) -> An
     from cachewise.train.exported import load_exported
 
     parser = get_parser(settings.tool_parser)
-    model = load_exported(settings.model)
+    model = load_exported(settings.model, registry_timeout_s=settings.registry_timeout_s)
     model_config = vllm_config.model_config
     calls = CallBuilder(
         model=str(model_config.served_model_name or model_config.model),

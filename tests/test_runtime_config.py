@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from cachewise.runtime.config import CacheWiseSettings, ConfigError, PoolConfig, SchedulerSettings
@@ -18,14 +20,27 @@ def test_full_settings_parse() -> None:
     assert CacheWiseSettings.from_mapping({"mode": "fallback"}).model is None
 
 
+def test_json_1e400_is_rejected_not_read_as_infinity() -> None:
+    raw = json.loads('{"model": "m", "max_idle_s": 1e400}')
+    with pytest.raises(ConfigError, match="max_idle_s"):
+        CacheWiseSettings.from_mapping(raw)
+
+
 @pytest.mark.parametrize(
     "raw, message",
     [
         ({"mode": "learned"}, "cachewise.model is required"),
         ({"mode": "lru", "model": "m"}, "mode must be one of"),
         ({"model": "m", "max_idle": 1}, "unknown cachewise keys ['max_idle']"),
-        ({"model": "m", "max_idle_s": "long"}, "max_idle_s must be a number"),
-        ({"model": "m", "max_idle_s": 0}, "max_idle_s must be > 0"),
+        ({"model": "m", "max_idle_s": "long"}, "max_idle_s must be a finite number"),
+        ({"model": "m", "max_idle_s": 0}, "max_idle_s must be a finite number > 0"),
+        ({"model": "m", "max_idle_s": float("inf")}, "max_idle_s must be a finite number"),  # JSON 1e400
+        ({"model": "m", "metrics_port": 99999}, "metrics_port must be 1..65535, got 99999"),
+        ({"model": "m", "metrics_port": 0}, "metrics_port must be 1..65535"),
+        ({"model": "m", "metrics_port": 80.5}, "metrics_port must be an integer"),
+        ({"model": "m", "harmful_window": 1e400}, "harmful_window must be a finite number"),
+        ({"model": "m", "registry_timeout_s": 0}, "registry_timeout_s must be a finite number > 0"),
+        ({"model": "m", "scheduler": {"max_wait_s": float("inf")}}, "max_wait_s must be a finite number"),
         ({"model": "m", "scheduler": {"passes": 1}}, "unknown cachewise.scheduler keys ['passes']"),
         ({"model": "m", "scheduler": {"lookahead": 0}}, "invalid scheduler settings"),
         ({"model": "m", "scheduler": []}, "must be a JSON object"),

@@ -28,6 +28,7 @@ from cachewise.runtime.hooks import use_policy
 from cachewise.runtime.learned import LearnedPredictor
 from cachewise.runtime.plugin import register
 from cachewise.runtime.policy import ReusePrediction
+from cachewise.train.exported import write_export
 from cachewise.train.idle import N_LEVELS
 
 pytestmark = pytest.mark.vllm
@@ -71,11 +72,8 @@ def _export(folder: Path, spec_changes: dict | None = None) -> Path:
     x = rng.normal(size=(200, len(FEATURE_NAMES)))
     y = np.log1p(np.abs(x[:, 0]) * 100)
     booster = lgb.train({"objective": "regression", "verbose": -1, "min_data_in_leaf": 5}, lgb.Dataset(x, y), 5)
-    folder.mkdir(parents=True, exist_ok=True)
-    booster.save_model(str(folder / "model.txt"))
     spec = {**spec_fields(), "residual_quantiles": {"model": list(np.linspace(-1, 1, N_LEVELS))}}
-    spec.update(spec_changes or {})
-    (folder / "spec.json").write_text(json.dumps(spec))
+    write_export(folder, booster, {**spec, **(spec_changes or {})})
     return folder
 
 
@@ -131,7 +129,7 @@ def _missing(folder: Path) -> str:
     "make_model, expect",
     [
         (_missing, "no such model folder"),
-        (_corrupt_model_txt, "not a LightGBM model"),
+        (_corrupt_model_txt, "differs from the spec's model_sha256"),
         (_corrupt_spec, "not a readable JSON spec"),
         (_old_feature_set, "feature_set_version"),
     ],

@@ -12,7 +12,6 @@ the opposite.
 
 from __future__ import annotations
 
-import json
 import math
 import random
 from pathlib import Path
@@ -31,7 +30,7 @@ from cachewise.runtime.hooks import use_policy
 from cachewise.runtime.learned import LearnedPredictor
 from cachewise.runtime.plugin import register
 from cachewise.runtime.policy import ReusePrediction
-from cachewise.train.exported import load_exported
+from cachewise.train.exported import load_exported, write_export
 from cachewise.train.idle import IdleConditioner
 
 pytestmark = pytest.mark.vllm
@@ -72,10 +71,9 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     params = {"objective": "regression", "learning_rate": 0.2, "num_leaves": 8, "min_data_in_leaf": 5, "verbose": -1}
     booster = lgb.train(params, lgb.Dataset(x, y), num_boost_round=60)
     folder = tmp_path_factory.mktemp("model")
-    booster.save_model(str(folder / "model.txt"))
     residuals = y - booster.predict(x)
     spec = {**spec_fields(), "residual_quantiles": {"model": IdleConditioner.from_residuals(residuals).to_list()}}
-    (folder / "spec.json").write_text(json.dumps(spec))
+    write_export(folder, booster, spec)
     return folder
 
 

@@ -1,29 +1,52 @@
 """``cachewise export``: register the trained model and export the champion to ``models/``.
 
-1. Register the model logged by the last ``cachewise train`` (``<train out>/run.json``) as a
-   version of ``registry.model_name`` (once per run: an already registered run is reused).
-   The version is tagged with its held-out ``pairwise_accuracy`` and feature-set version.
+0. Read and check the run record of the last ``cachewise train`` (``<train out>/run.json``),
+   download that run's model and check it (:func:`fetch_checked`) — all before anything is
+   written to the registry, so a bad record or model registers nothing.
+1. Register it as a version of ``registry.model_name`` (once per run: an already registered
+   run is reused, and its tags are set again, so a killed export re-runs clean). The version
+   is tagged with its held-out ``pairwise_accuracy`` (``nan`` when undefined, e.g. too few
+   held-out tasks) and feature-set version.
 2. Move the alias ``registry.alias`` to it only when it beats the current alias holder's
-   held-out pairwise accuracy (strictly), or when there is no holder, or the holder was
-   trained for another feature-set version (this code could not serve it). The decision
-   and its reason are printed.
+   held-out pairwise accuracy (strictly; a holder whose accuracy is undefined is beaten by
+   any defined one), or when there is no holder, or the holder was trained for another
+   feature-set version (this code could not serve it). The decision and its reason are printed.
 3. Export the alias holder to ``registry.export_dir``: ``model.txt`` + ``spec.json``
-   (:mod:`cachewise.train.exported` loads it without MLflow). The folder is checked by
-   loading it before it replaces the previous export.
+   (:mod:`cachewise.train.exported` loads it without MLflow), staged beside the target,
+   checked by loading it, then swapped in (:func:`cachewise.atomic_write.replace_folder`):
+   the export folder is always the previous complete export or the new one.
+
+:func:`fetch_checked` never runs LightGBM's parser on unchecked bytes in this process: the
+spec's ``model_sha256`` is verified, or — for a model logged before it was recorded — the
+text is checked structurally and trial-loaded in a child process before its hash is written.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from cachewise.atomic_write import replace_folder, staging_folder
 from cachewise.features.params import load_section, param_path, require
 from cachewise.features.spec import FEATURE_SET_VERSION
-from cachewise.train.exported import MODEL_FILE, SPEC_FILE, ModelLoadError, load_folder
+from cachewise.train.exported import (
+    MODEL_FILE,
+    REGISTRY_TIMEOUT_S,
+    SHA_KEY,
+    SPEC_FILE,
+    ModelLoadError,
+    download_model,
+    load_folder,
+    model_sha256,
+    read_model_text,
+    read_spec,
+    trial_load,
+)
+from cachewise.train.model_spec import write_json
 
 ACCURACY_TAG = "pairwise_accuracy"
 VERSION_TAG = "feature_set_version"
@@ -39,17 +62,45 @@ class Decision:
     reason: str
 
 
+class ExportError(ValueError):
+    """The run record is unusable (a user error: exit status 2)."""
+
+
+def read_record(path: str | Path) -> dict:
+    """The run record written by ``cachewise train``, its fields checked."""
+    try:
+        record = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise ExportError(f"cannot read the run record {path}: {exc}; run `cachewise train` first") from exc
+    if not isinstance(record, dict):
+        raise ExportError(f"{path}: the run record is not a JSON object")
+    for key in ("run_id", "model_uri"):
+        if not isinstance(record.get(key), str) or not record[key]:
+            raise ExportError(f"{path}: no `{key}` in the run record; run `cachewise train` again")
+    acc = record.get("pairwise_accuracy")
+    if acc is not None and (isinstance(acc, bool) or not isinstance(acc, (int, float))):
+        raise ExportError(f"{path}: pairwise_accuracy {acc!r} is not a number or null")
+    return record
+
+
+def accuracy_of(tags: dict) -> float:
+    """The held-out accuracy tag of a version; nan when absent or undefined."""
+    try:
+        return float(tags.get(ACCURACY_TAG, "nan"))
+    except ValueError:  # e.g. 'None', written by an older export
+        return math.nan
+
+
 def register_run(client, name: str, record: dict) -> str:
-    """Model version of ``record``'s run under ``name``: the existing one, else a new one."""
+    """Model version of ``record``'s run under ``name``: the existing one, else a new one; tags (re)set."""
     import mlflow  # noqa: PLC0415
 
-    for mv in client.search_model_versions(f"name='{name}'"):
-        if mv.run_id == record["run_id"]:
-            return str(mv.version)
-    mv = mlflow.register_model(record["model_uri"], name)
-    client.set_model_version_tag(name, mv.version, ACCURACY_TAG, str(record["pairwise_accuracy"]))
-    client.set_model_version_tag(name, mv.version, VERSION_TAG, FEATURE_SET_VERSION)
-    return str(mv.version)
+    existing = [mv for mv in client.search_model_versions(f"name='{name}'") if mv.run_id == record["run_id"]]
+    version = str(existing[0].version) if existing else str(mlflow.register_model(record["model_uri"], name).version)
+    acc = record.get("pairwise_accuracy")
+    client.set_model_version_tag(name, version, ACCURACY_TAG, "nan" if acc is None else repr(float(acc)))
+    client.set_model_version_tag(name, version, VERSION_TAG, FEATURE_SET_VERSION)
+    return version
 
 
 def decide_champion(client, name: str, alias: str, version: str) -> Decision:
@@ -57,7 +108,7 @@ def decide_champion(client, name: str, alias: str, version: str) -> Decision:
     from mlflow.exceptions import MlflowException  # noqa: PLC0415
 
     new = client.get_model_version(name, version)
-    new_acc = float(new.tags.get(ACCURACY_TAG, "nan"))
+    new_acc = accuracy_of(new.tags)
     try:
         holder = client.get_model_version_by_alias(name, alias)
     except MlflowException:
@@ -69,7 +120,10 @@ def decide_champion(client, name: str, alias: str, version: str) -> Decision:
     elif holder.tags.get(VERSION_TAG) != FEATURE_SET_VERSION:
         reason = f"@{alias} version {holder.version} was trained for feature set {holder.tags.get(VERSION_TAG)!r}, this code serves {FEATURE_SET_VERSION!r}"
     else:
-        old_acc = float(holder.tags.get(ACCURACY_TAG, "nan"))
+        old_acc = accuracy_of(holder.tags)
+        if math.isnan(old_acc) and not math.isnan(new_acc):
+            client.set_registered_model_alias(name, alias, version)
+            return Decision(version, version, True, f"held-out pairwise accuracy {new_acc:.4f}; version {holder.version}'s is undefined")
         if not new_acc > old_acc:
             return Decision(
                 version,
@@ -83,24 +137,19 @@ def decide_champion(client, name: str, alias: str, version: str) -> Decision:
     return Decision(version, version, True, reason)
 
 
-def export_alias(name: str, alias: str, export_dir: Path) -> Path:
-    """Download ``models:/name@alias`` and write it as ``model.txt`` + ``spec.json`` into ``export_dir``."""
-    import mlflow  # noqa: PLC0415
-
-    uri = f"models:/{name}@{alias}"
-    export_dir = Path(export_dir)
-    export_dir.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="cachewise-export-", dir=export_dir.parent) as tmp:
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(Path(tmp) / "download")))
-        staged = Path(tmp) / "staged"
-        staged.mkdir()
-        shutil.copyfile(local / "model.lgb", staged / MODEL_FILE)
-        shutil.copyfile(local / "extra_files" / SPEC_FILE, staged / SPEC_FILE)
-        load_folder(staged / MODEL_FILE, staged / SPEC_FILE, uri)  # refuse to export what cannot load
-        if export_dir.exists():
-            shutil.rmtree(export_dir)
-        staged.rename(export_dir)
-    return export_dir
+def fetch_checked(uri: str, folder: Path, timeout_s: float = REGISTRY_TIMEOUT_S * 6) -> None:
+    """Download ``uri`` into ``folder`` as ``model.txt`` + ``spec.json`` that load (module doc)."""
+    download = folder / "download"
+    local = download_model(uri, download, timeout_s)
+    spec = read_spec(local / "extra_files" / SPEC_FILE)
+    shutil.copyfile(local / "model.lgb", folder / MODEL_FILE)
+    shutil.rmtree(download)
+    if not isinstance(spec.get(SHA_KEY), str):  # logged before train recorded the hash
+        text = read_model_text(folder / MODEL_FILE, None)
+        trial_load(folder / MODEL_FILE)
+        spec[SHA_KEY] = model_sha256(text)
+    write_json(spec, folder / SPEC_FILE)
+    load_folder(folder / MODEL_FILE, folder / SPEC_FILE, uri)  # refuse to export what cannot load
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -110,7 +159,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Register, decide the champion, export it; 2 when the run record or the export is unusable."""
+    """Check, register, decide the champion, export it; 2 when the run record or a model is unusable."""
     from mlflow import MlflowClient  # noqa: PLC0415
 
     from cachewise.train.tracking import use_tracking  # noqa: PLC0415
@@ -119,21 +168,22 @@ def run(args: argparse.Namespace) -> int:
     reg = load_section(args.params, "registry")
     name, alias = require(reg, "model_name", where), require(reg, "alias", where)
     export_dir = param_path(args.params, require(reg, "export_dir", where))
-    try:
-        record = json.loads(Path(args.run).read_text())
-    except (OSError, ValueError) as exc:
-        print(f"export: error: cannot read the run record {args.run}: {exc}; run `cachewise train` first")
-        return 2
+    record = read_record(args.run)
     use_tracking()
     client = MlflowClient()
-    version = register_run(client, name, record)
-    decision = decide_champion(client, name, alias, version)
-    verb = "moved to" if decision.moved else "stays on"
-    print(f"export: registered {name} version {version}; @{alias} {verb} version {decision.champion}: {decision.reason}")
+    staged = staging_folder(export_dir)
     try:
-        folder = export_alias(name, alias, export_dir)
-    except ModelLoadError as exc:
-        print(f"export: error: @{alias} cannot be exported: {exc}")
-        return 2
-    print(f"export: {name}@{alias} (version {decision.champion}) -> {folder}")
+        fetch_checked(record["model_uri"], staged)
+        version = register_run(client, name, record)
+        decision = decide_champion(client, name, alias, version)
+        verb = "moved to" if decision.moved else "stays on"
+        print(f"export: registered {name} version {version}; @{alias} {verb} version {decision.champion}: {decision.reason}")
+        if decision.champion != version:
+            shutil.rmtree(staged)
+            staged.mkdir()
+            fetch_checked(f"models:/{name}@{alias}", staged)
+        replace_folder(staged, export_dir)
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
+    print(f"export: {name}@{alias} (version {decision.champion}) -> {export_dir}")
     return 0

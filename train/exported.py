@@ -5,6 +5,14 @@ names and order, feature-set version, label transform, vocabularies, idle-time s
 see :mod:`cachewise.train.model_spec`). :func:`load_exported` also accepts an MLflow model
 URI (``models:/cachewise-reuse@champion``); only then is MLflow imported.
 
+Loading never hands unchecked bytes to LightGBM's C++ parser (which crashes the process on a
+truncated or damaged file instead of raising): the bytes must hash to the spec's
+``model_sha256`` (written by ``cachewise train``, re-checked by ``cachewise export``), then
+pass :func:`cachewise.train.model_text.check_model_text`. After loading, the spec's probe row
+(``probe.features``) must predict ``probe.prediction`` (a finite number). Every failure is a
+:class:`ModelLoadError`. Registry downloads are bounded by ``registry_timeout_s`` (wall
+clock, retries included).
+
 :meth:`ExportedModel.predict_one` scores one vector through LightGBM's single-row fast C API
 (``LGBM_BoosterPredictForMatSingleRowFastInit`` once, then
 ``LGBM_BoosterPredictForMatSingleRowFast`` per call), which skips the per-call setup of
@@ -15,8 +23,14 @@ URI (``models:/cachewise-reuse@champion``); only then is MLflow imported.
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import json
+import math
+import os
+import subprocess
+import sys
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +40,15 @@ from lightgbm.basic import _LIB
 
 from cachewise.features.spec import spec_fields
 from cachewise.train.idle import IdleConditioner
+from cachewise.train.model_text import ModelTextError, check_model_text
 
 MODEL_FILE = "model.txt"
 SPEC_FILE = "spec.json"
+SHA_KEY = "model_sha256"
+PROBE_KEY = "probe"
+#: Default wall-clock budget (s) of one registry download, retries included.
+REGISTRY_TIMEOUT_S = 10.0
+_PROBE_RTOL = 1e-9
 _PREDICT_NORMAL = 0  # C_API_PREDICT_NORMAL
 _DTYPE_FLOAT64 = 1  # C_API_DTYPE_FLOAT64
 
@@ -83,6 +103,21 @@ class ExportedModel:
         self._out_len_ref = ctypes.byref(self._out_len)
         self._out_ref = ctypes.byref(self._out)
         self._predict_fast = _LIB.LGBM_BoosterPredictForMatSingleRowFast
+        self._check_probe()
+
+    def _check_probe(self) -> None:
+        """The spec's probe row must predict its recorded value (a zero row: any finite value)."""
+        probe = self.spec.get(PROBE_KEY) or {}
+        try:
+            row = np.asarray(probe.get("features", [0.0] * self.n_features), dtype=np.float64)
+            expected = float(probe.get("prediction", math.nan))
+            got = self.predict_one(row)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise ModelLoadError(f"{self.source}: cannot score the probe row: {exc}") from exc
+        if not math.isfinite(got):
+            raise ModelLoadError(f"{self.source}: the model predicts {got} for the probe row (non-finite output)")
+        if math.isfinite(expected) and not math.isclose(got, expected, rel_tol=_PROBE_RTOL, abs_tol=1e-12):
+            raise ModelLoadError(f"{self.source}: the model predicts {got!r} for the probe row, its spec recorded {expected!r}")
 
     def __del__(self) -> None:
         fast = getattr(self, "_fast", None)
@@ -112,53 +147,168 @@ def _check(rc: int, where: str) -> None:
         raise ModelLoadError(f"{where}: LightGBM: {_LIB.LGBM_GetLastError().decode()}")
 
 
-def load_folder(model_file: Path, spec_file: Path, where: str) -> ExportedModel:
-    """Load a model from a LightGBM text file and a spec JSON file."""
-    for path in (model_file, spec_file):
-        if not path.is_file():
-            raise ModelLoadError(f"{where}: missing {path}")
+def model_sha256(text: str) -> str:
+    """Hex sha256 of a model text's UTF-8 bytes (the spec's ``model_sha256``)."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def probe_of(booster: lgb.Booster, row: np.ndarray) -> dict[str, Any]:
+    """The spec's ``probe`` entry: ``row`` and ``booster``'s prediction for it."""
+    row = np.asarray(row, dtype=np.float64).reshape(1, -1)
+    return {"features": [float(v) for v in row[0]], "prediction": float(booster.predict(row)[0])}
+
+
+def write_export(folder: Path, booster: lgb.Booster, spec: dict[str, Any]) -> None:
+    """Write ``booster`` and ``spec`` (plus the model's ``model_sha256``) as an export folder, atomically per file."""
+    from cachewise.atomic_write import write_text  # noqa: PLC0415 - writers only
+
+    text = booster.model_to_string()
+    write_text(Path(folder) / MODEL_FILE, text)
+    write_text(Path(folder) / SPEC_FILE, json.dumps({**spec, SHA_KEY: model_sha256(text)}))
+
+
+def read_model_text(model_file: Path, expected_sha256: str | None) -> str:
+    """The checked text of ``model_file`` (module doc); ``expected_sha256`` None skips only the hash."""
+    try:
+        data = model_file.read_bytes()
+    except OSError as exc:
+        raise ModelLoadError(f"{model_file}: cannot read: {exc.strerror or exc}") from exc
+    digest = hashlib.sha256(data).hexdigest()
+    if expected_sha256 is not None and digest != expected_sha256:
+        raise ModelLoadError(
+            f"{model_file}: sha256 {digest[:12]}... differs from the spec's {SHA_KEY} {str(expected_sha256)[:12]}..."
+            " (damaged or replaced model file); re-export the model"
+        )
+    try:
+        text = data.decode("utf-8")
+        check_model_text(text)
+    except (UnicodeDecodeError, ModelTextError) as exc:
+        raise ModelLoadError(f"{model_file}: not a LightGBM model: {exc}") from exc
+    return text
+
+
+def read_spec(spec_file: Path) -> dict[str, Any]:
+    """The JSON object in ``spec_file``."""
     try:
         spec = json.loads(spec_file.read_text())
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"{spec_file}: not a readable JSON spec: {exc}") from exc
     if not isinstance(spec, dict):
         raise ModelLoadError(f"{spec_file}: spec is not a JSON object")
+    return spec
+
+
+def load_folder(model_file: Path, spec_file: Path, where: str) -> ExportedModel:
+    """Load a model from a LightGBM text file and a spec JSON file (checked first, module doc)."""
+    for path in (model_file, spec_file):
+        if not path.is_file():
+            raise ModelLoadError(f"{where}: missing {path}")
+    spec = read_spec(spec_file)
+    if not isinstance(spec.get(SHA_KEY), str):
+        raise ModelLoadError(f"{spec_file}: no {SHA_KEY} (exported by an older version); re-run `cachewise export`")
+    text = read_model_text(model_file, spec[SHA_KEY])
     try:
-        booster = lgb.Booster(model_file=str(model_file))
-    except (lgb.basic.LightGBMError, OSError, ValueError) as exc:
+        booster = lgb.Booster(model_str=text)
+    except (lgb.basic.LightGBMError, ValueError) as exc:
         raise ModelLoadError(f"{model_file}: not a LightGBM model: {exc}") from exc
     return ExportedModel(booster, spec, where)
 
 
-def _load_mlflow(uri: str) -> ExportedModel:
-    """Download an MLflow-logged model (``mlflow.lightgbm`` flavor, spec in its extra files)."""
-    import mlflow  # noqa: PLC0415 - only MLflow URIs need it
+def trial_load(model_file: Path, timeout_s: float = 120.0) -> None:
+    """Load ``model_file`` with LightGBM in a child process; :class:`ModelLoadError` if it fails or crashes.
 
-    from cachewise.train.tracking import tracking_uri  # noqa: PLC0415 - imports mlflow
+    For writers (``cachewise export``) before they publish a file whose hash they record:
+    whatever LightGBM does with it happens outside this process.
+    """
+    code = "import sys, lightgbm; lightgbm.Booster(model_file=sys.argv[1]).num_trees()"
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", code, str(model_file)], capture_output=True, text=True, timeout=timeout_s, check=False
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise ModelLoadError(f"{model_file}: LightGBM did not load it within {timeout_s:g} s") from exc
+    if done.returncode != 0:
+        tail = (done.stderr.strip().splitlines() or ["no message"])[-1]
+        raise ModelLoadError(f"{model_file}: LightGBM cannot load it (exit status {done.returncode}: {tail})")
 
-    # Resolve against the documented store, never whatever URI this process last set
-    # globally: MLflow resolves ``models:/`` through its global registry URI, whatever
-    # download_artifacts is told, so set it for the download and restore it afterwards.
-    store = tracking_uri()
-    previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
-    mlflow.set_tracking_uri(store)
-    mlflow.set_registry_uri(store)
+
+def _load_mlflow(uri: str, timeout_s: float) -> ExportedModel:
+    """Download an MLflow-logged model (``mlflow.lightgbm`` flavor, spec in its extra files) within ``timeout_s``."""
     with tempfile.TemporaryDirectory(prefix="cachewise-model-") as tmp:
-        try:
-            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp))
-        except Exception as exc:  # noqa: BLE001 - MLflow raises many types for a bad URI
-            raise ModelLoadError(f"{uri}: cannot download from MLflow ({store}): {exc}") from exc
-        finally:
-            mlflow.set_tracking_uri(previous[0])
-            mlflow.set_registry_uri(previous[1])
+        local = download_model(uri, Path(tmp), timeout_s)
         return load_folder(local / "model.lgb", local / "extra_files" / SPEC_FILE, uri)
 
 
-def load_exported(path_or_uri: str | Path) -> ExportedModel:
-    """Load an export folder, or an MLflow ``models:/`` / ``runs:/`` URI (module doc)."""
+def download_model(uri: str, dst: Path, timeout_s: float) -> Path:
+    """Download ``uri`` from the registry of :func:`cachewise.train.tracking.tracking_uri` into ``dst``.
+
+    Gives up with :class:`ModelLoadError` after ``timeout_s`` seconds (wall clock); MLflow's
+    own HTTP retries are cut to fit that budget. Never creates a registry: a ``sqlite:///``
+    store whose file does not exist is an error.
+    """
+    from cachewise.train.tracking import tracking_uri  # noqa: PLC0415 - imports mlflow
+
+    store = tracking_uri()
+    db = _sqlite_file(store)
+    if db is not None and not db.is_file():
+        raise ModelLoadError(f"{uri}: no MLflow registry at {db} (set MLFLOW_TRACKING_URI, or run from the pipeline folder)")
+    outcome: dict[str, Any] = {}
+    worker = threading.Thread(
+        target=_download, args=(uri, store, str(dst), timeout_s, outcome), name="cachewise-registry", daemon=True
+    )
+    worker.start()
+    worker.join(timeout_s)
+    if worker.is_alive():
+        raise ModelLoadError(f"{uri}: the MLflow registry ({store}) did not answer within {timeout_s:g} s")
+    if "error" in outcome:
+        exc = outcome["error"]
+        raise ModelLoadError(f"{uri}: cannot download from MLflow ({store}): {type(exc).__name__}: {str(exc)[:300]}") from exc
+    return outcome["path"]
+
+
+def _sqlite_file(uri: str) -> Path | None:
+    prefix = "sqlite:///"
+    return Path(uri[len(prefix):]) if uri.startswith(prefix) else None
+
+
+def _download(uri: str, store: str, dst: str, timeout_s: float, outcome: dict[str, Any]) -> None:
+    """Thread body of :func:`download_model`: MLflow's HTTP retries cut to fit ``timeout_s``."""
+    import mlflow  # noqa: PLC0415 - only MLflow URIs need it
+
+    # MLflow resolves ``models:/`` through its global registry URI, whatever download_artifacts
+    # is told: set it (and the HTTP retry budget, read per request) and restore afterwards.
+    budget = {
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0.5",
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": str(max(1, math.ceil(timeout_s / 2))),
+    }
+    saved_env = {k: os.environ.get(k) for k in budget}
+    previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    os.environ.update(budget)
+    try:
+        mlflow.set_tracking_uri(store)
+        mlflow.set_registry_uri(store)
+        outcome["path"] = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=dst))
+    except Exception as exc:  # noqa: BLE001 - MLflow raises many types for a bad URI or store
+        outcome["error"] = exc
+    finally:
+        mlflow.set_tracking_uri(previous[0])
+        mlflow.set_registry_uri(previous[1])
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def load_exported(path_or_uri: str | Path, registry_timeout_s: float | None = None) -> ExportedModel:
+    """Load an export folder, or an MLflow ``models:/`` / ``runs:/`` URI (module doc).
+
+    ``registry_timeout_s``: wall-clock budget of a registry download (None: :data:`REGISTRY_TIMEOUT_S`).
+    """
     text = str(path_or_uri)
     if text.startswith(("models:/", "runs:/")):
-        return _load_mlflow(text)
+        return _load_mlflow(text, REGISTRY_TIMEOUT_S if registry_timeout_s is None else registry_timeout_s)
     folder = Path(path_or_uri)
     if not folder.is_dir():
         raise ModelLoadError(f"{folder}: no such model folder")

@@ -16,17 +16,24 @@ Fields (JSON object):
   :class:`cachewise.train.idle.IdleConditioner`;
 * ``baselines``: ``constant`` and ``per_class_mean`` (:class:`cachewise.train.baselines.BaselineStats`);
 * ``metrics``: held-out metrics of the model and baselines (:mod:`cachewise.train.evaluate`);
-* ``lightgbm``: the training parameters and ``best_iteration``.
+* ``lightgbm``: the training parameters and ``best_iteration``;
+* ``model_sha256`` and ``probe`` (``features``, ``prediction``): the model text's hash and one
+  row with its prediction, checked at every load (:mod:`cachewise.train.exported`).
+
+Written as strict JSON (non-finite numbers as ``null``), atomically.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from cachewise.atomic_write import write_text
 from cachewise.features.spec import spec_fields
 from cachewise.train.baselines import BaselineStats
 from cachewise.train.idle import IdleConditioner
@@ -75,7 +82,16 @@ def build_spec(
 
 
 def write_json(data: dict, path: str | Path) -> None:
-    """Write ``data`` as indented JSON (creating the folder)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+    """Write ``data`` as indented JSON (creating the folder), atomically; NaN/inf become ``null``."""
+    write_text(path, json.dumps(finite_json(data), indent=2, sort_keys=False, allow_nan=False) + "\n")
+
+
+def finite_json(value: Any) -> Any:
+    """``value`` with every non-finite float replaced by None (strict JSON has no NaN)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_json(v) for v in value]
+    return value

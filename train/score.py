@@ -11,7 +11,9 @@ With ``--json`` it prints exactly one JSON object on stdout::
     {"model": {"pairwise_accuracy": .., "pairwise_accuracy_static": .., "spearman": .., "mae_log": ..},
      "baselines": {"lru": {..}, "per_tool_mean": {..}, "constant": {..}}, "n_events": N}
 
-(``null`` where a metric is undefined, see :mod:`cachewise.train.metrics`); otherwise a table.
+(``null`` where a metric is undefined, see :mod:`cachewise.train.metrics`: never a bare
+``NaN``, which is not JSON); otherwise a table. A ``models:/`` model is fetched within
+``--registry-timeout`` seconds. Errors exit 2 with one line (:mod:`cachewise.cli`).
 """
 
 from __future__ import annotations
@@ -30,8 +32,9 @@ from cachewise.features.params import ParamsError, load_section
 from cachewise.features.spec import FEATURE_NAMES
 from cachewise.train.baselines import BaselineStats
 from cachewise.train.evaluate import GAP_PREDICTORS, PairSettings, evaluate
-from cachewise.train.exported import ExportedModel, ModelLoadError, load_exported
+from cachewise.train.exported import REGISTRY_TIMEOUT_S, ExportedModel, ModelLoadError, load_exported
 from cachewise.train.idle import IdleConditioner
+from cachewise.train.model_spec import finite_json
 
 
 def score_events(model: ExportedModel, events, pairs_cfg: PairSettings) -> dict:
@@ -79,6 +82,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     parser.add_argument("--params", default="params.yaml", help="pairwise settings (train.pairwise); defaults if absent")
     parser.add_argument(
+        "--registry-timeout",
+        type=float,
+        default=REGISTRY_TIMEOUT_S,
+        metavar="S",
+        help=f"seconds to wait for the MLflow registry, retries included (default {REGISTRY_TIMEOUT_S:g})",
+    )
+    parser.add_argument(
         "--held-out", action="store_true", help="score only the tasks the model's training held out (its spec lists them)"
     )
 
@@ -86,7 +96,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Score and print; 2 on a model, ingest or events error (message on stderr)."""
     try:
-        model = load_exported(args.model)
+        model = load_exported(args.model, registry_timeout_s=args.registry_timeout)
         events, _ = load_sources([Path(args.traces)])
         if args.held_out:
             events = held_out_events(model, events)
@@ -96,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     result = score_events(model, events, _pair_settings(args.params))
     if args.json:
-        print(json.dumps({k: result[k] for k in ("model", "baselines", "n_events")}))
+        print(json.dumps(finite_json({k: result[k] for k in ("model", "baselines", "n_events")}), allow_nan=False))
     else:
         print(_table(result))
         print(f"pairs compared: {result['pairs']['compared']} ({result['pairs']['time_base']} time base)")

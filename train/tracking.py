@@ -1,6 +1,9 @@
 """Where MLflow runs and registered models live.
 
-The tracking URI is ``MLFLOW_TRACKING_URI`` when set, else ``sqlite:///<repo root>/mlflow.db``.
+The tracking URI is ``MLFLOW_TRACKING_URI`` when set, else ``sqlite:///mlflow.db`` in the
+current working directory (MLflow's own default store name; ``dvc repro`` runs in the
+repository root, so the pipeline's registry is ``<repo>/mlflow.db``), made absolute so that
+logs and ``run.json`` name the file.
 Runs go to the experiment :data:`EXPERIMENT`; when it is first created on a local SQLite
 store, its artifacts are put next to the database (``<db folder>/mlartifacts``), never in
 the current directory.
@@ -14,12 +17,12 @@ from pathlib import Path
 import mlflow
 
 EXPERIMENT = "cachewise"
-REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DB = "mlflow.db"
 
 
 def tracking_uri() -> str:
     """The MLflow tracking URI in use (module doc)."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{REPO_ROOT / 'mlflow.db'}"
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / DEFAULT_DB}"
 
 
 def _artifact_root(uri: str) -> str | None:

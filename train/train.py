@@ -7,16 +7,24 @@ Steps, each reproducible from ``params.yaml`` (``train`` and ``features`` sectio
    the kept booster is cut at the best iteration;
 3. fit the baselines on train, and every predictor's idle conditioner on valid residuals;
 4. score model and baselines on the held-out test tasks (:mod:`cachewise.train.evaluate`);
-5. write ``<out>/model.txt``, ``<out>/spec.json`` (:mod:`cachewise.train.model_spec`),
-   ``<out>/metrics.json`` (the DVC metrics file), ``<out>/plots/*.csv|png`` (DVC plots),
-   and ``<out>/run.json`` (the MLflow run and model URI, read by ``cachewise export``);
+5. write ``model.txt``, ``spec.json`` (:mod:`cachewise.train.model_spec`; with the model's
+   sha256 and a probe row, see :mod:`cachewise.train.exported`), ``metrics.json`` (the DVC
+   metrics file) and ``plots/*.csv|png`` (DVC plots) into a staging folder beside ``<out>``;
 6. log params, metrics, plots, spec and the model (``mlflow.lightgbm`` flavor, spec as an
-   extra file) to the MLflow experiment ``cachewise`` (:mod:`cachewise.train.tracking`).
+   extra file) to the MLflow experiment ``cachewise`` (:mod:`cachewise.train.tracking`),
+   then write ``run.json`` (the MLflow run and model URI, read by ``cachewise export``);
+7. swap the staging folder into ``<out>`` (:func:`cachewise.atomic_write.replace_folder`).
+
+So ``<out>`` only ever holds the complete outputs of one run: a failure or a kill before
+step 7 leaves the previous outputs as they were (and the MLflow run, if started, ends
+``FAILED`` or ``KILLED``, never ``RUNNING``). A model whose predictions are not finite is
+refused before anything is written.
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,18 +32,26 @@ import lightgbm as lgb
 import numpy as np
 import pandas as pd
 
+from cachewise.atomic_write import replace_folder, staging_folder, write_text
 from cachewise.features.featurize import read_features
-from cachewise.features.params import load_section, param_path, require
+from cachewise.features.params import ParamsError, load_section, param_path, require
 from cachewise.features.spec import CATEGORICAL, FEATURE_NAMES, FEATURE_SET_VERSION
 from cachewise.train.baselines import fit_baselines
 from cachewise.train.evaluate import PairSettings, baseline_predictions, evaluate
-from cachewise.train.exported import MODEL_FILE, SPEC_FILE
+from cachewise.train.exported import MODEL_FILE, PROBE_KEY, SHA_KEY, SPEC_FILE, model_sha256, probe_of
 from cachewise.train.idle import IdleConditioner
 from cachewise.train.model_spec import build_spec, idle_quantiles, write_json
 from cachewise.train.plots import plot_tables, write_plots
 from cachewise.train.split import TaskSplit, split_by_task
 
 LOOP_KEYS = ("num_boost_round", "early_stopping_rounds")
+RUN_FILE = "run.json"
+#: What ``cachewise train`` writes into ``--out``; a folder holding anything else is not replaced.
+OUTPUT_NAMES = frozenset({MODEL_FILE, SPEC_FILE, "metrics.json", RUN_FILE, "plots"})
+
+
+class TrainError(ValueError):
+    """Training produced an unusable model, or cannot write where it was told to."""
 
 
 @dataclass(frozen=True)
@@ -43,6 +59,7 @@ class TrainResult:
     """Everything ``cachewise train`` produces before writing and logging it."""
 
     booster: lgb.Booster
+    model_text: str  # exactly the bytes of model.txt (their sha256 is in the spec)
     spec: dict
     metrics: dict
     plots: dict[str, pd.DataFrame]
@@ -96,6 +113,8 @@ def train_model(frame: pd.DataFrame, meta: dict, tparams: dict, horizon_s: float
         name: IdleConditioner.from_residuals(valid["label"].to_numpy() - pred) for name, pred in valid_preds.items()
     }
     test_pred = booster.predict(test[cols])
+    if not np.isfinite(test_pred).all():
+        raise TrainError(f"{where}: the trained model predicts non-finite values (check the labels and `lightgbm` settings)")
     pairs_cfg = PairSettings.from_params(tparams.get("pairwise", {}), seed)
     metrics = evaluate(test, test_pred, stats, conditioners, horizon_s, pairs_cfg)
     metrics["split"] = _split_summary(frame, split)
@@ -117,14 +136,16 @@ def train_model(frame: pd.DataFrame, meta: dict, tparams: dict, horizon_s: float
         metrics=metrics,
         lightgbm={**lgb_params, "best_iteration": booster.current_iteration()},
     )
-    return TrainResult(booster, spec, metrics, plot_tables(booster, test, test_pred), lgb_params)
+    text = booster.model_to_string()
+    spec[SHA_KEY] = model_sha256(text)
+    spec[PROBE_KEY] = probe_of(booster, (test if len(test) else train)[cols].to_numpy()[0])
+    return TrainResult(booster, text, spec, metrics, plot_tables(booster, test, test_pred), lgb_params)
 
 
 def write_outputs(result: TrainResult, out: Path) -> list[Path]:
     """Step 5 of the module doc (all but ``run.json``); ``out`` is then also a loadable export
     folder (``model.txt`` + ``spec.json``). Returns the plot files."""
-    out.mkdir(parents=True, exist_ok=True)
-    result.booster.save_model(str(out / MODEL_FILE))
+    write_text(out / MODEL_FILE, result.model_text)
     write_json(result.spec, out / SPEC_FILE)
     write_json(result.metrics, out / "metrics.json")
     return write_plots(result.plots, out / "plots")
@@ -152,7 +173,8 @@ def log_to_mlflow(result: TrainResult, out: Path, plot_files: list[Path], extra_
     from cachewise.train.tracking import tracking_uri, use_tracking  # noqa: PLC0415
 
     experiment_id = use_tracking()
-    with mlflow.start_run(experiment_id=experiment_id) as run:
+    run = mlflow.start_run(experiment_id=experiment_id)
+    try:
         mlflow.log_params({**{f"lightgbm.{k}": v for k, v in result.lightgbm_params.items()}, **extra_params})
         mlflow.log_metrics(_flat_metrics(result.metrics))
         mlflow.set_tags({"feature_set_version": FEATURE_SET_VERSION, "events_sha256": result.spec["training_data"]["events_sha256"]})
@@ -165,6 +187,13 @@ def log_to_mlflow(result: TrainResult, out: Path, plot_files: list[Path], extra_
             extra_files=[str(out / SPEC_FILE)],
             pip_requirements=[f"lightgbm=={lgb.__version__}"],
         )
+    except (KeyboardInterrupt, SystemExit):
+        mlflow.end_run("KILLED")
+        raise
+    except BaseException:
+        mlflow.end_run("FAILED")
+        raise
+    mlflow.end_run()
     return {
         "tracking_uri": tracking_uri(),
         "experiment_id": experiment_id,
@@ -191,7 +220,9 @@ def run(args: argparse.Namespace) -> int:
     result = train_model(frame, meta, tparams, horizon, f"{args.params}:train")
 
     out = Path(args.out)
-    plot_files = write_outputs(result, out)
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in OUTPUT_NAMES) if out.is_dir() else []
+    if foreign:
+        raise ParamsError(f"--out {out}: holds {foreign[:5]}, which train did not write; give a train output folder")
     extra = {
         "seed": tparams["seed"],
         "test_fraction": tparams["test_fraction"],
@@ -201,8 +232,14 @@ def run(args: argparse.Namespace) -> int:
         "n_features": len(FEATURE_NAMES),
         "pairwise.time_base": result.metrics["pairs"]["time_base"],
     }
-    record = log_to_mlflow(result, out, plot_files, extra)
-    write_json(record, out / "run.json")
+    staged = staging_folder(out)
+    try:
+        plot_files = write_outputs(result, staged)
+        record = log_to_mlflow(result, staged, plot_files, extra)
+        write_json(record, staged / RUN_FILE)
+        replace_folder(staged, out)
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
 
     m, b = result.metrics["model"], result.metrics["baselines"]
     print(f"train: {result.metrics['split']}; best iteration {result.metrics['best_iteration']}")

@@ -146,7 +146,6 @@ def bench_scorer(model_path: str | None, n: int = 2000) -> float:
     Uses the export at ``model_path``, else a random 400-tree, 31-leaf model of the real
     feature set written to a temporary export folder (the size of the pipeline's model).
     """
-    import json
     import tempfile
     from pathlib import Path
 
@@ -156,7 +155,7 @@ def bench_scorer(model_path: str | None, n: int = 2000) -> float:
     from cachewise.features.online import FeatureState
     from cachewise.features.record import FinishedCall, ToolCallInfo
     from cachewise.features.spec import FEATURE_NAMES, spec_fields
-    from cachewise.train.exported import load_exported
+    from cachewise.train.exported import load_exported, write_export
     from cachewise.train.idle import N_LEVELS
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -164,9 +163,9 @@ def bench_scorer(model_path: str | None, n: int = 2000) -> float:
             rng = np.random.default_rng(0)
             x = rng.normal(size=(5000, len(FEATURE_NAMES)))
             params = {"objective": "regression", "num_leaves": 31, "verbose": -1}
-            lgb.train(params, lgb.Dataset(x, rng.normal(size=5000)), 400).save_model(f"{tmp}/model.txt")
+            booster = lgb.train(params, lgb.Dataset(x, rng.normal(size=5000)), 400)
             spec = {**spec_fields(), "residual_quantiles": {"model": list(np.linspace(-1, 1, N_LEVELS))}}
-            Path(tmp, "spec.json").write_text(json.dumps(spec))
+            write_export(Path(tmp), booster, spec)
             model_path = tmp
         model = load_exported(model_path)
         state = FeatureState()
