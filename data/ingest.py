@@ -10,12 +10,19 @@ name and first lines (:data:`LOADERS`): Claude Code transcripts (``*.jsonl[.gz]`
 without a ``tool_calls.json[.gz]`` sidecar), block-hash request traces (Mooncake / Bailian
 ``*.jsonl``) and SWE-agent trajectories (``*.traj``). Guarantees:
 
-* a trace file in no known format is an :class:`IngestError` naming it;
+* nothing is skipped silently, and one bad file never stops the run: a file or folder that
+  cannot be read (permissions, I/O error), a file in no known format (or not JSON at all),
+  a ``.traj`` that is not a trajectory object, and a folder holding only a tool-call sidecar
+  (replays, no transcript) are each reported as a skipped file with the reason, and the
+  rest is ingested; the summary counts skipped files by reason;
 * malformed or truncated lines are reported with ``file:line`` and the rest still loads;
-* folders holding only a tool-call sidecar (replays, no transcript) and files repeating an
-  already loaded thread (a copy of a transcript) are reported as skipped files; a session may
-  span files (Claude Code writes sub-agent runs to their own ``agent-*.jsonl``);
-* an empty result is an :class:`IngestError`.
+* of two files holding the same thread (a copy of a transcript, possibly a shorter partial
+  one), the one with more calls on the shared threads is kept (the first in path order on a
+  tie) and the other reported as a skipped file; a session may span files (Claude Code
+  writes sub-agent runs to their own ``agent-*.jsonl``);
+* an empty result is an :class:`IngestError`; so is a missing source path;
+* the events table is written atomically (:mod:`cachewise.atomic_write`): a failed write
+  (a full disk) leaves the previous table as it was.
 
 In params mode, missing ``ingest.sources`` are skipped with a message; when none exists the
 SYNTHETIC corpus of :mod:`cachewise.data.synthetic` is generated (``ingest.synthetic.seed``,
@@ -25,6 +32,7 @@ SYNTHETIC corpus of :mod:`cachewise.data.synthetic` is generated (``ingest.synth
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -40,6 +48,7 @@ from cachewise.data.jsonl import COMPRESSED_CUT, first_objects, utf8_safe
 from cachewise.data.report import FileResult, IngestReport
 from cachewise.data.schema import COLUMNS, write_events
 from cachewise.data.synthetic import generate_corpus
+from cachewise.features.params import KNOWN_KEYS, check_keys
 
 Loader = Callable[[Path, Path, IngestReport], list[dict[str, Any]]]
 #: format name -> loader; detection order for JSON-lines files is claude_code, blockhash.
@@ -53,6 +62,7 @@ TRAJ_SUFFIX = ".traj"
 DETECT_LINES = 20
 DEFAULT_SYNTHETIC_DIR = "data/synthetic"
 _NULLABLE_INT = ("prompt_tokens", "cached_tokens", "output_tokens")
+DUPLICATE = "copy of a loaded thread"
 
 
 class IngestError(RuntimeError):
@@ -80,7 +90,7 @@ def detect_format(path: Path) -> str | None:
     """The :data:`LOADERS` key for ``path``; None when it has no complete line.
 
     Raises :class:`IngestError` when its lines are not JSON objects, or objects of no known
-    format.
+    format; ``OSError`` when it cannot be read.
     """
     if path.name.endswith(TRAJ_SUFFIX):
         return "swe_agent"
@@ -89,7 +99,7 @@ def detect_format(path: Path) -> str | None:
     if not first:
         bad = [s for s in probe.skipped_lines if not s.reason.startswith(COMPRESSED_CUT)]
         if bad:
-            raise IngestError(f"{path}: not JSON lines ({bad[0]})")
+            raise IngestError(f"not JSON lines ({bad[0].reason})")
         return None
     if claude_code.looks_like(first):
         return "claude_code"
@@ -97,13 +107,35 @@ def detect_format(path: Path) -> str | None:
         return "blockhash"
     keys = sorted({k for obj in first for k in obj})[:12]
     raise IngestError(
-        f"{path}: unknown trace format (first objects have keys {keys}); expected a Claude Code"
+        f"unknown trace format (first objects have keys {keys}); expected a Claude Code"
         " transcript, a block-hash request trace or a SWE-agent .traj"
     )
 
 
+def _unreadable(exc: OSError) -> str:
+    return f"unreadable: {exc.strerror or exc}"
+
+
+def _walk(folder: Path, root: Path, report: IngestReport) -> list[Path]:
+    """Every file under ``folder`` (sorted); sub-folders that cannot be listed are reported."""
+
+    def refused(exc: OSError) -> None:
+        where = Path(exc.filename) if exc.filename else folder
+        report.skip_file(utf8_safe(_rel(where, root)) + "/", _unreadable(exc))
+
+    files = []
+    for dirpath, dirnames, filenames in os.walk(folder, onerror=refused):
+        dirnames.sort()
+        files.extend(Path(dirpath, name) for name in filenames)
+    return sorted(p for p in files if not p.is_dir())
+
+
+def _rel(path: Path, root: Path) -> str:
+    return path.relative_to(root).as_posix() if path.is_relative_to(root) else path.as_posix()
+
+
 def discover(sources: Iterable[str | Path], report: IngestReport) -> list[TraceFile]:
-    """Trace files under ``sources`` in a stable order; sidecar-only folders are reported."""
+    """Trace files under ``sources`` in a stable order; everything passed over is reported (module doc)."""
     found: dict[Path, TraceFile] = {}
     for src in sources:
         src = Path(src)
@@ -112,11 +144,12 @@ def discover(sources: Iterable[str | Path], report: IngestReport) -> list[TraceF
         root = src.resolve().parent
         if src.is_file():
             if not _is_trace_name(src):
-                raise IngestError(f"{src}: not a trace file (expected *.jsonl, *.jsonl.gz or *.traj)")
+                report.skip_file(src.name, "not a trace file (expected *.jsonl, *.jsonl.gz or *.traj)")
+                continue
             candidates = [src.resolve()]
         else:
             candidates = []
-            for path in sorted(p for p in src.resolve().rglob("*") if p.is_file()):
+            for path in _walk(src.resolve(), root, report):
                 if _is_trace_name(path):
                     candidates.append(path)
                 elif path.name in claude_code.SIDECAR_NAMES:
@@ -130,11 +163,19 @@ def discover(sources: Iterable[str | Path], report: IngestReport) -> list[TraceF
         for path in candidates:
             if path in found:
                 continue
-            trace = TraceFile(path, root, detect_format(path) or "")
-            if not trace.format:
-                report.skip_file(trace.rel, "no complete line (empty, or compressed stream cut before it)")
+            rel = utf8_safe(_rel(path, root))
+            try:
+                fmt = detect_format(path)
+            except OSError as exc:
+                report.skip_file(rel, _unreadable(exc))
                 continue
-            found[path] = trace
+            except IngestError as exc:
+                report.skip_file(rel, str(exc))
+                continue
+            if not fmt:
+                report.skip_file(rel, "no complete line (empty, or compressed stream cut before it)")
+                continue
+            found[path] = TraceFile(path, root, fmt)
     return list(found.values())
 
 
@@ -146,30 +187,90 @@ def _frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     return df
 
 
+@dataclass
+class _Loaded:
+    """One loaded file and the threads it holds (``(source, session, thread)`` -> calls)."""
+
+    trace: TraceFile
+    rows: list[dict[str, Any]]
+    threads: dict[tuple[str, str, str], int]
+
+
+def _load_file(tf: TraceFile, report: IngestReport) -> _Loaded | None:
+    """Rows of one file; None (reported) when it cannot be read or is no trace after all."""
+    try:
+        rows = LOADERS[tf.format](tf.path, tf.root, report)
+    except OSError as exc:
+        report.skip_file(tf.rel, _unreadable(exc))
+        return None
+    except ValueError as exc:  # a document that is not a trajectory, e.g. a JSON list
+        report.skip_file(tf.rel, str(exc).removeprefix(f"{tf.rel}: "))
+        return None
+    threads: dict[tuple[str, str, str], int] = {}
+    for r in rows:
+        key = (r["source"], r["session_id"], r["thread_id"])
+        threads[key] = threads.get(key, 0) + 1
+    return _Loaded(tf, rows, threads)
+
+
+def _keep_longer_copies(loaded: list[_Loaded], report: IngestReport) -> list[_Loaded]:
+    """Files in order, dropping each one whose threads another file holds with more calls (module doc)."""
+    kept: dict[str, _Loaded] = {}
+    owner: dict[tuple[str, str, str], str] = {}
+    for new in loaded:
+        rivals = {owner[t] for t in new.threads if t in owner}
+        shared = [t for t in new.threads if t in owner]
+        if rivals:
+            theirs = sum(kept[r].threads.get(t, 0) for r in rivals for t in shared)
+            mine = sum(new.threads[t] for t in shared)
+            if mine <= theirs:
+                first = sorted(rivals)[0]
+                report.skip_file(
+                    new.trace.rel,
+                    f"thread {shared[0][2]} already loaded from {first} ({theirs} calls vs {mine})",
+                    DUPLICATE,
+                )
+                continue
+            for rival in sorted(rivals):
+                old = kept.pop(rival)
+                report.skip_file(
+                    rival, f"shorter copy ({theirs} calls vs {mine}) of thread {shared[0][2]} in {new.trace.rel}", DUPLICATE
+                )
+                for t in old.threads:
+                    owner.pop(t, None)
+        kept[new.trace.rel] = new
+        owner.update(dict.fromkeys(new.threads, new.trace.rel))
+    return list(kept.values())
+
+
 def load_sources(paths: Iterable[str | Path], progress: bool = False) -> tuple[pd.DataFrame, IngestReport]:
     """Load every trace under ``paths`` into one events frame (not yet validated/written)."""
     paths = list(paths)
     report = IngestReport()
     files = discover(paths, report)
+    loaded = [
+        got
+        for tf in tqdm(files, desc="ingest", unit="file", disable=not progress, file=sys.stderr)
+        if (got := _load_file(tf, report)) is not None
+    ]
     rows: list[dict[str, Any]] = []
-    owner: dict[tuple[str, str, str], str] = {}  # (source, session, thread) -> file that loaded it
     seen_sessions: set[tuple[str, str]] = set()
-    for tf in tqdm(files, desc="ingest", unit="file", disable=not progress, file=sys.stderr):
-        file_rows = LOADERS[tf.format](tf.path, tf.root, report)
-        threads = {(r["source"], r["session_id"], r["thread_id"]) for r in file_rows}
-        clash = sorted(t for t in threads if t in owner)
-        if clash:
-            report.skip_file(tf.rel, f"thread {clash[0][2]} already loaded from {owner[clash[0]]}")
-            continue
-        new_sessions = {t[:2] for t in threads} - seen_sessions
+    for item in _keep_longer_copies(loaded, report):
+        new_sessions = {t[:2] for t in item.threads} - seen_sessions
         seen_sessions |= new_sessions
-        owner.update(dict.fromkeys(threads, tf.rel))
-        source = file_rows[0]["source"] if file_rows else tf.format
-        report.add_file(FileResult(tf.rel, source, len(new_sessions), len(file_rows), tf.path.stat().st_size))
-        rows.extend(file_rows)
+        source = item.rows[0]["source"] if item.rows else item.trace.format
+        report.add_file(FileResult(item.trace.rel, source, len(new_sessions), len(item.rows), _size(item.trace.path)))
+        rows.extend(item.rows)
     if not rows:
         raise IngestError(f"no LLM calls loaded from {[str(p) for p in paths]}\n{report.summary()}")
     return _frame(rows), report
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 def measured_facts(df: pd.DataFrame) -> list[str]:
@@ -201,6 +302,7 @@ def _read_params(path: Path, explicit: bool) -> dict[str, Any]:
     section = data.get("ingest", {}) if isinstance(data, dict) else {}
     if not isinstance(section, dict):
         raise IngestError(f"{path}: 'ingest' is not a mapping")
+    check_keys(section, KNOWN_KEYS["ingest"], f"{path}:ingest")
     return section
 
 
@@ -256,6 +358,10 @@ def run(args: argparse.Namespace) -> int:
         report.notes.append("rows with source 'synthetic' come from the generated SYNTHETIC corpus, not real traces")
     print(report.summary())
     print("\n".join(["measured:", *measured_facts(df)]))
-    write_events(df, out)
+    try:
+        write_events(df, out)
+    except OSError as e:
+        print(f"ingest: error: cannot write {out}: {e.strerror or e}; the previous table (if any) is unchanged", file=sys.stderr)
+        return 2
     print(f"ingest: wrote {len(df)} rows to {out}")
     return 0

@@ -32,9 +32,14 @@ class SkippedFile:
 
     path: str
     reason: str
+    kind: str = ""  # the reason's category, counted in the summary (default: the reason up to ':' or '(')
 
     def __str__(self) -> str:
         return f"{self.path}: {self.reason}"
+
+    @property
+    def category(self) -> str:
+        return self.kind or self.reason.split(":", 1)[0].split("(", 1)[0].strip()
 
 
 @dataclass(frozen=True)
@@ -62,9 +67,9 @@ class IngestReport:
         """Record one unusable line."""
         self.skipped_lines.append(SkippedLine(file, line, reason))
 
-    def skip_file(self, path: str, reason: str) -> None:
-        """Record one file (or folder) that yields no calls."""
-        self.skipped_files.append(SkippedFile(path, reason))
+    def skip_file(self, path: str, reason: str, kind: str = "") -> None:
+        """Record one file (or folder) that yields no calls; ``kind`` groups it in the summary."""
+        self.skipped_files.append(SkippedFile(path, reason, kind))
 
     def ignore(self, reason: str, count: int = 1) -> None:
         """Count valid input that carries no LLM call."""
@@ -101,6 +106,9 @@ class IngestReport:
         for source, (files, sessions, calls) in self.by_source().items():
             tag = "  (SYNTHETIC corpus, not real traces)" if source == "synthetic" else ""
             lines.append(f"  {source:<12} files={files:<6} sessions={sessions:<6} calls={calls}{tag}")
+        if self.skipped_files:
+            kinds = Counter(f.category for f in self.skipped_files)
+            lines.append("  skipped files by reason: " + ", ".join(f"{k}: {n}" for k, n in sorted(kinds.items())))
         for note in self.notes:
             lines.append(f"  note: {note}")
         if self.ignored:

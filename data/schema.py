@@ -32,6 +32,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from cachewise.atomic_write import atomic_path
+
 SCHEMA_VERSION = "1"
 METADATA_KEY = b"cachewise.events.schema_version"
 
@@ -88,11 +90,10 @@ def to_table(df: pd.DataFrame) -> pa.Table:
 
 
 def write_events(df: pd.DataFrame, path: str | Path) -> None:
-    """Validate and write the events table as Parquet."""
+    """Validate and write the events table as Parquet, atomically (a failed write keeps the old table)."""
     validate(df)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(to_table(df), path)
+    with atomic_path(path) as tmp:
+        pq.write_table(to_table(df), tmp)
 
 
 def read_events(path: str | Path) -> pd.DataFrame:

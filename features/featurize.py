@@ -32,6 +32,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from cachewise.atomic_write import atomic_path
 from cachewise.data.schema import read_events
 from cachewise.features.label import reuse_labels
 from cachewise.features.online import FeatureState
@@ -106,9 +107,7 @@ def sha256_of(path: str | Path) -> str:
 
 
 def write_features(table: FeatureTable, path: str | Path, events_sha256: str, horizon_s: float) -> None:
-    """Write the feature frame as Parquet, with its provenance in the metadata."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write the feature frame as Parquet, with its provenance in the metadata (atomically)."""
     arrow = pa.Table.from_pandas(table.frame, preserve_index=False)
     meta = {
         "feature_set_version": FEATURE_SET_VERSION,
@@ -116,7 +115,8 @@ def write_features(table: FeatureTable, path: str | Path, events_sha256: str, ho
         "events_sha256": events_sha256,
     }
     arrow = arrow.replace_schema_metadata({**(arrow.schema.metadata or {}), META_KEY: json.dumps(meta).encode()})
-    pq.write_table(arrow, path)
+    with atomic_path(path) as tmp:
+        pq.write_table(arrow, tmp)
 
 
 def read_features(path: str | Path) -> tuple[pd.DataFrame, dict]:

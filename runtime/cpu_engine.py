@@ -14,9 +14,11 @@ prints which block pool and scheduler vLLM would run with that ``--additional-co
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import logging
 import os
+import shutil
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
@@ -59,8 +61,9 @@ TINY_LLAMA: dict[str, Any] = {
 
 @lru_cache(maxsize=1)
 def model_dir() -> str:
-    """A folder holding :data:`TINY_LLAMA` as ``config.json`` (lives for the process)."""
+    """A folder holding :data:`TINY_LLAMA` as ``config.json`` (removed when the process exits)."""
     folder = Path(tempfile.mkdtemp(prefix="cachewise-cpu-model-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
     (folder / "config.json").write_text(json.dumps(TINY_LLAMA))
     return str(folder)
 
