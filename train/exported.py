@@ -279,7 +279,7 @@ def _download(uri: str, store: str, dst: str, timeout_s: float, outcome: dict[st
     # is told: set it (and the HTTP retry budget, read per request) and restore afterwards.
     budget = {
         "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
-        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0.5",
+        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
         "MLFLOW_HTTP_REQUEST_TIMEOUT": str(max(1, math.ceil(timeout_s / 2))),
     }
     saved_env = {k: os.environ.get(k) for k in budget}

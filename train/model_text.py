@@ -15,7 +15,9 @@ naming the first one that does not hold:
   used: leaf values, thresholds, shrinkage); split features within ``max_feature_idx``;
   children forming one tree over all nodes (each node reached once from the root);
   categorical splits within ``cat_boundaries`` / ``cat_threshold``; no linear trees;
-* trailer: ``end of parameters`` and a JSON ``pandas_categorical`` line.
+* trailer: ``feature_importances`` lines ``name=integer``, every parameter line ``[key: value]``
+  (LightGBM crashes on a parameter line without ``: ``), ``end of parameters`` and a JSON
+  ``pandas_categorical`` line.
 
 The exported spec's ``model_sha256`` (checked first, :mod:`cachewise.train.exported`)
 catches every change to the bytes; this check stands behind it for files whose checksum
@@ -35,6 +37,12 @@ _HEADER_KEYS = ("version", "num_class", "num_tree_per_iteration", "max_feature_i
 _INTERNAL_INT = ("split_feature", "decision_type", "left_child", "right_child", "internal_count")
 _INTERNAL_FLOAT = ("split_gain", "threshold", "internal_value", "internal_weight")
 _LEAF = ("leaf_value", "leaf_weight", "leaf_count")
+_PARAMETER = re.compile(r"\[[A-Za-z0-9_]+: [^\[\]\n]*\]")
+_TRAILER = re.compile(
+    r"end of trees\n\nfeature_importances:\n(?P<importances>(?:[^\n]+\n)*)\n"
+    r"parameters:\n(?P<parameters>(?:[^\n]+\n)*)\n?end of parameters\n\n"
+    r"pandas_categorical:(?P<categorical>[^\n]*)\n?"
+)
 _CATEGORICAL_BIT = 1
 _MAX_MISSING_TYPE = 2
 
@@ -159,13 +167,19 @@ def _check_shape(left: list[int], right: list[int], leaves: int, where: str) -> 
 
 
 def _check_trailer(rest: str) -> None:
-    if "\nparameters:\n" not in rest or "\nend of parameters\n" not in rest:
-        raise ModelTextError("no parameters section after the trees")
-    last = rest.rstrip("\n").rsplit("\n", 1)[-1]
-    if not last.startswith("pandas_categorical:"):
-        raise ModelTextError("last line is not pandas_categorical")
+    """``end of trees``, feature importances, ``[key: value]`` parameters, ``pandas_categorical``."""
+    match = _TRAILER.fullmatch(rest)
+    if match is None:
+        raise ModelTextError("the sections after the trees are not feature_importances, parameters, pandas_categorical")
+    for line in match["importances"].splitlines():
+        name, eq, value = line.partition("=")
+        if not eq or not name or not _INT.fullmatch(value):
+            raise ModelTextError(f"feature importance line {line[:40]!r} is not name=integer")
+    for line in match["parameters"].splitlines():
+        if not _PARAMETER.fullmatch(line):
+            raise ModelTextError(f"parameter line {line[:40]!r} is not [key: value]")
     try:
-        json.loads(last[len("pandas_categorical:") :])
+        json.loads(match["categorical"])
     except ValueError as exc:
         raise ModelTextError(f"pandas_categorical is not JSON: {exc}") from exc
 

@@ -1,0 +1,166 @@
+"""Fault injection on train and export: MLflow failures, SIGTERM part-way, undefined accuracy.
+
+Invariants: ``train/out`` and the export folder only ever hold the complete outputs of one
+run; no MLflow run is left ``RUNNING``; a re-run after a kill succeeds; ``export`` checks
+everything it can before it writes to the registry.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cachewise.cli import main
+from cachewise.data.ingest import load_sources
+from cachewise.data.schema import write_events
+from cachewise.data.synthetic import generate_corpus
+from cachewise.train.exported import load_exported
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory: pytest.TempPathFactory):
+    """A pipeline folder with events, features, its own SQLite MLflow store; yields a params writer."""
+    root = tmp_path_factory.mktemp("pipeline")
+    generate_corpus(root / "corpus", seed=13, sessions=30)
+    events, _ = load_sources([root / "corpus"])
+    write_events(events, root / "data" / "events.parquet")
+    base = yaml.safe_load((REPO / "params.yaml").read_text())
+    base["ingest"]["out"] = "data/events.parquet"
+    base["train"]["lightgbm"].update(num_boost_round=30)
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+
+    def params(name: str, **train: object) -> Path:
+        p = json.loads(json.dumps(base))
+        p["registry"].update(model_name=f"m-{name}", export_dir=f"models/{name}")
+        p["train"].update(train)
+        path = root / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(p))
+        return path
+
+    assert main(["featurize", "--params", str(params("base"))]) == 0
+    yield root, params
+    mp.undo()
+
+
+def _db(root: Path, sql: str, *args: object) -> list[tuple]:
+    try:
+        with sqlite3.connect(root / "mlflow.db", timeout=30) as con:
+            return con.execute(sql, args).fetchall()
+    except sqlite3.OperationalError:  # table not created yet
+        return []
+
+
+def _spawn(root: Path, *argv: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "cachewise.cli", *argv], cwd=root, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def _term_when(proc: subprocess.Popen, ready, limit_s: float = 300.0) -> int:
+    """SIGTERM ``proc`` as soon as ``ready()`` holds; its exit status."""
+    deadline = time.monotonic() + limit_s
+    while proc.poll() is None and not ready() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=120)
+    return proc.returncode
+
+
+def _staged_leftovers(folder: Path) -> list[str]:
+    return [p.name for p in folder.iterdir() if ".staged-" in p.name or ".old-" in p.name]
+
+
+def test_train_keeps_previous_outputs_when_mlflow_logging_fails(pipeline, monkeypatch: pytest.MonkeyPatch) -> None:
+    root, params = pipeline
+    p, out = str(params("fail")), root / "out-fail"
+    assert main(["train", "--params", p, "--out", str(out)]) == 0
+    before = {q.relative_to(out): q.read_bytes() for q in out.rglob("*") if q.is_file()}
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    def refuse(*args, **kwargs):
+        raise MlflowException("the tracking store is read-only")
+
+    monkeypatch.setattr(mlflow, "log_params", refuse)
+    assert main(["train", "--params", p, "--out", str(out)]) == 2
+    assert {q.relative_to(out): q.read_bytes() for q in out.rglob("*") if q.is_file()} == before
+    assert not _staged_leftovers(root)
+    assert not _db(root, "select run_uuid from runs where status = 'RUNNING'")
+
+
+def test_sigterm_during_train_leaves_no_running_run_and_a_clean_rerun(pipeline) -> None:
+    root, params = pipeline
+    p, out = str(params("term")), root / "out-term"
+    known = {r[0] for r in _db(root, "select run_uuid from runs")}
+    proc = _spawn(root, "train", "--params", p, "--out", str(out))
+    started = lambda: any(r[0] not in known for r in _db(root, "select run_uuid from runs where status = 'RUNNING'"))  # noqa: E731
+    rc = _term_when(proc, started)
+    new = {r[0]: r[1] for r in _db(root, "select run_uuid, status from runs") if r[0] not in known}
+    assert rc == 128 + signal.SIGTERM, proc.stderr
+    assert new and set(new.values()) == {"KILLED"}
+    assert not out.exists() and not _staged_leftovers(root)  # nothing half-written
+    assert main(["train", "--params", p, "--out", str(out)]) == 0
+    record = json.loads((out / "run.json").read_text())
+    assert _db(root, "select status from runs where run_uuid = ?", record["run_id"]) == [("FINISHED",)]
+    assert load_exported(out).spec["model_sha256"]
+
+
+def test_sigterm_during_export_then_a_clean_rerun(pipeline) -> None:
+    root, params = pipeline
+    p, out = params("exp"), root / "out-exp"
+    assert main(["train", "--params", str(p), "--out", str(out)]) == 0
+    proc = _spawn(root, "export", "--params", str(p), "--run", str(out / "run.json"))
+    registered = lambda: bool(_db(root, "select version from model_versions where name = 'm-exp'"))  # noqa: E731
+    _term_when(proc, registered)
+    export_dir = root / "models" / "exp"
+    if export_dir.exists():  # the kill came after the swap: it must be complete
+        load_exported(export_dir)
+    assert not _staged_leftovers(export_dir.parent)
+    assert main(["export", "--params", str(p), "--run", str(out / "run.json")]) == 0
+    assert load_exported(export_dir).spec["model_sha256"]
+    versions = _db(root, "select version from model_versions where name = 'm-exp'")
+    assert versions == [(1,)]
+    tags = dict(_db(root, "select key, value from model_version_tags where name = 'm-exp'"))
+    assert float(tags["pairwise_accuracy"]) > 0 and tags["feature_set_version"]
+
+
+def test_export_with_undefined_accuracy_registers_once_and_exports(pipeline, capsys) -> None:
+    root, params = pipeline
+    p, out = params("null"), root / "out-null"
+    assert main(["train", "--params", str(p), "--out", str(out)]) == 0
+    record = json.loads((out / "run.json").read_text())
+    (out / "run.json").write_text(json.dumps({**record, "pairwise_accuracy": None}))  # too few held-out tasks
+    assert main(["export", "--params", str(p), "--run", str(out / "run.json")]) == 0
+    assert "@champion moved to version 1" in capsys.readouterr().out
+    assert dict(_db(root, "select key, value from model_version_tags where name = 'm-null'"))["pairwise_accuracy"] == "nan"
+    assert load_exported(root / "models" / "null").spec["model_sha256"]
+    # a later version with a defined accuracy beats the undefined holder
+    assert main(["train", "--params", str(p), "--out", str(out)]) == 0
+    assert main(["export", "--params", str(p), "--run", str(out / "run.json")]) == 0
+    assert "@champion moved to version 2" in capsys.readouterr().out
+
+
+def test_export_of_an_unusable_model_registers_nothing(pipeline, capsys) -> None:
+    root, params = pipeline
+    p, out = params("bad"), root / "out-bad"
+    assert main(["train", "--params", str(p), "--out", str(out)]) == 0
+    record = json.loads((out / "run.json").read_text())
+    (out / "run.json").write_text(json.dumps({**record, "model_uri": "models:/m-base/999"}))
+    assert main(["export", "--params", str(p), "--run", str(out / "run.json")]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("cachewise export: error:")
+    assert not _db(root, "select version from model_versions where name = 'm-bad'")
+    assert not (root / "models" / "bad").exists()
