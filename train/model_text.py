@@ -33,7 +33,16 @@ import re
 
 _INT = re.compile(r"-?\d{1,18}")
 _FLOAT = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
-_HEADER_KEYS = ("version", "num_class", "num_tree_per_iteration", "max_feature_idx", "feature_names", "feature_infos", "tree_sizes")
+_HEADER_KEYS = (
+    "version",
+    "num_class",
+    "num_tree_per_iteration",
+    "label_index",
+    "max_feature_idx",
+    "feature_names",
+    "feature_infos",
+    "tree_sizes",
+)
 _INTERNAL_INT = ("split_feature", "decision_type", "left_child", "right_child", "internal_count")
 _INTERNAL_FLOAT = ("split_gain", "threshold", "internal_value", "internal_weight")
 _LEAF = ("leaf_value", "leaf_weight", "leaf_count")
