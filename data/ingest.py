@@ -215,31 +215,30 @@ def _load_file(tf: TraceFile, report: IngestReport) -> _Loaded | None:
 
 def _keep_longer_copies(loaded: list[_Loaded], report: IngestReport) -> list[_Loaded]:
     """Files in order, dropping each one whose threads another file holds with more calls (module doc)."""
-    kept: dict[str, _Loaded] = {}
-    owner: dict[tuple[str, str, str], str] = {}
+    kept: dict[Path, _Loaded] = {}  # by path: relative names repeat across sources (attempt_1/...)
+    owner: dict[tuple[str, str, str], Path] = {}
     for new in loaded:
-        rivals = {owner[t] for t in new.threads if t in owner}
         shared = [t for t in new.threads if t in owner]
+        rivals = sorted({owner[t] for t in shared})
         if rivals:
             theirs = sum(kept[r].threads.get(t, 0) for r in rivals for t in shared)
             mine = sum(new.threads[t] for t in shared)
             if mine <= theirs:
-                first = sorted(rivals)[0]
                 report.skip_file(
                     new.trace.rel,
-                    f"thread {shared[0][2]} already loaded from {first} ({theirs} calls vs {mine})",
+                    f"thread {shared[0][2]} already loaded from {kept[rivals[0]].trace.rel} ({theirs} calls vs {mine})",
                     DUPLICATE,
                 )
                 continue
-            for rival in sorted(rivals):
+            for rival in rivals:
                 old = kept.pop(rival)
                 report.skip_file(
-                    rival, f"shorter copy ({theirs} calls vs {mine}) of thread {shared[0][2]} in {new.trace.rel}", DUPLICATE
+                    old.trace.rel, f"shorter copy ({theirs} calls vs {mine}) of thread {shared[0][2]} in {new.trace.rel}", DUPLICATE
                 )
                 for t in old.threads:
                     owner.pop(t, None)
-        kept[new.trace.rel] = new
-        owner.update(dict.fromkeys(new.threads, new.trace.rel))
+        kept[new.trace.path] = new
+        owner.update(dict.fromkeys(new.threads, new.trace.path))
     return list(kept.values())
 
 

@@ -118,6 +118,12 @@ def test_of_two_copies_of_a_session_the_longer_is_kept(corpus: Path, tmp_path: P
     assert "shorter copy" in report.skipped_files[0].reason
 
 
+def test_same_relative_names_in_different_sources_all_load(corpus: Path) -> None:
+    folders = sorted(p.parent for p in corpus.rglob("trace.jsonl"))  # <task>/attempt_N: names repeat
+    df, report = load_sources(folders)
+    assert len(df) == len(load_sources([corpus])[0]) and not report.skipped_files
+
+
 # -- writes that fail part-way leave the previous outputs -----------------------------------------
 
 

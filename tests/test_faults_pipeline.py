@@ -164,3 +164,19 @@ def test_export_of_an_unusable_model_registers_nothing(pipeline, capsys) -> None
     assert capsys.readouterr().err.strip().splitlines()[-1].startswith("cachewise export: error:")
     assert not _db(root, "select version from model_versions where name = 'm-bad'")
     assert not (root / "models" / "bad").exists()
+
+
+def test_a_champion_without_checksum_is_replaced(pipeline, capsys) -> None:
+    """A version registered before specs carried ``model_sha256`` cannot be served by URI: any checked one replaces it."""
+    from mlflow import MlflowClient
+
+    root, params = pipeline
+    p, out = params("legacy"), root / "out-legacy"
+    assert main(["train", "--params", str(p), "--out", str(out)]) == 0
+    assert main(["export", "--params", str(p), "--run", str(out / "run.json")]) == 0
+    MlflowClient().delete_model_version_tag("m-legacy", "1", "model_sha256")  # as an older export left it
+    worse = params("legacy", lightgbm={"num_boost_round": 1, "early_stopping_rounds": 1, "learning_rate": 0.01})
+    assert main(["train", "--params", str(worse), "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["export", "--params", str(p), "--run", str(out / "run.json")]) == 0
+    assert "@champion moved to version 2: @champion version 1 has no model checksum" in capsys.readouterr().out

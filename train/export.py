@@ -10,7 +10,8 @@
 2. Move the alias ``registry.alias`` to it only when it beats the current alias holder's
    held-out pairwise accuracy (strictly; a holder whose accuracy is undefined is beaten by
    any defined one), or when there is no holder, or the holder was trained for another
-   feature-set version (this code could not serve it). The decision and its reason are printed.
+   feature-set version, or its registered spec has no ``model_sha256`` while the new one has
+   (this code could not serve it by URI). The decision and its reason are printed.
 3. Export the alias holder to ``registry.export_dir``: ``model.txt`` + ``spec.json``
    (:mod:`cachewise.train.exported` loads it without MLflow), staged beside the target,
    checked by loading it, then swapped in (:func:`cachewise.atomic_write.replace_folder`):
@@ -50,6 +51,7 @@ from cachewise.train.model_spec import write_json
 
 ACCURACY_TAG = "pairwise_accuracy"
 VERSION_TAG = "feature_set_version"
+CHECKSUM_TAG = "model_sha256"  # set when the registered spec carries the model's checksum
 
 
 @dataclass(frozen=True)
@@ -91,8 +93,12 @@ def accuracy_of(tags: dict) -> float:
         return math.nan
 
 
-def register_run(client, name: str, record: dict) -> str:
-    """Model version of ``record``'s run under ``name``: the existing one, else a new one; tags (re)set."""
+def register_run(client, name: str, record: dict, checksum: str | None) -> str:
+    """Model version of ``record``'s run under ``name``: the existing one, else a new one; tags (re)set.
+
+    ``checksum``: the ``model_sha256`` of the registered spec, None when it has none (logged
+    by an older ``cachewise train``; such a version is exported, but never served by URI).
+    """
     import mlflow  # noqa: PLC0415
 
     existing = [mv for mv in client.search_model_versions(f"name='{name}'") if mv.run_id == record["run_id"]]
@@ -100,6 +106,8 @@ def register_run(client, name: str, record: dict) -> str:
     acc = record.get("pairwise_accuracy")
     client.set_model_version_tag(name, version, ACCURACY_TAG, "nan" if acc is None else repr(float(acc)))
     client.set_model_version_tag(name, version, VERSION_TAG, FEATURE_SET_VERSION)
+    if checksum is not None:
+        client.set_model_version_tag(name, version, CHECKSUM_TAG, checksum)
     return version
 
 
@@ -119,6 +127,8 @@ def decide_champion(client, name: str, alias: str, version: str) -> Decision:
         return Decision(version, version, False, f"version {version} already holds @{alias}")
     elif holder.tags.get(VERSION_TAG) != FEATURE_SET_VERSION:
         reason = f"@{alias} version {holder.version} was trained for feature set {holder.tags.get(VERSION_TAG)!r}, this code serves {FEATURE_SET_VERSION!r}"
+    elif not holder.tags.get(CHECKSUM_TAG) and new.tags.get(CHECKSUM_TAG):
+        reason = f"@{alias} version {holder.version} has no model checksum in its spec (the runtime refuses to load it by URI)"
     else:
         old_acc = accuracy_of(holder.tags)
         if math.isnan(old_acc) and not math.isnan(new_acc):
@@ -137,19 +147,24 @@ def decide_champion(client, name: str, alias: str, version: str) -> Decision:
     return Decision(version, version, True, reason)
 
 
-def fetch_checked(uri: str, folder: Path, timeout_s: float = REGISTRY_TIMEOUT_S * 6) -> None:
-    """Download ``uri`` into ``folder`` as ``model.txt`` + ``spec.json`` that load (module doc)."""
+def fetch_checked(uri: str, folder: Path, timeout_s: float = REGISTRY_TIMEOUT_S * 6) -> str | None:
+    """Download ``uri`` into ``folder`` as ``model.txt`` + ``spec.json`` that load (module doc).
+
+    Returns the checksum the registered spec carries (None when this call had to compute it).
+    """
     download = folder / "download"
     local = download_model(uri, download, timeout_s)
     spec = read_spec(local / "extra_files" / SPEC_FILE)
     shutil.copyfile(local / "model.lgb", folder / MODEL_FILE)
     shutil.rmtree(download)
-    if not isinstance(spec.get(SHA_KEY), str):  # logged before train recorded the hash
+    registered = spec.get(SHA_KEY) if isinstance(spec.get(SHA_KEY), str) else None
+    if registered is None:  # logged before train recorded the hash
         text = read_model_text(folder / MODEL_FILE, None)
         trial_load(folder / MODEL_FILE)
         spec[SHA_KEY] = model_sha256(text)
     write_json(spec, folder / SPEC_FILE)
     load_folder(folder / MODEL_FILE, folder / SPEC_FILE, uri)  # refuse to export what cannot load
+    return registered
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -173,8 +188,8 @@ def run(args: argparse.Namespace) -> int:
     client = MlflowClient()
     staged = staging_folder(export_dir)
     try:
-        fetch_checked(record["model_uri"], staged)
-        version = register_run(client, name, record)
+        checksum = fetch_checked(record["model_uri"], staged)
+        version = register_run(client, name, record, checksum)
         decision = decide_champion(client, name, alias, version)
         verb = "moved to" if decision.moved else "stays on"
         print(f"export: registered {name} version {version}; @{alias} {verb} version {decision.champion}: {decision.reason}")
