@@ -21,8 +21,8 @@ naming the first one that does not hold:
 
 The exported spec's ``model_sha256`` (checked first, :mod:`cachewise.train.exported`)
 catches every change to the bytes; this check stands behind it for files whose checksum
-was recorded after they were damaged. Linear in the file size; pure Python (about 20 ms for
-a 400-tree model).
+was recorded after they were damaged. Linear in the file size; pure Python (measured: 15 ms
+for a 94-tree, 270 kB model; 140 ms for a 400-tree, 1.1 MB one).
 """
 
 from __future__ import annotations
@@ -32,7 +32,9 @@ import math
 import re
 
 _INT = re.compile(r"-?\d{1,18}")
-_FLOAT = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+_INT_LIST = re.compile(r"-?\d{1,18}(?: -?\d{1,18})*")
+_FLOAT_PATTERN = r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?"
+_FLOAT_LIST = re.compile(f"{_FLOAT_PATTERN}(?: {_FLOAT_PATTERN})*")
 _HEADER_KEYS = (
     "version",
     "num_class",
@@ -199,31 +201,31 @@ class _Fields:
     def __init__(self, fields: dict[str, str], where: str) -> None:
         self.fields, self.where = fields, where
 
-    def _values(self, key: str, n: int) -> list[str]:
+    def _values(self, key: str, n: int, syntax: re.Pattern[str]) -> list[str]:
         if key not in self.fields:
             raise ModelTextError(f"{self.where}: no {key}")
-        values = self.fields[key].split(" ") if n else []
-        if len(values) != n or (n == 0 and self.fields[key]):
+        text = self.fields[key]
+        values = text.split(" ") if n else []
+        if len(values) != n or (n == 0 and text):
             raise ModelTextError(f"{self.where}: {key} has {len(values)} values, expected {n}")
+        if n and not syntax.fullmatch(text):  # one regex over the whole line: fast
+            if any(v.lstrip("+-").lower() in ("nan", "inf", "infinity") for v in values):
+                raise ModelTextError(f"{self.where}: {key} is not finite")
+            raise ModelTextError(f"{self.where}: {key} holds a value that is not a number")
         return values
 
     def int(self, key: str) -> int:
         return self.ints(key, 1)[0]
 
     def ints(self, key: str, n: int) -> list[int]:
-        return [_int(v, f"{self.where}: {key}") for v in self._values(key, n)]
+        return [int(v) for v in self._values(key, n, _INT_LIST)]
 
-    def floats(self, key: str, n: int) -> list[float]:
-        values = self._values(key, n)
-        if any(v.lstrip("+-").lower() in ("nan", "inf", "infinity") for v in values):
-            raise ModelTextError(f"{self.where}: {key} is not finite")
-        if not all(_FLOAT.fullmatch(v) for v in values):
-            raise ModelTextError(f"{self.where}: {key} holds a value that is not a number")
-        return [float(v) for v in values]
+    def floats(self, key: str, n: int) -> None:
+        self._values(key, n, _FLOAT_LIST)
 
     def finite_floats(self, key: str, n: int) -> list[float]:
-        values = self.floats(key, n)
-        if not all(math.isfinite(v) for v in values):  # overflowing exponents such as 1e999
+        values = [float(v) for v in self._values(key, n, _FLOAT_LIST)]
+        if not all(map(math.isfinite, values)):  # overflowing exponents such as 1e999
             raise ModelTextError(f"{self.where}: {key} is not finite")
         return values
 
