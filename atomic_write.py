@@ -26,6 +26,17 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+#: Temporaries are created private (0600 / 0700); what is published gets the usual modes.
+_FILE_MODE = 0o666 & ~_umask()
+_FOLDER_MODE = 0o777 & ~_umask()
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """A temporary path next to ``path``; renamed onto ``path`` when the block succeeds."""
@@ -34,6 +45,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
+    tmp.chmod(_FILE_MODE)
     try:
         yield tmp
         with open(tmp, "rb+") as fh:
@@ -59,7 +71,9 @@ def staging_folder(target: str | Path) -> Path:
     """A new empty folder beside ``target`` to build its next version in (same filesystem)."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{target.name}.staged-", dir=target.parent))
+    staged = Path(tempfile.mkdtemp(prefix=f".{target.name}.staged-", dir=target.parent))
+    staged.chmod(_FOLDER_MODE)
+    return staged
 
 
 def replace_folder(staged: str | Path, target: str | Path) -> None:

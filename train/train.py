@@ -220,7 +220,8 @@ def run(args: argparse.Namespace) -> int:
     result = train_model(frame, meta, tparams, horizon, f"{args.params}:train")
 
     out = Path(args.out)
-    foreign = sorted(p.name for p in out.iterdir() if p.name not in OUTPUT_NAMES) if out.is_dir() else []
+    kept = [p for p in out.iterdir() if p.name.startswith(".") and p.is_file()] if out.is_dir() else []  # .gitignore
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in OUTPUT_NAMES and p not in kept) if out.is_dir() else []
     if foreign:
         raise ParamsError(f"--out {out}: holds {foreign[:5]}, which train did not write; give a train output folder")
     extra = {
@@ -237,6 +238,8 @@ def run(args: argparse.Namespace) -> int:
         plot_files = write_outputs(result, staged)
         record = log_to_mlflow(result, staged, plot_files, extra)
         write_json(record, staged / RUN_FILE)
+        for path in kept:
+            shutil.copy2(path, staged / path.name)
         replace_folder(staged, out)
     finally:
         shutil.rmtree(staged, ignore_errors=True)
