@@ -112,7 +112,7 @@ class ScoredBlockPool(BlockPool):
         self._window = num_gpu_blocks if window is None else window
         self._recently_evicted: OrderedDict[bytes, None] = OrderedDict()
         guarded = self._order is not None and self.config.guard.enabled
-        self._guard = Guard(self.config.guard, self.stats, self._publisher.label) if guarded else None
+        self._guard = Guard(self.config.guard, self.stats, self._publisher.label, clock) if guarded else None
         if fallback_reason is not None:
             self.stats.fallbacks["load"] += 1
             self._publisher.publish()
@@ -278,12 +278,11 @@ class ScoredBlockPool(BlockPool):
         order = self._order
         if order is not None:
             guard = self._guard
-            now = self.clock() if guard is not None else 0.0
             for block in blocks:
                 if not block.is_null:
                     order.on_touch(block)
                     if guard is not None:
-                        guard.on_touch(block, now)
+                        guard.on_touch(block)
         super().touch(blocks)
 
     # ---------------------------------------------------- hashes and metrics
@@ -309,7 +308,7 @@ class ScoredBlockPool(BlockPool):
         if evicted:
             self.stats.evictions += 1
             if self._guard is not None:
-                self._guard.on_evicted(self.clock())
+                self._guard.on_evicted()
             window = self._recently_evicted
             window[key] = None
             if len(window) > self._window:
@@ -321,7 +320,7 @@ class ScoredBlockPool(BlockPool):
         had = block._block_hash
         super()._insert_block_hash(block_hash_with_group_id, block, num_tokens)
         if self._guard is not None and had is None and block._block_hash is not None:
-            self._guard.on_cached(block._block_hash, self.clock())
+            self._guard.on_cached(block._block_hash)
 
     def get_cached_block(self, block_hash: BlockHash, kv_cache_group_ids: list[int]) -> list[KVCacheBlock] | None:
         """vLLM's lookup; a miss on a recently evicted hash counts one harmful eviction."""

@@ -63,7 +63,7 @@ import heapq
 import logging
 import math
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from vllm.v1.core.kv_cache_utils import KVCacheBlock, make_block_hash_with_group_id
 
@@ -220,8 +220,9 @@ class Guard:
     (``guard_*`` fields); one log line per switch.
     """
 
-    def __init__(self, config: GuardConfig, stats: PoolStats, label: str) -> None:
+    def __init__(self, config: GuardConfig, stats: PoolStats, label: str, clock: Callable[[], float]) -> None:
         self.config = config
+        self._clock = clock
         self.learned = True  # which order serves now
         self._stats = stats
         stats.guard_learned = True
@@ -284,27 +285,27 @@ class Guard:
             if ((h[0] << 8) | h[1]) < threshold:
                 self._shadow.request(make_block_hash_with_group_id(h, group_id), now, expire_at)
 
-    def on_touch(self, block: KVCacheBlock, now: float) -> None:
+    def on_touch(self, block: KVCacheBlock) -> None:
         """``block`` is about to be touched by a new request (a real prefix-cache hit)."""
         key = block._block_hash
         if key is None or ((key[0] << 8) | key[1]) >= self._threshold:
             return
         if block.ref_cnt == 0:
-            self._access(key, True, now)
+            self._access(key, True, self._clock())
         else:  # held by another request: no eviction choice involved; its prediction is consumed
             self._pending.pop(key, None)
 
-    def on_cached(self, key: bytes, now: float) -> None:
+    def on_cached(self, key: bytes) -> None:
         """``key`` was just computed and cached (a real miss)."""
         if ((key[0] << 8) | key[1]) < self._threshold:
-            self._access(key, False, now)
+            self._access(key, False, self._clock())
 
-    def on_evicted(self, now: float) -> None:
+    def on_evicted(self) -> None:
         """The pool evicted one cached block: eviction pressure for both shadows."""
         self._credit_lru += self._rate
         self._credit_learned += self._rate
         if self._credit_lru >= 1.0 or self._credit_learned >= 1.0:
-            self._drain(now)
+            self._drain(self._clock())
 
     # -------------------------------------------------------------- internals
     def _access(self, key: bytes, real_hit: bool, now: float) -> None:
