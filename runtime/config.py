@@ -37,9 +37,12 @@ class GuardConfig:
     ``margin``: hit-rate difference (fraction, 0.005 = 0.5 points) that makes it switch.
     ``min_accesses``: sampled accesses before the first switch (warm-up).
     ``min_dwell``: sampled accesses spent in a mode before it may switch again.
+    ``start``: the order served until the estimates say otherwise: ``lru`` (vLLM's; the
+    learned order must first be measured better) or ``learned``.
     """
 
     enabled: bool = True
+    start: str = "lru"
     sample_rate: float = 0.0625
     half_life: int = 4096
     margin: float = 0.005
@@ -53,6 +56,8 @@ class GuardConfig:
             raise ConfigError(f"cachewise.guard.sample_rate must be in [1/65536, 1], got {self.sample_rate}")
         if self.half_life < 1 or self.min_accesses < 0 or self.min_dwell < 0:
             raise ConfigError(f"cachewise.guard: half_life must be >= 1, min_accesses/min_dwell >= 0 ({self})")
+        if self.start not in ("lru", "learned"):
+            raise ConfigError(f"cachewise.guard.start must be 'lru' or 'learned', got {self.start!r}")
         if not (0 <= self.margin < 1):
             raise ConfigError(f"cachewise.guard.margin must be in [0, 1), got {self.margin}")
 
@@ -64,7 +69,7 @@ class GuardConfig:
         known = {f.name for f in fields(cls)}
         if set(raw) - known:
             raise ConfigError(f"unknown cachewise.guard keys {sorted(set(raw) - known)}; valid: {sorted(known)}")
-        values = {k: v if k == "enabled" else _typed(cls, k, v, "guard.") for k, v in raw.items()}
+        values = {k: v if k in ("enabled", "start") else _typed(cls, k, v, "guard.") for k, v in raw.items()}
         return cls(**values)
 
 

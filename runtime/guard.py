@@ -32,25 +32,26 @@ not the mixture of its experts' hit rates, so Hedge's regret bound does not carr
 holding one mode keeps the real cache in the chosen expert's state, which is what the
 shadow of that expert predicts. With ``h_L``, ``h_V`` the shadows' hit rates over an
 exponentially decayed window (half-life ``half_life`` sampled block accesses, i.e. about
-``half_life / sample_rate`` real ones) the guard, after ``min_accesses`` sampled accesses:
+``half_life / sample_rate`` real ones), the pool starts in ``start`` (default ``lru``:
+the learned order has to earn its place) and, after ``min_accesses`` sampled accesses:
 
-* serves LRU from the first check where ``h_L < h_V - margin`` (learned mode);
-* serves learned again from the first check where ``h_L > h_V + margin`` (LRU mode);
-* and stays ``min_dwell`` sampled accesses in a mode before it may switch again.
+* serves vLLM's LRU from the first check where ``h_L < h_V - margin`` (learned mode);
+* serves learned from the first check where ``h_L > h_V + margin`` (LRU mode);
+* stays ``min_dwell`` sampled accesses in a mode before it may switch again.
 
-Guarantee (on the estimates): at every sampled access after the warm-up, either the
-pool runs vLLM's own eviction order (``get_new_blocks`` is vLLM's, unchanged), or the
-learned order's estimated hit rate over the window is at least LRU's minus ``margin``,
-give or take the last ``min_dwell`` accesses after a switch. So over a run of ``A``
-block accesses the guarded pool misses at most ``margin * A`` more than LRU, plus the
-warm-up (``min_accesses / sample_rate`` accesses served by learned unconditionally),
-plus the transient of each switch (the cache was filled by the other order: at most
-one pool of blocks), plus the sampling error of ``h_L - h_V``: its standard deviation is
-about ``sqrt(2 h (1 - h) / n)`` for ``n ~ 1.44 * half_life`` sampled accesses (about 1.2
-points at the defaults for ``h = 0.5``; less the more the two shadows agree, since
-their outcomes are positively correlated). Switches are at most one per ``min_dwell``
-sampled accesses. tests/test_runtime_guard.py checks the bound on vLLM's real
-``KVCacheManager`` with inverted and random predictors.
+Guarantee (on the estimates): at every sampled access either the pool runs vLLM's own
+eviction order (``get_new_blocks`` is vLLM's, unchanged), or the learned order's
+estimated hit rate over the window is at least LRU's minus ``margin`` (give or take the
+``min_dwell`` accesses after a switch). So over a run of ``A`` block accesses the guarded
+pool misses at most ``margin * A`` more than LRU, plus the transient of each switch (the
+cache was filled by the other order: at most one pool of blocks), plus the sampling error
+of ``h_L - h_V``: its standard deviation is about ``sqrt(2 h (1 - h) / n)`` for
+``n ~ 1.44 * half_life`` sampled accesses (0.9 points at the defaults for ``h = 0.5``;
+less the more the two shadows agree, since their outcomes are positively correlated).
+With ``start: learned`` add the warm-up (``min_accesses / sample_rate`` accesses served by
+the learned order unconditionally). Switches are at most one per ``min_dwell`` sampled
+accesses. tests/test_runtime_guard.py checks the bound on vLLM's real ``KVCacheManager``
+with inverted and random predictors (starting in the learned order, the harder case).
 
 Complexity: O(1) per block on every path (one 2-byte test on the hash decides
 sampling; block hashes are uniform bytes: sha256 / xxhash); a sampled block costs
@@ -223,9 +224,9 @@ class Guard:
     def __init__(self, config: GuardConfig, stats: PoolStats, label: str, clock: Callable[[], float]) -> None:
         self.config = config
         self._clock = clock
-        self.learned = True  # which order serves now
+        self.learned = config.start == "learned"  # which order serves now
         self._stats = stats
-        stats.guard_learned = True
+        stats.guard_learned = self.learned
         self._label = label
         self._threshold = int(round(config.sample_rate * 65536))
         self._rate = config.sample_rate
