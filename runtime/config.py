@@ -64,13 +64,7 @@ class GuardConfig:
     @classmethod
     def from_mapping(cls, raw: Mapping[str, Any]) -> GuardConfig:
         """Parse ``cachewise.guard``; unknown keys and wrong types raise :class:`ConfigError`."""
-        if not isinstance(raw, Mapping):
-            raise ConfigError("cachewise.guard must be a JSON object")
-        known = {f.name for f in fields(cls)}
-        if set(raw) - known:
-            raise ConfigError(f"unknown cachewise.guard keys {sorted(set(raw) - known)}; valid: {sorted(known)}")
-        values = {k: v if k in ("enabled", "start") else _typed(cls, k, v, "guard.") for k, v in raw.items()}
-        return cls(**values)
+        return cls(**_sub_mapping(cls, raw, "guard", verbatim=("enabled", "start")))
 
 
 @dataclass(frozen=True)
@@ -119,12 +113,7 @@ class SchedulerSettings:
     @classmethod
     def from_mapping(cls, raw: Mapping[str, Any]) -> SchedulerSettings:
         """Parse ``cachewise.scheduler``; unknown keys and non-numbers raise :class:`ConfigError`."""
-        if not isinstance(raw, Mapping):
-            raise ConfigError("cachewise.scheduler must be a JSON object")
-        known = {f.name for f in fields(cls)}
-        if set(raw) - known:
-            raise ConfigError(f"unknown cachewise.scheduler keys {sorted(set(raw) - known)}; valid: {sorted(known)}")
-        return cls(**{k: _typed(cls, k, v) for k, v in raw.items()})
+        return cls(**_sub_mapping(cls, raw, "scheduler"))
 
     def __post_init__(self) -> None:
         if self.lookahead < 1 or self.max_passes < 0 or not (self.max_wait_s >= 0):
@@ -181,6 +170,17 @@ class CacheWiseSettings:
             if isinstance(exc, ConfigError):
                 raise
             raise ConfigError(f"cachewise settings: {exc}") from exc
+
+
+def _sub_mapping(cls: type, raw: Any, name: str, verbatim: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Field values of dataclass ``cls`` from ``cachewise.<name>``: numbers typed by
+    :func:`_typed`, ``verbatim`` fields as given (their ``__post_init__`` checks them)."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"cachewise.{name} must be a JSON object")
+    known = {f.name for f in fields(cls)}
+    if set(raw) - known:
+        raise ConfigError(f"unknown cachewise.{name} keys {sorted(set(raw) - known)}; valid: {sorted(known)}")
+    return {k: v if k in verbatim else _typed(cls, k, v, f"{name}.") for k, v in raw.items()}
 
 
 def _typed(cls: type, key: str, value: Any, prefix: str = "") -> Any:

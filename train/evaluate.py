@@ -52,29 +52,22 @@ def evaluate(
     conditioners: dict[str, IdleConditioner],
     horizon_s: float,
     pairs_cfg: PairSettings,
+    by_family: bool = True,
 ) -> dict:
-    """Metrics of the model and of every baseline on ``frame`` (a featurized table), overall and per family."""
-    metrics = _evaluate(frame, model_pred, stats, conditioners, horizon_s, pairs_cfg)
-    if "source" in frame.columns:
+    """Metrics of the model and of every baseline on ``frame`` (a featurized table); with
+    ``by_family`` and a ``source`` column, also per family (``by_family``)."""
+    if by_family and "source" in frame.columns:
+        metrics = evaluate(frame, model_pred, stats, conditioners, horizon_s, pairs_cfg, by_family=False)
         pred = np.asarray(model_pred, dtype="float64")
         source = frame["source"].to_numpy()
-        metrics["by_family"] = {
-            str(family): _evaluate(
-                frame[source == family].reset_index(drop=True), pred[source == family], stats, conditioners, horizon_s, pairs_cfg
+        metrics["by_family"] = {}
+        for family in sorted(set(source)):
+            rows = source == family
+            part = frame[rows].reset_index(drop=True)
+            metrics["by_family"][str(family)] = evaluate(
+                part, pred[rows], stats, conditioners, horizon_s, pairs_cfg, by_family=False
             )
-            for family in sorted(set(source))
-        }
-    return metrics
-
-
-def _evaluate(
-    frame: pd.DataFrame,
-    model_pred: np.ndarray,
-    stats: BaselineStats,
-    conditioners: dict[str, IdleConditioner],
-    horizon_s: float,
-    pairs_cfg: PairSettings,
-) -> dict:
+        return metrics
     t = reference_times(frame, pairs_cfg.time_base)
     pairs = sample_idle_pairs(
         t, frame["idle_s"].to_numpy(), frame["censored"].to_numpy(), horizon_s, pairs_cfg.max_pairs, pairs_cfg.seed
