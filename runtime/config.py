@@ -35,7 +35,8 @@ class GuardConfig:
     ``sample_rate``: fraction of the block-hash space simulated under both orders.
     ``half_life``: window of the hit-rate estimates, in sampled block accesses.
     ``margin``: hit-rate difference (fraction, 0.005 = 0.5 points) that makes it switch.
-    ``min_accesses``: sampled accesses before the first switch (warm-up).
+    ``z``: standard errors of the estimated difference required beyond ``margin`` to switch.
+    ``min_accesses``: sampled accesses before the first switch (a floor under the estimate).
     ``min_dwell``: sampled accesses spent in a mode before it may switch again.
     ``start``: the order served until the estimates say otherwise: ``lru`` (vLLM's; the
     learned order must first be measured better) or ``learned``.
@@ -46,7 +47,8 @@ class GuardConfig:
     sample_rate: float = 0.0625
     half_life: int = 4096
     margin: float = 0.005
-    min_accesses: int = 512
+    z: float = 2.0
+    min_accesses: int = 128
     min_dwell: int = 1024
 
     def __post_init__(self) -> None:
@@ -58,6 +60,8 @@ class GuardConfig:
             raise ConfigError(f"cachewise.guard: half_life must be >= 1, min_accesses/min_dwell >= 0 ({self})")
         if self.start not in ("lru", "learned"):
             raise ConfigError(f"cachewise.guard.start must be 'lru' or 'learned', got {self.start!r}")
+        if not (self.z >= 0) or math.isinf(self.z):
+            raise ConfigError(f"cachewise.guard.z must be a finite number >= 0, got {self.z}")
         if not (0 <= self.margin < 1):
             raise ConfigError(f"cachewise.guard.margin must be in [0, 1), got {self.margin}")
 

@@ -32,22 +32,30 @@ not the mixture of its experts' hit rates, so Hedge's regret bound does not carr
 holding one mode keeps the real cache in the chosen expert's state, which is what the
 shadow of that expert predicts. With ``h_L``, ``h_V`` the shadows' hit rates over an
 exponentially decayed window (half-life ``half_life`` sampled block accesses, i.e. about
-``half_life / sample_rate`` real ones), the pool starts in ``start`` (default ``lru``:
-the learned order has to earn its place) and, after ``min_accesses`` sampled accesses:
+``half_life / sample_rate`` real ones) and ``se`` the standard error of ``h_L - h_V``
+(a paired estimate: both shadows see the same accesses, so only the accesses they
+disagree on add variance; weighted-mean variance of the decayed window), the pool starts
+in ``start`` (default ``lru``: the learned order has to earn its place) and, after
+``min_accesses`` sampled accesses:
 
-* serves vLLM's LRU from the first check where ``h_L < h_V - margin`` (learned mode);
-* serves learned from the first check where ``h_L > h_V + margin`` (LRU mode);
+* serves vLLM's LRU from the first check where ``h_L < h_V - margin - z * se`` (learned mode);
+* serves learned from the first check where ``h_L > h_V + margin + z * se`` (LRU mode);
 * stays ``min_dwell`` sampled accesses in a mode before it may switch again.
+
+The ``z * se`` term makes the warm-up adaptive: a large difference (an agent workload
+where the learned order halves the misses) is acted on after a few hundred sampled
+accesses, a small one only once the window holds enough evidence, and noise alone
+crosses it rarely (one-sided, ``z = 2``: about 2% of independent checks).
 
 Guarantee (on the estimates): at every sampled access either the pool runs vLLM's own
 eviction order (``get_new_blocks`` is vLLM's, unchanged), or the learned order's
-estimated hit rate over the window is at least LRU's minus ``margin`` (give or take the
-``min_dwell`` accesses after a switch). So over a run of ``A`` block accesses the guarded
-pool misses at most ``margin * A`` more than LRU, plus the transient of each switch (the
+estimated hit rate over the window is at least LRU's minus ``margin + z * se`` (give or
+take the ``min_dwell`` accesses after a switch). So over a run of ``A`` block accesses the guarded
+pool misses at most ``(margin + z * se) * A`` more than LRU, plus the transient of each switch (the
 cache was filled by the other order: at most one pool of blocks), plus the sampling error
-of ``h_L - h_V``: its standard deviation is about ``sqrt(2 h (1 - h) / n)`` for
-``n ~ 1.44 * half_life`` sampled accesses (0.9 points at the defaults for ``h = 0.5``;
-less the more the two shadows agree, since their outcomes are positively correlated).
+of ``h_L - h_V`` beyond that (``se`` is at most ``sqrt(d / n_eff)`` for a share ``d`` of
+accesses the shadows disagree on and ``n_eff ~ 2.9 * half_life`` sampled accesses: 0.3
+points at the defaults for ``d = 0.1``).
 With ``start: learned`` add the warm-up (``min_accesses / sample_rate`` accesses served by
 the learned order unconditionally). Switches are at most one per ``min_dwell`` sampled
 accesses. tests/test_runtime_guard.py checks the bound on vLLM's real ``KVCacheManager``
@@ -233,8 +241,9 @@ class Guard:
         self._decay = 0.5 ** (1.0 / config.half_life)
         # decayed window: sampled accesses, and the hits of each shadow and of the real pool
         self._n = self._hits_lru = self._hits_learned = self._hits_real = 0.0
+        self._n2 = self._disagree = 0.0  # decayed sum of squared weights; accesses the shadows disagree on
         self._accesses = 0
-        self._since_switch = 0
+        self._since_switch = config.min_dwell  # the dwell applies after a switch, not to the start
         self.reset()
 
     def reset(self) -> None:
@@ -320,6 +329,8 @@ class Guard:
         self._credit_learned += real_hit - hit_learned
         g = self._decay
         self._n = self._n * g + 1.0
+        self._n2 = self._n2 * g * g + 1.0
+        self._disagree = self._disagree * g + (hit_lru != hit_learned)
         self._hits_lru = self._hits_lru * g + hit_lru
         self._hits_learned = self._hits_learned * g + hit_learned
         self._hits_real = self._hits_real * g + real_hit
@@ -351,9 +362,13 @@ class Guard:
         stats.guard_sampled_accesses = self._accesses
         if self._accesses < cfg.min_accesses or self._since_switch < cfg.min_dwell:
             return
-        if self.learned and h_learned < h_lru - cfg.margin:
+        # Paired difference per access: +1 learned hit alone, -1 LRU hit alone, 0 otherwise.
+        diff = h_learned - h_lru
+        variance = max(self._disagree / n - diff * diff, 0.0)
+        threshold = cfg.margin + cfg.z * math.sqrt(variance * self._n2) / n
+        if self.learned and diff < -threshold:
             self._switch(False, h_learned, h_lru)
-        elif not self.learned and h_learned > h_lru + cfg.margin:
+        elif not self.learned and diff > threshold:
             self._switch(True, h_learned, h_lru)
 
     def _switch(self, learned: bool, h_learned: float, h_lru: float) -> None:
