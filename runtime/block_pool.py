@@ -112,7 +112,8 @@ class ScoredBlockPool(BlockPool):
         self._window = num_gpu_blocks if window is None else window
         self._recently_evicted: OrderedDict[bytes, None] = OrderedDict()
         guarded = self._order is not None and self.config.guard.enabled
-        self._guard = Guard(self.config.guard, self.stats, self._publisher.label, clock) if guarded else None
+        label = self._publisher.label
+        self._guard = Guard(self.config.guard, self.stats, label, clock, num_gpu_blocks) if guarded else None
         if fallback_reason is not None:
             self.stats.fallbacks["load"] += 1
             self._publisher.publish()

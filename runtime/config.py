@@ -32,7 +32,8 @@ class GuardConfig:
 
     ``enabled``: compare the learned order with vLLM's LRU while serving and serve LRU while
     the learned order is measurably worse (on by default).
-    ``sample_rate``: fraction of the block-hash space simulated under both orders.
+    ``sample_rate``: fraction of the block-hash space simulated under both orders, raised to
+    ``min_sampled_blocks / num_blocks`` (at most 1) for small pools.
     ``half_life``: window of the hit-rate estimates, in sampled block accesses.
     ``margin``: hit-rate difference (fraction, 0.005 = 0.5 points) that makes it switch.
     ``z``: standard errors of the estimated difference required beyond ``margin`` to switch.
@@ -45,9 +46,10 @@ class GuardConfig:
     enabled: bool = True
     start: str = "lru"
     sample_rate: float = 0.0625
+    min_sampled_blocks: int = 4096
     half_life: int = 4096
     margin: float = 0.005
-    z: float = 2.0
+    z: float = 3.0
     min_accesses: int = 128
     min_dwell: int = 1024
 
@@ -56,7 +58,7 @@ class GuardConfig:
             raise ConfigError(f"cachewise.guard.enabled must be true or false, got {self.enabled!r}")
         if not (0 < self.sample_rate <= 1) or self.sample_rate * 65536 < 1:
             raise ConfigError(f"cachewise.guard.sample_rate must be in [1/65536, 1], got {self.sample_rate}")
-        if self.half_life < 1 or self.min_accesses < 0 or self.min_dwell < 0:
+        if self.half_life < 1 or self.min_accesses < 0 or self.min_dwell < 0 or self.min_sampled_blocks < 0:
             raise ConfigError(f"cachewise.guard: half_life must be >= 1, min_accesses/min_dwell >= 0 ({self})")
         if self.start not in ("lru", "learned"):
             raise ConfigError(f"cachewise.guard.start must be 'lru' or 'learned', got {self.start!r}")

@@ -4,8 +4,10 @@ A :class:`~cachewise.runtime.block_pool.ScoredBlockPool` sees one real eviction 
 so how the *other* order would have done is not observable in the real cache. The guard
 estimates both while serving, without knowing the future, by *miniature simulation*
 (spatial sampling, as SHARDS / "Cache Modeling and Optimization using Miniature
-Simulations", Waldspurger et al., ATC'17): a hash-sampled fraction ``sample_rate`` of the
-block-hash space is simulated under each expert, fed the very stream the pool sees:
+Simulations", Waldspurger et al., ATC'17): a hash-sampled fraction of the block-hash
+space (``sample_rate``, raised so that the pool's blocks give at least
+``min_sampled_blocks`` sampled ones: small pools see few accesses and need a larger share
+for the same evidence) is simulated under each expert, fed the very stream the pool sees:
 
 * **free** (a cached block reaches ref count 0): the hash joins each shadow's free set;
   the LRU shadow orders it by free time (vLLM's ``free_block_queue``), the learned shadow
@@ -44,8 +46,10 @@ in ``start`` (default ``lru``: the learned order has to earn its place) and, aft
 
 The ``z * se`` term makes the warm-up adaptive: a large difference (an agent workload
 where the learned order halves the misses) is acted on after a few hundred sampled
-accesses, a small one only once the window holds enough evidence, and noise alone
-crosses it rarely (one-sided, ``z = 2``: about 2% of independent checks).
+accesses, a small one only once the window holds enough evidence. The default ``z = 3``
+(0.1% one-sided per independent check) is strict because the check runs at every
+sampled access: many correlated looks at the same evidence inflate false switches, and a
+false switch costs a transient.
 
 Guarantee (on the estimates): at every sampled access either the pool runs vLLM's own
 eviction order (``get_new_blocks`` is vLLM's, unchanged), or the learned order's
@@ -55,7 +59,7 @@ pool misses at most ``(margin + z * se) * A`` more than LRU, plus the transient 
 cache was filled by the other order: at most one pool of blocks), plus the sampling error
 of ``h_L - h_V`` beyond that (``se`` is at most ``sqrt(d / n_eff)`` for a share ``d`` of
 accesses the shadows disagree on and ``n_eff ~ 2.9 * half_life`` sampled accesses: 0.3
-points at the defaults for ``d = 0.1``).
+points at the defaults for ``d = 0.1``, so ``z * se`` is about 0.9 points).
 With ``start: learned`` add the warm-up (``min_accesses / sample_rate`` accesses served by
 the learned order unconditionally). Switches are at most one per ``min_dwell`` sampled
 accesses. tests/test_runtime_guard.py checks the bound on vLLM's real ``KVCacheManager``
@@ -229,15 +233,18 @@ class Guard:
     (``guard_*`` fields); one log line per switch.
     """
 
-    def __init__(self, config: GuardConfig, stats: PoolStats, label: str, clock: Callable[[], float]) -> None:
+    def __init__(
+        self, config: GuardConfig, stats: PoolStats, label: str, clock: Callable[[], float], num_blocks: int
+    ) -> None:
         self.config = config
         self._clock = clock
         self.learned = config.start == "learned"  # which order serves now
         self._stats = stats
         stats.guard_learned = self.learned
         self._label = label
-        self._threshold = int(round(config.sample_rate * 65536))
-        self._rate = config.sample_rate
+        self.sample_rate = max(config.sample_rate, min(1.0, config.min_sampled_blocks / max(num_blocks, 1)))
+        self._threshold = int(round(self.sample_rate * 65536))
+        self._rate = self.sample_rate
         self._decay = 0.5 ** (1.0 / config.half_life)
         # decayed window: sampled accesses, and the hits of each shadow and of the real pool
         self._n = self._hits_lru = self._hits_learned = self._hits_real = 0.0

@@ -5,8 +5,8 @@ request at a time) runs through three kinds of manager: vLLM's own ``BlockPool``
 CacheWise's pool with the guard off, and with the guard on. With an *inverted* predictor
 (a prefix needed soon is predicted far, one never needed again is predicted imminent) or
 a *random* one, the unguarded pool loses clearly to LRU; the guarded pool must end within
-the bound the guard's docstring states (``margin`` per access, plus the warm-up, plus one
-pool of blocks per switch, plus three standard deviations of the estimate). With an
+the bound the guard's docstring states (``margin + z * se`` per access, plus the warm-up,
+plus one pool of blocks per switch). With an
 exact predictor the guard (starting in LRU, its default) must move to the learned order
 for good and keep >= 95% of its gain.
 """
@@ -103,13 +103,17 @@ def _run(seed: int, predictor: Scripted | None, config: PoolConfig | None) -> tu
 
 # Adversarial cases start in the learned order (the harder case: the pool first trusts the bad predictor).
 GUARD = GuardConfig(sample_rate=1.0, half_life=1024, margin=0.005, min_accesses=256, min_dwell=512, start="learned")
-SAMPLED = GuardConfig(sample_rate=0.25, half_life=512, margin=0.005, min_accesses=128, min_dwell=256, start="learned")
+SAMPLED = GuardConfig(
+    sample_rate=0.25, min_sampled_blocks=0, half_life=512, margin=0.005, min_accesses=128, min_dwell=256, start="learned"
+)
 
 
 def _bound(looked: int, guard: GuardConfig, switches: int, h: float) -> float:
-    """The docstring's bound on extra misses vs LRU (hit blocks) over ``looked`` accesses."""
-    sigma = math.sqrt(2 * h * (1 - h) / (1.44 * guard.half_life))
-    return (guard.margin + 3 * sigma) * looked + guard.min_accesses / guard.sample_rate + switches * NUM_BLOCKS
+    """The docstring's bound on extra misses vs LRU (hit blocks) over ``looked`` accesses, starting
+    in the learned order: ``(margin + z * se) * A`` + warm-up + one pool per switch, with ``se`` at
+    the disagreement share of two independent caches of hit rate ``h`` (``2 h (1 - h)``)."""
+    se = math.sqrt(2 * h * (1 - h) / (2.9 * guard.half_life))
+    return (guard.margin + guard.z * se) * looked + guard.min_accesses / guard.sample_rate + switches * NUM_BLOCKS
 
 
 def _inverted(nxt: list[float]) -> Callable[[int], float]:
