@@ -36,6 +36,7 @@ import pandas as pd
 import yaml
 
 from cachewise.data.ingest import load_sources
+from cachewise.data.schema import write_events
 from cachewise.data.synthetic import generate_corpus
 from cachewise.features.featurize import featurize
 from cachewise.runtime.replay.cli import replay
@@ -126,7 +127,7 @@ def _replay_cell(
     """The replay sweep of ``events`` with ``model``; its results rows tagged with the cell."""
     cell = f"{name}__{trained_on}"
     events_path = work / f"{cell}.parquet"
-    events.to_parquet(events_path)
+    write_events(events.reset_index(drop=True), events_path)
     out = Path(settings.out) / cell
     config = load_config(
         params,
