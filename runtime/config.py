@@ -46,7 +46,7 @@ class GuardConfig:
     enabled: bool = True
     start: str = "lru"
     sample_rate: float = 0.0625
-    min_sampled_blocks: int = 4096
+    min_sampled_blocks: int = 1024
     half_life: int = 4096
     margin: float = 0.005
     z: float = 3.0

@@ -68,6 +68,8 @@ with inverted and random predictors (starting in the learned order, the harder c
 Complexity: O(1) per block on every path (one 2-byte test on the hash decides
 sampling; block hashes are uniform bytes: sha256 / xxhash); a sampled block costs
 O(log s) on heaps of the ``s`` sampled free blocks. Memory: O(sample_rate * blocks).
+Measured (tests/benchmarks/bench_runtime.py, 10k blocks, CPU time): +1.4 µs per evicted
+block (eviction and release together) and +63 bytes per block over the unguarded pool.
 """
 
 from __future__ import annotations
