@@ -127,13 +127,14 @@ class _Thread:
     """History of one thread (one growing prompt)."""
 
     __slots__ = (
-        "first_request", "calls", "last_finish", "last_prompt", "last_class", "last_sig",
+        "first_request", "calls", "tool_calls", "last_finish", "last_prompt", "last_class", "last_sig",
         "gaps", "gap_total", "gap_max", "gap_ewma", "class_gaps", "class_calls", "edc", "edc_time",
     )
 
     def __init__(self, request_time: float) -> None:
         self.first_request = request_time
         self.calls = 0
+        self.tool_calls = 0  # calls whose response emitted a tool call
         self.last_finish = NAN
         self.last_prompt = 0
         self.last_class = ""
@@ -223,6 +224,7 @@ class FeatureState:
             fin - req,
             th.calls,
             fin - th.first_request,
+            (th.tool_calls + bool(call.tool_calls)) / (th.calls + 1),
             *gaps,
             *_NAN_GAPS[len(gaps):],
             th.gap_total / n_gaps if n_gaps > 0 else NAN,
@@ -261,6 +263,7 @@ class FeatureState:
     def _record_call(th: _Thread, se: _Session, call: FinishedCall, first: str, sig: tuple) -> None:
         """Append ``call`` to its thread's and session's history."""
         th.calls += 1
+        th.tool_calls += bool(call.tool_calls)
         se.calls += 1
         th.last_finish = call.finish_time
         th.last_prompt = call.prompt_tokens

@@ -28,7 +28,7 @@ import argparse
 from cachewise.data.commands import ARGUMENT_FACT_DOCS, COMMAND_CLASSES
 from cachewise.features.label import LABEL_TRANSFORM
 
-FEATURE_SET_VERSION = "1"
+FEATURE_SET_VERSION = "2"
 
 #: Model families recognised in a model identity string (first substring match wins).
 MODEL_FAMILIES: tuple[str, ...] = ("haiku", "sonnet", "opus", "glm", "qwen", "gpt", "deepseek", "llama", "gemini")
@@ -68,6 +68,9 @@ _RESPONSE: dict[str, str] = {
 _THREAD: dict[str, str] = {
     "thread_calls": "number of earlier calls in the thread (its call index while the thread is tracked)",
     "thread_elapsed_s": "finish time minus the thread's first request time",
+    "thread_tool_rate": "traffic kind: fraction of the thread's calls so far, this one included, whose response"
+    " emitted a tool call (0 in chat traffic, near 1 in agent loops; known to training and serving alike,"
+    " unlike the trace a call came from)",
     **{f"gap_{i}": f"gap number {i} of the thread, counting back from the latest (1)" for i in range(1, N_RECENT_GAPS + 1)},
     "gap_mean": "mean gap of the thread",
     "gap_max": "largest gap of the thread",

@@ -30,7 +30,10 @@ blocks of its prefix become *requested* (see :mod:`cachewise.runtime.eviction_or
 a prefix whose request is already queued is not evicted as overdue while it waits.
 
 Modes: *active* (a predictor is set) or *fallback* (vLLM's order: ``get_new_blocks`` is
-vLLM's unchanged). A pool starts in fallback when built without a predictor (e.g. the
+vLLM's unchanged). An active pool has an online guard (:mod:`cachewise.runtime.guard`,
+``config.guard``) that estimates, on a hash-sampled shadow, how the learned order and
+vLLM's LRU would each do, and makes ``get_new_blocks`` take vLLM's order while the learned
+one is measurably worse; the eviction order keeps being maintained, so it can switch back. A pool starts in fallback when built without a predictor (e.g. the
 model failed to load) and switches to fallback for good after
 ``config.max_consecutive_failures`` predictor failures in a row. Metrics (evictions,
 harmful evictions, fallbacks) are kept in both modes.
@@ -57,6 +60,7 @@ from vllm.v1.request import Request
 
 from cachewise.runtime.config import PoolConfig
 from cachewise.runtime.eviction_order import EvictionOrder
+from cachewise.runtime.guard import Guard
 from cachewise.runtime.metrics import PoolStats, Publisher, observe_latency
 from cachewise.runtime.policy import InvalidPrediction, ReusePredictor, checked
 
@@ -107,6 +111,9 @@ class ScoredBlockPool(BlockPool):
         window = self.config.harmful_window
         self._window = num_gpu_blocks if window is None else window
         self._recently_evicted: OrderedDict[bytes, None] = OrderedDict()
+        guarded = self._order is not None and self.config.guard.enabled
+        label = self._publisher.label
+        self._guard = Guard(self.config.guard, self.stats, label, clock, num_gpu_blocks) if guarded else None
         if fallback_reason is not None:
             self.stats.fallbacks["load"] += 1
             self._publisher.publish()
@@ -137,6 +144,8 @@ class ScoredBlockPool(BlockPool):
                 reuse_at, expire_at = prediction if prediction is not None else (None, math.inf)
                 for chain, chained in chains:
                     order.on_release(chain, reuse_at, expire_at, chained)
+                    if self._guard is not None and reuse_at is not None:
+                        self._guard.on_release(chain, reuse_at, expire_at)
         self._publisher.publish()
 
     def on_request_arrived(self, request: Request, groups: Sequence[tuple[int, int]]) -> None:
@@ -151,10 +160,14 @@ class ScoredBlockPool(BlockPool):
         if order is None or request.skip_reading_prefix_cache:
             return
         now = self.clock()
+        guard = self._guard
         for group_id, block_size in groups:
             hashes = resolve_block_hashes(request.block_hashes, self.hash_block_size, block_size)
+            prefix = (request.num_tokens - 1) // block_size
+            if guard is not None:
+                guard.on_request(itertools.islice(hashes, prefix), group_id, now, now + self.config.max_idle_s)
             free: list[KVCacheBlock] = []
-            for block_hash in itertools.islice(hashes, (request.num_tokens - 1) // block_size):
+            for block_hash in itertools.islice(hashes, prefix):
                 found = BlockPool.get_cached_block(self, block_hash, [group_id])
                 if found is None:
                     break
@@ -212,7 +225,8 @@ class ScoredBlockPool(BlockPool):
         """Switch to vLLM's eviction order for good (one warning)."""
         if self._order is None:
             return
-        self._order = None
+        self._order = self._guard = None
+        self.stats.guard_learned = None
         self.stats.fallbacks["disabled"] += 1
         logger.warning("CacheWise: reverting to vLLM's eviction order: %s", reason)
 
@@ -225,10 +239,16 @@ class ScoredBlockPool(BlockPool):
 
     # ------------------------------------------------------------ allocation
     def get_new_blocks(self, num_blocks: int) -> list[KVCacheBlock]:
-        """vLLM's ``get_new_blocks`` on victims chosen by the eviction order."""
+        """vLLM's ``get_new_blocks`` on victims chosen by the eviction order (vLLM's own
+        victims while the guard serves LRU; the order forgets them as it does any drop)."""
         order = self._order
         if order is None or num_blocks <= 0:
             return super().get_new_blocks(num_blocks)
+        if self._guard is not None and not self._guard.learned:
+            blocks = super().get_new_blocks(num_blocks)
+            for block in blocks:
+                order.on_drop(block)
+            return blocks
         if num_blocks > self.get_num_free_blocks():
             raise ValueError(f"Cannot get {num_blocks} free blocks from the pool")
         victims = order.take(num_blocks, self.clock(), self.free_block_queue)
@@ -248,18 +268,22 @@ class ScoredBlockPool(BlockPool):
             return
         blocks = list(ordered_blocks)
         super().free_blocks(blocks)
-        order.on_free(
-            [b for b in blocks if b.ref_cnt == 0 and b.prev_free_block is not None and b.pool is self],
-            self.clock(),
-        )
+        now = self.clock()
+        freed = [b for b in blocks if b.ref_cnt == 0 and b.prev_free_block is not None and b.pool is self]
+        order.on_free(freed, now)
+        if self._guard is not None:
+            self._guard.on_free(freed, now)
 
     def touch(self, blocks: Sequence[KVCacheBlock]) -> None:
         """vLLM's ``touch``; a hit consumes the blocks' predictions."""
         order = self._order
         if order is not None:
+            guard = self._guard
             for block in blocks:
                 if not block.is_null:
                     order.on_touch(block)
+                    if guard is not None:
+                        guard.on_touch(block)
         super().touch(blocks)
 
     # ---------------------------------------------------- hashes and metrics
@@ -284,11 +308,20 @@ class ScoredBlockPool(BlockPool):
         evicted = super()._maybe_evict_cached_block(block)
         if evicted:
             self.stats.evictions += 1
+            if self._guard is not None:
+                self._guard.on_evicted()
             window = self._recently_evicted
             window[key] = None
             if len(window) > self._window:
                 window.popitem(last=False)
         return evicted
+
+    def _insert_block_hash(self, block_hash_with_group_id: bytes, block: KVCacheBlock, num_tokens: int | None) -> None:
+        # A block computed and cached: for the guard, a real miss on its hash.
+        had = block._block_hash
+        super()._insert_block_hash(block_hash_with_group_id, block, num_tokens)
+        if self._guard is not None and had is None and block._block_hash is not None:
+            self._guard.on_cached(block._block_hash)
 
     def get_cached_block(self, block_hash: BlockHash, kv_cache_group_ids: list[int]) -> list[KVCacheBlock] | None:
         """vLLM's lookup; a miss on a recently evicted hash counts one harmful eviction."""
@@ -307,4 +340,6 @@ class ScoredBlockPool(BlockPool):
             self._recently_evicted.clear()
             if self._order is not None:
                 self._order = EvictionOrder(self.blocks)
+            if self._guard is not None:
+                self._guard.reset()
         return ok

@@ -29,6 +29,53 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True)
+class GuardConfig:
+    """The online guard (:mod:`cachewise.runtime.guard`): ``cachewise.guard`` in the settings.
+
+    ``enabled``: compare the learned order with vLLM's LRU while serving and serve LRU while
+    the learned order is measurably worse (on by default).
+    ``sample_rate``: fraction of the block-hash space simulated under both orders, raised to
+    ``min_sampled_blocks / num_blocks`` (at most 1) for small pools.
+    ``half_life``: window of the hit-rate estimates, in sampled block accesses.
+    ``margin``: hit-rate difference (fraction, 0.005 = 0.5 points) that makes it switch.
+    ``z``: standard errors of the estimated difference required beyond ``margin`` to switch.
+    ``min_accesses``: sampled accesses before the first switch (a floor under the estimate).
+    ``min_dwell``: sampled accesses spent in a mode before it may switch again.
+    ``start``: the order served until the estimates say otherwise: ``lru`` (vLLM's; the
+    learned order must first be measured better) or ``learned``.
+    """
+
+    enabled: bool = True
+    start: str = "lru"
+    sample_rate: float = 0.0625
+    min_sampled_blocks: int = 1024
+    half_life: int = 4096
+    margin: float = 0.005
+    z: float = 3.0
+    min_accesses: int = 128
+    min_dwell: int = 1024
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.enabled, bool):
+            raise ConfigError(f"cachewise.guard.enabled must be true or false, got {self.enabled!r}")
+        if not (0 < self.sample_rate <= 1) or self.sample_rate * 65536 < 1:
+            raise ConfigError(f"cachewise.guard.sample_rate must be in [1/65536, 1], got {self.sample_rate}")
+        if self.half_life < 1 or self.min_accesses < 0 or self.min_dwell < 0 or self.min_sampled_blocks < 0:
+            raise ConfigError(f"cachewise.guard: half_life must be >= 1, min_accesses/min_dwell >= 0 ({self})")
+        if self.start not in ("lru", "learned"):
+            raise ConfigError(f"cachewise.guard.start must be 'lru' or 'learned', got {self.start!r}")
+        if not (self.z >= 0) or math.isinf(self.z):
+            raise ConfigError(f"cachewise.guard.z must be a finite number >= 0, got {self.z}")
+        if not (0 <= self.margin < 1):
+            raise ConfigError(f"cachewise.guard.margin must be in [0, 1), got {self.margin}")
+
+    @classmethod
+    def from_mapping(cls, raw: Mapping[str, Any]) -> GuardConfig:
+        """Parse ``cachewise.guard``; unknown keys and wrong types raise :class:`ConfigError`."""
+        return cls(**_sub_mapping(cls, raw, "guard", verbatim=("enabled", "start")))
+
+
+@dataclass(frozen=True)
 class PoolConfig:
     """Settings of one :class:`~cachewise.runtime.block_pool.ScoredBlockPool`.
 
@@ -38,12 +85,14 @@ class PoolConfig:
     ``max_consecutive_failures``: after this many predictor failures in a row the pool
     switches to vLLM's order for good (one warning).
     ``log_interval_s``: seconds (wall clock) between stat log lines; 0 disables them.
+    ``guard``: the online guard's settings (:class:`GuardConfig`).
     """
 
     max_idle_s: float = 3600.0
     harmful_window: int | None = None
     max_consecutive_failures: int = 64
     log_interval_s: float = 60.0
+    guard: GuardConfig = field(default_factory=GuardConfig)
 
     def __post_init__(self) -> None:
         if not (0 < self.max_idle_s < math.inf):
@@ -72,12 +121,7 @@ class SchedulerSettings:
     @classmethod
     def from_mapping(cls, raw: Mapping[str, Any]) -> SchedulerSettings:
         """Parse ``cachewise.scheduler``; unknown keys and non-numbers raise :class:`ConfigError`."""
-        if not isinstance(raw, Mapping):
-            raise ConfigError("cachewise.scheduler must be a JSON object")
-        known = {f.name for f in fields(cls)}
-        if set(raw) - known:
-            raise ConfigError(f"unknown cachewise.scheduler keys {sorted(set(raw) - known)}; valid: {sorted(known)}")
-        return cls(**{k: _typed(cls, k, v) for k, v in raw.items()})
+        return cls(**_sub_mapping(cls, raw, "scheduler"))
 
     def __post_init__(self) -> None:
         if self.lookahead < 1 or self.max_passes < 0 or not (0 <= self.max_wait_s < math.inf):
@@ -113,19 +157,22 @@ class CacheWiseSettings:
 
     @classmethod
     def from_mapping(cls, raw: Mapping[str, Any]) -> CacheWiseSettings:
-        """Parse the ``cachewise`` dict; pool keys sit at top level, scheduler keys under ``scheduler``."""
+        """Parse the ``cachewise`` dict; pool keys sit at top level, scheduler and guard keys under
+        ``scheduler`` and ``guard``."""
         if not isinstance(raw, Mapping):
             raise ConfigError(f"additional_config.cachewise must be a JSON object, got {type(raw).__name__}")
         raw = dict(raw)
-        pool_keys = {f.name for f in fields(PoolConfig)}
-        own_keys = {"mode", "model", "tool_parser", "metrics_port", "registry_timeout_s", "scheduler"}
+        pool_keys = {f.name for f in fields(PoolConfig)} - {"guard"}
+        own_keys = {"mode", "model", "tool_parser", "metrics_port", "registry_timeout_s", "scheduler", "guard"}
         unknown = set(raw) - pool_keys - own_keys
         if unknown:
             raise ConfigError(
                 f"unknown cachewise keys {sorted(unknown)}; valid keys: {sorted(pool_keys | own_keys)}"
             )
         try:
-            pool = PoolConfig(**{k: _typed(PoolConfig, k, raw.pop(k)) for k in pool_keys if k in raw})
+            guard_raw = raw.pop("guard", None)
+            guard = GuardConfig.from_mapping({} if guard_raw is None else guard_raw)
+            pool = PoolConfig(**{k: _typed(PoolConfig, k, raw.pop(k)) for k in pool_keys if k in raw}, guard=guard)
             sched_raw = raw.pop("scheduler", None)
             scheduler = SchedulerSettings.from_mapping({} if sched_raw is None else sched_raw)
             port = raw.pop("metrics_port", None)
@@ -146,14 +193,25 @@ class CacheWiseSettings:
             raise ConfigError(f"cachewise settings: {exc}") from exc
 
 
-def _typed(cls: type, key: str, value: Any, kind: type | None = None) -> Any:
+def _sub_mapping(cls: type, raw: Any, name: str, verbatim: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Field values of dataclass ``cls`` from ``cachewise.<name>``: numbers typed by
+    :func:`_typed`, ``verbatim`` fields as given (their ``__post_init__`` checks them)."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"cachewise.{name} must be a JSON object")
+    known = {f.name for f in fields(cls)}
+    if set(raw) - known:
+        raise ConfigError(f"unknown cachewise.{name} keys {sorted(set(raw) - known)}; valid: {sorted(known)}")
+    return {k: v if k in verbatim else _typed(cls, k, v, prefix=f"{name}.") for k, v in raw.items()}
+
+
+def _typed(cls: type, key: str, value: Any, kind: type | None = None, prefix: str = "") -> Any:
     """``value`` as a finite number of the type of field ``key`` of dataclass ``cls`` (or ``kind``; None kept)."""
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ConfigError(f"cachewise.{key} must be a finite number, got {value!r}")
+        raise ConfigError(f"cachewise.{prefix}{key} must be a finite number, got {value!r}")
     if kind is None:
         kind = float if isinstance(next(f.default for f in fields(cls) if f.name == key), float) else int
     if kind is int and value != int(value):
-        raise ConfigError(f"cachewise.{key} must be an integer, got {value!r}")
+        raise ConfigError(f"cachewise.{prefix}{key} must be an integer, got {value!r}")
     return kind(value)

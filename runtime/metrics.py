@@ -12,7 +12,12 @@ process (:func:`serve_metrics`).
 
 Exported names: ``cachewise_evictions_total``, ``cachewise_harmful_evictions_total``,
 ``cachewise_predictions_total``, ``cachewise_fallbacks_total{reason}``,
-``cachewise_order_fallback_blocks_total``, ``cachewise_scorer_latency_seconds``.
+``cachewise_order_fallback_blocks_total``, ``cachewise_scorer_latency_seconds``, and for the
+online guard (:mod:`cachewise.runtime.guard`): ``cachewise_guard_learned_order`` (1 while the
+learned order serves, 0 while vLLM's LRU does), ``cachewise_guard_hit_rate{order}``
+(estimated hit rate of ``learned`` and ``lru`` over the guard's window, and the pool's
+``observed`` one on the same sampled blocks), ``cachewise_guard_switches_total``. Gauges
+are per process: with several pools in one process the last one published wins.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import threading
 import time
 from dataclasses import dataclass, field, fields
 
-from prometheus_client import Counter, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 # Under the "vllm" logger so that vLLM's own logging setup (handler, level, format) shows our lines.
 logger = logging.getLogger("vllm.cachewise")
@@ -43,6 +48,12 @@ class PoolStats:
     fallbacks: dict[str, int] = field(default_factory=lambda: dict.fromkeys(FALLBACK_REASONS, 0))
     order_fallback_blocks: int = 0  # blocks handed out in vLLM's order for lack of a candidate
     scorer_seconds: float = 0.0  # total time spent in the predictor
+    guard_learned: bool | None = None  # which order the guard serves (None: no guard)
+    guard_switches: int = 0  # times the guard changed order
+    guard_hit_rate_learned: float = 0.0  # estimated over the guard's window (sampled blocks)
+    guard_hit_rate_lru: float = 0.0
+    guard_hit_rate_observed: float = 0.0  # the pool's own hit rate on the same sampled accesses
+    guard_sampled_accesses: int = 0
 
     @property
     def total_fallbacks(self) -> int:
@@ -50,10 +61,10 @@ class PoolStats:
 
 
 _lock = threading.Lock()
-_prom: dict[str, Counter | Histogram] = {}
+_prom: dict[str, Counter | Gauge | Histogram] = {}
 
 
-def _metrics() -> dict[str, Counter | Histogram]:
+def _metrics() -> dict[str, Counter | Gauge | Histogram]:
     """The process-wide Prometheus metrics, created on first use (idempotent)."""
     with _lock:
         if not _prom:
@@ -68,6 +79,17 @@ def _metrics() -> dict[str, Counter | Histogram]:
             )
             _prom["order_fallback_blocks"] = Counter(
                 "cachewise_order_fallback_blocks", "Blocks handed out in vLLM's order for lack of a scored candidate"
+            )
+            _prom["guard_switches"] = Counter(
+                "cachewise_guard_switches", "Times the online guard switched between the learned order and vLLM's LRU"
+            )
+            _prom["guard_learned"] = Gauge(
+                "cachewise_guard_learned_order", "1 while the guard serves the learned order, 0 while it serves vLLM's LRU"
+            )
+            _prom["guard_hit_rate"] = Gauge(
+                "cachewise_guard_hit_rate",
+                "Guard's windowed hit rate on sampled blocks: estimated per order (learned, lru) and observed",
+                ["order"],
             )
             _prom["scorer_latency"] = Histogram(
                 "cachewise_scorer_latency_seconds",
@@ -85,11 +107,11 @@ def observe_latency(seconds: float) -> None:
 class Publisher:
     """Pushes a pool's :class:`PoolStats` deltas to Prometheus; logs a stat line periodically."""
 
-    _SCALARS = ("evictions", "harmful_evictions", "predictions", "order_fallback_blocks")
+    _SCALARS = ("evictions", "harmful_evictions", "predictions", "order_fallback_blocks", "guard_switches")
 
     def __init__(self, stats: PoolStats, log_interval_s: float, label: str) -> None:
         self._stats = stats
-        self._label = label
+        self.label = label
         self._sent = PoolStats()
         self._interval = log_interval_s
         self._next_log = time.monotonic() + log_interval_s
@@ -109,6 +131,12 @@ class Publisher:
             if delta:
                 prom["fallbacks"].labels(reason=reason).inc(delta)
                 sent.fallbacks[reason] = count
+        if stats.guard_learned is not None:
+            prom["guard_learned"].set(1.0 if stats.guard_learned else 0.0)
+            rates = prom["guard_hit_rate"]
+            rates.labels(order="learned").set(stats.guard_hit_rate_learned)
+            rates.labels(order="lru").set(stats.guard_hit_rate_lru)
+            rates.labels(order="observed").set(stats.guard_hit_rate_observed)
         if self._interval and time.monotonic() >= self._next_log:
             self._next_log = time.monotonic() + self._interval
             self._log_line()
@@ -119,8 +147,8 @@ class Publisher:
         mean_us = (s.scorer_seconds - last.scorer_seconds) / calls * 1e6 if calls else 0.0
         logger.info(
             "CacheWise %s: evictions=%d (+%d) harmful=%d (+%d) predictions=%d (+%d) "
-            "no_opinion=%d held=%d fallbacks=%d order_fallback_blocks=%d scorer_mean=%.1fus",
-            self._label,
+            "no_opinion=%d held=%d fallbacks=%d order_fallback_blocks=%d scorer_mean=%.1fus%s",
+            self.label,
             s.evictions,
             s.evictions - last.evictions,
             s.harmful_evictions,
@@ -132,6 +160,10 @@ class Publisher:
             s.total_fallbacks,
             s.order_fallback_blocks,
             mean_us,
+            ""
+            if s.guard_learned is None
+            else f" guard={'learned' if s.guard_learned else 'lru'} est_hit_learned={100 * s.guard_hit_rate_learned:.1f}%"
+            f" est_hit_lru={100 * s.guard_hit_rate_lru:.1f}% switches={s.guard_switches}",
         )
         for f in fields(PoolStats):
             value = getattr(s, f.name)

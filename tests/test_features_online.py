@@ -170,3 +170,16 @@ def test_featurize_on_real_traces_matches_online(shared_traces):
     np.testing.assert_array_equal(table.frame[list(FEATURE_NAMES)].to_numpy(), online)
     assert table.n_censored >= events.groupby(["session_id", "thread_id"]).ngroups  # at least each thread's last call
     assert np.isfinite(table.frame["label"]).all()
+
+
+def test_thread_tool_rate_tells_chat_from_agent_traffic() -> None:
+    """The traffic-kind feature: share of the thread's calls (this one included) that called a tool."""
+    state = FeatureState()
+    bash = (ToolCallInfo("Bash", {"command": "pytest"}),)
+    rates = []
+    for i, tools in enumerate([bash, bash, (), bash]):
+        call = FinishedCall("agent", "s", float(10 * i), 10.0 * i + 1, 1000 + i, 10, tools, not tools, "m")
+        rates.append(state.observe(call)[IDX["thread_tool_rate"]])
+    assert rates == [1.0, 1.0, pytest.approx(2 / 3), 0.75]
+    chat = FinishedCall("chat", "c", 0.0, 1.0, 500, 10, (), True, "")
+    assert state.observe(chat)[IDX["thread_tool_rate"]] == 0.0

@@ -14,8 +14,12 @@ import pytest
 
 from cachewise.runtime.policy import ManualClock as Clock
 from cachewise.runtime.cpu_engine import make_request, make_scheduler, make_vllm_config, run_to_completion, step
+from cachewise.runtime.config import GuardConfig, PoolConfig
 from cachewise.runtime.hooks import use_policy
 from cachewise.runtime.policy import ReusePrediction
+
+# The learned order itself, with the guard off (tests/test_runtime_guard.py covers the guard).
+UNGUARDED = PoolConfig(guard=GuardConfig(enabled=False))
 
 pytestmark = pytest.mark.vllm
 
@@ -36,7 +40,7 @@ class Fixed:
 
 def _warm(clock: Clock):
     """A scheduler over 16 blocks whose cache holds A's and B's 4-block prefixes (7 blocks never hashed)."""
-    with use_policy(Fixed(), clock=clock):
+    with use_policy(Fixed(), clock=clock, config=UNGUARDED):
         scheduler = make_scheduler(make_vllm_config(16, BLOCK))
     for rid, prompt in (("a1", A_PROMPT), ("b1", B_PROMPT)):
         scheduler.add_request(make_request(rid, prompt, BLOCK, max_tokens=2))

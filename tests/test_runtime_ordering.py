@@ -26,12 +26,16 @@ from cachewise.features.record import FinishedCall, ToolCallInfo
 from cachewise.features.spec import spec_fields
 from cachewise.runtime.block_pool import ScoredBlockPool
 from cachewise.runtime.cpu_engine import make_request, make_scheduler, make_vllm_config, run_to_completion, step
+from cachewise.runtime.config import GuardConfig, PoolConfig
 from cachewise.runtime.hooks import use_policy
 from cachewise.runtime.learned import LearnedPredictor
 from cachewise.runtime.plugin import register
 from cachewise.runtime.policy import ReusePrediction
 from cachewise.train.exported import load_exported, write_export
 from cachewise.train.idle import IdleConditioner
+
+# The learned order itself, with the guard off (tests/test_runtime_guard.py covers the guard).
+UNGUARDED = PoolConfig(guard=GuardConfig(enabled=False))
 
 pytestmark = pytest.mark.vllm
 
@@ -100,7 +104,9 @@ def _cached_tokens(scheduler, start: int) -> int:
 def test_learned_order_keeps_the_waiting_session(model_dir: Path) -> None:
     register()
     model = load_exported(model_dir)
-    learned = make_scheduler(make_vllm_config(16, BLOCK, additional_config={"cachewise": {"model": str(model_dir)}}))
+    # guard off: three requests are too few for it to measure the learned order better than LRU
+    settings = {"cachewise": {"model": str(model_dir), "guard": {"enabled": False}}}
+    learned = make_scheduler(make_vllm_config(16, BLOCK, additional_config=settings))
     plain = make_scheduler(make_vllm_config(16, BLOCK))
     pool = learned.kv_cache_manager.block_pool
     assert isinstance(pool, ScoredBlockPool) and pool.active
@@ -137,7 +143,7 @@ class ByRequest:
 
 
 def _scored_scheduler(predictor, clock: Clock, num_blocks: int):
-    with use_policy(predictor, clock=clock):
+    with use_policy(predictor, clock=clock, config=UNGUARDED):
         return make_scheduler(make_vllm_config(num_blocks, BLOCK))
 
 

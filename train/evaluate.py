@@ -1,6 +1,9 @@
 """Score the model and the baselines on one set of featurized rows, on the same pairs.
 
 Used for the held-out tasks by ``cachewise train`` and for new traces by ``cachewise score``.
+With the ``source`` column present, ``by_family`` repeats the scoring per trace family
+(``claude_code``, ``blockhash``, ``swe_agent``, ``synthetic``: each on its own rows and
+its own pairs), so a model trained on mixed traffic shows where it is good and where not.
 Every gap predictor (model, ``per_tool_mean``, ``constant``) comes with its own
 :class:`~cachewise.train.idle.IdleConditioner` (fitted on validation residuals at training
 time and stored in the spec), so all are judged the same way (:mod:`cachewise.train.metrics`).
@@ -49,8 +52,22 @@ def evaluate(
     conditioners: dict[str, IdleConditioner],
     horizon_s: float,
     pairs_cfg: PairSettings,
+    by_family: bool = True,
 ) -> dict:
-    """Metrics of the model and of every baseline on ``frame`` (a featurized table)."""
+    """Metrics of the model and of every baseline on ``frame`` (a featurized table); with
+    ``by_family`` and a ``source`` column, also per family (``by_family``)."""
+    if by_family and "source" in frame.columns:
+        metrics = evaluate(frame, model_pred, stats, conditioners, horizon_s, pairs_cfg, by_family=False)
+        pred = np.asarray(model_pred, dtype="float64")
+        source = frame["source"].to_numpy()
+        metrics["by_family"] = {}
+        for family in sorted(set(source)):
+            rows = source == family
+            part = frame[rows].reset_index(drop=True)
+            metrics["by_family"][str(family)] = evaluate(
+                part, pred[rows], stats, conditioners, horizon_s, pairs_cfg, by_family=False
+            )
+        return metrics
     t = reference_times(frame, pairs_cfg.time_base)
     pairs = sample_idle_pairs(
         t, frame["idle_s"].to_numpy(), frame["censored"].to_numpy(), horizon_s, pairs_cfg.max_pairs, pairs_cfg.seed

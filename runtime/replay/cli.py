@@ -25,7 +25,7 @@ from cachewise.runtime.replay.config import ReplayConfig, ReplayConfigError, loa
 from cachewise.runtime.replay.costmodel import CostModelError, load_cost_model
 from cachewise.runtime.replay.driver import ReplayStuck
 from cachewise.runtime.replay.engine import EngineParams
-from cachewise.runtime.replay.policies import IdleStats, PolicyContext, learned_factory
+from cachewise.runtime.replay.policies import LEARNED, IdleStats, PolicyContext, learned_factory
 from cachewise.runtime.replay.report import markdown_table, write_report
 from cachewise.runtime.replay.runner import Replayer
 from cachewise.runtime.replay.selection import select_sessions
@@ -113,9 +113,9 @@ def replay(config: ReplayConfig, params_path: str, sweep: bool, progress: bool) 
     cost = load_cost_model(config.cost_coefficients, config.model_shape)
     engine = config.engine.for_scale(config.workload.token_scale)
     learned = None
-    if "learned" in config.policies:
+    if set(LEARNED) & set(config.policies):
         if config.model is None:
-            raise ReplayConfigError("policy 'learned' needs --model (or replay.model)")
+            raise ReplayConfigError("the learned policies need --model (or replay.model)")
         learned = learned_factory(config.model, workload, engine.block_size)
     ctx = PolicyContext(workload, IdleStats.fit(chosen.fit_events), config.ttl_quantile, learned)
     replayer = Replayer(workload, cost, engine, ctx, seed=config.seed)

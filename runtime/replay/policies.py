@@ -22,7 +22,9 @@ once per finished request, on the replay's simulated clock. "Ended" below means
 ``learned``        The exported LightGBM scorer through the runtime's
                    :class:`~cachewise.runtime.learned.LearnedPredictor`; it sees each call as
                    the served runtime would, through the client hint
-                   (:mod:`cachewise.runtime.request_calls`) the replay attaches to every request.
+                   (:mod:`cachewise.runtime.request_calls`) the replay attaches to every request;
+                   with the runtime's online guard (:mod:`cachewise.runtime.guard`), as served.
+``learned_unguarded``  The same scorer with the guard off (every other policy runs unguarded).
 ``belady``         Oracle: ``reuse_at`` = the true time of the thread's next request *assuming
                    the recorded tool time*, i.e. ``now + recorded gap`` (exact for a call that
                    waits on one predecessor; a main-thread call that also waits for a
@@ -50,7 +52,8 @@ from cachewise.runtime.policy import ReusePrediction, ReusePredictor
 from cachewise.runtime.replay.workload import Workload
 from cachewise.runtime.request_calls import CallBuilder
 
-POLICIES = ("lru", "lru_arrival", "per_tool_mean", "ttl", "heuristic", "learned", "belady", "infinite")
+POLICIES = ("lru", "lru_arrival", "per_tool_mean", "ttl", "heuristic", "learned", "learned_unguarded", "belady", "infinite")
+LEARNED = ("learned", "learned_unguarded")
 HAND_WRITTEN = ("lru_arrival", "per_tool_mean", "ttl", "heuristic")
 NO_TOOL = "<none>"
 _INF = math.inf
@@ -235,10 +238,12 @@ class PolicyContext:
 
 @dataclass(frozen=True)
 class Policy:
-    """A policy ready for one run: ``predictor`` None means vLLM's own ``BlockPool``."""
+    """A policy ready for one run: ``predictor`` None means vLLM's own ``BlockPool``;
+    ``guarded``: the pool runs the runtime's online guard."""
 
     name: str
     predictor: ReusePredictor | None
+    guarded: bool = False
 
 
 def build_policy(name: str, ctx: PolicyContext, clock: Callable[[], float]) -> Policy:
@@ -250,10 +255,10 @@ def build_policy(name: str, ctx: PolicyContext, clock: Callable[[], float]) -> P
         raise ValueError(f"unknown policy {name!r}; known: {', '.join(POLICIES)}")
     if name in ("lru", "infinite"):
         return Policy(name, None)
-    if name == "learned":
+    if name in LEARNED:
         if ctx.learned is None:
-            raise ValueError("policy 'learned' needs a model: pass --model DIR_OR_URI (or replay.model)")
-        return Policy(name, ctx.learned(clock))
+            raise ValueError(f"policy {name!r} needs a model: pass --model DIR_OR_URI (or replay.model)")
+        return Policy(name, ctx.learned(clock), guarded=name == "learned")
     facts = _CallFacts(ctx.workload)
     predictors: dict[str, Callable[[], ReusePredictor]] = {
         "lru_arrival": NoOpinion,

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from cachewise.runtime.config import GuardConfig, PoolConfig
 from cachewise.runtime.hooks import use_policy
 from cachewise.runtime.policy import ManualClock
 from cachewise.runtime.replay.costmodel import CostModel
@@ -133,7 +134,8 @@ class Replayer:
         if policy.predictor is None:
             engine = VllmEngine(num_blocks, self.max_model_len, self.engine_params)
         else:
-            with use_policy(policy.predictor, clock=clock):
+            config = PoolConfig(guard=GuardConfig(enabled=policy.guarded))
+            with use_policy(policy.predictor, clock=clock, config=config):
                 engine = VllmEngine(num_blocks, self.max_model_len, self.engine_params)
         timer = _PoolTimer(engine.block_pool)
         driver = ClosedLoopDriver(self.w, self.synth, engine, self.cost, arrivals, metrics, clock)
@@ -143,4 +145,5 @@ class Replayer:
         stats = getattr(engine.block_pool, "stats", None)
         summary["predictor_cpu_s"] = stats.scorer_seconds if stats is not None else 0.0
         summary["predictor_fallbacks"] = stats.total_fallbacks if stats is not None else 0
+        summary["guard_switches"] = stats.guard_switches if stats is not None else 0
         return summary
