@@ -84,12 +84,17 @@ class SchedulerSettings:
 
 @dataclass(frozen=True)
 class CacheWiseSettings:
-    """Everything under ``additional_config["cachewise"]``."""
+    """Everything under ``additional_config["cachewise"]``.
+
+    ``log_dir``: when set, every finished call's feature metadata is appended to a Parquet
+    dataset there (:mod:`cachewise.runtime.serving_log`; learned mode only), for retraining.
+    """
 
     mode: str = "learned"
     model: str | None = None
     tool_parser: str = "auto"
     metrics_port: int | None = None
+    log_dir: str | None = None
     pool: PoolConfig = field(default_factory=PoolConfig)
     scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)
 
@@ -106,7 +111,7 @@ class CacheWiseSettings:
             raise ConfigError(f"additional_config.cachewise must be a JSON object, got {type(raw).__name__}")
         raw = dict(raw)
         pool_keys = {f.name for f in fields(PoolConfig)}
-        own_keys = {"mode", "model", "tool_parser", "metrics_port", "scheduler"}
+        own_keys = {"mode", "model", "tool_parser", "metrics_port", "log_dir", "scheduler"}
         unknown = set(raw) - pool_keys - own_keys
         if unknown:
             raise ConfigError(
@@ -117,11 +122,15 @@ class CacheWiseSettings:
             sched_raw = raw.pop("scheduler", None)
             scheduler = SchedulerSettings.from_mapping({} if sched_raw is None else sched_raw)
             port = raw.pop("metrics_port", None)
+            log_dir = raw.pop("log_dir", None)
+            if log_dir is not None and not (isinstance(log_dir, str) and log_dir):
+                raise ConfigError(f"cachewise.log_dir must be a non-empty path string, got {log_dir!r}")
             return cls(
                 mode=str(raw.pop("mode", "learned")),
                 model=None if raw.get("model") is None else str(raw.pop("model")),
                 tool_parser=str(raw.pop("tool_parser", "auto")),
                 metrics_port=None if port is None else int(port),
+                log_dir=log_dir,
                 pool=pool,
                 scheduler=scheduler,
             )
