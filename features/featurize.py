@@ -38,6 +38,7 @@ from cachewise.features.online import FeatureState
 from cachewise.features.params import load_section, param_path, require
 from cachewise.features.record import finished_call_from_row
 from cachewise.features.spec import CODE_NONE, FEATURE_NAMES, FEATURE_SET_VERSION, VOCABULARIES
+from cachewise.features.dask_cluster import DaskSettings, backend_of, dask_client, describe
 
 META_KEY = b"cachewise.features"
 NO_CLASS = "<none>"
@@ -148,6 +149,9 @@ def run(args: argparse.Namespace) -> int:
     )
     out = args.out or param_path(args.params, require(fparams, "out", where))
     horizon = float(require(fparams, "horizon_s", where))
+    tparams = load_section(args.params, "train")
+    if backend_of(tparams, f"{args.params}:train") == "dask":
+        return _run_on_dask(events_path, out, horizon, fparams, DaskSettings.from_params(tparams.get("dask"), where))
     events = read_events(events_path)
     table = featurize(
         events,
@@ -162,5 +166,23 @@ def run(args: argparse.Namespace) -> int:
         f" {table.n_censored} censored (no reuse within {horizon:g} s);"
         f" {table.n_negative_clamped} negative gaps clamped to 0;"
         f" FeatureState.observe {table.us_per_call:.1f} us/call"
+    )
+    return 0
+
+
+def _run_on_dask(events_path: Path, out: Path, horizon: float, fparams: dict, settings: DaskSettings) -> int:
+    """``cachewise featurize`` with ``train.backend: dask`` (:mod:`cachewise.features.dask_featurize`)."""
+    from cachewise.features.dask_featurize import featurize_on_dask  # noqa: PLC0415 - dask only when used
+
+    with dask_client(settings) as client:
+        print(f"featurize: backend=dask {describe(client)}", flush=True)
+        summary = featurize_on_dask(
+            events_path, out, sha256_of(events_path), horizon, settings.partitions,
+            int(fparams.get("max_threads", 65536)), int(fparams.get("max_sessions", 16384)),
+        )
+    print(
+        f"featurize: {int(summary['rows'].sum())} calls -> {out}/ ({int((summary['rows'] > 0).sum())} parts);"
+        f" {len(FEATURE_NAMES)} features; {int(summary['censored'].sum())} censored (no reuse within {horizon:g} s);"
+        f" {int(summary['clamped'].sum())} negative gaps clamped to 0"
     )
     return 0
