@@ -14,7 +14,9 @@ event, in that order, with:
   one) and ``last_use_time`` (the time LRU orders by: the response time).
 
 The Parquet metadata records the feature-set version, the horizon, and the sha256 of the
-events file (the training-data fingerprint the exported spec carries).
+events file (the training-data fingerprint the exported spec carries). With
+``train.backend: dask`` the same :func:`featurize` runs per session partition on a Dask
+cluster (:mod:`cachewise.features.dask_featurize`) and the output is a folder of parts.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,12 +36,12 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from cachewise.data.schema import read_events
+from cachewise.features.dask_cluster import DaskSettings, backend_of, dask_client, describe
 from cachewise.features.label import reuse_labels
 from cachewise.features.online import FeatureState
 from cachewise.features.params import load_section, param_path, require
 from cachewise.features.record import finished_call_from_row
 from cachewise.features.spec import CODE_NONE, FEATURE_NAMES, FEATURE_SET_VERSION, VOCABULARIES
-from cachewise.features.dask_cluster import DaskSettings, backend_of, dask_client, describe
 
 META_KEY = b"cachewise.features"
 NO_CLASS = "<none>"
@@ -160,6 +163,8 @@ def run(args: argparse.Namespace) -> int:
         max_sessions=int(fparams.get("max_sessions", 16384)),
         progress=True,
     )
+    if Path(out).is_dir():  # parts of an earlier dask run
+        shutil.rmtree(out)
     write_features(table, out, sha256_of(events_path), horizon)
     print(
         f"featurize: {len(table.frame)} calls -> {out}; {len(FEATURE_NAMES)} features;"

@@ -12,6 +12,9 @@ Steps, each reproducible from ``params.yaml`` (``train`` and ``features`` sectio
    and ``<out>/run.json`` (the MLflow run and model URI, read by ``cachewise export``);
 6. log params, metrics, plots, spec and the model (``mlflow.lightgbm`` flavor, spec as an
    extra file) to the MLflow experiment ``cachewise`` (:mod:`cachewise.train.tracking`).
+
+With ``train.backend: dask`` steps 1-2 run on a Dask cluster (:mod:`cachewise.train.dask_backend`);
+steps 3-6 are this module's.
 """
 
 from __future__ import annotations
@@ -24,17 +27,17 @@ import lightgbm as lgb
 import numpy as np
 import pandas as pd
 
+from cachewise.features.dask_cluster import backend_of
 from cachewise.features.featurize import read_features
 from cachewise.features.params import load_section, param_path, require
 from cachewise.features.spec import CATEGORICAL, FEATURE_NAMES, FEATURE_SET_VERSION
 from cachewise.train.baselines import fit_baselines
-from cachewise.features.dask_cluster import backend_of
 from cachewise.train.evaluate import PairSettings, baseline_predictions, evaluate
 from cachewise.train.exported import MODEL_FILE, SPEC_FILE
 from cachewise.train.idle import IdleConditioner
 from cachewise.train.model_spec import build_spec, idle_quantiles, write_json
 from cachewise.train.plots import plot_tables, write_plots
-from cachewise.train.split import TaskSplit, split_by_task
+from cachewise.train.split import split_by_task
 
 LOOP_KEYS = ("num_boost_round", "early_stopping_rounds")
 
