@@ -8,7 +8,9 @@ Usage::
 A folder is searched recursively for trace files; each file's format is detected from its
 name and first lines (:data:`LOADERS`): Claude Code transcripts (``*.jsonl[.gz]``, with or
 without a ``tool_calls.json[.gz]`` sidecar), block-hash request traces (Mooncake / Bailian
-``*.jsonl``) and SWE-agent trajectories (``*.traj``). Guarantees:
+``*.jsonl``) and SWE-agent trajectories (``*.traj``). A source folder holding a serving-log
+dataset (``date=*/hour=*/*.parquet``, :mod:`cachewise.data.serving_logs`) is read as one.
+Guarantees:
 
 * nothing is skipped silently, and one bad file never stops the run: a file or folder that
   cannot be read (permissions, I/O error), a file in no known format (or not JSON at all),
@@ -43,7 +45,7 @@ import pandas as pd
 import yaml
 from tqdm import tqdm
 
-from cachewise.data import blockhash, claude_code, swe_agent
+from cachewise.data import blockhash, claude_code, serving_logs, swe_agent
 from cachewise.data.jsonl import COMPRESSED_CUT, first_objects, utf8_safe
 from cachewise.data.report import FileResult, IngestReport
 from cachewise.data.schema import COLUMNS, write_events
@@ -246,13 +248,14 @@ def load_sources(paths: Iterable[str | Path], progress: bool = False) -> tuple[p
     """Load every trace under ``paths`` into one events frame (not yet validated/written)."""
     paths = list(paths)
     report = IngestReport()
-    files = discover(paths, report)
+    log_dirs = [p for p in paths if serving_logs.is_log_dir(p)]  # read whole: a thread spans files
+    files = discover([p for p in paths if p not in log_dirs], report)
     loaded = [
         got
         for tf in tqdm(files, desc="ingest", unit="file", disable=not progress, file=sys.stderr)
         if (got := _load_file(tf, report)) is not None
     ]
-    rows: list[dict[str, Any]] = []
+    rows: list[dict[str, Any]] = [r for d in log_dirs for r in serving_logs.load_dir(d, report)]
     seen_sessions: set[tuple[str, str]] = set()
     for item in _keep_longer_copies(loaded, report):
         new_sessions = {t[:2] for t in item.threads} - seen_sessions

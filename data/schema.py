@@ -51,7 +51,7 @@ TOOL_CALL_TYPE = pa.struct(
 
 EVENTS_SCHEMA = pa.schema(
     [
-        ("source", pa.string()),  # "claude_code" | "blockhash" | "swe_agent" | "synthetic"
+        ("source", pa.string()),  # "claude_code" | "blockhash" | "swe_agent" | "synthetic" | "serving_log"
         ("src_file", pa.string()),  # file the row came from (relative where possible)
         ("task_id", pa.string()),  # split unit (task); attempts of one task share it
         ("session_id", pa.string()),

@@ -14,7 +14,9 @@ event, in that order, with:
   one) and ``last_use_time`` (the time LRU orders by: the response time).
 
 The Parquet metadata records the feature-set version, the horizon, and the sha256 of the
-events file (the training-data fingerprint the exported spec carries).
+events file (the training-data fingerprint the exported spec carries). With
+``train.backend: dask`` the same :func:`featurize` runs per session partition on a Dask
+cluster (:mod:`cachewise.features.dask_featurize`) and the output is a folder of parts.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +37,7 @@ from tqdm import tqdm
 
 from cachewise.atomic_write import atomic_path
 from cachewise.data.schema import read_events
+from cachewise.features.dask_cluster import DaskSettings, backend_of, dask_client, describe
 from cachewise.features.label import reuse_labels
 from cachewise.features.online import FeatureState
 from cachewise.features.params import load_section, param_path, require
@@ -148,6 +152,9 @@ def run(args: argparse.Namespace) -> int:
     )
     out = args.out or param_path(args.params, require(fparams, "out", where))
     horizon = float(require(fparams, "horizon_s", where))
+    tparams = load_section(args.params, "train")
+    if backend_of(tparams, f"{args.params}:train") == "dask":
+        return _run_on_dask(events_path, out, horizon, fparams, DaskSettings.from_params(tparams.get("dask"), where))
     events = read_events(events_path)
     table = featurize(
         events,
@@ -156,11 +163,31 @@ def run(args: argparse.Namespace) -> int:
         max_sessions=int(fparams.get("max_sessions", 16384)),
         progress=True,
     )
+    if Path(out).is_dir():  # parts of an earlier dask run
+        shutil.rmtree(out)
     write_features(table, out, sha256_of(events_path), horizon)
     print(
         f"featurize: {len(table.frame)} calls -> {out}; {len(FEATURE_NAMES)} features;"
         f" {table.n_censored} censored (no reuse within {horizon:g} s);"
         f" {table.n_negative_clamped} negative gaps clamped to 0;"
         f" FeatureState.observe {table.us_per_call:.1f} us/call"
+    )
+    return 0
+
+
+def _run_on_dask(events_path: Path, out: Path, horizon: float, fparams: dict, settings: DaskSettings) -> int:
+    """``cachewise featurize`` with ``train.backend: dask`` (:mod:`cachewise.features.dask_featurize`)."""
+    from cachewise.features.dask_featurize import featurize_on_dask  # noqa: PLC0415 - dask only when used
+
+    with dask_client(settings) as client:
+        print(f"featurize: backend=dask {describe(client)}", flush=True)
+        summary = featurize_on_dask(
+            events_path, out, sha256_of(events_path), horizon, settings.partitions,
+            int(fparams.get("max_threads", 65536)), int(fparams.get("max_sessions", 16384)),
+        )
+    print(
+        f"featurize: {int(summary['rows'].sum())} calls -> {out}/ ({int((summary['rows'] > 0).sum())} parts);"
+        f" {len(FEATURE_NAMES)} features; {int(summary['censored'].sum())} censored (no reuse within {horizon:g} s);"
+        f" {int(summary['clamped'].sum())} negative gaps clamped to 0"
     )
     return 0

@@ -198,7 +198,7 @@ class FeatureState:
         if th.calls:
             self._record_gap(th, se, max(req - th.last_finish, 0.0))
 
-        infos = [classify(tc.name, tc.input) for tc in call.tool_calls]
+        infos = [tc.input if isinstance(tc.input, CommandInfo) else classify(tc.name, tc.input) for tc in call.tool_calls]
         classes = [info.command_class for info in infos]
         facts = _max_facts(infos)
         first = classes[0] if classes else ""

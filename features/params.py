@@ -27,6 +27,8 @@ KNOWN_KEYS: dict[str, dict[str, Any]] = {
         "valid_fraction": None,
         "lightgbm": FREE,
         "pairwise": {"max_pairs": None, "time_base": None},
+        "backend": None,
+        "dask": {"scheduler_address": None, "n_workers": None, "threads_per_worker": None, "memory_limit": None, "partitions": None},
     },
     "registry": {"model_name": None, "alias": None, "export_dir": None},
     "replay": FREE,

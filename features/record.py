@@ -10,7 +10,10 @@ Offline, :func:`finished_call_from_row` builds it from a row of the events table
 (:mod:`cachewise.data.schema`); at serving time the vLLM runtime builds it from a
 finished ``Request``. Both must give equal objects for the same call, which is why the
 tool input is the agent's JSON object decoded to a dict (:func:`decode_tool_input`), or
-its raw text when it is not a JSON object.
+its raw text when it is not a JSON object. Serving logs (:mod:`cachewise.runtime.serving_log`)
+store no argument text, only each tool call's classification; their events rows carry it as
+``{CLASSIFIED_KEY: {"command_class": ..., "facts": [...]}}`` (:func:`classified_input_json`),
+which decodes to that :class:`~cachewise.data.commands.CommandInfo`, used by the features as is.
 """
 
 from __future__ import annotations
@@ -20,13 +23,19 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from cachewise.data.commands import CommandInfo
+
+#: Key of a tool input that carries its classification instead of its text (see module doc).
+CLASSIFIED_KEY = "cachewise.classified"
+
 
 @dataclass(frozen=True, slots=True)
 class ToolCallInfo:
-    """One tool call emitted by a response: the tool's name and its input as sent."""
+    """One tool call emitted by a response: the tool's name and its input as sent (or, from a
+    serving log, its classification)."""
 
     name: str
-    input: dict | str
+    input: dict | str | CommandInfo
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,8 +71,14 @@ def session_key_of(source: str, session_id: str) -> str:
     return f"{source}\x1f{session_id}"
 
 
-def decode_tool_input(raw: str | None) -> dict | str:
-    """A tool input as :class:`ToolCallInfo` holds it: the decoded JSON object, else the raw text.
+def classified_input_json(command_class: str, facts: Iterable[float]) -> str:
+    """The ``input_json`` of a tool call known only by its classification (module doc)."""
+    return json.dumps({CLASSIFIED_KEY: {"command_class": command_class, "facts": [float(f) for f in facts]}})
+
+
+def decode_tool_input(raw: str | None) -> dict | str | CommandInfo:
+    """A tool input as :class:`ToolCallInfo` holds it: the decoded JSON object, else the raw text;
+    a :func:`classified_input_json` object gives its :class:`CommandInfo`.
 
     Decoding once here spares :mod:`cachewise.data.commands` a decode per function call;
     its functions give equal results for a JSON object string and its decoded dict.
@@ -74,7 +89,12 @@ def decode_tool_input(raw: str | None) -> dict | str:
         value = json.loads(raw)
     except ValueError:
         return raw
-    return value if isinstance(value, dict) else raw
+    if not isinstance(value, dict):
+        return raw
+    classified = value.get(CLASSIFIED_KEY) if len(value) == 1 else None
+    if isinstance(classified, dict):
+        return CommandInfo(str(classified["command_class"]), tuple(float(f) for f in classified["facts"]))
+    return value
 
 
 def tool_calls_from_column(value: Iterable[Mapping[str, Any]] | None) -> tuple[ToolCallInfo, ...]:

@@ -135,6 +135,8 @@ class CacheWiseSettings:
     ``registry_timeout_s``: wall-clock budget (retries included) for fetching a ``models:/``
     model from the MLflow registry at start-up; None: the loader's default
     (:data:`cachewise.train.exported.REGISTRY_TIMEOUT_S`, 10 s). ``metrics_port``: 1..65535.
+    ``log_dir``: when set, every finished call's feature metadata is appended to a Parquet
+    dataset there (:mod:`cachewise.runtime.serving_log`; learned mode only), for retraining.
     """
 
     mode: str = "learned"
@@ -142,6 +144,7 @@ class CacheWiseSettings:
     tool_parser: str = "auto"
     metrics_port: int | None = None
     registry_timeout_s: float | None = None
+    log_dir: str | None = None
     pool: PoolConfig = field(default_factory=PoolConfig)
     scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)
 
@@ -163,7 +166,7 @@ class CacheWiseSettings:
             raise ConfigError(f"additional_config.cachewise must be a JSON object, got {type(raw).__name__}")
         raw = dict(raw)
         pool_keys = {f.name for f in fields(PoolConfig)} - {"guard"}
-        own_keys = {"mode", "model", "tool_parser", "metrics_port", "registry_timeout_s", "scheduler", "guard"}
+        own_keys = {"mode", "model", "tool_parser", "metrics_port", "registry_timeout_s", "log_dir", "scheduler", "guard"}
         unknown = set(raw) - pool_keys - own_keys
         if unknown:
             raise ConfigError(
@@ -178,12 +181,16 @@ class CacheWiseSettings:
             port = raw.pop("metrics_port", None)
             port = int(port) if isinstance(port, str) and port.strip().isdigit() else port  # "9400" as on a CLI
             timeout = raw.pop("registry_timeout_s", None)
+            log_dir = raw.pop("log_dir", None)
+            if log_dir is not None and not (isinstance(log_dir, str) and log_dir):
+                raise ConfigError(f"cachewise.log_dir must be a non-empty path string, got {log_dir!r}")
             return cls(
                 mode=str(raw.pop("mode", "learned")),
                 model=None if raw.get("model") is None else str(raw.pop("model")),
                 tool_parser=str(raw.pop("tool_parser", "auto")),
                 metrics_port=None if port is None else _typed(cls, "metrics_port", port, int),
                 registry_timeout_s=None if timeout is None else _typed(cls, "registry_timeout_s", timeout, float),
+                log_dir=log_dir,
                 pool=pool,
                 scheduler=scheduler,
             )

@@ -22,11 +22,13 @@ score (no prediction for that request).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 from vllm.v1.request import Request
 
 from cachewise.features.online import FeatureState
+from cachewise.features.record import FinishedCall
 from cachewise.runtime.policy import InvalidPrediction, ReusePrediction
 from cachewise.runtime.request_calls import CallBuilder
 from cachewise.train.idle import LEVELS
@@ -40,17 +42,27 @@ class LearnedPredictor:
 
     ``model`` is a :class:`cachewise.train.exported.ExportedModel` (``predict_one``,
     ``expected_gap_one``, ``conditioner``); ``calls`` builds the calls; ``features`` holds
-    the per-thread history (one per engine).
+    the per-thread history (one per engine); ``on_call`` (optional, e.g.
+    :meth:`cachewise.runtime.serving_log.ServingLog.record`) sees every built call first.
     """
 
-    def __init__(self, model: Any, calls: CallBuilder, features: FeatureState | None = None) -> None:
+    def __init__(
+        self,
+        model: Any,
+        calls: CallBuilder,
+        features: FeatureState | None = None,
+        on_call: Callable[[FinishedCall], None] | None = None,
+    ) -> None:
         self.model = model
         self._calls = calls
         self._features = features or FeatureState()
+        self._on_call = on_call
         self._expiry_residual = float(model.conditioner.residual_quantiles[_EXPIRY_INDEX])
 
     def on_request_finished(self, request: Request, now: float) -> ReusePrediction:
         call = self._calls.build(request, now)
+        if self._on_call is not None:
+            self._on_call(call)
         label = float(self.model.predict_one(self._features.observe(call)))
         if not math.isfinite(label):
             raise InvalidPrediction(f"model returned {label} for thread {call.thread_key}")

@@ -104,7 +104,22 @@ def build_learned_predictor(settings: CacheWiseSettings, vllm_config: Any) -> An
         parser=parser,
         tokenizer=None if model_config.skip_tokenizer_init else LazyTokenizer(_tokenizer_loader(model_config)),
     )
-    return LearnedPredictor(model, calls)
+    return LearnedPredictor(model, calls, on_call=_serving_log(settings))
+
+
+def _serving_log(settings: CacheWiseSettings) -> Callable[[Any], None] | None:
+    """``ServingLog.record`` for ``settings.log_dir``; None (one warning) when it cannot be opened."""
+    if settings.log_dir is None:
+        return None
+    from cachewise.runtime.serving_log import ServingLog
+
+    try:
+        log = ServingLog(settings.log_dir)
+    except OSError as exc:
+        logger.warning("CacheWise: cannot open serving log dir %s (%s); serving without logs", settings.log_dir, exc)
+        return None
+    logger.info("CacheWise serving log: %s (engine %s)", settings.log_dir, log.engine_id)
+    return log.record
 
 
 def _tokenizer_loader(model_config: Any) -> Callable[[], Any]:

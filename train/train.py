@@ -19,6 +19,9 @@ So ``<out>`` only ever holds the complete outputs of one run: a failure or a kil
 step 7 leaves the previous outputs as they were (and the MLflow run, if started, ends
 ``FAILED`` or ``KILLED``, never ``RUNNING``). A model whose predictions are not finite is
 refused before anything is written.
+
+With ``train.backend: dask`` steps 1-2 run on a Dask cluster (:mod:`cachewise.train.dask_backend`);
+steps 3-7 are this module's.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import numpy as np
 import pandas as pd
 
 from cachewise.atomic_write import replace_folder, staging_folder, write_text
+from cachewise.features.dask_cluster import backend_of
 from cachewise.features.featurize import read_features
 from cachewise.features.params import ParamsError, load_section, param_path, require
 from cachewise.features.spec import CATEGORICAL, FEATURE_NAMES, FEATURE_SET_VERSION
@@ -42,7 +46,7 @@ from cachewise.train.exported import MODEL_FILE, PROBE_KEY, SHA_KEY, SPEC_FILE, 
 from cachewise.train.idle import IdleConditioner
 from cachewise.train.model_spec import build_spec, idle_quantiles, write_json
 from cachewise.train.plots import plot_tables, write_plots
-from cachewise.train.split import TaskSplit, split_by_task
+from cachewise.train.split import split_by_task
 
 LOOP_KEYS = ("num_boost_round", "early_stopping_rounds")
 RUN_FILE = "run.json"
@@ -84,12 +88,12 @@ def fit_lightgbm(train: pd.DataFrame, valid: pd.DataFrame, lgb_section: dict, se
     return lgb.Booster(model_str=booster.model_to_string(num_iteration=best))
 
 
-def _split_summary(frame: pd.DataFrame, split: TaskSplit) -> dict:
-    parts = {"train": split.train, "valid": split.valid, "test": split.test}
+def split_summary(parts: dict[str, pd.DataFrame]) -> dict:
+    """Rows and tasks of each part (``train_rows``, ``train_tasks``, ...)."""
     return {
         f"{name}_{what}": int(n)
-        for name, rows in parts.items()
-        for what, n in (("rows", len(rows)), ("tasks", frame["task_id"].iloc[rows].nunique()))
+        for name, part in parts.items()
+        for what, n in (("rows", len(part)), ("tasks", part["task_id"].nunique()))
     }
 
 
@@ -105,8 +109,35 @@ def train_model(frame: pd.DataFrame, meta: dict, tparams: dict, horizon_s: float
     train, valid, test = (frame.iloc[rows].reset_index(drop=True) for rows in (split.train, split.valid, split.test))
     lgb_section = dict(require(tparams, "lightgbm", where))
     booster = fit_lightgbm(train, valid, lgb_section, seed)
-    cols = list(FEATURE_NAMES)
+    data = {
+        "rows": int(len(frame)),
+        "tasks": int(frame["task_id"].nunique()),
+        "sessions": int(frame[["source", "session_id"]].drop_duplicates().shape[0]),
+    }
+    counts = split_summary({"train": train, "valid": valid, "test": test})
+    return assemble_result(booster, train, valid, test, counts, data, meta, lgb_section, seed, tparams, horizon_s, where)
 
+
+def assemble_result(
+    booster: lgb.Booster,
+    train: pd.DataFrame,
+    valid: pd.DataFrame,
+    test: pd.DataFrame,
+    split_counts: dict,
+    data: dict,
+    meta: dict,
+    lgb_section: dict,
+    seed: int,
+    tparams: dict,
+    horizon_s: float,
+    where: str,
+) -> TrainResult:
+    """Steps 3-4 of the module doc for a fitted ``booster`` (any backend).
+
+    ``train`` needs only ``primary_class``, ``label``, ``idle_s`` and ``censored``; ``data``
+    holds the whole table's ``rows``, ``tasks`` and ``sessions``.
+    """
+    cols = list(FEATURE_NAMES)
     stats = fit_baselines(train["primary_class"], train["label"])
     valid_preds = {"model": booster.predict(valid[cols]), **baseline_predictions(valid, stats)}
     conditioners = {
@@ -117,7 +148,7 @@ def train_model(frame: pd.DataFrame, meta: dict, tparams: dict, horizon_s: float
         raise TrainError(f"{where}: the trained model predicts non-finite values (check the labels and `lightgbm` settings)")
     pairs_cfg = PairSettings.from_params(tparams.get("pairwise", {}), seed)
     metrics = evaluate(test, test_pred, stats, conditioners, horizon_s, pairs_cfg)
-    metrics["split"] = _split_summary(frame, split)
+    metrics["split"] = split_counts
     metrics["best_iteration"] = booster.current_iteration()
 
     lgb_params = {**lgb_section, "seed": lgb_section.get("seed", seed)}
@@ -125,9 +156,7 @@ def train_model(frame: pd.DataFrame, meta: dict, tparams: dict, horizon_s: float
         horizon_s=horizon_s,
         training_data={
             "events_sha256": meta.get("events_sha256", ""),
-            "rows": int(len(frame)),
-            "tasks": int(frame["task_id"].nunique()),
-            "sessions": int(frame[["source", "session_id"]].drop_duplicates().shape[0]),
+            **data,
             "test_tasks": sorted(test["task_id"].unique().tolist()),
         },
         idle_table=idle_quantiles(train["primary_class"], train["idle_s"], train["censored"], horizon_s),
@@ -211,13 +240,20 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Train, write the outputs, log to MLflow, print the headline metrics."""
+    """Train (``train.backend``: here, or on Dask), write the outputs, log to MLflow, print the headline metrics."""
+    from cachewise.train.dask_backend import features_meta, train_on_dask  # noqa: PLC0415 - imports train_model
+
     tparams = load_section(args.params, "train")
     fparams = load_section(args.params, "features")
     features_path = args.features or param_path(args.params, require(fparams, "out", f"{args.params}:features"))
-    frame, meta = read_features(features_path)
+    where = f"{args.params}:train"
+    on_dask = backend_of(tparams, where) == "dask"  # then the table stays on the workers
+    frame, meta = (None, features_meta(features_path)) if on_dask else read_features(features_path)
     horizon = float(meta.get("horizon_s") or require(fparams, "horizon_s", f"{args.params}:features"))
-    result = train_model(frame, meta, tparams, horizon, f"{args.params}:train")
+    if frame is None:
+        result = train_on_dask(features_path, meta, tparams, horizon, where)
+    else:
+        result = train_model(frame, meta, tparams, horizon, where)
 
     out = Path(args.out)
     kept = [p for p in out.iterdir() if p.name.startswith(".") and p.is_file()] if out.is_dir() else []  # .gitignore
