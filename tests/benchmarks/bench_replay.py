@@ -3,7 +3,7 @@
 Prints, for the events table given (default: ingest ../shared/traces/claude-code into a
 temporary file):
 
-* token-scale fidelity: LRU and Belady at one point with ``token_scale`` 16 and 4 on the
+* token-scale fidelity: LRU and recorded_gap at one point with ``token_scale`` 16 and 4 on the
   same sessions; harmful evictions in trace tokens (blocks x tokens per block), hit rate and
   mean session time, with their relative difference;
 * replay speed: LLM calls replayed per second and vLLM steps per second, per policy;
@@ -61,27 +61,27 @@ def _replayer(config, token_scale: int, n_sessions: int) -> Replayer:
 
 
 def fidelity(config, n_sessions: int = 8) -> None:
-    """LRU and Belady at capacity 0.5, concurrency 8: token_scale 16 against 4."""
+    """LRU and recorded_gap at capacity 0.5, concurrency 8: token_scale 16 against 4."""
     print(f"\n== token-scale fidelity ({n_sessions} sessions, concurrency 8, capacity 0.5) ==")
     arrivals = config.arrivals(8)
     rows = {}
     for scale in (16, 4):
         rep = _replayer(config, scale, n_sessions)
-        for policy in ("lru", "belady"):
+        for policy in ("lru", "recorded_gap"):
             start = time.perf_counter()
             r = rep.run(RunSpec(policy, 0.5, arrivals))
             rows[(scale, policy)] = r
             print(
                 f"scale {scale:2d} {policy:7s} harmful={r['harmful_evictions'] * r['block_tokens']:>12,} trace tokens"
-                f"  hit={r['hit_rate']:.3f}  session_mean={r['session_s_mean']:8.1f}s"
+                f"  hit={r['hit_rate']:.3f}  jct_mean={r['jct_s_mean']:8.1f}s"
                 f"  wall={time.perf_counter() - start:6.1f}s"
             )
-    for policy in ("lru", "belady"):
+    for policy in ("lru", "recorded_gap"):
         a, b = rows[(16, policy)], rows[(4, policy)]
         ha, hb = a["harmful_evictions"] * a["block_tokens"], b["harmful_evictions"] * b["block_tokens"]
         print(
             f"{policy:7s} scale 16 vs 4: harmful tokens {100 * (ha / hb - 1):+.1f}%, hit rate"
-            f" {a['hit_rate'] - b['hit_rate']:+.3f}, session mean {100 * (a['session_s_mean'] / b['session_s_mean'] - 1):+.1f}%"
+            f" {a['hit_rate'] - b['hit_rate']:+.3f}, session mean {100 * (a['jct_s_mean'] / b['jct_s_mean'] - 1):+.1f}%"
         )
 
 
