@@ -44,8 +44,13 @@ the bounded re-keys) except :meth:`on_release`, which is O(blocks of the release
 like vLLM's own free. Candidates live in two binary heaps (by reuse key; by time of the
 next re-key or expiry) and a stack (unhashed blocks) with lazy deletion: an entry is live
 iff its block is still free, hashed, a leaf, and carries the entry's token (each push
-issues a new token). Stale entries are dropped when they surface or by a compaction that
-runs when the containers exceed ``3 * num_blocks`` entries, so memory is O(num blocks).
+issues a new token). Stale entries are dropped when they surface or by a compaction of all
+three containers that runs as soon as any one of them exceeds ``3 * num_blocks + 1024``
+entries (a live block has at most one live entry per container, so a compaction leaves at
+most ``num_blocks`` in each and the next is at least ``2 * num_blocks`` pushes away): each
+container always holds at most ``3 * num_blocks + 1025`` entries, so memory is O(num blocks).
+The timer heap is checked on its own: its entries do not leave when the candidate heap's
+are consumed by evictions (a far expiry stays queued), so it can outgrow the candidate heap.
 """
 
 from __future__ import annotations
@@ -256,7 +261,17 @@ class EvictionOrder:
 
     def num_entries(self) -> int:
         """Entries held in the candidate containers, stale ones included."""
-        return len(self._heap) + len(self._timers) + len(self._unhashed)
+        return sum(self.container_sizes())
+
+    def container_sizes(self) -> tuple[int, int, int]:
+        """Entries (stale ones included) of the candidate heap, the timer heap and the unhashed stack;
+        each is at most :attr:`max_container_entries`."""
+        return len(self._heap), len(self._timers), len(self._unhashed)
+
+    @property
+    def max_container_entries(self) -> int:
+        """The documented bound on each container: ``3 * num_blocks + 1025``."""
+        return self._compact_at + 1
 
     # --------------------------------------------------------------- internals
     @staticmethod
@@ -368,7 +383,7 @@ class EvictionOrder:
         heapq.heappush(self._heap, entry)
         if due < _INF:
             heapq.heappush(self._timers, (due, entry[1]))
-        if len(self._heap) > self._compact_at:
+        if len(self._heap) > self._compact_at or len(self._timers) > self._compact_at:
             self._compact()
 
     def _next_anyway(self, b: int, now: float) -> bool:
@@ -398,7 +413,7 @@ class EvictionOrder:
         )
 
     def _compact(self) -> None:
-        """Drop stale entries (amortised O(1): runs once the containers outgrow ``3 * num_blocks``)."""
+        """Drop stale entries of every container (amortised O(1): runs once one outgrows ``3 * num_blocks + 1024``)."""
         self._heap = [e for e in self._heap if self._live(e[1])]
         heapq.heapify(self._heap)
         self._timers = [e for e in self._timers if self._live(e[1])]
