@@ -38,6 +38,10 @@ they rank after every other predicted block (whose keys are all later than ``now
 re-keys are done), latest arrival evicted first. The mark is consumed like a prediction
 (the request's hit touches the blocks) and dropped with the hash; a fold from a requested
 child makes its parent requested (the parent is the previous block of the same prefix).
+Each requested block counts the waiting requests that marked it; when a request leaves the
+queue without being served (aborted, or finished while waiting) :meth:`on_withdraw` takes
+its count back, and a block no waiting request wants any more drops its mark: its key (no
+later than that arrival, so already passed) makes it overdue, re-keyed as any other.
 
 Complexity: every operation is O(1) or O(log n) in the number of blocks (amortised over
 the bounded re-keys) except :meth:`on_release`, which is O(blocks of the released request)
@@ -93,6 +97,7 @@ class EvictionOrder:
         self._freed_at = array("d", [0.0]) * n
         self._keyed = bytearray(n)  # 1 iff the block carries a prediction since its last reuse
         self._requested = bytearray(n)  # 1 iff keyed by a queued request's arrival: no overdue re-key
+        self._requesters = array("i", [0]) * n  # waiting requests that marked the block (see on_withdraw)
         self._depth = array("i", [0]) * n
         self._parent = array("i", [-1]) * n
         self._parent_epoch = array("q", [0]) * n
@@ -184,18 +189,35 @@ class EvictionOrder:
         overdue re-key); leaves are re-pushed under the new key (their old entries die).
         Keys only decrease, so a parent's key stays no later than its descendants'.
         """
-        merge, requested, children = self._merge, self._requested, self._children
+        merge, requested, requesters, children = self._merge, self._requested, self._requesters, self._children
         for blk in blocks:
             b = blk.block_id
             merge(b, now, expire_at)
             requested[b] = 1
+            requesters[b] += 1
             if children[b] == 0:
                 self._push(b)
+
+    def on_withdraw(self, blocks: Iterable[KVCacheBlock]) -> None:
+        """A waiting request that marked ``blocks`` (its free cached prefix, as :meth:`on_request`
+        was given it) left the queue unserved. A block no other waiting request marked loses its
+        requested mark and, if a candidate, is re-pushed so that the overdue rule applies again."""
+        requested, requesters, children = self._requested, self._requesters, self._children
+        for blk in blocks:
+            b = blk.block_id
+            if requesters[b] <= 0:
+                continue
+            requesters[b] -= 1
+            if requesters[b] == 0 and requested[b]:
+                requested[b] = 0
+                if children[b] == 0 and self._is_free(blk) and blk._block_hash is not None:
+                    self._push(b)
 
     def on_touch(self, block: KVCacheBlock) -> None:
         """``block`` was hit by a new request: its prediction is consumed, its entries die."""
         self._keyed[block.block_id] = 0
         self._requested[block.block_id] = 0
+        self._requesters[block.block_id] = 0
         self._token[block.block_id] = 0
 
     def on_drop(self, block: KVCacheBlock) -> None:
@@ -335,6 +357,7 @@ class EvictionOrder:
         self._children[b] = 0
         self._keyed[b] = 0
         self._requested[b] = 0
+        self._requesters[b] = 0
         self._token[b] = 0  # its heap entries are dead
         return freed_parent
 
@@ -342,6 +365,8 @@ class EvictionOrder:
         """Merge ``child``'s prediction (and requested mark) into ``parent``'s."""
         if self._requested[child]:
             self._requested[parent] = 1
+            if self._requesters[child] > self._requesters[parent]:
+                self._requesters[parent] = self._requesters[child]
         self._merge(parent, self._reuse[child], self._expire[child])
 
     def _merge(self, b: int, reuse_at: float, expire_at: float) -> None:
