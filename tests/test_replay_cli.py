@@ -13,32 +13,16 @@ import pytest
 import yaml
 
 from cachewise.cli import main
-from cachewise.data.ingest import load_sources
-from cachewise.data.schema import write_events
-from cachewise.data.synthetic import generate_corpus
-from cachewise.features.featurize import featurize
-from cachewise.features.params import load_section
 from cachewise.runtime.replay.policies import known_policies
-from cachewise.train.train import train_model, write_outputs
 
 pytestmark = pytest.mark.vllm
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def pipeline(tmp_path_factory) -> dict[str, Path]:
+def pipeline(synthetic_model: dict, tmp_path_factory) -> dict[str, Path]:
     """Events, an exported model trained on them, and a params file with a small replay section."""
     tmp = tmp_path_factory.mktemp("replay_cli")
-    generate_corpus(tmp / "corpus", seed=3, sessions=16)
-    events, _ = load_sources([tmp / "corpus"])
-    write_events(events, tmp / "events.parquet")
-    train = load_section(REPO / "params.yaml", "train")
-    horizon = float(load_section(REPO / "params.yaml", "features")["horizon_s"])
-    table = featurize(events, horizon)
-    result = train_model(
-        table.frame, {}, {**train, "lightgbm": {**train["lightgbm"], "num_boost_round": 30}}, horizon, "test"
-    )
-    write_outputs(result, tmp / "model")
+    train = synthetic_model["train"]
     params = tmp / "params.yaml"
     params.write_text(
         yaml.safe_dump(
@@ -54,7 +38,7 @@ def pipeline(tmp_path_factory) -> dict[str, Path]:
             }
         )
     )
-    return {"events": tmp / "events.parquet", "model": tmp / "model", "params": params, "out": tmp / "out"}
+    return {"events": synthetic_model["events"], "model": synthetic_model["model"], "params": params, "out": tmp / "out"}
 
 
 def test_replay_writes_results_plots_and_report(pipeline: dict[str, Path], capsys) -> None:

@@ -170,10 +170,10 @@ def summary_table(results: pd.DataFrame, concurrency: int) -> pd.DataFrame:
                               ("learned", "learned"), ("learned_nohints", "learned_nohints")):
             mine = rows[rows["policy"] == policy] if policy else rows.iloc[:0]
             if len(mine):
-                name = f"{label} ({policy})" if label == "best hand-written" else label
-                row[f"{name}: harmful"] = _cell(mine["harmful_evictions"])
-                row[f"{name}: JCT s"] = _cell(mine["jct_s_mean"])
-                row[f"{name}: MIN of its sequence"] = _cell(mine["min_harmful_evictions"])
+                which = f" ({policy})" if label == "best hand-written" else ""
+                row[f"{label}: harmful"] = _cell(mine["harmful_evictions"]) + which
+                row[f"{label}: JCT s"] = _cell(mine["jct_s_mean"]) + which
+                row[f"{label}: MIN of its sequence"] = _cell(mine["min_harmful_evictions"]) + which
         inf = rows[rows["policy"] == "infinite"]
         if len(inf):
             row["infinite: JCT s"] = _cell(inf["jct_s_mean"])

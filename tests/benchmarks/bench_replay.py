@@ -11,7 +11,13 @@ temporary file):
   written like ``cachewise replay --sweep`` (results.csv, plots, report.md) under ``--out``,
   and its headline tables.
 
-Run: ``python tests/benchmarks/bench_replay.py [--events PATH] [--model DIR] [--out DIR] [--quick]``
+* with ``--block-check``: block-size fidelity instead. vLLM's blocks are 16 tokens; the replay's
+  are 16 replay tokens = 256 trace tokens at ``token_scale`` 16. On a subset (8 sessions,
+  4 concurrent) each policy's harmful evictions and mean JCT relative to ``lru_arrival`` are
+  measured at token_scale 16 and at token_scale 1 (real 16-token blocks) at 25/50/75%
+  capacity; it prints each ratio pair and whether they agree within 5%.
+
+Run: ``python tests/benchmarks/bench_replay.py [--events PATH] [--model DIR] [--out DIR] [--quick] [--block-check]``
 (``--quick``: 2 capacities x 1 concurrency, for a smoke check).
 """
 
@@ -85,6 +91,30 @@ def fidelity(config, n_sessions: int = 8) -> None:
         )
 
 
+def block_check(config, n_sessions: int = 8, tolerance: float = 0.05) -> None:
+    """Per-policy ratios to lru_arrival at token_scale 16 vs 1 (module doc)."""
+    policies = ["lru", "lru_arrival", "per_tool_mean", "heuristic"]  # no model needed: scale fidelity of the engine
+    arrivals = config.arrivals(4)
+    ratios: dict[tuple[int, float, str], tuple[float, float]] = {}
+    for scale in (16, 1):
+        rep = _replayer(config, scale, n_sessions)
+        for frac in (0.25, 0.5, 0.75):
+            rows = {p: rep.run(RunSpec(p, frac, arrivals)) for p in policies}
+            base = rows["lru_arrival"]
+            for p, r in rows.items():
+                ratios[(scale, frac, p)] = (
+                    r["harmful_evictions"] * r["block_tokens"] / max(base["harmful_evictions"] * base["block_tokens"], 1),
+                    r["jct_s_mean"] / base["jct_s_mean"],
+                )
+    print(f"\n== block-size fidelity ({n_sessions} sessions, concurrency 4): policy / lru_arrival ==")
+    for frac in (0.25, 0.5, 0.75):
+        for p in policies:
+            (h16, j16), (h1, j1) = ratios[(16, frac, p)], ratios[(1, frac, p)]
+            agree = abs(h16 / h1 - 1) <= tolerance if h1 else h16 == 0
+            print(f"cap {frac:.2f} {p:12s} harmful ratio {h16:.3f} (scale 16) vs {h1:.3f} (scale 1),"
+                  f" JCT ratio {j16:.3f} vs {j1:.3f}: {'within' if agree else 'NOT within'} {tolerance:.0%}")
+
+
 def speed(config, n_sessions: int = 16) -> None:
     """Calls and engine steps per second of wall time, per policy, at capacity 0.5."""
     print(f"\n== replay speed ({n_sessions} sessions, token_scale {config.workload.token_scale}, concurrency 16) ==")
@@ -110,12 +140,16 @@ def main() -> None:
     parser.add_argument("--params", default=str(REPO / "params.yaml"))
     parser.add_argument("--out", default="/tmp/cw/replay_full")
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--block-check", action="store_true", help="block-size fidelity only (token_scale 16 vs 1)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         events = _events(args.events, Path(tmp))
         config = load_config(args.params, {"events": events, "model": args.model, "out": args.out})
         if args.model is None:
-            config = replace(config, policies=tuple(p for p in config.policies if p != "learned"))
+            config = replace(config, policies=tuple(p for p in config.policies if not p.startswith("learned")))
+        if args.block_check:
+            block_check(config)
+            return
         fidelity(config)
         speed(config)
         grid = SweepSettings((0.3, 0.7), (32,)) if args.quick else SweepSettings(FULL_FRACS, FULL_CONCURRENCY)
