@@ -151,21 +151,41 @@ class ScoredBlockPool(BlockPool):
     def on_request_arrived(self, request: Request, groups: Sequence[tuple[int, int]]) -> None:
         """``request`` entered the waiting queue; ``groups`` = (group id, block size) per chained group.
 
-        Looks its prefix up as vLLM's full-attention ``find_longest_cache_hit`` does (in
-        order, at most ``num_tokens - 1`` tokens, stopping at the first miss; vLLM's lookup,
-        so no harmful eviction is counted here) and marks the hits that are free as requested
-        now (expiring ``max_idle_s`` later). O(prefix blocks); the predictor is not called.
+        Marks the free blocks of its cached prefix (:meth:`_free_prefix`) as requested now
+        (expiring ``max_idle_s`` later). O(prefix blocks); the predictor is not called.
         """
         order = self._order
         if order is None or request.skip_reading_prefix_cache:
             return
         now = self.clock()
         guard = self._guard
+        for free in self._free_prefix(request, groups, now if guard is not None else None):
+            order.on_request(free, now, now + self.config.max_idle_s)
+
+    def on_request_withdrawn(self, request: Request, groups: Sequence[tuple[int, int]]) -> None:
+        """``request`` left the waiting queue unserved (aborted, or finished while waiting): the
+        free blocks of its cached prefix lose the requested mark it gave them, unless another
+        waiting request marked them too. O(prefix blocks)."""
+        order = self._order
+        if order is None or request.skip_reading_prefix_cache:
+            return
+        for free in self._free_prefix(request, groups):
+            order.on_withdraw(free)
+
+    def _free_prefix(
+        self, request: Request, groups: Sequence[tuple[int, int]], guard_now: float | None = None
+    ) -> Iterable[list[KVCacheBlock]]:
+        """Per chained group, the free blocks of ``request``'s cached prefix, looked up as vLLM's
+        full-attention ``find_longest_cache_hit`` does (in order, at most ``num_tokens - 1``
+        tokens, stopping at the first miss; vLLM's lookup, so no harmful eviction is counted).
+        With ``guard_now`` the guard's shadow caches see the request arrive at that time."""
         for group_id, block_size in groups:
             hashes = resolve_block_hashes(request.block_hashes, self.hash_block_size, block_size)
             prefix = (request.num_tokens - 1) // block_size
-            if guard is not None:
-                guard.on_request(itertools.islice(hashes, prefix), group_id, now, now + self.config.max_idle_s)
+            if guard_now is not None:
+                self._guard.on_request(
+                    itertools.islice(hashes, prefix), group_id, guard_now, guard_now + self.config.max_idle_s
+                )
             free: list[KVCacheBlock] = []
             for block_hash in itertools.islice(hashes, prefix):
                 found = BlockPool.get_cached_block(self, block_hash, [group_id])
@@ -174,7 +194,7 @@ class ScoredBlockPool(BlockPool):
                 if found[0].ref_cnt == 0:
                     free.append(found[0])
             if free:
-                order.on_request(free, now, now + self.config.max_idle_s)
+                yield free
 
     def _predict(self, request: Request, now: float) -> tuple[float, float] | None:
         """The predictor's checked answer for ``request``, or None (no opinion or failure)."""

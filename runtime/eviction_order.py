@@ -38,14 +38,23 @@ they rank after every other predicted block (whose keys are all later than ``now
 re-keys are done), latest arrival evicted first. The mark is consumed like a prediction
 (the request's hit touches the blocks) and dropped with the hash; a fold from a requested
 child makes its parent requested (the parent is the previous block of the same prefix).
+Each requested block counts the waiting requests that marked it; when a request leaves the
+queue without being served (aborted, or finished while waiting) :meth:`on_withdraw` takes
+its count back, and a block no waiting request wants any more drops its mark: its key (no
+later than that arrival, so already passed) makes it overdue, re-keyed as any other.
 
 Complexity: every operation is O(1) or O(log n) in the number of blocks (amortised over
 the bounded re-keys) except :meth:`on_release`, which is O(blocks of the released request)
 like vLLM's own free. Candidates live in two binary heaps (by reuse key; by time of the
 next re-key or expiry) and a stack (unhashed blocks) with lazy deletion: an entry is live
 iff its block is still free, hashed, a leaf, and carries the entry's token (each push
-issues a new token). Stale entries are dropped when they surface or by a compaction that
-runs when the containers exceed ``3 * num_blocks`` entries, so memory is O(num blocks).
+issues a new token). Stale entries are dropped when they surface or by a compaction of all
+three containers that runs as soon as any one of them exceeds ``3 * num_blocks + 1024``
+entries (a live block has at most one live entry per container, so a compaction leaves at
+most ``num_blocks`` in each and the next is at least ``2 * num_blocks`` pushes away): each
+container always holds at most ``3 * num_blocks + 1025`` entries, so memory is O(num blocks).
+The timer heap is checked on its own: its entries do not leave when the candidate heap's
+are consumed by evictions (a far expiry stays queued), so it can outgrow the candidate heap.
 """
 
 from __future__ import annotations
@@ -88,6 +97,7 @@ class EvictionOrder:
         self._freed_at = array("d", [0.0]) * n
         self._keyed = bytearray(n)  # 1 iff the block carries a prediction since its last reuse
         self._requested = bytearray(n)  # 1 iff keyed by a queued request's arrival: no overdue re-key
+        self._requesters = array("i", [0]) * n  # waiting requests that marked the block (see on_withdraw)
         self._depth = array("i", [0]) * n
         self._parent = array("i", [-1]) * n
         self._parent_epoch = array("q", [0]) * n
@@ -179,18 +189,35 @@ class EvictionOrder:
         overdue re-key); leaves are re-pushed under the new key (their old entries die).
         Keys only decrease, so a parent's key stays no later than its descendants'.
         """
-        merge, requested, children = self._merge, self._requested, self._children
+        merge, requested, requesters, children = self._merge, self._requested, self._requesters, self._children
         for blk in blocks:
             b = blk.block_id
             merge(b, now, expire_at)
             requested[b] = 1
+            requesters[b] += 1
             if children[b] == 0:
                 self._push(b)
+
+    def on_withdraw(self, blocks: Iterable[KVCacheBlock]) -> None:
+        """A waiting request that marked ``blocks`` (its free cached prefix, as :meth:`on_request`
+        was given it) left the queue unserved. A block no other waiting request marked loses its
+        requested mark and, if a candidate, is re-pushed so that the overdue rule applies again."""
+        requested, requesters, children = self._requested, self._requesters, self._children
+        for blk in blocks:
+            b = blk.block_id
+            if requesters[b] <= 0:
+                continue
+            requesters[b] -= 1
+            if requesters[b] == 0 and requested[b]:
+                requested[b] = 0
+                if children[b] == 0 and self._is_free(blk) and blk._block_hash is not None:
+                    self._push(b)
 
     def on_touch(self, block: KVCacheBlock) -> None:
         """``block`` was hit by a new request: its prediction is consumed, its entries die."""
         self._keyed[block.block_id] = 0
         self._requested[block.block_id] = 0
+        self._requesters[block.block_id] = 0
         self._token[block.block_id] = 0
 
     def on_drop(self, block: KVCacheBlock) -> None:
@@ -256,7 +283,17 @@ class EvictionOrder:
 
     def num_entries(self) -> int:
         """Entries held in the candidate containers, stale ones included."""
-        return len(self._heap) + len(self._timers) + len(self._unhashed)
+        return sum(self.container_sizes())
+
+    def container_sizes(self) -> tuple[int, int, int]:
+        """Entries (stale ones included) of the candidate heap, the timer heap and the unhashed stack;
+        each is at most :attr:`max_container_entries`."""
+        return len(self._heap), len(self._timers), len(self._unhashed)
+
+    @property
+    def max_container_entries(self) -> int:
+        """The documented bound on each container: ``3 * num_blocks + 1025``."""
+        return self._compact_at + 1
 
     # --------------------------------------------------------------- internals
     @staticmethod
@@ -320,6 +357,7 @@ class EvictionOrder:
         self._children[b] = 0
         self._keyed[b] = 0
         self._requested[b] = 0
+        self._requesters[b] = 0
         self._token[b] = 0  # its heap entries are dead
         return freed_parent
 
@@ -327,6 +365,8 @@ class EvictionOrder:
         """Merge ``child``'s prediction (and requested mark) into ``parent``'s."""
         if self._requested[child]:
             self._requested[parent] = 1
+            if self._requesters[child] > self._requesters[parent]:
+                self._requesters[parent] = self._requesters[child]
         self._merge(parent, self._reuse[child], self._expire[child])
 
     def _merge(self, b: int, reuse_at: float, expire_at: float) -> None:
@@ -368,7 +408,7 @@ class EvictionOrder:
         heapq.heappush(self._heap, entry)
         if due < _INF:
             heapq.heappush(self._timers, (due, entry[1]))
-        if len(self._heap) > self._compact_at:
+        if len(self._heap) > self._compact_at or len(self._timers) > self._compact_at:
             self._compact()
 
     def _next_anyway(self, b: int, now: float) -> bool:
@@ -398,7 +438,7 @@ class EvictionOrder:
         )
 
     def _compact(self) -> None:
-        """Drop stale entries (amortised O(1): runs once the containers outgrow ``3 * num_blocks``)."""
+        """Drop stale entries of every container (amortised O(1): runs once one outgrows ``3 * num_blocks + 1024``)."""
         self._heap = [e for e in self._heap if self._live(e[1])]
         heapq.heapify(self._heap)
         self._timers = [e for e in self._timers if self._live(e[1])]

@@ -15,6 +15,10 @@ Three patches, installed once per process by :func:`install_hooks` (idempotent, 
    ``ScoredBlockPool.on_request_arrived(request, groups)`` when the scheduler's pool is a
    scored one, so the free cached prefix of a queued request is kept while it waits.
    Failures are counted and ignored the same way; the request is always added.
+4. ``Scheduler.finish_requests`` (the abort / external finish path) then calls
+   ``ScoredBlockPool.on_request_withdrawn(request, groups)`` for every request it finished
+   that was still waiting (never served), so the requested marks of point 3 do not outlive
+   the request. Failures are counted and ignored; the requests are always finished.
 
 A binding becomes active through :func:`use_policy` (a context manager, for the replay
 benchmark and tests) or, in a served engine, through the plugin's ``Scheduler.__init__``
@@ -44,7 +48,7 @@ from vllm.v1.core.block_pool import BlockPool
 from vllm.v1.core.kv_cache_manager import KVCacheManager
 from vllm.v1.core.kv_cache_utils import KVCacheBlock
 from vllm.v1.core.single_type_kv_cache_manager import FullAttentionManager, SingleTypeKVCacheManager
-from vllm.v1.request import Request
+from vllm.v1.request import Request, RequestStatus
 
 from cachewise.runtime.block_pool import ScoredBlockPool
 from cachewise.runtime.config import PoolConfig
@@ -163,13 +167,42 @@ def _arrive(scheduler: Any, request: Request) -> None:
         pool.record_hook_error(exc)
 
 
-def _wrap(original: Callable[..., Any], hook: Callable[[Any, Request], None]) -> Callable[..., Any]:
-    """``original(self, request)`` preceded by ``hook(self, request)`` (which never raises)."""
+def _withdraw(scheduler: Any, requests: Sequence[Request]) -> None:
+    manager = getattr(scheduler, "kv_cache_manager", None)
+    pool = getattr(manager, "block_pool", None)
+    if not isinstance(pool, ScoredBlockPool) or not requests:
+        return
+    try:
+        groups = chained_groups(manager)
+        for request in requests:
+            pool.on_request_withdrawn(request, groups)
+    except Exception as exc:  # noqa: BLE001 - never let CacheWise break an abort
+        pool.record_hook_error(exc)
 
-    def wrapper(self: Any, request: Request) -> Any:
-        hook(self, request)
-        return original(self, request)
 
+def _wrap_finish(original: Callable[..., Any]) -> Callable[..., Any]:
+    """``Scheduler.finish_requests`` followed by :func:`_withdraw` of the requests it took out of
+    the waiting queue (status WAITING* before the call, finished after it)."""
+
+    def finish_requests(self: Any, request_ids: Any, finished_status: Any) -> Any:
+        if isinstance(request_ids, str):
+            ids: Any = (request_ids,)
+        elif request_ids is None:
+            ids = list(self.requests)
+        else:
+            ids = request_ids = list(request_ids)
+        waiting = [
+            r for r in (self.requests.get(i) for i in ids)
+            if r is not None and not r.is_finished() and r.status != RequestStatus.RUNNING
+        ]
+        result = original(self, request_ids, finished_status)
+        _withdraw(self, [r for r in waiting if r.is_finished()])
+        return result
+
+    return _mark_hook(finish_requests, original)
+
+
+def _mark_hook(wrapper: Callable[..., Any], original: Callable[..., Any]) -> Callable[..., Any]:
     wrapper.__name__ = original.__name__
     wrapper.__qualname__ = original.__qualname__
     wrapper.__doc__ = original.__doc__
@@ -178,8 +211,18 @@ def _wrap(original: Callable[..., Any], hook: Callable[[Any, Request], None]) ->
     return wrapper
 
 
+def _wrap(original: Callable[..., Any], hook: Callable[[Any, Request], None]) -> Callable[..., Any]:
+    """``original(self, request)`` preceded by ``hook(self, request)`` (which never raises)."""
+
+    def wrapper(self: Any, request: Request) -> Any:
+        hook(self, request)
+        return original(self, request)
+
+    return _mark_hook(wrapper, original)
+
+
 def install_hooks() -> None:
-    """Install the pool factory, the release hooks and the arrival hook (no-op when already installed)."""
+    """Install the pool factory, the release, arrival and withdrawal hooks (no-op when already installed)."""
     from vllm.v1.core.sched.scheduler import Scheduler  # imported late, like the plugin's wrapper
 
     if kv_cache_coordinator.BlockPool is not _build_pool:
@@ -192,6 +235,8 @@ def install_hooks() -> None:
         method = getattr(owner, name)
         if not getattr(method, "_cachewise_hook", False):
             setattr(owner, name, _wrap(method, hook))
+    if not getattr(Scheduler.finish_requests, "_cachewise_hook", False):
+        Scheduler.finish_requests = _wrap_finish(Scheduler.finish_requests)  # type: ignore[method-assign]
 
 
 def hooks_installed() -> bool:

@@ -3,8 +3,8 @@
 A *predictor* is asked once per finished request (never per block, never per eviction):
 "when will the prefix this request leaves in the KV cache be needed again?". It answers
 with a :class:`ReusePrediction` on the pool's clock, or ``None`` for no opinion. The
-learned scorer (:mod:`cachewise.runtime.learned`), per-tool means, TTLs and the Belady
-oracle of the replay benchmark are all :class:`ReusePredictor` implementations.
+learned scorer (:mod:`cachewise.runtime.learned`), per-tool means, TTLs and the recorded-gap
+policy of the replay benchmark are all :class:`ReusePredictor` implementations.
 
 How the pool turns predictions into an eviction order (in full:
 :mod:`cachewise.runtime.eviction_order`):

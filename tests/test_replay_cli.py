@@ -13,32 +13,16 @@ import pytest
 import yaml
 
 from cachewise.cli import main
-from cachewise.data.ingest import load_sources
-from cachewise.data.schema import write_events
-from cachewise.data.synthetic import generate_corpus
-from cachewise.features.featurize import featurize
-from cachewise.features.params import load_section
-from cachewise.runtime.replay.policies import POLICIES
-from cachewise.train.train import train_model, write_outputs
+from cachewise.runtime.replay.policies import known_policies
 
 pytestmark = pytest.mark.vllm
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def pipeline(tmp_path_factory) -> dict[str, Path]:
+def pipeline(synthetic_model: dict, tmp_path_factory) -> dict[str, Path]:
     """Events, an exported model trained on them, and a params file with a small replay section."""
     tmp = tmp_path_factory.mktemp("replay_cli")
-    generate_corpus(tmp / "corpus", seed=3, sessions=16)
-    events, _ = load_sources([tmp / "corpus"])
-    write_events(events, tmp / "events.parquet")
-    train = load_section(REPO / "params.yaml", "train")
-    horizon = float(load_section(REPO / "params.yaml", "features")["horizon_s"])
-    table = featurize(events, horizon)
-    result = train_model(
-        table.frame, {}, {**train, "lightgbm": {**train["lightgbm"], "num_boost_round": 30}}, horizon, "test"
-    )
-    write_outputs(result, tmp / "model")
+    train = synthetic_model["train"]
     params = tmp / "params.yaml"
     params.write_text(
         yaml.safe_dump(
@@ -46,13 +30,15 @@ def pipeline(tmp_path_factory) -> dict[str, Path]:
                 "train": train,
                 "replay": {
                     "max_sessions": 4,
+                    "seeds": 2,
+                    "workers": 2,
                     "workload": {"token_scale": 32},
                     "sweep": {"capacity_fracs": [0.3], "concurrency": [2]},
                 },
             }
         )
     )
-    return {"events": tmp / "events.parquet", "model": tmp / "model", "params": params, "out": tmp / "out"}
+    return {"events": synthetic_model["events"], "model": synthetic_model["model"], "params": params, "out": tmp / "out"}
 
 
 def test_replay_writes_results_plots_and_report(pipeline: dict[str, Path], capsys) -> None:
@@ -61,7 +47,7 @@ def test_replay_writes_results_plots_and_report(pipeline: dict[str, Path], capsy
         "--params", str(pipeline["params"]),
         "--events", str(pipeline["events"]),
         "--model", str(pipeline["model"]),
-        "--policies", ",".join(POLICIES),
+        "--policies", ",".join(POLICIES := known_policies()),
         "--capacity-frac", "0.5",
         "--concurrency", "4",
         "--out", str(pipeline["out"]),
@@ -73,18 +59,25 @@ def test_replay_writes_results_plots_and_report(pipeline: dict[str, Path], capsy
     results = pd.read_csv(out / "results.csv")
     assert sorted(results["capacity_frac"].unique()) == [0.3, 0.5]
     assert sorted(results["concurrency"].unique()) == [2, 4]  # the sweep's grid plus the headline point
-    assert len(results) == 2 * 2 * len(POLICIES)
+    assert len(results) == 2 * 2 * 2 * len(POLICIES)  # seeds x concurrencies x capacities x policies
+    assert sorted(results["seed"].unique()) == [0, 1]
     by = results[(results["capacity_frac"] == 0.5) & (results["concurrency"] == 4)].set_index("policy")
     assert (results["harmful_evictions"] <= results["evictions"]).all()
     assert (results["recomputed_tokens"] <= results["prefill_tokens"]).all()
-    assert by.at["infinite", "evictions"] == 0
-    assert by.at["lru", "evictions"] > 0, "0.5 of the peak working set must force evictions"
-    assert by.at["learned", "predictor_fallbacks"] == 0 and by.at["learned", "predictor_cpu_s"] > 0
+    assert (by.loc[["infinite"], "evictions"] == 0).all()
+    assert (by.loc[["lru"], "evictions"] > 0).all(), "0.5 of the peak working set must force evictions"
+    for learned in ("learned", "learned_nohints"):
+        assert (by.loc[[learned], "predictor_fallbacks"] == 0).all() and (by.loc[[learned], "predictor_cpu_s"] > 0).all()
+    finite = results[results["policy"] != "infinite"]
+    assert (finite["min_harmful_evictions"] <= finite["harmful_evictions"]).all()
+    assert (results["jct_s_mean"] >= results["service_s_mean"] - 1e-9).all()
     assert (results["sessions"] == results["sessions"].iloc[0]).all()
     assert (out / "plots" / "capacity_c4.png").stat().st_size > 0
     assert list(pd.read_csv(out / "plots" / "harmful_evictions_c4.csv").columns) == ["capacity_frac", *POLICIES]
     report = (out / "report.md").read_text()
     assert "## Targets" in report and "gap_harmful" in report and "## Sweep: 4 concurrent sessions" in report
+    assert "Paired difference against lru_arrival" in report and "±" in report
+    assert "every replayed task is one its training held out" in report
     assert "| lru |" in capsys.readouterr().out
 
 
@@ -100,3 +93,15 @@ def test_bad_events_path_is_a_clear_error(pipeline: dict[str, Path], capsys) -> 
             "--policies", "lru", "--no-progress"]  # fmt: skip
     assert main(argv) == 2
     assert "/nonexistent/events.parquet" in capsys.readouterr().err
+
+
+def test_learned_refuses_tasks_the_model_was_trained_on(pipeline: dict[str, Path], capsys) -> None:
+    # split "all" replays every session, training tasks included: refused, naming the model.
+    argv = ["replay", "--params", str(pipeline["params"]), "--events", str(pipeline["events"]),
+            "--model", str(pipeline["model"]), "--policies", "lru,learned", "--split", "all",
+            "--seeds", "1", "--out", str(pipeline["out"] / "all"), "--no-progress"]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert str(pipeline["model"]) in err and "may have been trained on" in err and "--allow-train-tasks" in err
+    assert main([*argv, "--allow-train-tasks"]) == 0
+    assert "provenance check OVERRIDDEN" in (pipeline["out"] / "all" / "report.md").read_text()

@@ -21,11 +21,11 @@ def test_defaults_without_a_file(tmp_path) -> None:
 
 def test_section_then_flags(tmp_path) -> None:
     path = write(tmp_path, {"concurrency": 8, "workload": {"max_gap_s": 30}, "sweep": {"capacity_fracs": [0.2, 0.4]}})
-    config = load_config(path, {"concurrency": 4, "token_scale": 2, "policies": ("lru", "belady"), "model": None})
+    config = load_config(path, {"concurrency": 4, "token_scale": 2, "policies": ("lru", "recorded_gap"), "model": None})
     assert config.concurrency == 4
     assert (config.workload.token_scale, config.workload.max_gap_s) == (2, 30)
     assert config.sweep.capacity_fracs == (0.2, 0.4)
-    assert config.policies == ("lru", "belady") and config.model == "models/cachewise-reuse"
+    assert config.policies == ("lru", "recorded_gap") and config.model == "models/cachewise-reuse"
     assert config.engine.for_scale(2).max_num_batched_tokens == 4096
 
 
@@ -37,6 +37,8 @@ def test_section_then_flags(tmp_path) -> None:
         ({"workload": {"token_scale": 0}}, r"token_scale must be >= 1"),
         ({"engine": {"blocks": 3}}, r"replay\.engine: unknown keys"),
         ({"policies": ["lru", "fifo"]}, r"unknown policies \['fifo'\]"),
+        ({"policies": ["lru", "belady"]}, r"unknown policies \['belady'\] \(Belady's MIN is computed for every run"),
+        ({"seeds": 0}, r"seeds must be >= 1"),
         ({"split": "train"}, r"split must be 'test' or 'all'"),
     ],
 )

@@ -133,3 +133,35 @@ def test_arrival_in_fallback_mode_and_failing_hook_leave_vllm_untouched(monkeypa
     assert pool.stats.fallbacks["hook_error"] == 1 and scheduler.requests["a2"] is a2
     run_to_completion(scheduler)
     assert pool.stats.harmful_evictions == 0
+
+
+@pytest.mark.parametrize("another_waiter", [False, True])
+def test_aborted_waiting_request_drops_its_requested_marks(another_waiter: bool) -> None:
+    # As the queued case above, but A's request is aborted before the step at t=300: nothing
+    # waits for A's prefix any more, so it is overdue again and loses its tail instead of B's.
+    # With a second request still waiting on the same prefix, the mark (and A's prefix) stays.
+    from vllm.v1.request import RequestStatus
+
+    clock = Clock()
+    scheduler = _warm(clock)
+    pool = scheduler.kv_cache_manager.block_pool
+    leaf = _leaf_of_a(scheduler)
+    clock.now = 50.0
+    scheduler.add_request(_pressure())
+    scheduler.add_request(_a2())
+    if another_waiter:
+        twin = make_request("a2-twin", A_PROMPT + list(range(9500, 9500 + BLOCK)), BLOCK, max_tokens=2)
+        scheduler.add_request(twin)
+    assert pool._order._requested[leaf.block_id] == 1
+    scheduler.finish_requests("a2", RequestStatus.FINISHED_ABORTED)
+    assert pool._order._requested[leaf.block_id] == (1 if another_waiter else 0)
+    clock.now = 300.0
+    step(scheduler)  # the pressure request evicts 2 cached blocks
+    if another_waiter:
+        assert _cached_tokens(scheduler, A_PROMPT) == 4 * BLOCK, "the twin still waits for A's prefix"
+        assert _cached_tokens(scheduler, B_PROMPT) < 4 * BLOCK
+    else:
+        assert _cached_tokens(scheduler, A_PROMPT) < 4 * BLOCK, "A's prefix, wanted by nobody, went first"
+        assert _cached_tokens(scheduler, B_PROMPT) == 4 * BLOCK
+    run_to_completion(scheduler)
+    assert pool.stats.fallbacks["hook_error"] == 0

@@ -7,7 +7,9 @@ compares eviction policies (:mod:`.policies`) at chosen KV capacities and concur
 
 Modules, in data-flow order: :mod:`.workload` (events -> call plans), :mod:`.tokens`
 (token ids with the recorded prefix sharing), :mod:`.engine`, :mod:`.driver` (the closed
-loop), :mod:`.metrics`, :mod:`.runner` (one run), :mod:`.sweep`, :mod:`.targets`,
+loop), :mod:`.metrics` with :mod:`.belady` (MIN of a run's own access sequence), :mod:`.runner`
+(one run), :mod:`.selection` and :mod:`.provenance` (which sessions), :mod:`.sweep` (seeds x grid),
+:mod:`.stats` (intervals, paired differences), :mod:`.targets`,
 :mod:`.report`.
 
 Importing this package selects vLLM's CPU platform (``VLLM_TARGET_DEVICE=cpu``) and

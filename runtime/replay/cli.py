@@ -3,13 +3,16 @@
 Example::
 
     cachewise replay --events data/events.parquet \\
-        --policies lru,lru_arrival,per_tool_mean,ttl,heuristic,learned,belady,infinite \\
-        --capacity-frac 0.5 --concurrency 32 --model models/cachewise-reuse --out data/replay
+        --policies lru,lru_arrival,per_tool_mean,ttl,heuristic,recorded_gap,learned,learned_nohints,infinite \\
+        --capacity-frac 0.5 --concurrency 32 --seeds 5 --model models/cachewise-reuse --out data/replay
 
 Settings come from the ``replay:`` section of ``--params`` (see
 :mod:`cachewise.runtime.replay.config`); flags given on the command line win. Without
 ``--sweep`` every policy runs at one point (``--capacity-frac``, ``--concurrency``); with it,
-over the grid of ``replay.sweep`` plus that point. Writes ``results.csv``, plot tables and
+over the grid of ``replay.sweep`` plus that point. Each of ``--seeds`` seeds (``seed``,
+``seed + 1``, ...) replays its own sample of sessions. The learned policies refuse to run on
+tasks the exported model was not held out on (:mod:`cachewise.runtime.replay.provenance`)
+unless ``--allow-train-tasks``. Writes ``results.csv``, plot tables and
 ``report.md`` under ``--out`` and prints the headline table.
 """
 
@@ -25,14 +28,15 @@ from cachewise.runtime.replay.config import ReplayConfig, ReplayConfigError, loa
 from cachewise.runtime.replay.costmodel import CostModelError, load_cost_model
 from cachewise.runtime.replay.driver import ReplayStuck
 from cachewise.runtime.replay.engine import EngineParams
-from cachewise.runtime.replay.policies import LEARNED, IdleStats, PolicyContext, learned_factory
+from cachewise.runtime.replay.policies import IdleStats, PolicyContext, REGISTRY, learned_factory
+from cachewise.runtime.replay.provenance import ProvenanceError, check_replayable
 from cachewise.runtime.replay.report import markdown_table, write_report
 from cachewise.runtime.replay.runner import Replayer
 from cachewise.runtime.replay.selection import select_sessions
 from cachewise.runtime.replay.sweep import run_grid
 from cachewise.runtime.replay.targets import headline
 from cachewise.runtime.replay.workload import Workload, build_workload
-from cachewise.train.exported import ModelLoadError
+from cachewise.train.exported import ModelLoadError, load_exported
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -40,7 +44,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--params", default="params.yaml", help="params file with a replay: section")
     parser.add_argument("--events", help="events table (Parquet) to replay")
     parser.add_argument(
-        "--policies", help="comma-separated policies (lru,lru_arrival,per_tool_mean,ttl,heuristic,learned,belady,infinite)"
+        "--policies", help=f"comma-separated policies ({','.join(REGISTRY)})"
     )
     parser.add_argument("--capacity-frac", type=float, help="KV capacity as a fraction of the peak live working set")
     parser.add_argument("--concurrency", type=int, help="sessions served at once")
@@ -53,7 +57,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-sessions", type=int, help="replay at most this many sessions")
     parser.add_argument("--split", choices=("test", "all"), help="replay held-out tasks only (test) or every session")
     parser.add_argument("--token-scale", type=int, help="trace tokens per replay token")
-    parser.add_argument("--seed", type=int, help="seed of session order, token ids and arrivals")
+    parser.add_argument("--seed", type=int, help="first seed of session sample, order, token ids and arrivals")
+    parser.add_argument("--seeds", type=int, help="number of seeds (independent samples), for intervals")
+    parser.add_argument("--workers", type=int, help="processes running seeds in parallel")
+    parser.add_argument(
+        "--allow-train-tasks",
+        action="store_true",
+        default=None,
+        help="replay the learned model on tasks it may have been trained on (stated in the report)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -70,6 +82,9 @@ def _config(args: argparse.Namespace) -> ReplayConfig:
         "split": args.split,
         "token_scale": args.token_scale,
         "seed": args.seed,
+        "seeds": args.seeds,
+        "workers": args.workers,
+        "allow_train_tasks": args.allow_train_tasks,
     }
     return load_config(args.params, overrides)
 
@@ -81,14 +96,14 @@ def _split_params(params: str) -> dict:
     return {mine: train[theirs] for theirs, mine in keys.items() if theirs in train}
 
 
-def _setup_lines(config: ReplayConfig, workload: Workload, engine: EngineParams) -> list[str]:
-    """The report's description of how the replay was run."""
+def _setup_lines(config: ReplayConfig, workload: Workload, engine: EngineParams, model_note: str) -> list[str]:
+    """The report's description of how the replay was run (``workload``: the first seed's)."""
     groups = ", ".join((m or "?") + (" (sub-agent)" if side else "") for m, side in workload.prefix_groups)
     overlay = f"Poisson arrivals at {config.arrival_rate:g} sessions/s, " if config.arrival_rate else ""
     return [
         (
-            f"Events: `{config.events}`, split `{config.split}`: {len(workload.sessions)} sessions,"
-            f" {len(workload.calls)} LLM calls replayed (closed loop, recorded tool times)."
+            f"Events: `{config.events}`, split `{config.split}`: {len(workload.sessions)} sessions per seed,"
+            f" {len(workload.calls)} LLM calls in the first seed's sample (closed loop, recorded tool times)."
         ),
         (
             f"Engine: vLLM v1 `Scheduler` + `KVCacheManager` (real code, CPU, no GPU), block = {engine.block_size}"
@@ -97,9 +112,10 @@ def _setup_lines(config: ReplayConfig, workload: Workload, engine: EngineParams)
         ),
         f"Step times: cost model `{config.model_shape}` from `{config.cost_coefficients}`.",
         (
-            f"Overlay: {overlay}at most N concurrent sessions (N per table), sessions in seeded random order"
-            f" (seed {config.seed})."
+            f"Overlay: {overlay}all sessions submitted at t=0 unless Poisson, at most N running at once (N per table),"
+            " sessions in seeded random order."
         ),
+        f"Learned model: {model_note}",
         f"Workload adjustments: {dict(workload.counts) or 'none'}; shared system prompt groups: {groups}.",
     ]
 
@@ -108,32 +124,37 @@ def replay(config: ReplayConfig, params_path: str, sweep: bool, progress: bool) 
     """Run the replay described by ``config``; returns the report's path."""
     events = read_events(config.events)
     split = _split_params(params_path) if config.split == "test" else {}
-    chosen = select_sessions(events, config.split, config.max_sessions, config.seed, **split)
-    workload = build_workload(events, config.workload, chosen.sessions)
     cost = load_cost_model(config.cost_coefficients, config.model_shape)
     engine = config.engine.for_scale(config.workload.token_scale)
-    learned = None
-    if set(LEARNED) & set(config.policies):
+    seeds = tuple(range(config.seed, config.seed + config.seeds))
+    chosen = {s: select_sessions(events, config.split, config.max_sessions, s, **split) for s in seeds}
+    workloads = {s: build_workload(events, config.workload, c.sessions) for s, c in chosen.items()}
+    learned, model_note = None, "not run"
+    if any(p.startswith("learned") for p in config.policies):
         if config.model is None:
             raise ReplayConfigError("the learned policies need --model (or replay.model)")
-        learned = learned_factory(config.model, workload, engine.block_size)
-    ctx = PolicyContext(workload, IdleStats.fit(chosen.fit_events), config.ttl_quantile, learned)
-    replayer = Replayer(workload, cost, engine, ctx, seed=config.seed)
+        exported = load_exported(config.model)
+        tasks = {p.task_id for w in workloads.values() for p in w.sessions}
+        if config.allow_train_tasks:
+            model_note = f"`{config.model}`; provenance check OVERRIDDEN (--allow-train-tasks): it may have seen these tasks."
+        else:
+            check_replayable(exported.spec, config.model, tasks)
+            model_note = f"`{config.model}`; every replayed task is one its training held out (spec test_tasks)."
+        learned = learned_factory(exported, engine.block_size)
+
+    def replayer_for(seed: int) -> Replayer:
+        ctx = PolicyContext(workloads[seed], IdleStats.fit(chosen[seed].fit_events), config.ttl_quantile, learned)
+        return Replayer(workloads[seed], cost, engine, ctx, seed=seed)
+
     fracs = (config.capacity_frac, *(config.sweep.capacity_fracs if sweep else ()))
     concs = (config.concurrency, *(config.sweep.concurrency if sweep else ()))
-    results = run_grid(replayer, config.policies, fracs, concs, config.arrivals(), progress)
-    setup = _setup_lines(config, workload, engine)
+    results = run_grid(
+        replayer_for, seeds, config.policies, fracs, concs, config.arrivals(), progress, workers=config.workers
+    )
+    setup = _setup_lines(config, workloads[seeds[0]], engine, model_note)
     path = write_report(results, config.out, config.policies, config.concurrency, config.capacity_frac, setup)
     point = headline(results, config.concurrency, config.capacity_frac)
-    cols = [
-        "evictions",
-        "harmful_evictions",
-        "hit_rate",
-        "recomputed_tokens",
-        "preemptions",
-        "session_s_mean",
-        "policy_overhead_pct",
-    ]
+    cols = ["harmful_evictions", "min_harmful_evictions", "hit_rate", "recomputed_tokens", "jct_s_mean", "policy_overhead_pct"]
     print(markdown_table(point.loc[[p for p in config.policies if p in point.index], cols]))
     print(f"report: {path}")
     return path
@@ -150,6 +171,7 @@ def run(args: argparse.Namespace) -> int:
         CostModelError,
         ParamsError,
         ModelLoadError,
+        ProvenanceError,
         ReplayStuck,
         OSError,
         ValueError,

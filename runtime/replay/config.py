@@ -2,8 +2,10 @@
 
 Every key has a default here, so a missing section or key falls back to it; an unknown
 key, or a value of the wrong type, raises :class:`ReplayConfigError` naming it (a typo must
-not silently change a benchmark). Token counts in ``engine`` are *trace* tokens; the
-engine sees them divided by ``workload.token_scale``.
+not silently change a benchmark). ``engine.max_num_batched_tokens`` is in *trace* tokens (the
+engine sees it divided by ``workload.token_scale``); ``engine.block_size`` is in *replay*
+tokens, so a block stands for ``block_size x token_scale`` trace tokens (256 by default; the
+benchmark ``tests/benchmarks/bench_replay.py --block-check`` compares against token_scale 1).
 """
 
 from __future__ import annotations
@@ -17,10 +19,13 @@ import yaml
 
 from cachewise.runtime.replay.driver import ArrivalParams
 from cachewise.runtime.replay.engine import EngineParams
-from cachewise.runtime.replay.policies import POLICIES
+from cachewise.runtime.replay.policies import known_policies
 from cachewise.runtime.replay.workload import WorkloadParams
 
 SECTION = "replay"
+DEFAULT_POLICIES = (
+    "lru", "lru_arrival", "per_tool_mean", "ttl", "heuristic", "recorded_gap", "learned", "learned_nohints", "infinite"
+)
 
 
 class ReplayConfigError(ValueError):
@@ -29,7 +34,7 @@ class ReplayConfigError(ValueError):
 
 @dataclass(frozen=True)
 class EngineSettings:
-    """vLLM scheduler shape in trace tokens (``replay.engine``)."""
+    """vLLM scheduler shape (``replay.engine``): ``block_size`` in replay tokens, the rest in trace tokens."""
 
     block_size: int = 16
     max_num_seqs: int = 256
@@ -61,10 +66,13 @@ class ReplayConfig:
     cost_coefficients: str = "runtime/replay/cost_coefficients.json"
     model_shape: str = "llama-3.1-8b-bf16"
     model: str | None = "models/cachewise-reuse"
-    policies: tuple[str, ...] = POLICIES
+    policies: tuple[str, ...] = DEFAULT_POLICIES
     split: str = "test"
     max_sessions: int | None = 48
     seed: int = 0
+    seeds: int = 5
+    workers: int = 1
+    allow_train_tasks: bool = False
     capacity_frac: float = 0.5
     concurrency: int = 32
     arrival_rate: float | None = None
@@ -74,11 +82,16 @@ class ReplayConfig:
     sweep: SweepSettings = field(default_factory=SweepSettings)
 
     def __post_init__(self) -> None:
-        unknown = [p for p in self.policies if p not in POLICIES]
+        unknown = [p for p in self.policies if p not in known_policies()]
         if unknown:
-            raise ReplayConfigError(f"unknown policies {unknown}; known: {', '.join(POLICIES)}")
+            why = " (Belady's MIN is computed for every run: min_* columns)" if "belady" in unknown else ""
+            raise ReplayConfigError(f"unknown policies {unknown}{why}; known: {', '.join(known_policies())}")
         if self.split not in ("test", "all"):
             raise ReplayConfigError(f"split must be 'test' or 'all', got {self.split!r}")
+        if self.workers < 1:
+            raise ReplayConfigError(f"workers must be >= 1, got {self.workers}")
+        if self.seeds < 1:
+            raise ReplayConfigError(f"seeds must be >= 1, got {self.seeds}")
         if not 0 < self.ttl_quantile < 1:
             raise ReplayConfigError(f"ttl_quantile must be in (0, 1), got {self.ttl_quantile}")
 

@@ -138,6 +138,9 @@ def _replay_cell(
             "split": "all",
             "max_sessions": settings.max_sessions,
             "policies": settings.policies,
+            # A model trained on the *other* families has never seen this family's tasks (they
+            # were not in its events table), which the spec's held-out list cannot show.
+            "allow_train_tasks": trained_on == "others",
         },
     )
     replay(config, params, sweep=True, progress=False)

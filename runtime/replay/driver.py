@@ -8,6 +8,10 @@ delay has passed. Each engine step advances the clock by the cost model's time f
 batch that vLLM scheduled; a call finishes at the end of the step that sampled its last
 token. When the engine has nothing to do, the clock jumps to the next release.
 
+``client_hints``: whether requests carry the client's session id and hint
+(:meth:`Workload.hint`); without, only what a server sees by itself
+(:meth:`Workload.server_view`).
+
 Invariants: the clock never goes back; every call of every session is sent exactly once
 and finishes exactly once with exactly its planned output length (checked), or
 :class:`ReplayStuck` is raised.
@@ -57,6 +61,7 @@ class ClosedLoopDriver:
         arrivals: ArrivalParams,
         metrics: RunMetrics,
         clock: ManualClock,
+        client_hints: bool = True,
     ):
         if arrivals.concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {arrivals.concurrency}")
@@ -67,6 +72,7 @@ class ClosedLoopDriver:
         self.arrivals = arrivals
         self.metrics = metrics
         self.clock = clock
+        self.client_hints = client_hints
         self._plans = {c.request_id: c for c in workload.calls}
         self._successors: dict[str, list[tuple[CallPlan, float]]] = defaultdict(list)
         for c in self._plans.values():
@@ -76,7 +82,7 @@ class ClosedLoopDriver:
         self._release_at = {c.request_id: 0.0 for c in self._plans.values()}
         self._ready: list[tuple[float, int, str]] = []
         self._left_in_session = [len(s.calls) for s in workload.sessions]
-        self._session_start: dict[int, float] = {}
+        self._session_start: dict[int, tuple[float, float]] = {}  # session -> (submitted, started)
         self._previous: dict[int, np.ndarray] = {}
         self._seq = 0
         self._active = 0  # sessions started and not finished
@@ -95,9 +101,9 @@ class ClosedLoopDriver:
         self._seq += 1
         heapq.heappush(self._ready, (at, self._seq, call.request_id))
 
-    def _start_session(self, idx: int) -> None:
+    def _start_session(self, idx: int, submitted: float) -> None:
         now = self.clock.now
-        self._session_start[idx] = now
+        self._session_start[idx] = (submitted, now)
         for c in self.w.sessions[idx].calls:
             if not c.deps:
                 self._push(now + c.start_offset, c)
@@ -112,9 +118,9 @@ class ClosedLoopDriver:
             call.request_id,
             prompt,
             output,
-            session_id=self.w.sessions[call.session].key,
+            session_id=self.w.sessions[call.session].key if self.client_hints else None,
             arrival_time=self.clock.now,
-            hint=self.w.hint(call),
+            hint=self.w.hint(call) if self.client_hints else self.w.server_view(call),
         )
         self.metrics.on_arrival(call.session, call.thread, VllmEngine.block_hashes(request), len(prompt))
 
@@ -127,6 +133,8 @@ class ClosedLoopDriver:
                 " (its successor's prompt would not match)"
             )
         self.metrics.preemptions += request.num_preemptions
+        computed = (request.num_tokens - 1) // self.engine.params.block_size  # the last token is never computed
+        self.metrics.on_finish(VllmEngine.block_hashes(request)[:computed])
         for succ, delay in self._successors.get(call.request_id, ()):
             rid = succ.request_id
             self._waiting_on[rid] -= 1
@@ -135,7 +143,7 @@ class ClosedLoopDriver:
                 self._push(self._release_at[rid], succ)
         self._left_in_session[call.session] -= 1
         if self._left_in_session[call.session] == 0:
-            self.metrics.on_session(call.session, self._session_start[call.session], now)
+            self.metrics.on_session(call.session, *self._session_start[call.session], now)
             self._active -= 1
 
     def _step(self, now: float) -> int:
@@ -169,7 +177,8 @@ class ClosedLoopDriver:
                 now = self.clock.now
                 while queue and self._active < self.arrivals.concurrency and queue[0][0] <= now:
                     self._active += 1
-                    self._start_session(queue.popleft()[1])
+                    submitted, idx = queue.popleft()
+                    self._start_session(idx, submitted)
                 while self._ready and self._ready[0][0] <= now:
                     self._send(self._plans[heapq.heappop(self._ready)[2]])
                 if self.engine.has_work():

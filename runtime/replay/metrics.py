@@ -4,8 +4,10 @@ Definitions (all token counts in *trace* tokens, i.e. replay tokens x ``token_sc
 blocks are vLLM blocks of ``block_size`` replay tokens):
 
 * ``evictions``: cached blocks whose hash vLLM dropped to reuse the block (``BlockRemoved``).
-* ``harmful_evictions``: evictions of a hash that a later request's prompt contains (each
-  eviction counted once, when that request arrives).
+* ``harmful_evictions``: evictions of a hash that some request needs again afterwards: counted
+  when a request whose prompt contains it arrives, or, for a request that was already waiting
+  when the hash was evicted, when the engine prefills that block again (each eviction counted
+  once).
 * ``hit_rate``: vLLM's own prefix-cache metric, hits / queries in tokens over new
   (not preempted) admissions.
 * ``prefill_tokens``: tokens the engine prefilled, including recomputation after preemption.
@@ -14,13 +16,21 @@ blocks are vLLM blocks of ``block_size`` replay tokens):
   step: the prefill an infinite cache would have saved. A block counts in the step that
   prefills its last token.
 * ``preemptions``: vLLM preemptions (``Request.num_preemptions`` summed).
-* ``session_s_*``: per-session completion time (session start to its last response);
-  ``makespan_s``: first session start to last response.
+* ``jct_s_*`` (mean, p50, p90, p99): per-session job completion time, from the moment its
+  agent submitted the session (batch workload: every session at t=0; Poisson arrivals: its
+  arrival time) to its last response, so time spent waiting for a slot counts;
+  ``makespan_s``: first submission to last response.
+* ``service_s_*`` (mean, p50, p90): per-session time from its start (admission to one of the
+  ``concurrency`` slots) to its last response: the old "session time", blind to queueing.
+* ``min_harmful_evictions`` / ``min_recomputed_tokens``: Belady's MIN over this run's own
+  block-access sequence at the same number of blocks (:mod:`cachewise.runtime.replay.belady`):
+  a lower bound on the run's harmful evictions / recomputed tokens for that sequence.
 * ``peak_live_blocks``: the largest number of distinct blocks in the latest prompts of
   all started, unfinished sessions (each session's threads), a shared prefix counted once;
   the capacity fractions of the sweep are fractions of this (measured with an infinite cache).
 
-Invariant: ``harmful_evictions <= evictions``; ``0 <= recomputed_tokens <= prefill_tokens``.
+Invariant: ``harmful_evictions <= evictions``; ``0 <= recomputed_tokens <= prefill_tokens``;
+``jct_s_* >= service_s_*`` (same percentile).
 """
 
 from __future__ import annotations
@@ -29,6 +39,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from cachewise.runtime.replay.belady import AccessLog, belady_min
 
 
 @dataclass
@@ -75,8 +87,9 @@ class RunMetrics:
     busy_s: float = 0.0
     engine_cpu_s: float = 0.0
     policy_cpu_s: float = 0.0
-    session_times: dict[int, tuple[float, float]] = field(default_factory=dict)
+    session_times: dict[int, tuple[float, float, float]] = field(default_factory=dict)
     live: LiveWorkingSet = field(default_factory=LiveWorkingSet)
+    accesses: AccessLog = field(default_factory=AccessLog)
     _pending_evicted: Counter = field(default_factory=Counter)
     _ever_stored: set = field(default_factory=set)
 
@@ -99,19 +112,26 @@ class RunMetrics:
         self.steps += 1
         self.prefill_tokens += prefill_tokens
         self.recomputed_blocks += sum(1 for h in prefilled_blocks if h in self._ever_stored)
+        for h in prefilled_blocks:  # evicted after its request arrived: needed again all the same
+            self.harmful_evictions += self._pending_evicted.pop(h, 0)
         self.busy_s += busy_s
         self.engine_cpu_s += engine_cpu_s
 
-    def on_session(self, session: int, start: float, end: float) -> None:
-        self.session_times[session] = (start, end)
+    def on_finish(self, computed_hashes: list) -> None:
+        """A request finished holding the full blocks ``computed_hashes`` (prompt and output): the
+        chain that had to be resident then, one access of the sequence Belady's MIN is run on."""
+        self.accesses.need(computed_hashes)
+
+    def on_session(self, session: int, submitted: float, start: float, end: float) -> None:
+        self.session_times[session] = (submitted, start, end)
         self.live.end_session(session)
 
-    def summary(self) -> dict[str, float]:
-        """The run's figures (see the module doc for definitions)."""
-        times = np.array([e - s for s, e in self.session_times.values()], dtype=float)
-        starts = [s for s, _ in self.session_times.values()]
-        ends = [e for _, e in self.session_times.values()]
+    def summary(self, capacity_blocks: int | None = None) -> dict[str, float]:
+        """The run's figures (see the module doc); MIN is computed when ``capacity_blocks`` is given."""
+        submitted, starts, ends = (np.array(x, dtype=float).reshape(-1) for x in zip(*self.session_times.values()))
+        jct, service = ends - submitted, ends - starts
         scale = self.token_scale
+        best = belady_min(self.accesses.chains, capacity_blocks) if capacity_blocks is not None else None
         return {
             "evictions": self.evictions,
             "harmful_evictions": self.harmful_evictions,
@@ -119,11 +139,17 @@ class RunMetrics:
             "prefill_tokens": self.prefill_tokens * scale,
             "recomputed_tokens": self.recomputed_blocks * self.block_size * scale,
             "preemptions": self.preemptions,
-            "sessions": len(times),
-            "session_s_mean": float(times.mean()) if len(times) else float("nan"),
-            "session_s_p50": float(np.percentile(times, 50)) if len(times) else float("nan"),
-            "session_s_p90": float(np.percentile(times, 90)) if len(times) else float("nan"),
-            "makespan_s": (max(ends) - min(starts)) if times.size else float("nan"),
+            "min_harmful_evictions": best.harmful_misses if best else 0,
+            "min_recomputed_tokens": best.harmful_misses * self.block_size * scale if best else 0,
+            "sessions": len(jct),
+            "jct_s_mean": float(jct.mean()),
+            "jct_s_p50": float(np.percentile(jct, 50)),
+            "jct_s_p90": float(np.percentile(jct, 90)),
+            "jct_s_p99": float(np.percentile(jct, 99)),
+            "service_s_mean": float(service.mean()),
+            "service_s_p50": float(np.percentile(service, 50)),
+            "service_s_p90": float(np.percentile(service, 90)),
+            "makespan_s": float(ends.max() - submitted.min()),
             "steps": self.steps,
             "busy_s": self.busy_s,
             "engine_cpu_s": self.engine_cpu_s,

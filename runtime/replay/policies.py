@@ -19,17 +19,32 @@ once per finished request, on the replay's simulated clock. "Ended" below means
 ``heuristic``      Ended sessions first; then the prefix whose predicted return
                    ``now + median idle(class)`` is latest; a prefix idle past the class's
                    p99 counts as ended (``expire_at = now + p99``).
+``recorded_gap``   Hand-written with knowledge of the trace: ``reuse_at = now + recorded gap``
+                   to the thread's next call (the recorded tool time; in the closed loop the
+                   call may come later, e.g. after a sub-agent), a thread's last call ended.
+                   Not a bound: other policies can beat it.
 ``learned``        The exported LightGBM scorer through the runtime's
                    :class:`~cachewise.runtime.learned.LearnedPredictor`; it sees each call as
                    the served runtime would, through the client hint
-                   (:mod:`cachewise.runtime.request_calls`) the replay attaches to every request;
-                   with the runtime's online guard (:mod:`cachewise.runtime.guard`), as served.
+                   (:mod:`cachewise.runtime.request_calls`) the replay attaches to every request
+                   (session, thread, sub-agent flag, tool calls); with the runtime's online
+                   guard (:mod:`cachewise.runtime.guard`), as served.
 ``learned_unguarded``  The same scorer with the guard off (every other policy runs unguarded).
-``belady``         Oracle: ``reuse_at`` = the true time of the thread's next request *assuming
-                   the recorded tool time*, i.e. ``now + recorded gap`` (exact for a call that
-                   waits on one predecessor; a main-thread call that also waits for a
-                   sub-agent may come later). A thread's last call is ended.
+``learned_nohints`` The same model given only what a server sees without client cooperation:
+                   no session / thread / sub-agent hint (threads inferred from prefix chains,
+                   sessions = threads), tool calls as a parser finds them in the response text;
+                   guarded as ``learned``.
 ``infinite``       vLLM's ``BlockPool`` with room for every block of the workload (no eviction).
+
+Both learned variants see each call's *recorded* model name and token counts (the replay's
+token ids are scaled stand-ins, ``token_scale`` trace tokens each): the feature values are
+those training computed for the same call, except the clock-derived ones, which are on the
+replay clock as a served engine's would be on its own.
+
+The bound for harmful evictions is not a policy: Belady's MIN over each run's own access
+sequence (:mod:`cachewise.runtime.replay.belady`) is computed for every run.
+
+Policies are looked up by name in :data:`REGISTRY`; :func:`register_policy` adds one.
 
 Idle times ("gaps") are seconds from a response to the next request of its thread, as the
 training labels define them (:func:`cachewise.features.label.reuse_labels`), fitted on the
@@ -41,6 +56,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -52,9 +68,6 @@ from cachewise.runtime.policy import ReusePrediction, ReusePredictor
 from cachewise.runtime.replay.workload import Workload
 from cachewise.runtime.request_calls import CallBuilder
 
-POLICIES = ("lru", "lru_arrival", "per_tool_mean", "ttl", "heuristic", "learned", "learned_unguarded", "belady", "infinite")
-LEARNED = ("learned", "learned_unguarded")
-HAND_WRITTEN = ("lru_arrival", "per_tool_mean", "ttl", "heuristic")
 NO_TOOL = "<none>"
 _INF = math.inf
 
@@ -169,7 +182,7 @@ class NoOpinion:
         return None
 
 
-class BeladyOracle:
+class RecordedGap:
     """``reuse_at = now + recorded gap to the thread's next call``; a thread's last call is ended."""
 
     def __init__(self, facts: _CallFacts):
@@ -183,39 +196,56 @@ class BeladyOracle:
         return ended(now) if gap is None else ReusePrediction(now + gap, _INF)
 
 
-class _RecordedModelCalls(CallBuilder):
-    """The runtime's :class:`CallBuilder`, with each call's model name as recorded in the trace.
+class RecordedCalls(CallBuilder):
+    """The runtime's :class:`CallBuilder`, with each call's model name and token counts as recorded.
 
     A served engine has one model; the replay overlays sessions of several recorded agents
-    on one engine, and the model family is a feature, so it is taken from the trace.
+    on one engine, and the model family is a feature, so it is taken from the trace. The
+    replay's prompts and outputs are ``token_scale`` times shorter than recorded; the served
+    runtime would count the real tokens, so the recorded counts are used.
     """
 
-    def __init__(self, models: dict[str, str], **kwargs: object):
+    def __init__(self, recorded: dict[str, tuple[str, int, int]], **kwargs: object):
         super().__init__(model="", **kwargs)  # type: ignore[arg-type]
-        self._models = models
+        self._recorded = recorded
 
     def build(self, request: Request, now: float) -> FinishedCall:
         call = super().build(request, now)
-        return replace(call, model=self._models.get(request.request_id, call.model))
+        found = self._recorded.get(request.request_id)
+        if found is None:
+            return call
+        model, prompt, output = found
+        return replace(call, model=model, prompt_tokens=prompt, output_tokens=output)
 
 
-def learned_factory(model: str, workload: Workload, block_size: int) -> Callable[[Callable[[], float]], ReusePredictor]:
-    """Loads the exported model at ``model`` (folder or MLflow URI) once; the returned function
-    builds a fresh :class:`~cachewise.runtime.learned.LearnedPredictor` (empty feature history)
-    for one run on a given clock. Tool calls reach it through the client hint, as in serving.
+def recorded_calls(workload: Workload) -> dict[str, tuple[str, int, int]]:
+    """Request id -> (model, prompt tokens, output tokens) as recorded in the trace."""
+    ev = workload.events
+    return {
+        c.request_id: (str(ev.at[c.row, "model"] or ""), int(ev.at[c.row, "prompt_tokens"]), int(ev.at[c.row, "output_tokens"]))
+        for c in workload.calls
+    }
 
-    Raises :class:`~cachewise.train.exported.ModelLoadError` when the model cannot be loaded.
+
+LearnedFactory = Callable[[Workload, Callable[[], float]], ReusePredictor]
+
+
+def learned_factory(exported: Any, block_size: int) -> LearnedFactory:
+    """For a loaded :class:`~cachewise.train.exported.ExportedModel`: a function that builds a
+    fresh :class:`~cachewise.runtime.learned.LearnedPredictor` (empty feature history) for one
+    run of a workload on a given clock. Tool calls reach it through the request's hint, as in
+    serving.
     """
     from cachewise.runtime.learned import LearnedPredictor
     from cachewise.runtime.tool_calls import get_parser
-    from cachewise.train.exported import load_exported
 
-    exported = load_exported(model)
-    models = {c.request_id: str(workload.events.at[c.row, "model"] or "") for c in workload.calls}
-
-    def make(clock: Callable[[], float]) -> ReusePredictor:
-        calls = _RecordedModelCalls(
-            models, hash_block_size=block_size, parser=get_parser("none"), tokenizer=None, arrival_clock=clock
+    def make(workload: Workload, clock: Callable[[], float]) -> ReusePredictor:
+        calls = RecordedCalls(
+            recorded_calls(workload),
+            hash_block_size=block_size,
+            parser=get_parser("none"),
+            tokenizer=None,
+            arrival_clock=clock,
         )
         return LearnedPredictor(exported, calls)
 
@@ -226,45 +256,81 @@ def learned_factory(model: str, workload: Workload, block_size: int) -> Callable
 class PolicyContext:
     """What building a policy may need.
 
-    ``learned``: builds the learned predictor for a run (given the run's clock); None when
-    no model was given, which makes ``learned`` unavailable.
+    ``learned``: builds the learned predictor for a run (given the workload and the run's
+    clock); None when no model was given, which makes the learned policies unavailable.
     """
 
     workload: Workload
     stats: IdleStats
     ttl_quantile: float = 0.9
-    learned: Callable[[Callable[[], float]], ReusePredictor] | None = None
+    learned: LearnedFactory | None = None
 
 
 @dataclass(frozen=True)
 class Policy:
     """A policy ready for one run: ``predictor`` None means vLLM's own ``BlockPool``;
+    ``client_hints``: whether the replay client sends its session id and hints;
     ``guarded``: the pool runs the runtime's online guard."""
 
     name: str
     predictor: ReusePredictor | None
+    client_hints: bool = True
     guarded: bool = False
 
 
-def build_policy(name: str, ctx: PolicyContext, clock: Callable[[], float]) -> Policy:
-    """A fresh policy ``name`` (see :data:`POLICIES`) for one run on ``clock``.
+@dataclass(frozen=True)
+class PolicySpec:
+    """How to build policy ``name`` for a run: ``build(ctx, clock)`` gives its predictor
+    (None: vLLM's own ``BlockPool``); ``hand_written``: a candidate for "best hand-written"
+    (no model, no knowledge of the future); ``guarded``: run with the runtime's online guard."""
 
-    Raises ``ValueError`` for an unknown name, or ``learned`` without a model.
+    build: Callable[[PolicyContext, Callable[[], float]], ReusePredictor | None]
+    hand_written: bool = False
+    client_hints: bool = True
+    guarded: bool = False
+
+
+def _learned(ctx: PolicyContext, clock: Callable[[], float]) -> ReusePredictor:
+    if ctx.learned is None:
+        raise ValueError("the learned policies need a model: pass --model DIR_OR_URI (or replay.model)")
+    return ctx.learned(ctx.workload, clock)
+
+
+REGISTRY: dict[str, PolicySpec] = {
+    "lru": PolicySpec(lambda ctx, clock: None),
+    "lru_arrival": PolicySpec(lambda ctx, clock: NoOpinion(), hand_written=True),
+    "per_tool_mean": PolicySpec(lambda ctx, clock: PerToolMean(_CallFacts(ctx.workload), ctx.stats), hand_written=True),
+    "ttl": PolicySpec(lambda ctx, clock: TtlPin(_CallFacts(ctx.workload), ctx.stats, ctx.ttl_quantile), hand_written=True),
+    "heuristic": PolicySpec(lambda ctx, clock: Heuristic(_CallFacts(ctx.workload), ctx.stats), hand_written=True),
+    "recorded_gap": PolicySpec(lambda ctx, clock: RecordedGap(_CallFacts(ctx.workload))),
+    "learned": PolicySpec(_learned, guarded=True),
+    "learned_unguarded": PolicySpec(_learned),
+    "learned_nohints": PolicySpec(_learned, client_hints=False, guarded=True),
+    "infinite": PolicySpec(lambda ctx, clock: None),
+}
+
+
+def register_policy(name: str, spec: PolicySpec) -> None:
+    """Add (or replace) policy ``name`` in :data:`REGISTRY`."""
+    REGISTRY[name] = spec
+
+
+def known_policies() -> tuple[str, ...]:
+    return tuple(REGISTRY)
+
+
+def hand_written() -> tuple[str, ...]:
+    """Policies of :data:`REGISTRY` that count as hand-written (``PolicySpec.hand_written``)."""
+    return tuple(n for n, s in REGISTRY.items() if s.hand_written)
+
+
+def build_policy(name: str, ctx: PolicyContext, clock: Callable[[], float]) -> Policy:
+    """A fresh policy ``name`` (a key of :data:`REGISTRY`) for one run on ``clock``.
+
+    Raises ``ValueError`` for an unknown name, or a learned policy without a model.
     """
-    if name not in POLICIES:
-        raise ValueError(f"unknown policy {name!r}; known: {', '.join(POLICIES)}")
-    if name in ("lru", "infinite"):
-        return Policy(name, None)
-    if name in LEARNED:
-        if ctx.learned is None:
-            raise ValueError(f"policy {name!r} needs a model: pass --model DIR_OR_URI (or replay.model)")
-        return Policy(name, ctx.learned(clock), guarded=name == "learned")
-    facts = _CallFacts(ctx.workload)
-    predictors: dict[str, Callable[[], ReusePredictor]] = {
-        "lru_arrival": NoOpinion,
-        "per_tool_mean": lambda: PerToolMean(facts, ctx.stats),
-        "ttl": lambda: TtlPin(facts, ctx.stats, ctx.ttl_quantile),
-        "heuristic": lambda: Heuristic(facts, ctx.stats),
-        "belady": lambda: BeladyOracle(facts),
-    }
-    return Policy(name, predictors[name]())
+    if name not in REGISTRY:
+        hint = " (Belady's MIN is computed for every run: min_* columns)" if name == "belady" else ""
+        raise ValueError(f"unknown policy {name!r}{hint}; known: {', '.join(REGISTRY)}")
+    spec = REGISTRY[name]
+    return Policy(name, spec.build(ctx, clock), spec.client_hints, spec.guarded)

@@ -127,7 +127,8 @@ class Replayer:
         return row
 
     def run_at(self, policy_name: str, num_blocks: int, arrivals: ArrivalParams, progress: bool = False) -> dict:
-        """:meth:`RunMetrics.summary` of ``policy_name`` with exactly ``num_blocks`` vLLM blocks."""
+        """:meth:`RunMetrics.summary` of ``policy_name`` with exactly ``num_blocks`` vLLM blocks
+        (Belady's MIN of the run's sequence at ``num_blocks - 1``, the null block excluded)."""
         clock = ManualClock()
         policy: Policy = build_policy(policy_name, self.ctx, clock)
         metrics = RunMetrics(token_scale=self.w.params.token_scale, block_size=self.engine_params.block_size)
@@ -138,10 +139,12 @@ class Replayer:
             with use_policy(policy.predictor, clock=clock, config=config):
                 engine = VllmEngine(num_blocks, self.max_model_len, self.engine_params)
         timer = _PoolTimer(engine.block_pool)
-        driver = ClosedLoopDriver(self.w, self.synth, engine, self.cost, arrivals, metrics, clock)
+        driver = ClosedLoopDriver(
+            self.w, self.synth, engine, self.cost, arrivals, metrics, clock, client_hints=policy.client_hints
+        )
         driver.run(progress=progress)
         metrics.policy_cpu_s = timer.seconds
-        summary = metrics.summary()
+        summary = metrics.summary(capacity_blocks=None if policy_name == "infinite" else num_blocks - 1)
         stats = getattr(engine.block_pool, "stats", None)
         summary["predictor_cpu_s"] = stats.scorer_seconds if stats is not None else 0.0
         summary["predictor_fallbacks"] = stats.total_fallbacks if stats is not None else 0

@@ -150,6 +150,12 @@ class Workload:
             "is_sidechain": bool(self._column("is_sidechain")[call.row]),
         }
 
+    def server_view(self, call: CallPlan) -> dict:
+        """What a server learns about ``call`` without client cooperation: only the tool calls a
+        tool parser finds in the response text (the replay's synthesised output has no text, so
+        they are taken from the trace); no session, thread or sub-agent hint."""
+        return {"tool_calls": self.hint(call)["tool_calls"]}
+
     def _column(self, name: str) -> np.ndarray:
         """A column of :attr:`events` as an array indexed by row (``events`` has a range index)."""
         if name not in self._columns:

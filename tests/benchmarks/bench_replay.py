@@ -3,7 +3,7 @@
 Prints, for the events table given (default: ingest ../shared/traces/claude-code into a
 temporary file):
 
-* token-scale fidelity: LRU and Belady at one point with ``token_scale`` 16 and 4 on the
+* token-scale fidelity: LRU and recorded_gap at one point with ``token_scale`` 16 and 4 on the
   same sessions; harmful evictions in trace tokens (blocks x tokens per block), hit rate and
   mean session time, with their relative difference;
 * replay speed: LLM calls replayed per second and vLLM steps per second, per policy;
@@ -11,7 +11,13 @@ temporary file):
   written like ``cachewise replay --sweep`` (results.csv, plots, report.md) under ``--out``,
   and its headline tables.
 
-Run: ``python tests/benchmarks/bench_replay.py [--events PATH] [--model DIR] [--out DIR] [--quick]``
+* with ``--block-check``: block-size fidelity instead. vLLM's blocks are 16 tokens; the replay's
+  are 16 replay tokens = 256 trace tokens at ``token_scale`` 16. On a subset (8 sessions,
+  4 concurrent) each policy's harmful evictions and mean JCT relative to ``lru_arrival`` are
+  measured at token_scale 16 and at token_scale 1 (real 16-token blocks) at 25/50/75%
+  capacity; it prints each ratio pair and whether they agree within 5%.
+
+Run: ``python tests/benchmarks/bench_replay.py [--events PATH] [--model DIR] [--out DIR] [--quick] [--block-check]``
 (``--quick``: 2 capacities x 1 concurrency, for a smoke check).
 """
 
@@ -61,28 +67,52 @@ def _replayer(config, token_scale: int, n_sessions: int) -> Replayer:
 
 
 def fidelity(config, n_sessions: int = 8) -> None:
-    """LRU and Belady at capacity 0.5, concurrency 8: token_scale 16 against 4."""
+    """LRU and recorded_gap at capacity 0.5, concurrency 8: token_scale 16 against 4."""
     print(f"\n== token-scale fidelity ({n_sessions} sessions, concurrency 8, capacity 0.5) ==")
     arrivals = config.arrivals(8)
     rows = {}
     for scale in (16, 4):
         rep = _replayer(config, scale, n_sessions)
-        for policy in ("lru", "belady"):
+        for policy in ("lru", "recorded_gap"):
             start = time.perf_counter()
             r = rep.run(RunSpec(policy, 0.5, arrivals))
             rows[(scale, policy)] = r
             print(
                 f"scale {scale:2d} {policy:7s} harmful={r['harmful_evictions'] * r['block_tokens']:>12,} trace tokens"
-                f"  hit={r['hit_rate']:.3f}  session_mean={r['session_s_mean']:8.1f}s"
+                f"  hit={r['hit_rate']:.3f}  jct_mean={r['jct_s_mean']:8.1f}s"
                 f"  wall={time.perf_counter() - start:6.1f}s"
             )
-    for policy in ("lru", "belady"):
+    for policy in ("lru", "recorded_gap"):
         a, b = rows[(16, policy)], rows[(4, policy)]
         ha, hb = a["harmful_evictions"] * a["block_tokens"], b["harmful_evictions"] * b["block_tokens"]
         print(
             f"{policy:7s} scale 16 vs 4: harmful tokens {100 * (ha / hb - 1):+.1f}%, hit rate"
-            f" {a['hit_rate'] - b['hit_rate']:+.3f}, session mean {100 * (a['session_s_mean'] / b['session_s_mean'] - 1):+.1f}%"
+            f" {a['hit_rate'] - b['hit_rate']:+.3f}, session mean {100 * (a['jct_s_mean'] / b['jct_s_mean'] - 1):+.1f}%"
         )
+
+
+def block_check(config, n_sessions: int = 8, tolerance: float = 0.05) -> None:
+    """Per-policy ratios to lru_arrival at token_scale 16 vs 1 (module doc)."""
+    policies = ["lru", "lru_arrival", "per_tool_mean", "heuristic"]  # no model needed: scale fidelity of the engine
+    arrivals = config.arrivals(4)
+    ratios: dict[tuple[int, float, str], tuple[float, float]] = {}
+    for scale in (16, 1):
+        rep = _replayer(config, scale, n_sessions)
+        for frac in (0.25, 0.5, 0.75):
+            rows = {p: rep.run(RunSpec(p, frac, arrivals)) for p in policies}
+            base = rows["lru_arrival"]
+            for p, r in rows.items():
+                ratios[(scale, frac, p)] = (
+                    r["harmful_evictions"] * r["block_tokens"] / max(base["harmful_evictions"] * base["block_tokens"], 1),
+                    r["jct_s_mean"] / base["jct_s_mean"],
+                )
+    print(f"\n== block-size fidelity ({n_sessions} sessions, concurrency 4): policy / lru_arrival ==")
+    for frac in (0.25, 0.5, 0.75):
+        for p in policies:
+            (h16, j16), (h1, j1) = ratios[(16, frac, p)], ratios[(1, frac, p)]
+            agree = abs(h16 / h1 - 1) <= tolerance if h1 else h16 == 0
+            print(f"cap {frac:.2f} {p:12s} harmful ratio {h16:.3f} (scale 16) vs {h1:.3f} (scale 1),"
+                  f" JCT ratio {j16:.3f} vs {j1:.3f}: {'within' if agree else 'NOT within'} {tolerance:.0%}")
 
 
 def speed(config, n_sessions: int = 16) -> None:
@@ -110,12 +140,16 @@ def main() -> None:
     parser.add_argument("--params", default=str(REPO / "params.yaml"))
     parser.add_argument("--out", default="/tmp/cw/replay_full")
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--block-check", action="store_true", help="block-size fidelity only (token_scale 16 vs 1)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         events = _events(args.events, Path(tmp))
         config = load_config(args.params, {"events": events, "model": args.model, "out": args.out})
         if args.model is None:
-            config = replace(config, policies=tuple(p for p in config.policies if p != "learned"))
+            config = replace(config, policies=tuple(p for p in config.policies if not p.startswith("learned")))
+        if args.block_check:
+            block_check(config)
+            return
         fidelity(config)
         speed(config)
         grid = SweepSettings((0.3, 0.7), (32,)) if args.quick else SweepSettings(FULL_FRACS, FULL_CONCURRENCY)
