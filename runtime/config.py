@@ -70,16 +70,45 @@ class SchedulerSettings:
     @classmethod
     def from_mapping(cls, raw: Mapping[str, Any]) -> SchedulerSettings:
         """Parse ``cachewise.scheduler``; unknown keys and non-numbers raise :class:`ConfigError`."""
-        if not isinstance(raw, Mapping):
-            raise ConfigError("cachewise.scheduler must be a JSON object")
-        known = {f.name for f in fields(cls)}
-        if set(raw) - known:
-            raise ConfigError(f"unknown cachewise.scheduler keys {sorted(set(raw) - known)}; valid: {sorted(known)}")
-        return cls(**{k: _typed(cls, k, v) for k, v in raw.items()})
+        return _numbers_section(cls, raw, "scheduler")
 
     def __post_init__(self) -> None:
         if self.lookahead < 1 or self.max_passes < 0 or not (self.max_wait_s >= 0):
             raise ConfigError(f"invalid scheduler settings {self}")
+
+
+@dataclass(frozen=True)
+class ResidencySettings:
+    """Settings of the residency controller (``cachewise.residency``; :mod:`cachewise.runtime.residency`).
+
+    ``headroom``: fraction of the KV cache kept free of resident working sets (admission
+    budget = ``(1 - headroom) * blocks``). ``max_wait_s`` / ``max_passes``: starvation
+    bound: a session held that long (seconds since its oldest waiting request arrived, or
+    scheduler steps) is admitted regardless. ``horizon_s``: how far ahead the cost rule
+    looks (a return later than that counts as "not back"). ``prefill_a0``, ``prefill_a_tok``,
+    ``prefill_a_ctx``: prefill cost model ``a0 + a_tok n + a_ctx n^2 / 2`` (seconds, n
+    tokens) of recomputing a dropped working set; defaults: Llama-3.1-8B on an H200
+    (``runtime/replay/cost_coefficients.json``).
+    """
+
+    headroom: float = 0.1
+    max_wait_s: float = 1800.0
+    max_passes: int = 100000
+    horizon_s: float = 600.0
+    prefill_a0: float = 0.008534235488234275
+    prefill_a_tok: float = 2.038725126120883e-05
+    prefill_a_ctx: float = 1.4758954005404623e-09
+
+    @classmethod
+    def from_mapping(cls, raw: Mapping[str, Any]) -> ResidencySettings:
+        """Parse ``cachewise.residency``; unknown keys and non-numbers raise :class:`ConfigError`."""
+        return _numbers_section(cls, raw, "residency")
+
+    def __post_init__(self) -> None:
+        if not (0 <= self.headroom < 1) or not (self.max_wait_s >= 0) or self.max_passes < 0 or not (self.horizon_s > 0):
+            raise ConfigError(f"invalid residency settings {self}")
+        if min(self.prefill_a0, self.prefill_a_tok, self.prefill_a_ctx) < 0:
+            raise ConfigError("residency prefill cost coefficients must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -92,6 +121,7 @@ class CacheWiseSettings:
     metrics_port: int | None = None
     pool: PoolConfig = field(default_factory=PoolConfig)
     scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)
+    residency: ResidencySettings = field(default_factory=ResidencySettings)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -106,7 +136,7 @@ class CacheWiseSettings:
             raise ConfigError(f"additional_config.cachewise must be a JSON object, got {type(raw).__name__}")
         raw = dict(raw)
         pool_keys = {f.name for f in fields(PoolConfig)}
-        own_keys = {"mode", "model", "tool_parser", "metrics_port", "scheduler"}
+        own_keys = {"mode", "model", "tool_parser", "metrics_port", "scheduler", "residency"}
         unknown = set(raw) - pool_keys - own_keys
         if unknown:
             raise ConfigError(
@@ -116,6 +146,8 @@ class CacheWiseSettings:
             pool = PoolConfig(**{k: _typed(PoolConfig, k, raw.pop(k)) for k in pool_keys if k in raw})
             sched_raw = raw.pop("scheduler", None)
             scheduler = SchedulerSettings.from_mapping({} if sched_raw is None else sched_raw)
+            residency_raw = raw.pop("residency", None)
+            residency = ResidencySettings.from_mapping({} if residency_raw is None else residency_raw)
             port = raw.pop("metrics_port", None)
             return cls(
                 mode=str(raw.pop("mode", "learned")),
@@ -124,11 +156,22 @@ class CacheWiseSettings:
                 metrics_port=None if port is None else int(port),
                 pool=pool,
                 scheduler=scheduler,
+                residency=residency,
             )
         except (TypeError, ValueError) as exc:
             if isinstance(exc, ConfigError):
                 raise
             raise ConfigError(f"cachewise settings: {exc}") from exc
+
+
+def _numbers_section(cls: type, raw: Any, name: str) -> Any:
+    """Dataclass ``cls`` from the numeric sub-mapping ``cachewise.<name>`` (unknown keys, non-numbers: ConfigError)."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"cachewise.{name} must be a JSON object")
+    known = {f.name for f in fields(cls)}
+    if set(raw) - known:
+        raise ConfigError(f"unknown cachewise.{name} keys {sorted(set(raw) - known)}; valid: {sorted(known)}")
+    return cls(**{k: _typed(cls, k, v) for k, v in raw.items()})
 
 
 def _typed(cls: type, key: str, value: Any) -> Any:
