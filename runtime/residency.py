@@ -26,13 +26,15 @@ Cost trade-off for demoting an idle resident session ``j`` with ``W_j`` blocks, 
 seconds, return forecast ``F_j`` (quantiles of its gap; remaining gap ``R_j`` = the
 quantiles above ``e`` minus ``e``; no forecast = "idle as long again"), while a session waits:
 
-    keep_j = E[min(R_j, H)]                              # seconds the waiting head is held by j's room
-    drop_j = P(R_j <= H) * prefill_s(W_j) * (1 + n_run)  # recompute when j is back, paid by j and
-                                                         # every request batched with it
+    keep_j = E[min(R_j, H)]                 # seconds the waiting head is held by j's room
+    drop_j = P(R_j <= H) * (prefill_s(W_j) * (1 + n_run) + Q)
     demote j  iff  keep_j > drop_j
 
 with ``H = horizon_s``, ``prefill_s(n tokens) = a0 + a_tok n + a_ctx n^2 / 2`` (the measured
-cost model, no cached context) and ``n_run`` the requests running now. Candidates are
+cost model, no cached context), ``n_run`` the requests running now (a recompute stalls j
+and every request batched with it) and ``Q`` the queueing delay j meets when it is back
+and no longer resident: the mean admission wait of the last :data:`QUEUE_WINDOW` admitted
+sessions (the "queueing delay induced by eviction" of Continuum, measured, not assumed). Candidates are
 taken in decreasing ``keep_j - drop_j``. The whole distribution is used: a session
 predicted back in 2 s with a 10% chance of a 10-minute test run has a small ``keep``;
 one whose turn ended (the model predicts a long gap) has ``keep ≈ H`` and ``P(back) ≈ 0``.
@@ -43,11 +45,16 @@ requests); memory O(sessions) (pass counts are dropped when a session is admitte
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from cachewise.runtime.config import ResidencySettings
 from cachewise.runtime.sessions import SessionState, SessionView
+
+
+QUEUE_WINDOW = 32
+"""Admissions over which the queueing delay ``Q`` of the cost rule is averaged."""
 
 
 @dataclass
@@ -92,8 +99,15 @@ class ResidencyController:
         self.demotions = 0
         self.forced = 0
         self.longest_wait_s = 0.0
+        self._recent_waits: deque[float] = deque(maxlen=QUEUE_WINDOW)
 
-    def keep_and_drop(self, state: SessionState, blocks: int, now: float, running: int) -> tuple[float, float]:
+    @property
+    def queueing_delay_s(self) -> float:
+        """``Q``: mean admission wait of the last :data:`QUEUE_WINDOW` admitted sessions (0 before any)."""
+        waits = self._recent_waits
+        return sum(waits) / len(waits) if waits else 0.0
+
+    def keep_and_drop(self, state: SessionState, blocks: float, now: float, running: int) -> tuple[float, float]:
         """``(keep_j, drop_j)`` of the module doc for idle session ``state`` holding ``blocks``."""
         assert state.idle_since is not None
         elapsed = now - state.idle_since
@@ -104,7 +118,7 @@ class ResidencyController:
             keep, p_back = min(rest, h), 1.0 if rest <= h else 0.0
         else:
             keep, p_back = forecast.expected_hold(elapsed, h), forecast.p_back_within(elapsed, h)
-        drop = p_back * self._recompute(blocks * self.block_tokens) * (1 + running)
+        drop = p_back * (self._recompute(int(blocks * self.block_tokens)) * (1 + running) + self.queueing_delay_s)
         return keep, drop
 
     def plan(self, view: SessionView, now: float, running: int) -> Plan:
@@ -115,9 +129,9 @@ class ResidencyController:
                 view.set_residency(state.key, False)
         for key in view.forget(now):
             self._passes.pop(key, None)
-        used = 0
+        used = 0.0
         active = False
-        idle: list[tuple[SessionState, int]] = []
+        idle: list[tuple[SessionState, float]] = []
         waiting: list[SessionState] = []
         for state in view:
             if state.resident:
@@ -136,7 +150,7 @@ class ResidencyController:
             since = view.waiting_since(s.key)
             waited[s.key] = 0.0 if since is None else now - since
         waiting.sort(key=lambda s: (not self._aged(s.key, waited[s.key]), s.first_arrival, s.key))
-        candidates: list[tuple[float, SessionState, int]] | None = None
+        candidates: list[tuple[float, SessionState, float]] | None = None
         blocked = False
         for state in waiting:
             key = state.key
@@ -147,7 +161,7 @@ class ResidencyController:
                 if not fits:
                     if candidates is None:
                         candidates = self._candidates(idle, now, running)
-                    freed, chosen = 0, []
+                    freed, chosen = 0.0, []
                     for _, cand, blocks in candidates:
                         if used - freed + need <= self.budget:
                             break
@@ -172,6 +186,7 @@ class ResidencyController:
                     active = True
                     self._passes.pop(key, None)
                     self.longest_wait_s = max(self.longest_wait_s, waited[key])
+                    self._recent_waits.append(waited[key])
                     continue
                 blocked = True
             plan.held.append(key)
@@ -183,8 +198,8 @@ class ResidencyController:
         return waited >= self.settings.max_wait_s or self._passes.get(key, 0) >= self.settings.max_passes
 
     def _candidates(
-        self, idle: list[tuple[SessionState, int]], now: float, running: int
-    ) -> list[tuple[float, SessionState, int]]:
+        self, idle: list[tuple[SessionState, float]], now: float, running: int
+    ) -> list[tuple[float, SessionState, float]]:
         """Idle resident sessions whose demotion pays, best first (largest ``keep - drop``)."""
         out = []
         for state, blocks in idle:

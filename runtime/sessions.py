@@ -28,8 +28,10 @@ Invariants (checked by the property tests):
 
 * every live request belongs to exactly one session, and ``waiting ⊆ live``;
 * ``idle_since`` is None iff the session has a live request;
-* ``working_set(s) = Σ_threads (blocks + growth)`` (a prefix shared by two threads counts
-  twice: an upper bound), plus the prompt blocks of waiting requests of unknown threads;
+* ``working_set(s) = Σ_threads (blocks + growth - shared)``, plus what live requests need
+  beyond that; ``shared`` = ``Σ_h (1 - 1/refs[h])`` over the thread's hashes as of its last
+  finish, so a prefix held by ``n`` threads (a common system prompt) counts ``1/n`` in each
+  and the sum over sessions approximates the distinct blocks they hold;
 * ``hash_refs[h]`` = the number of threads (over all sessions) whose latest hashes hold
   ``h``; a hash is *exclusive* to a session when all its references come from it.
 
@@ -144,6 +146,7 @@ class ThreadState:
     blocks: int = 0
     growth: int = 0
     hashes: tuple[Hashable, ...] = ()
+    shared: float = 0.0
 
 
 @dataclass
@@ -250,6 +253,8 @@ class SessionView:
         t.growth = max(blocks - t.blocks, 0) if t.blocks else 0
         t.blocks = blocks
         self._set_hashes(t, tuple(hashes))
+        refs = self._hash_refs
+        t.shared = sum(1.0 - 1.0 / refs[h] for h in t.hashes)
         state.finished_calls += 1
         if req.forecast is not None:
             state.forecast = req.forecast
@@ -304,10 +309,10 @@ class SessionView:
         state = self._sessions[key]
         return min((self._requests[r].arrived for r in state.waiting), default=None)
 
-    def working_set(self, key: str) -> int:
+    def working_set(self, key: str) -> float:
         """Blocks the session needs resident (module doc)."""
         state = self._sessions[key]
-        total = sum(t.blocks + t.growth for t in state.threads.values())
+        total = sum(t.blocks + t.growth - t.shared for t in state.threads.values())
         known = state.threads
         for rid in state.live:
             req = self._requests[rid]

@@ -71,6 +71,7 @@ def test_exclusive_hashes_leave_out_shared_prefixes() -> None:
         view.on_arrival(rid, session, "t", 32, now=0.0)
         view.on_finished(rid, 32, hashes, now=1.0)
     assert view.exclusive_hashes("s1") == [b"x"] and view.hash_refs(b"sys") == 2
+    assert view.working_set("s2") == 1.5  # the shared block counts half in the session that saw it shared
 
 
 def test_forget_drops_expired_idle_sessions_only() -> None:
@@ -122,7 +123,7 @@ def test_invariants_hold_under_random_events(seq: list) -> None:
         for s in view:
             assert s.waiting <= s.live
             assert (s.idle_since is None) == bool(s.live)
-            assert view.working_set(s.key) >= sum(t.blocks for t in s.threads.values())
+            assert view.working_set(s.key) >= sum(t.blocks - t.shared for t in s.threads.values()) >= 0
             for rid in s.live:
                 assert view.session_of(rid) == s.key
         refs: dict = {}

@@ -27,6 +27,7 @@ from cachewise.runtime.replay.driver import ReplayStuck
 from cachewise.runtime.replay.engine import EngineParams
 from cachewise.runtime.replay.policies import IdleStats, PolicyContext, learned_factory
 from cachewise.runtime.replay.report import markdown_table, write_report
+from cachewise.runtime.replay.residency_policies import cap_policies
 from cachewise.runtime.replay.runner import Replayer
 from cachewise.runtime.replay.selection import select_sessions
 from cachewise.runtime.replay.sweep import run_grid
@@ -55,12 +56,24 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--token-scale", type=int, help="trace tokens per replay token")
     parser.add_argument("--seed", type=int, help="seed of session order, token ids and arrivals")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--admission-caps", help="comma-separated fixed admission caps N, added as policies capN (e.g. 4,8,12,16,24)"
+    )
+
+
+def _policies(args: argparse.Namespace) -> tuple[str, ...] | None:
+    """``--policies`` plus ``capN`` for each N of ``--admission-caps`` (None: the params' list)."""
+    listed = tuple(p.strip() for p in args.policies.split(",") if p.strip()) if args.policies else ()
+    caps = cap_policies(args.admission_caps) if getattr(args, "admission_caps", None) else ()
+    if caps and not listed:
+        listed = tuple(load_config(args.params, {}).policies)
+    return (*listed, *caps) or None
 
 
 def _config(args: argparse.Namespace) -> ReplayConfig:
     overrides = {
         "events": args.events,
-        "policies": tuple(p.strip() for p in args.policies.split(",") if p.strip()) if args.policies else None,
+        "policies": _policies(args),
         "capacity_frac": args.capacity_frac,
         "concurrency": args.concurrency,
         "arrival_rate": args.arrival_rate,
@@ -113,9 +126,9 @@ def replay(config: ReplayConfig, params_path: str, sweep: bool, progress: bool) 
     cost = load_cost_model(config.cost_coefficients, config.model_shape)
     engine = config.engine.for_scale(config.workload.token_scale)
     learned = None
-    if "learned" in config.policies:
+    if any(p in ("learned", "cachewise") or p.startswith("cap") for p in config.policies):
         if config.model is None:
-            raise ReplayConfigError("policy 'learned' needs --model (or replay.model)")
+            raise ReplayConfigError("policies learned, cachewise and capN need --model (or replay.model)")
         learned = learned_factory(config.model, workload, engine.block_size)
     ctx = PolicyContext(workload, IdleStats.fit(chosen.fit_events), config.ttl_quantile, learned)
     replayer = Replayer(workload, cost, engine, ctx, seed=config.seed)

@@ -18,6 +18,7 @@ import yaml
 from cachewise.runtime.replay.driver import ArrivalParams
 from cachewise.runtime.replay.engine import EngineParams
 from cachewise.runtime.replay.policies import POLICIES
+from cachewise.runtime.replay.residency_policies import RESIDENCY_POLICIES, is_residency_policy
 from cachewise.runtime.replay.workload import WorkloadParams
 
 SECTION = "replay"
@@ -74,9 +75,9 @@ class ReplayConfig:
     sweep: SweepSettings = field(default_factory=SweepSettings)
 
     def __post_init__(self) -> None:
-        unknown = [p for p in self.policies if p not in POLICIES]
+        unknown = [p for p in self.policies if p not in POLICIES and not is_residency_policy(p)]
         if unknown:
-            raise ReplayConfigError(f"unknown policies {unknown}; known: {', '.join(POLICIES)}")
+            raise ReplayConfigError(f"unknown policies {unknown}; known: {', '.join(POLICIES)}, {', '.join(RESIDENCY_POLICIES)}, capN")
         if self.split not in ("test", "all"):
             raise ReplayConfigError(f"split must be 'test' or 'all', got {self.split!r}")
         if not 0 < self.ttl_quantile < 1:
