@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -116,6 +119,12 @@ def test_engine_never_idles_on_the_controller() -> None:
     view, ctl = SessionView(BLOCK), _controller(10)
     view.on_arrival("a", "A", "t", 50 * BLOCK, 0.0)  # larger than the whole budget
     assert ctl.plan(view, 0.0, running=0).admitted == {"A"}
+
+
+def test_controller_and_view_import_no_vllm() -> None:
+    """Pure decision logic: unit-testable without vLLM (checked in a fresh interpreter)."""
+    code = "import sys, cachewise.runtime.residency; sys.exit(any(m.split('.')[0] in ('vllm', 'torch') for m in sys.modules))"
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
 
 
 def test_settings_parse_and_reject() -> None:
