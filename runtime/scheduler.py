@@ -185,6 +185,8 @@ class ResidencyMixin:
             self._residency_failed(exc)
 
     def _start_residency(self) -> None:
+        if not isinstance(self.waiting, FCFSRequestQueue):
+            raise ConfigError("residency applies to the fcfs scheduling policy only")
         settings = self.residency_settings or _section(self.vllm_config, "residency", ResidencySettings)
         pool = self.kv_cache_manager.block_pool
         self.sessions = SessionView(self.block_size)
@@ -195,8 +197,6 @@ class ResidencyMixin:
             predictor.sessions = self.sessions  # the predictor reports each call's session and forecast
         calls = getattr(predictor, "calls", None)
         self._lookup = getattr(calls, "lookup", None)
-        if not isinstance(self.waiting, FCFSRequestQueue):
-            raise ConfigError("residency applies to the fcfs scheduling policy only")
         logger.info("CacheWise residency on: %s, capacity %d blocks", settings, self.residency.capacity)
 
     def _residency_failed(self, exc: BaseException) -> None:
