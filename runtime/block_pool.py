@@ -196,6 +196,22 @@ class ScoredBlockPool(BlockPool):
             if free:
                 yield free
 
+    def demote(self, block_hashes: Iterable[BlockHash], group_ids: Sequence[int]) -> int:
+        """The free cached blocks of ``block_hashes`` (in KV-cache groups ``group_ids``) become
+        the first evicted (a session demoted by the residency controller); returns how many.
+        Blocks in use are untouched. No-op in fallback mode."""
+        order = self._order
+        if order is None:
+            return 0
+        free = []
+        for block_hash in block_hashes:
+            for group_id in group_ids:
+                found = BlockPool.get_cached_block(self, block_hash, [group_id])
+                if found is not None and found[0].ref_cnt == 0:
+                    free.append(found[0])
+        order.on_demote(free, self.clock())
+        return len(free)
+
     def _predict(self, request: Request, now: float) -> tuple[float, float] | None:
         """The predictor's checked answer for ``request``, or None (no opinion or failure)."""
         assert self.predictor is not None

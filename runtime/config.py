@@ -129,6 +129,40 @@ class SchedulerSettings:
 
 
 @dataclass(frozen=True)
+class ResidencySettings:
+    """Settings of the residency controller (``cachewise.residency``; :mod:`cachewise.runtime.residency`).
+
+    ``headroom``: fraction of the KV cache kept free of resident working sets (admission
+    budget = ``(1 - headroom) * blocks``). ``max_wait_s`` / ``max_passes``: starvation
+    bound: a session held that long (seconds since its oldest waiting request arrived, or
+    scheduler steps) is admitted regardless. ``horizon_s``: how far ahead the cost rule
+    looks (a return later than that counts as "not back"). ``prefill_a0``, ``prefill_a_tok``,
+    ``prefill_a_ctx``: prefill cost model ``a0 + a_tok n + a_ctx n^2 / 2`` (seconds, n
+    tokens) of recomputing a dropped working set; defaults: Llama-3.1-8B on an H200
+    (``runtime/replay/cost_coefficients.json``).
+    """
+
+    headroom: float = 0.1
+    max_wait_s: float = 1800.0
+    max_passes: int = 100000
+    horizon_s: float = 600.0
+    prefill_a0: float = 0.008534235488234275
+    prefill_a_tok: float = 2.038725126120883e-05
+    prefill_a_ctx: float = 1.4758954005404623e-09
+
+    @classmethod
+    def from_mapping(cls, raw: Mapping[str, Any]) -> ResidencySettings:
+        """Parse ``cachewise.residency``; unknown keys and non-numbers raise :class:`ConfigError`."""
+        return cls(**_sub_mapping(cls, raw, "residency"))
+
+    def __post_init__(self) -> None:
+        if not (0 <= self.headroom < 1) or not (0 <= self.max_wait_s < math.inf) or self.max_passes < 0 or not (0 < self.horizon_s < math.inf):
+            raise ConfigError(f"invalid residency settings {self}")
+        if min(self.prefill_a0, self.prefill_a_tok, self.prefill_a_ctx) < 0:
+            raise ConfigError("residency prefill cost coefficients must be >= 0")
+
+
+@dataclass(frozen=True)
 class CacheWiseSettings:
     """Everything under ``additional_config["cachewise"]``.
 
@@ -147,6 +181,7 @@ class CacheWiseSettings:
     log_dir: str | None = None
     pool: PoolConfig = field(default_factory=PoolConfig)
     scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)
+    residency: ResidencySettings = field(default_factory=ResidencySettings)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -166,7 +201,9 @@ class CacheWiseSettings:
             raise ConfigError(f"additional_config.cachewise must be a JSON object, got {type(raw).__name__}")
         raw = dict(raw)
         pool_keys = {f.name for f in fields(PoolConfig)} - {"guard"}
-        own_keys = {"mode", "model", "tool_parser", "metrics_port", "registry_timeout_s", "log_dir", "scheduler", "guard"}
+        own_keys = {
+            "mode", "model", "tool_parser", "metrics_port", "registry_timeout_s", "log_dir", "scheduler", "residency", "guard",
+        }
         unknown = set(raw) - pool_keys - own_keys
         if unknown:
             raise ConfigError(
@@ -178,6 +215,8 @@ class CacheWiseSettings:
             pool = PoolConfig(**{k: _typed(PoolConfig, k, raw.pop(k)) for k in pool_keys if k in raw}, guard=guard)
             sched_raw = raw.pop("scheduler", None)
             scheduler = SchedulerSettings.from_mapping({} if sched_raw is None else sched_raw)
+            residency_raw = raw.pop("residency", None)
+            residency = ResidencySettings.from_mapping({} if residency_raw is None else residency_raw)
             port = raw.pop("metrics_port", None)
             port = int(port) if isinstance(port, str) and port.strip().isdigit() else port  # "9400" as on a CLI
             timeout = raw.pop("registry_timeout_s", None)
@@ -193,6 +232,7 @@ class CacheWiseSettings:
                 log_dir=log_dir,
                 pool=pool,
                 scheduler=scheduler,
+                residency=residency,
             )
         except (TypeError, ValueError) as exc:
             if isinstance(exc, ConfigError):

@@ -3,7 +3,8 @@
 Builds a ``VllmConfig`` for a tiny Llama-shaped model (a ``config.json`` in a temporary
 folder, no weights, no tokenizer), the scheduler class vLLM would pick for it, and steps
 it with model outputs supplied by the caller, the way ``EngineCore`` does with a GPU. Used
-by the runtime tests and the overhead benchmark, and as an offline check of CacheWise
+by the runtime tests and the overhead benchmark (with :func:`export_tiny_model` for a
+loadable model), and as an offline check of CacheWise
 settings before serving::
 
     python -m cachewise.runtime.cpu_engine '{"cachewise": {"model": "models/cachewise-reuse"}}'
@@ -172,6 +173,25 @@ def run_to_completion(scheduler: Scheduler, max_steps: int = 10000) -> list[Requ
             return finished
         finished.extend(step(scheduler))
     raise RuntimeError(f"requests still unfinished after {max_steps} steps")
+
+
+def export_tiny_model(folder: Path, spec_changes: dict[str, Any] | None = None) -> Path:
+    """A loadable export folder (``model.txt`` + ``spec.json``) of a 5-tree model fitted on
+    random data: enough to exercise the learned pool on a CPU without the pipeline."""
+    import lightgbm as lgb
+    import numpy as np
+
+    from cachewise.features.spec import FEATURE_NAMES, spec_fields
+    from cachewise.train.exported import write_export
+    from cachewise.train.idle import N_LEVELS
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, len(FEATURE_NAMES)))
+    y = np.log1p(np.abs(x[:, 0]) * 100)
+    booster = lgb.train({"objective": "regression", "verbose": -1, "min_data_in_leaf": 5}, lgb.Dataset(x, y), 5)
+    spec = {**spec_fields(), "residual_quantiles": {"model": list(np.linspace(-1, 1, N_LEVELS))}}
+    write_export(folder, booster, {**spec, **(spec_changes or {})})
+    return folder
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -213,6 +213,18 @@ class EvictionOrder:
                 if children[b] == 0 and self._is_free(blk) and blk._block_hash is not None:
                     self._push(b)
 
+    def on_demote(self, blocks: Iterable[KVCacheBlock], now: float) -> None:
+        """``blocks`` (free, cached) belong to a session demoted at ``now``: each becomes
+        "ended" (never reused, expired now), overriding the merge rule, so they are evicted
+        before every predicted block; leaves are re-pushed (their old entries die)."""
+        keyed, requested, requesters = self._keyed, self._requested, self._requesters
+        reuse, expire, children = self._reuse, self._expire, self._children
+        for blk in blocks:
+            b = blk.block_id
+            keyed[b], requested[b], requesters[b], reuse[b], expire[b] = 1, 0, 0, _INF, now
+            if children[b] == 0:
+                self._push(b)
+
     def on_touch(self, block: KVCacheBlock) -> None:
         """``block`` was hit by a new request: its prediction is consumed, its entries die."""
         self._keyed[block.block_id] = 0

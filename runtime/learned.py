@@ -16,7 +16,9 @@ the two the pool re-keys an overdue prefix to "idle as long again" (the tail rul
 :mod:`cachewise.train.idle`; :mod:`cachewise.runtime.eviction_order`), and caps
 ``expire_at`` at ``now + max_idle_s``. A NaN / inf model output raises
 :class:`~cachewise.runtime.policy.InvalidPrediction`, which the pool counts as an invalid
-score (no prediction for that request).
+score (no prediction for that request). With a session view attached (``sessions``, by the
+residency scheduler) each prediction is also reported to it as the call's (session,
+thread) and a :class:`~cachewise.runtime.sessions.Forecast` of the whole gap distribution.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from cachewise.features.online import FeatureState
 from cachewise.features.record import FinishedCall
 from cachewise.runtime.policy import InvalidPrediction, ReusePrediction
 from cachewise.runtime.request_calls import CallBuilder
+from cachewise.runtime.sessions import Forecast, SessionView
 from cachewise.train.idle import LEVELS
 
 EXPIRY_LEVEL = 0.99
@@ -58,6 +61,12 @@ class LearnedPredictor:
         self._features = features or FeatureState()
         self._on_call = on_call
         self._expiry_residual = float(model.conditioner.residual_quantiles[_EXPIRY_INDEX])
+        self.sessions: SessionView | None = None  # set by the residency scheduler: gets each forecast
+
+    @property
+    def calls(self) -> CallBuilder:
+        """The call builder (its read-only :meth:`CallBuilder.lookup` names sessions at arrival)."""
+        return self._calls
 
     def on_request_finished(self, request: Request, now: float) -> ReusePrediction:
         call = self._calls.build(request, now)
@@ -66,6 +75,9 @@ class LearnedPredictor:
         label = float(self.model.predict_one(self._features.observe(call)))
         if not math.isfinite(label):
             raise InvalidPrediction(f"model returned {label} for thread {call.thread_key}")
+        if self.sessions is not None:
+            forecast = Forecast.from_log_model(label, self.model.conditioner.residual_quantiles)
+            self.sessions.on_forecast(request.request_id, call.session_key, call.thread_key, forecast)
         gap = self.model.expected_gap_one(label, 0.0)
         horizon = math.expm1(label + self._expiry_residual)
         return ReusePrediction(now + gap, now + max(horizon, gap))

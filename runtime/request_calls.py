@@ -122,21 +122,40 @@ class CallBuilder:
                 self._remember(hashes[idx], thread, session)
         return call
 
+    def lookup(self, request: Request) -> tuple[str | None, str] | None:
+        """(thread, session) the request would be assigned if it finished now, when known
+        without a new thread: explicit hints, else the prefix-chain match. Read-only."""
+        hint = hint_of(request)
+        hashes = request.block_hashes
+        prompt_blocks = min(request.num_prompt_tokens // self._block, len(hashes))
+        found = self._known_thread(hint, hashes, prompt_blocks, touch=False)
+        explicit = request.session_id or hint.get("session_id")
+        if isinstance(explicit, str) and explicit:
+            return (found[0] if found else None), explicit
+        if found is None:
+            return None
+        return found[0], found[1] or found[0]
+
+    def _known_thread(
+        self, hint: Mapping[str, Any], hashes: list[bytes], prompt_blocks: int, touch: bool
+    ) -> tuple[str, str] | None:
+        """The (thread, session) of a hinted thread id or of the latest registered hash in the chain."""
+        if isinstance(hint.get("thread_id"), str):
+            return (hint["thread_id"], "")
+        threads = self._threads
+        for i in range(prompt_blocks - 1, -1, -1):
+            entry = threads.get(hashes[i])
+            if entry is not None:
+                if touch:
+                    threads.move_to_end(hashes[i])
+                return entry
+        return None
+
     def _thread_of(
         self, request: Request, hint: Mapping[str, Any], hashes: list[bytes], prompt_blocks: int
     ) -> tuple[str, str]:
         """(thread key, session key) of ``request`` (module doc)."""
-        found: tuple[str, str] | None = None
-        if isinstance(hint.get("thread_id"), str):
-            found = (hint["thread_id"], "")
-        else:
-            threads = self._threads
-            for i in range(prompt_blocks - 1, -1, -1):
-                entry = threads.get(hashes[i])
-                if entry is not None:
-                    threads.move_to_end(hashes[i])
-                    found = entry
-                    break
+        found = self._known_thread(hint, hashes, prompt_blocks, touch=True)
         if found is None:
             self._next_thread += 1
             found = (f"t{self._next_thread}", "")

@@ -1,4 +1,22 @@
-"""Prefix-aware admission: waiting requests with larger cached-prefix hits go first.
+"""vLLM scheduler subclasses: prefix-aware admission, and session residency.
+
+Residency (``--scheduler-cls cachewise.runtime.scheduler.ResidencyAsyncScheduler``, or
+``ResidencyScheduler`` with async scheduling off; settings
+``additional_config["cachewise"]["residency"]``, :class:`~cachewise.runtime.config.ResidencySettings`):
+the scheduler keeps the engine's :class:`~cachewise.runtime.sessions.SessionView` (request
+arrived, first scheduled, finished, aborted; the learned predictor adds each finished
+call's session, thread and return forecast) and, before each of vLLM's ``schedule()``
+calls, asks the :class:`~cachewise.runtime.residency.ResidencyController` for a plan:
+never-scheduled waiting requests of held sessions are taken out of the waiting queue for
+that call and put back in their places after it (preempted requests are never held);
+demoted sessions' exclusive cached blocks become the pool's first evicted
+(:meth:`~cachewise.runtime.block_pool.ScoredBlockPool.demote`). Sessions are keyed by the
+client's ``session_id`` (``Request.session_id`` or the hint), else by the runtime's thread
+inference (:meth:`~cachewise.runtime.request_calls.CallBuilder.lookup`). Any exception in
+this logic logs one warning and turns residency off for good: the scheduler is vLLM's
+from then on (held requests are restored first). Residency applies to the FCFS policy.
+
+Prefix-aware admission: waiting requests with larger cached-prefix hits go first.
 
 Use with ``--scheduler-cls cachewise.runtime.scheduler.PrefixAwareAsyncScheduler`` (vLLM
 0.33 schedules asynchronously by default; a custom ``--scheduler-cls`` is used as given, so
@@ -35,7 +53,12 @@ from vllm.v1.core.sched.request_queue import FCFSRequestQueue
 from vllm.v1.core.sched.scheduler import Scheduler
 from vllm.v1.request import Request
 
-from cachewise.runtime.config import CONFIG_KEY, ConfigError, SchedulerSettings
+from cachewise.runtime.block_pool import ScoredBlockPool
+from cachewise.runtime.config import CONFIG_KEY, ConfigError, ResidencySettings, SchedulerSettings
+from cachewise.runtime.hooks import chained_groups
+from cachewise.runtime.request_calls import hint_of
+from cachewise.runtime.residency import ResidencyController
+from cachewise.runtime.sessions import SessionView
 
 logger = logging.getLogger("vllm.cachewise")
 
@@ -88,16 +111,21 @@ class PrefixRanker:
         return self._passes.get(request_id, 0)
 
 
-def _scheduler_settings(vllm_config: Any) -> SchedulerSettings:
+def _section(vllm_config: Any, name: str, cls: Any) -> Any:
+    """``cls`` parsed from ``additional_config["cachewise"][name]`` (defaults when absent or invalid)."""
     extra = getattr(vllm_config, "additional_config", None)
     raw = extra.get(CONFIG_KEY) if isinstance(extra, dict) else None
-    if not isinstance(raw, dict) or raw.get("scheduler") is None:
-        return SchedulerSettings()
+    if not isinstance(raw, dict) or raw.get(name) is None:
+        return cls()
     try:
-        return SchedulerSettings.from_mapping(raw["scheduler"])
+        return cls.from_mapping(raw[name])
     except ConfigError as exc:
-        logger.warning("CacheWise scheduler: %s; using default bounds", exc)
-        return SchedulerSettings()
+        logger.warning("CacheWise %s: %s; using defaults", name, exc)
+        return cls()
+
+
+def _scheduler_settings(vllm_config: Any) -> SchedulerSettings:
+    return _section(vllm_config, "scheduler", SchedulerSettings)
 
 
 class PrefixAwareMixin:
@@ -133,3 +161,158 @@ class PrefixAwareScheduler(PrefixAwareMixin, Scheduler):
 
 class PrefixAwareAsyncScheduler(PrefixAwareMixin, AsyncScheduler):
     """vLLM's ``AsyncScheduler`` (the 0.33 default) with prefix-aware admission."""
+
+
+class ResidencyMixin:
+    """Adds session residency (module doc) to a vLLM scheduler class.
+
+    Class attributes a client may override in a subclass (the replay does):
+    ``residency_settings`` (None: from ``additional_config``) and ``controller_cls``.
+    """
+
+    residency_settings: ResidencySettings | None = None
+    controller_cls: type[ResidencyController] = ResidencyController
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.sessions: SessionView | None = None
+        self.residency: ResidencyController | None = None
+        self.residency_cpu_s = 0.0
+        self.residency_steps = 0
+        try:
+            self._start_residency()
+        except Exception as exc:  # noqa: BLE001 - residency is optional; vLLM must start
+            self._residency_failed(exc)
+
+    def _start_residency(self) -> None:
+        if not isinstance(self.waiting, FCFSRequestQueue):
+            raise ConfigError("residency applies to the fcfs scheduling policy only")
+        settings = self.residency_settings or _section(self.vllm_config, "residency", ResidencySettings)
+        pool = self.kv_cache_manager.block_pool
+        self.sessions = SessionView(self.block_size)
+        self.residency = self.controller_cls(settings, pool.num_gpu_blocks - 1, self.block_size)
+        self._clock: Callable[[], float] = pool.clock if isinstance(pool, ScoredBlockPool) else time.monotonic
+        predictor = getattr(pool, "predictor", None)
+        if predictor is not None and hasattr(predictor, "sessions"):
+            predictor.sessions = self.sessions  # the predictor reports each call's session and forecast
+        calls = getattr(predictor, "calls", None)
+        self._lookup = getattr(calls, "lookup", None)
+        logger.info("CacheWise residency on: %s, capacity %d blocks", settings, self.residency.capacity)
+
+    def _residency_failed(self, exc: BaseException) -> None:
+        if not getattr(self, "_residency_off", False):
+            logger.warning("CacheWise residency off, vLLM's scheduling continues: %s: %s", type(exc).__name__, exc)
+        self._residency_off = True
+        self.sessions = None
+        self.residency = None
+
+    def _keys(self, request: Request) -> tuple[str | None, str | None]:
+        """(session, thread) of an arriving request: the client's session id, else thread inference."""
+        found = self._lookup(request) if self._lookup is not None else None
+        if found is not None:
+            return found[1], found[0]
+        explicit = request.session_id or hint_of(request).get("session_id")
+        return (explicit if isinstance(explicit, str) and explicit else None), None
+
+    def add_request(self, request: Request) -> None:
+        super().add_request(request)
+        view = self.sessions
+        if view is None:
+            return
+        try:
+            session, thread = self._keys(request)
+            view.on_arrival(request.request_id, session, thread, request.num_prompt_tokens, self._clock())
+        except Exception as exc:  # noqa: BLE001
+            self._residency_failed(exc)
+
+    def schedule(self, *args: Any, **kwargs: Any) -> Any:
+        snapshot, held = self._hold()
+        try:
+            out = super().schedule(*args, **kwargs)
+        finally:
+            if held:
+                self._restore(snapshot, held)
+        view = self.sessions
+        if view is not None:
+            try:
+                for new in out.scheduled_new_reqs:
+                    view.on_scheduled(new.req_id)
+            except Exception as exc:  # noqa: BLE001
+                self._residency_failed(exc)
+        return out
+
+    def _hold(self) -> tuple[list[Request], list[Request]]:
+        """Apply this step's plan; returns (waiting queue before, requests taken out of it)."""
+        view, controller, waiting = self.sessions, self.residency, self.waiting
+        if view is None or controller is None or not waiting:
+            return [], []
+        start = time.perf_counter()
+        try:
+            plan = controller.plan(view, self._clock(), len(self.running))
+            for key in plan.demoted:
+                self._demote(key)
+            held_sessions = set(plan.held)
+            snapshot = list(waiting)
+            held = [
+                r
+                for r in snapshot
+                if r.num_preemptions == 0 and r.num_computed_tokens == 0 and view.session_of(r.request_id) in held_sessions
+            ]
+            if held:
+                waiting.remove_requests(held)
+            return snapshot, held
+        except Exception as exc:  # noqa: BLE001
+            self._residency_failed(exc)
+            return [], []
+        finally:
+            self.residency_cpu_s += time.perf_counter() - start
+            self.residency_steps += 1
+
+    def _restore(self, snapshot: list[Request], held: list[Request]) -> None:
+        """Put ``held`` back into the waiting queue at their places of ``snapshot`` (new entries first)."""
+        pos = {id(r): i for i, r in enumerate(snapshot)}
+        merged = sorted([*held, *self.waiting], key=lambda r: pos.get(id(r), -1))
+        self.waiting.clear()
+        self.waiting.extend(merged)
+
+    def _demote(self, key: str) -> None:
+        """The demoted session's exclusive cached blocks become the pool's first evicted."""
+        manager = self.kv_cache_manager
+        pool = manager.block_pool
+        if isinstance(pool, ScoredBlockPool) and self.sessions is not None:
+            groups = [gid for gid, size in chained_groups(manager) if size == pool.hash_block_size]
+            pool.demote(self.sessions.exclusive_hashes(key), groups)
+
+    def update_from_output(self, scheduler_output: Any, model_runner_output: Any) -> Any:
+        scheduled = [self.requests.get(rid) for rid in scheduler_output.num_scheduled_tokens]
+        outputs = super().update_from_output(scheduler_output, model_runner_output)
+        view = self.sessions
+        if view is not None:
+            try:
+                now = self._clock()
+                for req in scheduled:
+                    if req is not None and req.is_finished():
+                        view.on_finished(req.request_id, req.num_tokens, req.block_hashes, now)
+            except Exception as exc:  # noqa: BLE001
+                self._residency_failed(exc)
+        return outputs
+
+    def finish_requests(self, request_ids: Any, finished_status: Any) -> list[Request]:
+        done = super().finish_requests(request_ids, finished_status)
+        view = self.sessions
+        if view is not None:
+            try:
+                now = self._clock()
+                for req in done:
+                    view.on_aborted(req.request_id, now)
+            except Exception as exc:  # noqa: BLE001
+                self._residency_failed(exc)
+        return done
+
+
+class ResidencyScheduler(ResidencyMixin, Scheduler):
+    """vLLM's synchronous ``Scheduler`` with session residency."""
+
+
+class ResidencyAsyncScheduler(ResidencyMixin, AsyncScheduler):
+    """vLLM's ``AsyncScheduler`` (the 0.33 default) with session residency."""

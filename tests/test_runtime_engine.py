@@ -13,23 +13,19 @@ import math
 from collections.abc import Iterator
 from pathlib import Path
 
-import lightgbm as lgb
-import numpy as np
 import pytest
 from prometheus_client import REGISTRY
 from vllm.v1.core.block_pool import BlockPool
 from vllm.v1.core.kv_cache_utils import make_block_hash_with_group_id
 
-from cachewise.features.spec import FEATURE_NAMES, spec_fields
 from cachewise.runtime.block_pool import ScoredBlockPool
 from cachewise.runtime.config import PoolConfig
+from cachewise.runtime.cpu_engine import export_tiny_model as _export
 from cachewise.runtime.cpu_engine import make_request, make_scheduler, make_vllm_config, run_to_completion
 from cachewise.runtime.hooks import use_policy
 from cachewise.runtime.learned import LearnedPredictor
 from cachewise.runtime.plugin import register
 from cachewise.runtime.policy import ReusePrediction
-from cachewise.train.exported import write_export
-from cachewise.train.idle import N_LEVELS
 
 pytestmark = pytest.mark.vllm
 
@@ -64,17 +60,6 @@ def logs() -> Iterator[Records]:
 def plugin() -> None:
     register()
     register()  # vLLM may call it several times; must be re-entrant
-
-
-def _export(folder: Path, spec_changes: dict | None = None) -> Path:
-    """A loadable export folder (model.txt + spec.json) of a small model on random data."""
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(200, len(FEATURE_NAMES)))
-    y = np.log1p(np.abs(x[:, 0]) * 100)
-    booster = lgb.train({"objective": "regression", "verbose": -1, "min_data_in_leaf": 5}, lgb.Dataset(x, y), 5)
-    spec = {**spec_fields(), "residual_quantiles": {"model": list(np.linspace(-1, 1, N_LEVELS))}}
-    write_export(folder, booster, {**spec, **(spec_changes or {})})
-    return folder
 
 
 def _serve(scheduler, n: int = 6, start: int = 0) -> None:

@@ -28,9 +28,10 @@ from cachewise.runtime.replay.config import ReplayConfig, ReplayConfigError, loa
 from cachewise.runtime.replay.costmodel import CostModelError, load_cost_model
 from cachewise.runtime.replay.driver import ReplayStuck
 from cachewise.runtime.replay.engine import EngineParams
-from cachewise.runtime.replay.policies import IdleStats, PolicyContext, REGISTRY, learned_factory
+from cachewise.runtime.replay.policies import IdleStats, PolicyContext, REGISTRY, learned_factory, needs_model
 from cachewise.runtime.replay.provenance import ProvenanceError, check_replayable
 from cachewise.runtime.replay.report import markdown_table, write_report
+from cachewise.runtime.replay.residency_policies import cap_policies
 from cachewise.runtime.replay.runner import Replayer
 from cachewise.runtime.replay.selection import select_sessions
 from cachewise.runtime.replay.sweep import run_grid
@@ -67,12 +68,24 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="replay the learned model on tasks it may have been trained on (stated in the report)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--admission-caps", help="comma-separated fixed admission caps N, added as policies capN (e.g. 4,8,12,16,24)"
+    )
+
+
+def _policies(args: argparse.Namespace) -> tuple[str, ...] | None:
+    """``--policies`` plus ``capN`` for each N of ``--admission-caps`` (None: the params' list)."""
+    listed = tuple(p.strip() for p in args.policies.split(",") if p.strip()) if args.policies else ()
+    caps = cap_policies(args.admission_caps) if getattr(args, "admission_caps", None) else ()
+    if caps and not listed:
+        listed = tuple(load_config(args.params, {}).policies)
+    return (*listed, *caps) or None
 
 
 def _config(args: argparse.Namespace) -> ReplayConfig:
     overrides = {
         "events": args.events,
-        "policies": tuple(p.strip() for p in args.policies.split(",") if p.strip()) if args.policies else None,
+        "policies": _policies(args),
         "capacity_frac": args.capacity_frac,
         "concurrency": args.concurrency,
         "arrival_rate": args.arrival_rate,
@@ -130,9 +143,10 @@ def replay(config: ReplayConfig, params_path: str, sweep: bool, progress: bool) 
     chosen = {s: select_sessions(events, config.split, config.max_sessions, s, **split) for s in seeds}
     workloads = {s: build_workload(events, config.workload, c.sessions) for s, c in chosen.items()}
     learned, model_note = None, "not run"
-    if any(p.startswith("learned") for p in config.policies):
+    if needs_model(config.policies):
         if config.model is None:
-            raise ReplayConfigError("the learned policies need --model (or replay.model)")
+            named = [p for p in config.policies if needs_model((p,))]
+            raise ReplayConfigError(f"policies {', '.join(named)} need --model (or replay.model)")
         exported = load_exported(config.model)
         tasks = {p.task_id for w in workloads.values() for p in w.sessions}
         if config.allow_train_tasks:

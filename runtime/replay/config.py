@@ -20,6 +20,7 @@ import yaml
 from cachewise.runtime.replay.driver import ArrivalParams
 from cachewise.runtime.replay.engine import EngineParams
 from cachewise.runtime.replay.policies import known_policies
+from cachewise.runtime.replay.residency_policies import register_caps
 from cachewise.runtime.replay.workload import WorkloadParams
 
 SECTION = "replay"
@@ -82,10 +83,11 @@ class ReplayConfig:
     sweep: SweepSettings = field(default_factory=SweepSettings)
 
     def __post_init__(self) -> None:
+        register_caps(self.policies)  # capN: a fixed admission cap of N sessions
         unknown = [p for p in self.policies if p not in known_policies()]
         if unknown:
             why = " (Belady's MIN is computed for every run: min_* columns)" if "belady" in unknown else ""
-            raise ReplayConfigError(f"unknown policies {unknown}{why}; known: {', '.join(known_policies())}")
+            raise ReplayConfigError(f"unknown policies {unknown}{why}; known: {', '.join(known_policies())}, capN")
         if self.split not in ("test", "all"):
             raise ReplayConfigError(f"split must be 'test' or 'all', got {self.split!r}")
         if self.workers < 1:

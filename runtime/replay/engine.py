@@ -16,7 +16,9 @@ evictions are counted for every policy without touching the block pool.
 
 Invariant: the engine never changes vLLM's code paths; a policy gets in only by building
 the engine inside :func:`cachewise.runtime.hooks.use_policy`, which makes vLLM's own
-``KVCacheCoordinator`` build the runtime's ``ScoredBlockPool``.
+``KVCacheCoordinator`` build the runtime's ``ScoredBlockPool``, and by the scheduler class
+it is built with (``scheduler_cls``: vLLM's ``Scheduler`` or a subclass, as
+``--scheduler-cls`` selects in serving).
 """
 
 from __future__ import annotations
@@ -178,6 +180,7 @@ class VllmEngine:
         num_blocks: int,
         max_model_len: int,
         params: EngineParams,
+        scheduler_cls: type[Scheduler] = Scheduler,
     ):
         self.params = params
         config = _vllm_config(max_model_len, params)
@@ -186,7 +189,7 @@ class VllmEngine:
             num_blocks=num_blocks, kv_cache_tensors=[], kv_cache_groups=[KVCacheGroupSpec(["layer"], spec)]
         )
         config.cache_config.num_gpu_blocks = num_blocks
-        self.scheduler = Scheduler(
+        self.scheduler = scheduler_cls(
             vllm_config=config,
             kv_cache_config=kv_config,
             structured_output_manager=StructuredOutputManager(config),

@@ -54,7 +54,7 @@ sessions *not* replayed when a split is used.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -258,39 +258,61 @@ class PolicyContext:
 
     ``learned``: builds the learned predictor for a run (given the workload and the run's
     clock); None when no model was given, which makes the learned policies unavailable.
+    ``residency``: the residency controller's settings on the replay's cost model and
+    ``capacity_tokens`` the run's KV capacity (both set per run by the runner; used by the
+    residency policies, :mod:`cachewise.runtime.replay.residency_policies`).
     """
 
     workload: Workload
     stats: IdleStats
     ttl_quantile: float = 0.9
     learned: LearnedFactory | None = None
+    residency: Any = None
+    capacity_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class Serving:
+    """What a policy that also decides which sessions are served builds for a run:
+    its predictor, vLLM scheduler class (None: vLLM's own) and session limit (None: none)."""
+
+    predictor: ReusePredictor | None
+    scheduler_cls: type | None = None
+    max_sessions: int | None = None
 
 
 @dataclass(frozen=True)
 class Policy:
     """A policy ready for one run: ``predictor`` None means vLLM's own ``BlockPool``;
     ``client_hints``: whether the replay client sends its session id and hints;
-    ``guarded``: the pool runs the runtime's online guard."""
+    ``guarded``: the pool runs the runtime's online guard; ``scheduler_cls`` None: vLLM's
+    ``Scheduler``; ``max_sessions``: at most that many sessions served at once (None: the
+    overlay's concurrency)."""
 
     name: str
     predictor: ReusePredictor | None
     client_hints: bool = True
     guarded: bool = False
+    scheduler_cls: type | None = None
+    max_sessions: int | None = None
 
 
 @dataclass(frozen=True)
 class PolicySpec:
     """How to build policy ``name`` for a run: ``build(ctx, clock)`` gives its predictor
-    (None: vLLM's own ``BlockPool``); ``hand_written``: a candidate for "best hand-written"
-    (no model, no knowledge of the future); ``guarded``: run with the runtime's online guard."""
+    (None: vLLM's own ``BlockPool``), or a :class:`Serving`; ``hand_written``: a candidate for "best hand-written"
+    (no model, no knowledge of the future); ``guarded``: run with the runtime's online guard;
+    ``needs_model``: builds the learned predictor (``PolicyContext.learned``)."""
 
-    build: Callable[[PolicyContext, Callable[[], float]], ReusePredictor | None]
+    build: Callable[[PolicyContext, Callable[[], float]], ReusePredictor | Serving | None]
     hand_written: bool = False
     client_hints: bool = True
     guarded: bool = False
+    needs_model: bool = False
 
 
-def _learned(ctx: PolicyContext, clock: Callable[[], float]) -> ReusePredictor:
+def learned_predictor(ctx: PolicyContext, clock: Callable[[], float]) -> ReusePredictor:
+    """The learned predictor for one run on ``clock``; ValueError when no model was given."""
     if ctx.learned is None:
         raise ValueError("the learned policies need a model: pass --model DIR_OR_URI (or replay.model)")
     return ctx.learned(ctx.workload, clock)
@@ -303,9 +325,9 @@ REGISTRY: dict[str, PolicySpec] = {
     "ttl": PolicySpec(lambda ctx, clock: TtlPin(_CallFacts(ctx.workload), ctx.stats, ctx.ttl_quantile), hand_written=True),
     "heuristic": PolicySpec(lambda ctx, clock: Heuristic(_CallFacts(ctx.workload), ctx.stats), hand_written=True),
     "recorded_gap": PolicySpec(lambda ctx, clock: RecordedGap(_CallFacts(ctx.workload))),
-    "learned": PolicySpec(_learned, guarded=True),
-    "learned_unguarded": PolicySpec(_learned),
-    "learned_nohints": PolicySpec(_learned, client_hints=False, guarded=True),
+    "learned": PolicySpec(learned_predictor, guarded=True, needs_model=True),
+    "learned_unguarded": PolicySpec(learned_predictor, needs_model=True),
+    "learned_nohints": PolicySpec(learned_predictor, client_hints=False, guarded=True, needs_model=True),
     "infinite": PolicySpec(lambda ctx, clock: None),
 }
 
@@ -317,6 +339,11 @@ def register_policy(name: str, spec: PolicySpec) -> None:
 
 def known_policies() -> tuple[str, ...]:
     return tuple(REGISTRY)
+
+
+def needs_model(names: Iterable[str]) -> bool:
+    """Whether any of the registered policies ``names`` builds the learned predictor."""
+    return any(REGISTRY[n].needs_model for n in names if n in REGISTRY)
 
 
 def hand_written() -> tuple[str, ...]:
@@ -333,4 +360,7 @@ def build_policy(name: str, ctx: PolicyContext, clock: Callable[[], float]) -> P
         hint = " (Belady's MIN is computed for every run: min_* columns)" if name == "belady" else ""
         raise ValueError(f"unknown policy {name!r}{hint}; known: {', '.join(REGISTRY)}")
     spec = REGISTRY[name]
-    return Policy(name, spec.build(ctx, clock), spec.client_hints, spec.guarded)
+    built = spec.build(ctx, clock)
+    if isinstance(built, Serving):
+        return Policy(name, built.predictor, spec.client_hints, spec.guarded, built.scheduler_cls, built.max_sessions)
+    return Policy(name, built, spec.client_hints, spec.guarded)

@@ -17,10 +17,12 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from cachewise.runtime.config import GuardConfig, PoolConfig
+from vllm.v1.core.sched.scheduler import Scheduler
+
+from cachewise.runtime.config import GuardConfig, PoolConfig, ResidencySettings
 from cachewise.runtime.hooks import use_policy
 from cachewise.runtime.policy import ManualClock
 from cachewise.runtime.replay.costmodel import CostModel
@@ -28,6 +30,7 @@ from cachewise.runtime.replay.driver import ArrivalParams, ClosedLoopDriver
 from cachewise.runtime.replay.engine import VOCAB_SIZE, EngineParams, VllmEngine
 from cachewise.runtime.replay.metrics import RunMetrics
 from cachewise.runtime.replay.policies import Policy, PolicyContext, build_policy
+from cachewise.runtime.replay.residency_policies import replay_settings
 from cachewise.runtime.replay.tokens import TokenSynth
 from cachewise.runtime.replay.workload import Workload
 
@@ -75,11 +78,13 @@ class Replayer:
         engine: EngineParams,
         policy_context: PolicyContext,
         seed: int = 0,
+        residency: ResidencySettings | None = None,
     ):
         self.w = workload
         self.cost = cost
         self.engine_params = engine
         self.ctx = policy_context
+        self.residency = residency  # controller settings of the residency policies (cost model: the replay's)
         self.synth = TokenSynth(workload, seed, VOCAB_SIZE, HASH_BLOCK_TOKENS // workload.params.token_scale)
         bs = engine.block_size
         self.max_model_len = bs * math.ceil((workload.max_request_tokens() + 1) / bs)
@@ -130,21 +135,41 @@ class Replayer:
         """:meth:`RunMetrics.summary` of ``policy_name`` with exactly ``num_blocks`` vLLM blocks
         (Belady's MIN of the run's sequence at ``num_blocks - 1``, the null block excluded)."""
         clock = ManualClock()
-        policy: Policy = build_policy(policy_name, self.ctx, clock)
+        ctx = replace(
+            self.ctx,
+            residency=replay_settings(self.cost, self.w.params.token_scale, self.residency),
+            capacity_tokens=num_blocks * self.engine_params.block_size,
+        )
+        policy: Policy = build_policy(policy_name, ctx, clock)
+        scheduler_cls = policy.scheduler_cls or Scheduler
+        served = min(arrivals.concurrency, policy.max_sessions or arrivals.concurrency)
         metrics = RunMetrics(token_scale=self.w.params.token_scale, block_size=self.engine_params.block_size)
         if policy.predictor is None:
-            engine = VllmEngine(num_blocks, self.max_model_len, self.engine_params)
+            engine = VllmEngine(num_blocks, self.max_model_len, self.engine_params, scheduler_cls)
         else:
             config = PoolConfig(guard=GuardConfig(enabled=policy.guarded))
             with use_policy(policy.predictor, clock=clock, config=config):
-                engine = VllmEngine(num_blocks, self.max_model_len, self.engine_params)
+                engine = VllmEngine(num_blocks, self.max_model_len, self.engine_params, scheduler_cls)
         timer = _PoolTimer(engine.block_pool)
         driver = ClosedLoopDriver(
-            self.w, self.synth, engine, self.cost, arrivals, metrics, clock, client_hints=policy.client_hints
+            self.w,
+            self.synth,
+            engine,
+            self.cost,
+            replace(arrivals, concurrency=served),
+            metrics,
+            clock,
+            client_hints=policy.client_hints,
         )
         driver.run(progress=progress)
         metrics.policy_cpu_s = timer.seconds
         summary = metrics.summary(capacity_blocks=None if policy_name == "infinite" else num_blocks - 1)
+        summary["residency_cpu_s"] = getattr(engine.scheduler, "residency_cpu_s", 0.0)
+        summary["residency_steps"] = getattr(engine.scheduler, "residency_steps", 0)
+        controller = getattr(engine.scheduler, "residency", None)
+        summary["demotions"] = getattr(controller, "demotions", 0)
+        summary["forced_admissions"] = getattr(controller, "forced", 0)
+        summary["longest_admission_wait_s"] = getattr(controller, "longest_wait_s", 0.0)
         stats = getattr(engine.block_pool, "stats", None)
         summary["predictor_cpu_s"] = stats.scorer_seconds if stats is not None else 0.0
         summary["predictor_fallbacks"] = stats.total_fallbacks if stats is not None else 0

@@ -1,0 +1,211 @@
+"""Which agent sessions keep their KV on the GPU: admission and demotion, from the session view.
+
+Pure decision logic (no vLLM imports): :class:`ResidencyController` reads a
+:class:`~cachewise.runtime.sessions.SessionView`, writes only the ``resident`` /
+``demoted`` flags through it, and returns a :class:`Plan` the scheduler applies
+(:mod:`cachewise.runtime.scheduler`).
+
+Rule, evaluated once per scheduler step (:meth:`ResidencyController.plan`):
+
+1. A session whose request is admitted becomes *resident*; it stays resident while it has
+   live requests and, when idle, until it is demoted or idle past its forecast's expiry.
+   Waiting requests of resident sessions are never held.
+2. Non-resident sessions with waiting requests are considered in *program-level FCFS*
+   order (first arrival of the session, then key). The head is admitted when
+   ``Σ resident working sets + its working set <= (1 - headroom) * capacity``. Otherwise
+   idle resident sessions are *demoted* — best first, and only those whose demotion pays
+   (below) — when, and only when, that makes the head fit; else the head and every later
+   session wait (strict FCFS: a later session never overtakes).
+3. Starvation bound: a session whose oldest waiting request arrived ``max_wait_s`` ago,
+   or that was held in ``max_passes`` steps, goes first and is admitted even if it does
+   not fit (vLLM's own KV admission still applies). When no resident session has a live
+   request, the head is admitted even if it does not fit (the engine never idles on the
+   controller). Both are counted as *forced* admissions.
+
+Cost trade-off for demoting an idle resident session ``j`` with ``W_j`` blocks, idle ``e``
+seconds, return forecast ``F_j`` (quantiles of its gap; remaining gap ``R_j`` = the
+quantiles above ``e`` minus ``e``; no forecast = "idle as long again"), while a session waits:
+
+    keep_j = E[min(R_j, H)]                 # seconds the waiting head is held by j's room
+    drop_j = P(R_j <= H) * (prefill_s(W_j) * (1 + n_run) + Q)
+    demote j  iff  keep_j > drop_j
+
+with ``H = horizon_s``, ``prefill_s(n tokens) = a0 + a_tok n + a_ctx n^2 / 2`` (the measured
+cost model, no cached context), ``n_run`` the requests running now (a recompute stalls j
+and every request batched with it) and ``Q`` the queueing delay j meets when it is back
+and no longer resident: the mean admission wait of the last :data:`QUEUE_WINDOW` admitted
+sessions (the "queueing delay induced by eviction" of Continuum, measured, not assumed). Candidates are
+taken in decreasing ``keep_j - drop_j``. The whole distribution is used: a session
+predicted back in 2 s with a 10% chance of a 10-minute test run has a small ``keep``;
+one whose turn ended (the model predicts a long gap) has ``keep ≈ H`` and ``P(back) ≈ 0``.
+
+Complexity per step: O(S log S) in the sessions known to the view plus O(sum of live
+requests); memory O(sessions) (pass counts are dropped when a session is admitted).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from cachewise.runtime.config import ResidencySettings
+from cachewise.runtime.sessions import SessionState, SessionView
+
+
+QUEUE_WINDOW = 32
+"""Admissions over which the queueing delay ``Q`` of the cost rule is averaged."""
+
+
+@dataclass
+class Plan:
+    """One step's decision: sessions whose waiting requests may run, and those demoted now."""
+
+    admitted: set[str] = field(default_factory=set)
+    held: list[str] = field(default_factory=list)  # FCFS order
+    demoted: list[str] = field(default_factory=list)
+    forced: list[str] = field(default_factory=list)  # admitted by the starvation bound or to avoid idling
+
+
+def prefill_seconds(settings: ResidencySettings, tokens: int) -> float:
+    """Recompute time of ``tokens`` tokens from scratch under the settings' cost model."""
+    if tokens <= 0:
+        return 0.0
+    return settings.prefill_a0 + settings.prefill_a_tok * tokens + settings.prefill_a_ctx * tokens * tokens / 2
+
+
+class ResidencyController:
+    """Admission and demotion over a :class:`SessionView` (module doc).
+
+    ``capacity_blocks``: KV blocks of the GPU pool; ``block_tokens``: tokens per block (for
+    the cost model; pass trace tokens per block when blocks stand for scaled tokens).
+    """
+
+    def __init__(
+        self,
+        settings: ResidencySettings,
+        capacity_blocks: int,
+        block_tokens: int,
+        recompute_s: Callable[[int], float] | None = None,
+    ) -> None:
+        if capacity_blocks < 1 or block_tokens < 1:
+            raise ValueError("capacity_blocks and block_tokens must be >= 1")
+        self.settings = settings
+        self.capacity = capacity_blocks
+        self.budget = (1.0 - settings.headroom) * capacity_blocks
+        self.block_tokens = block_tokens
+        self._recompute = recompute_s or (lambda tokens: prefill_seconds(settings, tokens))
+        self._passes: dict[str, int] = {}
+        self.demotions = 0
+        self.forced = 0
+        self.longest_wait_s = 0.0
+        self._recent_waits: deque[float] = deque(maxlen=QUEUE_WINDOW)
+
+    @property
+    def queueing_delay_s(self) -> float:
+        """``Q``: mean admission wait of the last :data:`QUEUE_WINDOW` admitted sessions (0 before any)."""
+        waits = self._recent_waits
+        return sum(waits) / len(waits) if waits else 0.0
+
+    def keep_and_drop(self, state: SessionState, blocks: float, now: float, running: int) -> tuple[float, float]:
+        """``(keep_j, drop_j)`` of the module doc for idle session ``state`` holding ``blocks``."""
+        assert state.idle_since is not None
+        elapsed = now - state.idle_since
+        forecast = state.forecast
+        h = self.settings.horizon_s
+        if forecast is None:
+            rest = max(elapsed, 1.0)
+            keep, p_back = min(rest, h), 1.0 if rest <= h else 0.0
+        else:
+            keep, p_back = forecast.expected_hold(elapsed, h), forecast.p_back_within(elapsed, h)
+        drop = p_back * (self._recompute(int(blocks * self.block_tokens)) * (1 + running) + self.queueing_delay_s)
+        return keep, drop
+
+    def plan(self, view: SessionView, now: float, running: int) -> Plan:
+        """Decide this step's admissions and demotions; updates the view's residency flags."""
+        plan = Plan()
+        for state in view:  # idle past the forecast's expiry: no longer resident
+            if state.resident and not state.live and state.expired(now):
+                view.set_residency(state.key, False)
+        for key in view.forget(now):
+            self._passes.pop(key, None)
+        used = 0.0
+        active = False
+        idle: list[tuple[SessionState, float]] = []
+        waiting: list[SessionState] = []
+        for state in view:
+            if state.resident:
+                blocks = view.working_set(state.key)
+                used += blocks
+                if state.live:
+                    active = True
+                    if state.waiting:
+                        plan.admitted.add(state.key)
+                else:
+                    idle.append((state, blocks))
+            elif state.waiting:
+                waiting.append(state)
+        waited = {}
+        for s in waiting:
+            since = view.waiting_since(s.key)
+            waited[s.key] = 0.0 if since is None else now - since
+        waiting.sort(key=lambda s: (not self._aged(s.key, waited[s.key]), s.first_arrival, s.key))
+        candidates: list[tuple[float, SessionState, float]] | None = None
+        blocked = False
+        for state in waiting:
+            key = state.key
+            need = view.working_set(key)
+            if not blocked:
+                aged = self._aged(key, waited[key])
+                fits = used + need <= self.budget
+                if not fits:
+                    if candidates is None:
+                        candidates = self._candidates(idle, now, running)
+                    freed, chosen = 0.0, []
+                    for _, cand, blocks in candidates:
+                        if used - freed + need <= self.budget:
+                            break
+                        freed += blocks
+                        chosen.append(cand)
+                    if used - freed + need <= self.budget:
+                        for cand in chosen:
+                            view.set_residency(cand.key, False, demoted=True)
+                            plan.demoted.append(cand.key)
+                            self.demotions += 1
+                        gone = {id(c) for c in chosen}
+                        candidates = [c for c in candidates if id(c[1]) not in gone]
+                        used -= freed
+                        fits = True
+                if fits or aged or not active:
+                    if not fits:
+                        plan.forced.append(key)
+                        self.forced += 1
+                    view.set_residency(key, True)
+                    plan.admitted.add(key)
+                    used += need
+                    active = True
+                    self._passes.pop(key, None)
+                    self.longest_wait_s = max(self.longest_wait_s, waited[key])
+                    self._recent_waits.append(waited[key])
+                    continue
+                blocked = True
+            plan.held.append(key)
+            self._passes[key] = self._passes.get(key, 0) + 1
+        return plan
+
+    def _aged(self, key: str, waited: float) -> bool:
+        """Past the starvation bound: waited ``max_wait_s`` or held in ``max_passes`` steps."""
+        return waited >= self.settings.max_wait_s or self._passes.get(key, 0) >= self.settings.max_passes
+
+    def _candidates(
+        self, idle: list[tuple[SessionState, float]], now: float, running: int
+    ) -> list[tuple[float, SessionState, float]]:
+        """Idle resident sessions whose demotion pays, best first (largest ``keep - drop``)."""
+        out = []
+        for state, blocks in idle:
+            keep, drop = self.keep_and_drop(state, blocks, now, running)
+            if keep > drop:
+                out.append((keep - drop, state, blocks))
+        out.sort(key=lambda c: (-c[0], c[1].first_arrival, c[1].key))
+        return out
+

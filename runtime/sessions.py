@@ -1,0 +1,373 @@
+"""The shared session view: what the engine knows about each agent session, in one place.
+
+One :class:`SessionView` per engine is written by the scheduler (request lifecycle) and
+the predictor (forecasts), and read by the residency controller
+(:mod:`cachewise.runtime.residency`) and the GPU pool (which blocks a demoted session
+owns). Nothing else keeps a copy of per-session state.
+
+Model:
+
+* a *session* (program) has a key: the client's ``session_id`` (vLLM's
+  ``Request.session_id`` or the hint ``extra_args["cachewise"]["session_id"]``), else the
+  session the runtime's thread inference assigns (:mod:`cachewise.runtime.request_calls`);
+  a request whose session is not known at arrival gets a *provisional* session
+  (``"?" + request_id``) that is merged into the real one when the predictor names it;
+* a session has *threads* (the growing prompts of the main agent and its sub-agents), each
+  with the blocks of its latest request (prompt + output) and its last growth in blocks,
+  and the full-block hashes of that request;
+* *live* requests (arrived, not finished), of which *waiting* ones were never scheduled;
+* when no request is live the session is *idle since* its last finish, with the
+  :class:`Forecast` of its return made at that finish (None: no prediction);
+* ``resident`` / ``demoted`` flags are written by the residency controller only.
+
+Write events: :meth:`on_arrival`, :meth:`on_scheduled`, :meth:`on_forecast`,
+:meth:`on_finished`, :meth:`on_aborted`, :meth:`set_residency`, :meth:`forget`. Everything
+else is a read-only query.
+
+Invariants (checked by the property tests):
+
+* every live request belongs to exactly one session, and ``waiting ⊆ live``;
+* ``idle_since`` is None iff the session has a live request;
+* ``working_set(s) = Σ_threads (blocks + growth - shared)``, plus what live requests need
+  beyond that; ``shared`` = ``Σ_h (1 - 1/refs[h])`` over the thread's hashes as of its last
+  finish, so a prefix held by ``n`` threads (a common system prompt) counts ``1/n`` in each
+  and the sum over sessions approximates the distinct blocks they hold;
+* ``hash_refs[h]`` = the number of threads (over all sessions) whose latest hashes hold
+  ``h``; a hash is *exclusive* to a session when all its references come from it.
+
+Complexity: arrival, scheduling and abort O(1); a finish O(hashes of the request) (like
+vLLM's own free); :meth:`exclusive_hashes` O(hashes of the session). Memory: O(sessions +
+their latest hashes); :meth:`forget` drops sessions idle past their forecast's expiry.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Hashable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+FORECAST_LEVELS: tuple[float, ...] = tuple(i / 20 for i in range(21))
+"""Quantile levels a :class:`Forecast` is stored at (0, 0.05, ..., 1)."""
+
+EXPIRY_LEVEL = 0.99
+PROVISIONAL = "?"
+
+
+@dataclass(frozen=True)
+class Forecast:
+    """Distribution of a session's idle gap (seconds from its finish to its next request).
+
+    ``gaps``: quantiles at :data:`FORECAST_LEVELS`, non-decreasing, >= 0; ``math.inf`` at a
+    level means "does not come back" with at least that probability.
+    """
+
+    gaps: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        g = self.gaps
+        if len(g) != len(FORECAST_LEVELS) or any(math.isnan(x) or x < 0 for x in g) or any(b < a for a, b in zip(g, g[1:])):
+            raise ValueError(f"a forecast needs {len(FORECAST_LEVELS)} non-decreasing gaps >= 0, got {g}")
+
+    @classmethod
+    def from_log_model(cls, mu: float, residual_quantiles: Sequence[float]) -> Forecast:
+        """Gaps ``expm1(mu + Q(level))`` from a log-scale prediction and its residual quantiles
+        (``residual_quantiles`` at evenly spaced levels 0..1, as :mod:`cachewise.train.idle` exports)."""
+        q = list(residual_quantiles)
+        n = len(q) - 1
+        gaps = []
+        for level in FORECAST_LEVELS:
+            x = level * n
+            i = min(int(x), n - 1)
+            r = q[i] + (q[i + 1] - q[i]) * (x - i)
+            gaps.append(max(math.expm1(mu + r), 0.0))
+        return cls(tuple(_monotone(gaps)))
+
+    @classmethod
+    def from_samples(cls, sorted_gaps: Sequence[float]) -> Forecast:
+        """Empirical quantiles (linear interpolation) of observed gaps, sorted ascending."""
+        if not len(sorted_gaps):
+            raise ValueError("no gaps to build a forecast from")
+        n = len(sorted_gaps) - 1
+        gaps = []
+        for level in FORECAST_LEVELS:
+            x = level * n
+            i = min(int(x), max(n - 1, 0))
+            hi = sorted_gaps[min(i + 1, n)]
+            gaps.append(float(sorted_gaps[i] + (hi - sorted_gaps[i]) * (x - i)))
+        return cls(tuple(_monotone(gaps)))
+
+    @classmethod
+    def never(cls) -> Forecast:
+        """A session that will not come back."""
+        return cls((math.inf,) * len(FORECAST_LEVELS))
+
+    @property
+    def median(self) -> float:
+        """Point estimate: the median gap."""
+        return self.gaps[len(self.gaps) // 2]
+
+    @property
+    def expiry(self) -> float:
+        """Gap after which the session counts as ended (the :data:`EXPIRY_LEVEL` quantile)."""
+        return self.gaps[int(round(EXPIRY_LEVEL * (len(self.gaps) - 1)))]
+
+    def remaining(self, elapsed: float) -> list[float]:
+        """Quantile sample of the *remaining* gap given the session stayed idle ``elapsed`` s:
+        the stored quantiles above ``elapsed``, minus it; ``[2 * elapsed]`` (as long again,
+        the tail rule of :mod:`cachewise.train.idle`) when every quantile has passed."""
+        i = bisect.bisect_right(self.gaps, elapsed)
+        rest = [g - elapsed for g in self.gaps[i:]]
+        return rest if rest else [max(elapsed, 1.0)]
+
+    def p_back_within(self, elapsed: float, window: float) -> float:
+        """P(next request within ``window`` s | idle ``elapsed`` s so far)."""
+        rest = self.remaining(elapsed)
+        return sum(1 for r in rest if r <= window) / len(rest)
+
+    def expected_hold(self, elapsed: float, cap: float) -> float:
+        """E[min(remaining gap, cap) | idle ``elapsed``]: seconds its room stays blocked, at most ``cap``."""
+        rest = self.remaining(elapsed)
+        return sum(min(r, cap) for r in rest) / len(rest)
+
+
+def _monotone(xs: list[float]) -> list[float]:
+    out, top = [], 0.0
+    for x in xs:
+        top = max(top, x)
+        out.append(top)
+    return out
+
+
+@dataclass
+class ThreadState:
+    """A thread's latest request: its blocks (prompt + output), growth since the previous one, hashes."""
+
+    blocks: int = 0
+    growth: int = 0
+    hashes: tuple[Hashable, ...] = ()
+    shared: float = 0.0
+
+
+@dataclass
+class LiveRequest:
+    """A request that arrived and did not finish."""
+
+    session: str
+    thread: str | None
+    prompt_blocks: int
+    arrived: float
+    waiting: bool = True
+    forecast: Forecast | None = None
+    named: tuple[str, str] | None = None  # (session, thread) named by the predictor
+
+
+@dataclass
+class SessionState:
+    """One session (module doc). ``first_arrival`` orders sessions program-level FCFS."""
+
+    key: str
+    first_arrival: float
+    threads: dict[str, ThreadState] = field(default_factory=dict)
+    live: set[str] = field(default_factory=set)
+    waiting: set[str] = field(default_factory=set)
+    idle_since: float | None = None
+    forecast: Forecast | None = None
+    finished_calls: int = 0
+    resident: bool = False
+    demoted: bool = False
+
+    def expired(self, now: float) -> bool:
+        """Idle past its forecast's expiry (ended as far as the forecast knows)."""
+        if self.idle_since is None or self.forecast is None:
+            return False
+        return now - self.idle_since >= self.forecast.expiry
+
+
+class SessionView:
+    """Sessions, threads, live requests and forecasts of one engine (module doc)."""
+
+    def __init__(self, block_size: int) -> None:
+        if block_size < 1:
+            raise ValueError("block_size must be >= 1")
+        self.block_size = block_size
+        self._sessions: dict[str, SessionState] = {}
+        self._requests: dict[str, LiveRequest] = {}
+        self._hash_refs: dict[Hashable, int] = {}
+
+    # ----------------------------------------------------------- write events
+    def on_arrival(self, request_id: str, session: str | None, thread: str | None, num_tokens: int, now: float) -> str:
+        """A request of ``num_tokens`` prompt tokens entered the queue; returns its session key.
+
+        ``session`` None: provisional session ``"?" + request_id`` until the predictor names it.
+        A request id already live is ignored (vLLM re-queues preempted requests itself).
+        """
+        if request_id in self._requests:
+            return self._requests[request_id].session
+        key = session if session else PROVISIONAL + request_id
+        state = self._sessions.get(key)
+        if state is None:
+            state = self._sessions[key] = SessionState(key, now)
+        self._requests[request_id] = LiveRequest(key, thread, -(-num_tokens // self.block_size), now)
+        state.live.add(request_id)
+        state.waiting.add(request_id)
+        state.idle_since = None
+        return key
+
+    def on_scheduled(self, request_id: str) -> None:
+        """The request got its first schedule (it is running now)."""
+        req = self._requests.get(request_id)
+        if req is not None and req.waiting:
+            req.waiting = False
+            self._sessions[req.session].waiting.discard(request_id)
+
+    def on_forecast(self, request_id: str, session: str, thread: str, forecast: Forecast | None) -> None:
+        """The predictor's answer for a finishing request: its (session, thread) and return forecast.
+        Applied by the :meth:`on_finished` that follows; ignored for an unknown request."""
+        req = self._requests.get(request_id)
+        if req is not None:
+            req.named = (session, thread)
+            req.forecast = forecast
+
+    def on_finished(self, request_id: str, num_tokens: int, hashes: Sequence[Hashable], now: float) -> None:
+        """The request finished holding ``num_tokens`` tokens with full-block ``hashes``.
+
+        Re-keys a provisional session to the predictor's name, updates the thread's blocks,
+        growth and hashes, and makes the session idle (with the forecast) if nothing else
+        of it is live. Unknown request ids are ignored.
+        """
+        req = self._requests.pop(request_id, None)
+        if req is None:
+            return
+        key = req.session
+        thread = req.thread
+        self._sessions[key].live.discard(request_id)
+        self._sessions[key].waiting.discard(request_id)
+        if req.named is not None:
+            named_session, thread = req.named
+            if named_session != key and key.startswith(PROVISIONAL):
+                key = self._merge(key, named_session)
+        state = self._sessions[key]
+        t = state.threads.setdefault(thread or key, ThreadState())
+        blocks = -(-num_tokens // self.block_size)
+        t.growth = max(blocks - t.blocks, 0) if t.blocks else 0
+        t.blocks = blocks
+        self._set_hashes(t, tuple(hashes))
+        refs = self._hash_refs
+        t.shared = sum(1.0 - 1.0 / refs[h] for h in t.hashes)
+        state.finished_calls += 1
+        if req.forecast is not None:
+            state.forecast = req.forecast
+        if not state.live:
+            state.idle_since = now
+
+    def on_aborted(self, request_id: str, now: float) -> None:
+        """The request left without a result (aborted): it is no longer live."""
+        req = self._requests.pop(request_id, None)
+        if req is None:
+            return
+        state = self._sessions[req.session]
+        state.live.discard(request_id)
+        state.waiting.discard(request_id)
+        if not state.live:
+            state.idle_since = now
+
+    def set_residency(self, key: str, resident: bool, demoted: bool = False) -> None:
+        """Written by the residency controller only."""
+        state = self._sessions[key]
+        state.resident = resident
+        state.demoted = demoted
+
+    def forget(self, now: float) -> list[str]:
+        """Drop sessions with no live request that are idle past their forecast's expiry; their keys."""
+        gone = [k for k, s in self._sessions.items() if not s.live and s.expired(now)]
+        for key in gone:
+            for t in self._sessions.pop(key).threads.values():
+                self._set_hashes(t, ())
+        return gone
+
+    # ---------------------------------------------------------------- queries
+    def get(self, key: str) -> SessionState | None:
+        return self._sessions.get(key)
+
+    def session_of(self, request_id: str) -> str | None:
+        """Session key of a live request."""
+        req = self._requests.get(request_id)
+        return None if req is None else req.session
+
+    def live_request(self, request_id: str) -> LiveRequest | None:
+        return self._requests.get(request_id)
+
+    def __iter__(self) -> Iterator[SessionState]:
+        return iter(self._sessions.values())
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def waiting_since(self, key: str) -> float | None:
+        """Arrival time of the session's oldest waiting request (None: nothing waits)."""
+        state = self._sessions[key]
+        return min((self._requests[r].arrived for r in state.waiting), default=None)
+
+    def working_set(self, key: str) -> float:
+        """Blocks the session needs resident (module doc)."""
+        state = self._sessions[key]
+        total = sum(t.blocks + t.growth - t.shared for t in state.threads.values())
+        known = state.threads
+        for rid in state.live:
+            req = self._requests[rid]
+            t = known.get(req.thread or key)
+            if t is None:
+                total += req.prompt_blocks
+            elif req.prompt_blocks > t.blocks + t.growth:
+                total += req.prompt_blocks - t.blocks - t.growth
+        return total
+
+    def exclusive_hashes(self, key: str) -> list[Hashable]:
+        """Hashes of the session's threads that no other session's thread holds."""
+        own: dict[Hashable, int] = {}
+        for t in self._sessions[key].threads.values():
+            for h in t.hashes:
+                own[h] = own.get(h, 0) + 1
+        refs = self._hash_refs
+        return [h for h, n in own.items() if refs.get(h, 0) == n]
+
+    def hash_refs(self, block_hash: Hashable) -> int:
+        return self._hash_refs.get(block_hash, 0)
+
+    # --------------------------------------------------------------- internals
+    def _set_hashes(self, t: ThreadState, hashes: tuple[Hashable, ...]) -> None:
+        refs = self._hash_refs
+        for h in t.hashes:
+            n = refs[h] - 1
+            if n:
+                refs[h] = n
+            else:
+                del refs[h]
+        for h in hashes:
+            refs[h] = refs.get(h, 0) + 1
+        t.hashes = hashes
+
+    def _merge(self, provisional: str, key: str) -> str:
+        """Move provisional session ``provisional`` into ``key`` (created if new); returns ``key``."""
+        src = self._sessions.pop(provisional)
+        dst = self._sessions.get(key)
+        if dst is None:
+            src.key = key
+            self._sessions[key] = src
+            dst = src
+        else:
+            dst.first_arrival = min(dst.first_arrival, src.first_arrival)
+            dst.live |= src.live
+            dst.waiting |= src.waiting
+            for name, t in src.threads.items():
+                if name in dst.threads:
+                    self._set_hashes(t, ())
+                else:
+                    dst.threads[name] = t
+            dst.resident = dst.resident or src.resident
+            if dst.live:
+                dst.idle_since = None
+        for rid in dst.live:
+            self._requests[rid].session = key
+        return key

@@ -1,0 +1,154 @@
+"""The residency controller's rule (pure logic over a SessionView, no vLLM)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cachewise.runtime.config import ConfigError, ResidencySettings
+from cachewise.runtime.residency import ResidencyController, prefill_seconds
+from cachewise.runtime.sessions import Forecast, SessionView
+
+BLOCK = 16
+BLOCK_TOKENS = 256  # trace tokens per block, as in the replay (16 replay tokens x token_scale 16)
+NEAR = Forecast.from_samples([1.0, 2.0, 3.0])  # back within seconds
+FAR = Forecast.from_samples([500.0, 600.0, 900.0])  # a long test run
+
+
+def _controller(capacity: int = 100, **kw: float) -> ResidencyController:
+    return ResidencyController(ResidencySettings(headroom=0.0, **kw), capacity, BLOCK_TOKENS)
+
+
+def _run_and_finish(view: SessionView, rid: str, session: str, blocks: int, now: float, forecast: Forecast | None) -> None:
+    view.on_arrival(rid, session, "t", blocks * BLOCK, now)
+    view.on_scheduled(rid)
+    view.on_forecast(rid, session, "t", forecast)
+    view.on_finished(rid, blocks * BLOCK, [f"{session}{i}".encode() for i in range(blocks)], now)
+
+
+def _admit(controller: ResidencyController, view: SessionView, now: float, running: int = 1) -> set[str]:
+    return controller.plan(view, now, running).admitted
+
+
+def test_admits_while_working_sets_fit_then_holds_in_fcfs_order() -> None:
+    view, ctl = SessionView(BLOCK), _controller(100)
+    view.on_arrival("a", "A", "t", 60 * BLOCK, 0.0)
+    view.on_arrival("b", "B", "t", 50 * BLOCK, 1.0)
+    view.on_arrival("c", "C", "t", 10 * BLOCK, 2.0)
+    plan = ctl.plan(view, 3.0, running=0)
+    assert plan.admitted == {"A"} and plan.held == ["B", "C"]  # C would fit, but may not overtake B
+    assert ctl.plan(view, 4.0, running=1).held == ["B", "C"]  # A is live: nothing to demote
+
+
+def test_demotes_a_far_idle_session_only_when_another_waits() -> None:
+    view, ctl = SessionView(BLOCK), _controller(100)
+    _run_and_finish(view, "a", "A", 60, 0.0, FAR)
+    view.set_residency("A", True)
+    view.on_arrival("x", "X", "t", 10 * BLOCK, 0.5)
+    view.set_residency("X", True)
+    plan = ctl.plan(view, 1.0, running=1)
+    assert plan.demoted == [] and view.get("A").resident  # nobody waits: A keeps its room
+    view.on_arrival("b", "B", "t", 50 * BLOCK, 2.0)
+    plan = ctl.plan(view, 3.0, running=1)
+    assert plan.demoted == ["A"] and "B" in plan.admitted
+    assert view.get("A").demoted and not view.get("A").resident
+
+
+def test_keeps_a_session_that_is_back_soon() -> None:
+    view, ctl = SessionView(BLOCK), _controller(100)
+    _run_and_finish(view, "a", "A", 60, 0.0, NEAR)
+    view.set_residency("A", True)
+    view.on_arrival("x", "X", "t", 10 * BLOCK, 0.0)
+    view.set_residency("X", True)
+    view.on_arrival("b", "B", "t", 50 * BLOCK, 0.0)
+    plan = ctl.plan(view, 0.5, running=8)  # recomputing 60 blocks would stall 8 running requests
+    assert plan.demoted == [] and plan.held == ["B"]
+
+
+def test_cost_rule_uses_the_distribution_not_only_the_median() -> None:
+    """Same median (2 s), one with a 10-minute tail: only the tail makes keeping costly."""
+    view, ctl = SessionView(BLOCK), _controller(1000)
+    tight = Forecast.from_samples([2.0] * 20)
+    tailed = Forecast.from_samples([2.0] * 18 + [600.0, 600.0])
+    assert tight.median == tailed.median
+    for name, forecast in (("tight", tight), ("tailed", tailed)):
+        _run_and_finish(view, name, name, 40, 0.0, forecast)
+    keep_tight, drop_tight = ctl.keep_and_drop(view.get("tight"), 40, 0.0, running=0)
+    keep_tailed, _ = ctl.keep_and_drop(view.get("tailed"), 40, 0.0, running=0)
+    assert keep_tailed > keep_tight
+    assert drop_tight == pytest.approx(prefill_seconds(ctl.settings, 40 * BLOCK_TOKENS))
+    # Once the short gaps have passed without a return, only the tail is left.
+    keep_late, _ = ctl.keep_and_drop(view.get("tailed"), 40, 10.0, running=0)
+    assert keep_late > 100
+
+
+def test_ended_session_is_demoted_before_a_far_one() -> None:
+    view, ctl = SessionView(BLOCK), _controller(100)
+    _run_and_finish(view, "f", "F", 40, 0.0, FAR)
+    _run_and_finish(view, "e", "E", 40, 0.0, Forecast.never())
+    for key in ("F", "E"):
+        view.set_residency(key, True)
+    view.on_arrival("x", "X", "t", 10 * BLOCK, 0.0)
+    view.set_residency("X", True)
+    view.on_arrival("b", "B", "t", 40 * BLOCK, 1.0)
+    assert ctl.plan(view, 2.0, running=1).demoted == ["E"]
+
+
+def test_starvation_bound_by_wait_time_and_passes() -> None:
+    for kw, steps in (({"max_wait_s": 5.0}, 5), ({"max_passes": 3, "max_wait_s": 1e9}, 4)):
+        view, ctl = SessionView(BLOCK), _controller(100, **kw)
+        view.on_arrival("a", "A", "t", 90 * BLOCK, 0.0)
+        assert ctl.plan(view, 0.0, running=0).admitted == {"A"}
+        view.on_arrival("b", "B", "t", 50 * BLOCK, 0.0)
+        admitted_at = None
+        for i in range(1, 10):
+            plan = ctl.plan(view, float(i), running=1)
+            if "B" in plan.admitted:
+                admitted_at = i
+                assert plan.forced == ["B"]
+                break
+        assert admitted_at == steps
+        assert ctl.longest_wait_s <= float(steps)
+
+
+def test_engine_never_idles_on_the_controller() -> None:
+    view, ctl = SessionView(BLOCK), _controller(10)
+    view.on_arrival("a", "A", "t", 50 * BLOCK, 0.0)  # larger than the whole budget
+    assert ctl.plan(view, 0.0, running=0).admitted == {"A"}
+
+
+def test_controller_and_view_import_no_vllm() -> None:
+    """Pure decision logic: unit-testable without vLLM (checked in a fresh interpreter)."""
+    code = "import sys, cachewise.runtime.residency; sys.exit(any(m.split('.')[0] in ('vllm', 'torch') for m in sys.modules))"
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def test_settings_parse_and_reject() -> None:
+    assert ResidencySettings.from_mapping({"headroom": 0.2, "max_passes": 5}).headroom == 0.2
+    with pytest.raises(ConfigError, match="unknown cachewise.residency keys"):
+        ResidencySettings.from_mapping({"head_room": 0.2})
+    with pytest.raises(ConfigError):
+        ResidencySettings.from_mapping({"headroom": 1.5})
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 60), st.sampled_from([NEAR, FAR, None])), min_size=1, max_size=8))
+def test_demotion_happens_only_when_a_session_waits_and_then_it_fits(sessions: list) -> None:
+    view, ctl = SessionView(BLOCK), _controller(100)
+    for i, (blocks, forecast) in enumerate(sessions):
+        _run_and_finish(view, f"r{i}", f"S{i}", blocks, 0.0, forecast)
+        view.set_residency(f"S{i}", True)
+    view.on_arrival("x", "X", "t", BLOCK, 0.0)
+    view.set_residency("X", True)
+    assert ctl.plan(view, 100.0, running=1).demoted == []  # nobody waits
+    view.on_arrival("w", "W", "t", 40 * BLOCK, 100.0)
+    plan = ctl.plan(view, 200.0, running=1)
+    resident = sum(view.working_set(s.key) for s in view if s.resident)
+    if plan.demoted:
+        assert "W" in plan.admitted and resident <= ctl.budget
+    if "W" in plan.admitted and "W" not in plan.forced:
+        assert resident <= ctl.budget

@@ -1,0 +1,199 @@
+"""Session residency in vLLM's real Scheduler and KV-cache manager (CPU), and its documented set-up path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from cachewise.runtime.block_pool import ScoredBlockPool
+from cachewise.runtime.config import ResidencySettings
+from cachewise.runtime.cpu_engine import export_tiny_model, make_request, make_scheduler, make_vllm_config, step
+from cachewise.runtime.eviction_order import EvictionOrder
+from cachewise.runtime.hooks import use_policy
+from cachewise.runtime.plugin import register
+from cachewise.runtime.policy import ManualClock, ReusePrediction
+from cachewise.runtime.scheduler import ResidencyAsyncScheduler, ResidencyScheduler
+from cachewise.runtime.sessions import Forecast, SessionView
+
+pytestmark = pytest.mark.vllm
+
+BLOCK = 16
+NEAR = Forecast.from_samples([1.0, 2.0])
+FAR = Forecast.from_samples([5000.0, 6000.0])
+
+
+class Forecaster:
+    """A predictor that reports a fixed forecast per session (by the request's session id)."""
+
+    def __init__(self, forecasts: dict[str, Forecast]) -> None:
+        self.forecasts = forecasts
+        self.sessions: SessionView | None = None
+
+    def on_request_finished(self, request, now: float) -> ReusePrediction:
+        forecast = self.forecasts.get(request.session_id or "", NEAR)
+        if self.sessions is not None:
+            self.sessions.on_forecast(request.request_id, request.session_id, request.session_id, forecast)
+        return ReusePrediction(now + forecast.median, now + 1e6)
+
+
+def _scheduler(num_blocks: int, forecasts: dict[str, Forecast], clock: ManualClock, **residency: float):
+    """A residency scheduler (settings as the class attribute, so no plugin binding interferes) on a scored pool."""
+    settings_ = ResidencySettings(**{"headroom": 0.0, **residency})
+    cls = type("TestResidencyScheduler", (ResidencyScheduler,), {"residency_settings": settings_})
+    with use_policy(Forecaster(forecasts), clock=clock):
+        return make_scheduler(make_vllm_config(num_blocks, BLOCK, scheduler_cls=cls, max_num_seqs=8, max_num_batched_tokens=4096))
+
+
+def _prompt(session: int, blocks: int) -> list[int]:
+    return list(range(10000 * (session + 1), 10000 * (session + 1) + blocks * BLOCK))
+
+
+def _drain(scheduler, clock: ManualClock, max_steps: int = 500) -> list:
+    done = []
+    for _ in range(max_steps):
+        if not scheduler.has_unfinished_requests():
+            return done
+        clock.now += 1.0
+        done.extend(step(scheduler))
+    raise AssertionError("requests left unfinished")
+
+
+def _cached(scheduler, tokens: list[int]) -> int:
+    request = make_request("probe", tokens + [0], BLOCK, 1)
+    _, hit, _ = scheduler.kv_cache_manager.coordinator.find_longest_cache_hit(request.block_hashes, request.num_tokens - 1)
+    return hit // BLOCK
+
+
+def test_a_session_is_demoted_only_when_another_waits_and_then_its_blocks_go_first() -> None:
+    clock = ManualClock()
+    scheduler = _scheduler(26, {"far": FAR, "near": NEAR}, clock)
+    assert isinstance(scheduler.kv_cache_manager.block_pool, ScoredBlockPool) and scheduler.sessions is not None
+    far, near = _prompt(0, 10), _prompt(1, 10)
+    scheduler.add_request(make_request("f0", far, BLOCK, 1, session_id="far"))
+    scheduler.add_request(make_request("n0", near, BLOCK, 1, session_id="near"))
+    _drain(scheduler, clock)
+    for _ in range(5):  # both idle and resident; nobody waits: nothing is demoted
+        clock.now += 0.01
+        step(scheduler)
+    assert scheduler.residency.demotions == 0 and scheduler.sessions.get("far").resident
+    # A third session needs 10 blocks; with both resident (2 x 11) it does not fit in 25.
+    scheduler.add_request(make_request("w0", _prompt(2, 10), BLOCK, 1, session_id="new"))
+    _drain(scheduler, clock)
+    assert scheduler.residency.demotions == 1 and scheduler.sessions.get("far").demoted
+    assert _cached(scheduler, far) < 10 and _cached(scheduler, near) == 10  # the demoted session's blocks went first
+
+
+def test_starvation_bound_admits_a_held_session_within_max_passes() -> None:
+    clock = ManualClock()
+    scheduler = _scheduler(36, {}, clock, max_passes=3, max_wait_s=1e9)  # A (30 blocks) + B (8) > 35
+    scheduler.add_request(make_request("a0", _prompt(0, 30), BLOCK, 40, session_id="A"))  # long-running
+    clock.now += 1.0
+    step(scheduler)
+    scheduler.add_request(make_request("b0", _prompt(1, 8), BLOCK, 1, session_id="B"))
+    steps_held = 0
+    while not scheduler.sessions.get("B").resident:
+        clock.now += 1.0
+        step(scheduler)
+        steps_held += 1
+    assert steps_held <= 4 and scheduler.residency.forced == 1
+    _drain(scheduler, clock)
+
+
+def test_controller_failure_falls_back_to_vllm_scheduling(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = ManualClock()
+    scheduler = _scheduler(40, {}, clock)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("controller bug")
+
+    monkeypatch.setattr(scheduler.residency, "plan", broken)
+    for i in range(3):
+        scheduler.add_request(make_request(f"r{i}", _prompt(i, 4), BLOCK, 2, session_id=f"S{i}"))
+    finished = _drain(scheduler, clock)
+    assert sorted(r.request_id for r in finished) == ["r0", "r1", "r2"]
+    assert scheduler.residency is None and scheduler.sessions is None  # off for good, vLLM's scheduling
+
+
+def test_documented_serve_path_builds_the_residency_scheduler(tmp_path: Path) -> None:
+    """``--scheduler-cls cachewise.runtime.scheduler.ResidencyAsyncScheduler --additional-config '{"cachewise": ...}'``."""
+    register()
+    model = export_tiny_model(tmp_path / "model")
+    extra = {"cachewise": {"model": str(model), "residency": {"headroom": 0.2, "max_wait_s": 30}}}
+    for name, cls in (("ResidencyAsyncScheduler", ResidencyAsyncScheduler), ("ResidencyScheduler", ResidencyScheduler)):
+        config = make_vllm_config(64, BLOCK, additional_config=extra, scheduler_cls=f"cachewise.runtime.scheduler.{name}")
+        scheduler = make_scheduler(config)
+        assert type(scheduler) is cls
+        pool = scheduler.kv_cache_manager.block_pool
+        assert isinstance(pool, ScoredBlockPool) and pool.active
+        assert scheduler.residency.settings.headroom == 0.2 and scheduler.residency.settings.max_wait_s == 30
+        assert pool.predictor.sessions is scheduler.sessions  # one session view, fed by the model
+        scheduler.add_request(make_request("x0", _prompt(0, 4), BLOCK, 2, hint={"session_id": "S", "tool": "Bash"}))
+        clock = ManualClock()
+        _drain(scheduler, clock)
+        state = scheduler.sessions.get("S")
+        assert state is not None and state.forecast is not None and state.idle_since is not None
+    bad = make_vllm_config(64, BLOCK, additional_config={"cachewise": {"mode": "fallback", "residency": {"headroom": 7}}},
+                           scheduler_cls="cachewise.runtime.scheduler.ResidencyScheduler")
+    scheduler = make_scheduler(bad)  # invalid residency settings: defaults, with a warning; vLLM starts
+    assert scheduler.residency.settings == ResidencySettings()
+
+
+sessions_strategy = st.lists(
+    st.lists(st.integers(1, 6), min_size=1, max_size=4),  # per session: blocks added by each call
+    min_size=1,
+    max_size=6,
+)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(sessions_strategy, st.sampled_from([NEAR, FAR]))
+def test_random_session_workloads_lose_nothing_and_never_evict_blocks_in_use(sessions: list[list[int]], forecast: Forecast) -> None:
+    """Closed loop: each session's next call (its prompt extended) arrives when the previous finishes."""
+    clock = ManualClock()
+    scheduler = _scheduler(48, {f"S{i}": forecast for i in range(len(sessions))}, clock)
+    demoted_in_use: list[int] = []
+    original = EvictionOrder.on_demote
+
+    def checked(self, blocks, now):  # a demoted block must be free
+        blocks = list(blocks)
+        demoted_in_use.extend(b.block_id for b in blocks if b.ref_cnt != 0)
+        return original(self, blocks, now)
+
+    EvictionOrder.on_demote = checked
+    try:
+        prompts = {i: _prompt(i, 1) for i in range(len(sessions))}
+        next_call = {i: 0 for i in range(len(sessions))}
+        sent: set[str] = set()
+        finished: list[str] = []
+
+        def send(i: int) -> None:
+            k = next_call[i]
+            prompts[i] = prompts[i] + [7] + list(range(500 * k, 500 * k + sessions[i][k] * BLOCK - 1))
+            rid = f"S{i}.{k}"
+            sent.add(rid)
+            scheduler.add_request(make_request(rid, prompts[i], BLOCK, 1, session_id=f"S{i}"))
+            next_call[i] += 1
+
+        for i in range(len(sessions)):
+            send(i)
+        for _ in range(2000):
+            if not scheduler.has_unfinished_requests():
+                break
+            clock.now += 1.0
+            for request in step(scheduler):
+                finished.append(request.request_id)
+                i = int(request.request_id[1 : request.request_id.index(".")])
+                prompts[i] = prompts[i] + [7]  # the sampled token joins the next prompt
+                if next_call[i] < len(sessions[i]):
+                    send(i)
+            for request in scheduler.running:  # blocks in use keep their content
+                for block in scheduler.kv_cache_manager.coordinator.single_type_managers[0].req_to_blocks[request.request_id]:
+                    assert block.ref_cnt > 0
+        assert sorted(finished) == sorted(sent) and len(finished) == sum(len(s) for s in sessions)
+        assert demoted_in_use == []
+        assert all(not s.live for s in scheduler.sessions)
+    finally:
+        EvictionOrder.on_demote = original

@@ -1,0 +1,134 @@
+"""The shared session view: forecasts, event handling and its invariants under random event sequences."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cachewise.runtime.sessions import FORECAST_LEVELS, PROVISIONAL, Forecast, SessionView
+from cachewise.train.idle import IdleConditioner, N_LEVELS
+
+
+def test_forecast_from_log_model_matches_the_idle_conditioner_median() -> None:
+    residuals = tuple(-2.0 + 4.0 * i / (N_LEVELS - 1) for i in range(N_LEVELS))
+    conditioner = IdleConditioner(residuals)
+    forecast = Forecast.from_log_model(2.0, residuals)
+    assert forecast.median == pytest.approx(conditioner.expected_gap_one(2.0, 0.0))
+    assert forecast.gaps[0] == pytest.approx(math.expm1(0.0)) and forecast.gaps[-1] == pytest.approx(math.expm1(4.0))
+
+
+def test_forecast_conditioning_on_elapsed_idle_time() -> None:
+    forecast = Forecast.from_samples([float(x) for x in range(0, 101, 5)])  # gaps 0..100 s
+    assert forecast.p_back_within(0.0, 50.0) == pytest.approx(10 / 20)  # of the 20 quantiles above 0 s
+    assert forecast.p_back_within(50.0, 10.0) == pytest.approx(2 / 10)  # of the 10 quantiles above 50 s
+    assert forecast.expected_hold(0.0, 1000.0) == pytest.approx(52.5)
+    assert forecast.expected_hold(0.0, 10.0) < 10.0
+    assert forecast.remaining(200.0) == [200.0]  # past every quantile: as long again
+    assert Forecast.never().p_back_within(0.0, 1e9) == 0.0
+
+
+def test_forecast_rejects_bad_gaps() -> None:
+    with pytest.raises(ValueError):
+        Forecast((1.0, 0.0) + (2.0,) * (len(FORECAST_LEVELS) - 2))
+    with pytest.raises(ValueError):
+        Forecast((math.nan,) * len(FORECAST_LEVELS))
+
+
+def test_lifecycle_idle_forecast_and_working_set() -> None:
+    view = SessionView(block_size=16)
+    assert view.on_arrival("r1", "s", "t", 160, now=0.0) == "s"
+    assert view.working_set("s") == 10 and view.waiting_since("s") == 0.0
+    view.on_scheduled("r1")
+    assert view.get("s").waiting == set() and view.get("s").idle_since is None
+    view.on_forecast("r1", "s", "t", Forecast.never())
+    view.on_finished("r1", 200, [b"a", b"b"], now=3.0)
+    state = view.get("s")
+    assert state.idle_since == 3.0 and state.forecast == Forecast.never() and not state.live
+    assert view.working_set("s") == 13  # ceil(200 / 16); no growth measured yet
+    view.on_arrival("r2", "s", "t", 260, now=5.0)
+    view.on_finished("r2", 300, [b"a", b"b", b"c"], now=6.0)
+    assert view.get("s").threads["t"].growth == 19 - 13
+    assert view.working_set("s") == 19 + 6
+
+
+def test_provisional_session_is_merged_into_the_named_one() -> None:
+    view = SessionView(block_size=16)
+    view.on_arrival("r1", "s", "t", 16, now=0.0)
+    view.on_finished("r1", 32, [b"a", b"b"], now=1.0)
+    key = view.on_arrival("r2", None, None, 48, now=2.0)
+    assert key == PROVISIONAL + "r2" and len(view) == 2
+    view.on_forecast("r2", "s", "t", None)
+    view.on_finished("r2", 64, [b"a", b"b", b"c"], now=3.0)
+    assert len(view) == 1 and view.get("s").first_arrival == 0.0 and view.get("s").threads["t"].blocks == 4
+
+
+def test_exclusive_hashes_leave_out_shared_prefixes() -> None:
+    view = SessionView(block_size=16)
+    for rid, session, hashes in (("a", "s1", [b"sys", b"x"]), ("b", "s2", [b"sys", b"y"])):
+        view.on_arrival(rid, session, "t", 32, now=0.0)
+        view.on_finished(rid, 32, hashes, now=1.0)
+    assert view.exclusive_hashes("s1") == [b"x"] and view.hash_refs(b"sys") == 2
+    assert view.working_set("s2") == 1.5  # the shared block counts half in the session that saw it shared
+
+
+def test_forget_drops_expired_idle_sessions_only() -> None:
+    view = SessionView(block_size=16)
+    view.on_arrival("a", "s", "t", 16, now=0.0)
+    view.on_forecast("a", "s", "t", Forecast.from_samples([1.0, 2.0]))
+    view.on_finished("a", 16, [b"h"], now=0.0)
+    view.on_arrival("b", "live", "t", 16, now=0.0)
+    assert view.forget(now=1.0) == []
+    assert view.forget(now=10.0) == ["s"] and view.hash_refs(b"h") == 0 and view.get("live") is not None
+
+
+events = st.lists(
+    st.tuples(
+        st.sampled_from(["arrive", "schedule", "forecast", "finish", "abort"]),
+        st.integers(0, 7),  # request
+        st.sampled_from(["s0", "s1", "s2", None]),  # session named at arrival / by the predictor
+        st.integers(1, 400),  # tokens
+    ),
+    max_size=60,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(events)
+def test_invariants_hold_under_random_events(seq: list) -> None:
+    view = SessionView(block_size=16)
+    live: set[str] = set()
+    now = 0.0
+    for kind, req, session, tokens in seq:
+        rid = f"r{req}"
+        now += 1.0
+        if kind == "arrive":
+            view.on_arrival(rid, session, None, tokens, now)
+            live.add(rid)
+        elif kind == "schedule":
+            view.on_scheduled(rid)
+        elif kind == "forecast":
+            view.on_forecast(rid, session or "s0", "t", Forecast.from_samples([1.0, float(tokens)]))
+        elif kind == "finish":
+            view.on_finished(rid, tokens, [b"sys", rid.encode(), bytes([tokens % 3])], now)
+            live.discard(rid)
+        else:
+            view.on_aborted(rid, now)
+            live.discard(rid)
+        owners = [s for s in view for r in s.live]
+        assert sorted(r for s in view for r in s.live) == sorted(live)  # every live request in exactly one session
+        assert len(owners) == len(live)
+        for s in view:
+            assert s.waiting <= s.live
+            assert (s.idle_since is None) == bool(s.live)
+            assert view.working_set(s.key) >= sum(t.blocks - t.shared for t in s.threads.values()) >= 0
+            for rid in s.live:
+                assert view.session_of(rid) == s.key
+        refs: dict = {}
+        for s in view:
+            for t in s.threads.values():
+                for h in t.hashes:
+                    refs[h] = refs.get(h, 0) + 1
+        assert all(view.hash_refs(h) == n for h, n in refs.items())
