@@ -28,7 +28,7 @@ from cachewise.runtime.replay.engine import EngineParams
 from cachewise.runtime.replay.policies import IdleStats, PolicyContext, learned_factory
 from cachewise.runtime.replay.report import markdown_table, write_report
 from cachewise.runtime.replay.runner import Replayer
-from cachewise.runtime.replay.selection import select_sessions
+from cachewise.runtime.replay.selection import Selection, select_sessions
 from cachewise.runtime.replay.sweep import run_grid
 from cachewise.runtime.replay.targets import headline
 from cachewise.runtime.replay.workload import Workload, build_workload
@@ -104,12 +104,20 @@ def _setup_lines(config: ReplayConfig, workload: Workload, engine: EngineParams)
     ]
 
 
-def replay(config: ReplayConfig, params_path: str, sweep: bool, progress: bool) -> Path:
-    """Run the replay described by ``config``; returns the report's path."""
+def replayed_workload(config: ReplayConfig, params_path: str) -> tuple[Workload, Selection]:
+    """The sessions ``config`` replays (split, sample, order) as a workload; also what fits the policies.
+
+    ``cachewise agents`` sends the same sessions to a live server through this function.
+    """
     events = read_events(config.events)
     split = _split_params(params_path) if config.split == "test" else {}
     chosen = select_sessions(events, config.split, config.max_sessions, config.seed, **split)
-    workload = build_workload(events, config.workload, chosen.sessions)
+    return build_workload(events, config.workload, chosen.sessions), chosen
+
+
+def replay(config: ReplayConfig, params_path: str, sweep: bool, progress: bool) -> Path:
+    """Run the replay described by ``config``; returns the report's path."""
+    workload, chosen = replayed_workload(config, params_path)
     cost = load_cost_model(config.cost_coefficients, config.model_shape)
     engine = config.engine.for_scale(config.workload.token_scale)
     learned = None
