@@ -115,18 +115,24 @@ def replayed_workload(config: ReplayConfig, params_path: str) -> tuple[Workload,
     return build_workload(events, config.workload, chosen.sessions), chosen
 
 
-def replay(config: ReplayConfig, params_path: str, sweep: bool, progress: bool) -> Path:
-    """Run the replay described by ``config``; returns the report's path."""
-    workload, chosen = replayed_workload(config, params_path)
+def make_replayer(config: ReplayConfig, workload: Workload, chosen: Selection, engine: EngineParams | None = None) -> Replayer:
+    """The replayer of ``config``'s policies over ``workload`` (``engine``: default ``config.engine`` scaled)."""
     cost = load_cost_model(config.cost_coefficients, config.model_shape)
-    engine = config.engine.for_scale(config.workload.token_scale)
+    engine = engine or config.engine.for_scale(config.workload.token_scale)
     learned = None
     if "learned" in config.policies:
         if config.model is None:
             raise ReplayConfigError("policy 'learned' needs --model (or replay.model)")
         learned = learned_factory(config.model, workload, engine.block_size)
     ctx = PolicyContext(workload, IdleStats.fit(chosen.fit_events), config.ttl_quantile, learned)
-    replayer = Replayer(workload, cost, engine, ctx, seed=config.seed)
+    return Replayer(workload, cost, engine, ctx, seed=config.seed)
+
+
+def replay(config: ReplayConfig, params_path: str, sweep: bool, progress: bool) -> Path:
+    """Run the replay described by ``config``; returns the report's path."""
+    workload, chosen = replayed_workload(config, params_path)
+    replayer = make_replayer(config, workload, chosen)
+    engine = replayer.engine_params
     fracs = (config.capacity_frac, *(config.sweep.capacity_fracs if sweep else ()))
     concs = (config.concurrency, *(config.sweep.concurrency if sweep else ()))
     results = run_grid(replayer, config.policies, fracs, concs, config.arrivals(), progress)
