@@ -83,38 +83,39 @@ def test_bound_argument_finds_keyword_and_positional() -> None:
     assert bound_argument(init, "missing", "s", "v", "k") is None
 
 
-def test_unknown_version_keeps_vllm_pool_with_one_warning(monkeypatch: pytest.MonkeyPatch, warnings_logged: list[str]) -> None:
-    monkeypatch.setattr(plugin, "untested_reason", lambda: "vLLM 0.99.0 is not a version CacheWise was tested on")
+def _raise(exc: Exception):  # noqa: ANN202
+    def fail(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise exc
+
+    return fail
+
+
+INJECTED = {
+    # vLLM reports a version outside the tested series.
+    "unknown-version": (plugin, "untested_reason", lambda: "vLLM 0.99.0 is not a version CacheWise was tested on", "0.99.0"),
+    # vLLM 0.32's real start-up crash, from inside ScoredBlockPool's construction.
+    "pool-construction": (
+        ScoredBlockPool,
+        "__init__",
+        _raise(TypeError("BlockPool.__init__() got an unexpected keyword argument 'num_hash_lookahead_tokens'")),
+        "num_hash_lookahead_tokens",
+    ),
+    # A vLLM without one of the methods the hooks wrap.
+    "hooks": (hooks, "install_hooks", _raise(AttributeError("no attribute 'pop_blocks_for_free'")), "pop_blocks_for_free"),
+}
+
+
+@pytest.mark.parametrize("case", list(INJECTED))
+def test_failures_keep_vllm_pool_with_one_warning_and_one_count(
+    case: str, monkeypatch: pytest.MonkeyPatch, warnings_logged: list[str]
+) -> None:
+    owner, name, replacement, said = INJECTED[case]
+    monkeypatch.setattr(owner, name, replacement)
     before = _incompatible()
     scheduler = make_scheduler(make_vllm_config(32, 16, additional_config=SETTINGS))
     assert type(scheduler.kv_cache_manager.block_pool) is BlockPool
     assert _incompatible() == before + 1
-    assert len(warnings_logged) == 1 and "0.99.0" in warnings_logged[0]
-    _serves(scheduler)
-
-
-def test_pool_construction_error_keeps_vllm_pool(monkeypatch: pytest.MonkeyPatch, warnings_logged: list[str]) -> None:
-    def init_032(self, *args, **kwargs):  # noqa: ANN001, ANN202 - vLLM 0.32's real start-up crash
-        raise TypeError("BlockPool.__init__() got an unexpected keyword argument 'num_hash_lookahead_tokens'")
-
-    monkeypatch.setattr(ScoredBlockPool, "__init__", init_032)
-    before = _incompatible()
-    scheduler = make_scheduler(make_vllm_config(32, 16, additional_config=SETTINGS))
-    assert type(scheduler.kv_cache_manager.block_pool) is BlockPool
-    assert _incompatible() == before + 1
-    assert len(warnings_logged) == 1 and "num_hash_lookahead_tokens" in warnings_logged[0]
-    _serves(scheduler)
-
-
-def test_hooks_that_cannot_install_keep_vllm_pool(monkeypatch: pytest.MonkeyPatch, warnings_logged: list[str]) -> None:
-    def broken() -> None:
-        raise AttributeError("type object 'KVCacheManager' has no attribute 'pop_blocks_for_free'")
-
-    monkeypatch.setattr(hooks, "install_hooks", broken)
-    before = _incompatible()
-    scheduler = make_scheduler(make_vllm_config(32, 16, additional_config=SETTINGS))
-    assert type(scheduler.kv_cache_manager.block_pool) is BlockPool
-    assert _incompatible() == before + 1 and len(warnings_logged) == 1
+    assert len(warnings_logged) == 1 and said in warnings_logged[0] and "CacheWise inactive" in warnings_logged[0]
     _serves(scheduler)
 
 
