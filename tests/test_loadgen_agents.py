@@ -11,8 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import subprocess
 import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -218,3 +222,63 @@ def test_cli_reports_an_unreachable_server(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert out.returncode == 2 and "cachewise agents: error" in out.stderr
+
+
+class _StubHandler(BaseHTTPRequestHandler):
+    """A minimal OpenAI-compatible HTTP server (stdlib) for the CLI's Ctrl-C test."""
+
+    chat_calls = 0
+
+    def log_message(self, *args) -> None:  # noqa: ANN002
+        pass
+
+    def _send(self, body: str, content_type: str = "application/json") -> None:
+        data = body.encode()
+        self.send_response(200)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:  # noqa: N802
+        if self.path == "/v1/models":
+            self._send(json.dumps({"object": "list", "data": [{"id": "m", "object": "model", "created": 0, "owned_by": "t"}]}))
+        else:
+            self._send(METRICS % (0, 0, 0), "text/plain")
+
+    def do_POST(self) -> None:  # noqa: N802
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        if self.path == "/tokenize":
+            self._send(json.dumps({"count": len(body["prompt"].split())}))
+            return
+        type(self).chat_calls += 1
+        chunk = {"id": "c", "object": "chat.completion.chunk", "created": 0, "model": "m",
+                 "choices": [{"index": 0, "delta": {"content": "ok "}, "finish_reason": None}]}  # fmt: skip
+        self._send(f"data: {json.dumps(chunk)}\n\ndata: [DONE]\n\n", "text/event-stream")
+
+
+def test_cli_ctrl_c_writes_partial_results(tmp_path: Path) -> None:
+    events = tmp_path / "events.parquet"
+    write_events(events_frame(sessions=2, calls=5, gap_s=30.0), events)  # long tool times: still running at Ctrl-C
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _StubHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    out = tmp_path / "r.json"
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "cachewise.cli", "agents", "--url", f"http://127.0.0.1:{server.server_port}",
+             "--events", str(events), "--split", "all", "--params", str(tmp_path / "none.yaml"), "--token-scale", "1",
+             "--no-progress", "--out", str(out)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and _StubHandler.chat_calls < 2:
+            time.sleep(0.2)
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        server.shutdown()
+    assert proc.returncode == 130, stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["summary"]["interrupted"] is True and report["summary"]["calls_ok"] == 2  # each session's first call
+    assert "(interrupted)" in stdout

@@ -63,8 +63,8 @@ def scaled_idle(workload: Workload, time_scale: float) -> Workload:
 def live_run(workload: Workload, settings: dict, blocks: int, block_size: int, args: argparse.Namespace) -> dict:
     """One fresh server, one agents run; the agents' summary plus the server's start-up line."""
     # Chat-template tokens make live prompts a little longer than planned; vLLM refuses a
-    # max_model_len beyond the KV budget, so the budget caps it.
-    max_len = min(block_size * math.ceil((workload.max_request_tokens() * 1.2 + 256) / block_size), blocks * block_size)
+    # max_model_len beyond the KV budget (less vLLM's null block), so the budget caps it.
+    max_len = min(block_size * math.ceil((workload.max_request_tokens() * 1.2 + 256) / block_size), (blocks - 1) * block_size)
     spec = ServerSpec(
         additional_config={"cachewise": {**settings, "log_interval_s": 0}},
         num_gpu_blocks_override=blocks,
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--time-scale", type=float, default=1.0)
     parser.add_argument("--token-scale", type=int, default=16)
     parser.add_argument("--max-prompt-tokens", type=int, default=96000, help="trace tokens")
-    parser.add_argument("--block-size", type=int, default=16, help="KV block (tokens), live and replay")
+    parser.add_argument("--block-size", type=int, default=32, help="KV block (tokens), live and replay (vLLM CPU: a multiple of 32)")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="data/live/bench_live.json")
