@@ -120,6 +120,14 @@ class VllmServer:
                 self.spec.command(self.port), cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, start_new_session=True,
             )  # fmt: skip
+        try:
+            self._wait_healthy()
+        except BaseException:  # not healthy, or interrupted: never leave the server behind
+            self.stop()
+            raise
+
+    def _wait_healthy(self) -> None:
+        assert self._proc is not None
         deadline = time.monotonic() + self._timeout
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
@@ -130,7 +138,6 @@ class VllmServer:
             except httpx.HTTPError:
                 pass
             time.sleep(1.0)
-        self.stop()
         raise ServerError(f"vLLM server not healthy after {self._timeout:.0f}s:\n{self.log_tail()}")
 
     def log_text(self) -> str:

@@ -43,6 +43,9 @@ from cachewise.runtime.replay.driver import ArrivalParams
 from cachewise.runtime.replay.workload import Dependency, Workload
 
 LIVE = {"vllm order (fallback mode)": {"mode": "fallback"}, "cachewise learned": None}
+# Remember every evicted hash, so a live harmful eviction is, as in the replay, an evicted
+# block that any later request asked for (the pool's default window is its block count).
+HARMFUL_WINDOW = 10_000_000
 
 
 def scaled_idle(workload: Workload, time_scale: float) -> Workload:
@@ -66,7 +69,7 @@ def live_run(workload: Workload, settings: dict, blocks: int, block_size: int, a
     # max_model_len beyond the KV budget (less vLLM's null block), so the budget caps it.
     max_len = min(block_size * math.ceil((workload.max_request_tokens() * 1.2 + 256) / block_size), (blocks - 1) * block_size)
     spec = ServerSpec(
-        additional_config={"cachewise": {**settings, "log_interval_s": 0}},
+        additional_config={"cachewise": {**settings, "log_interval_s": 0, "harmful_window": HARMFUL_WINDOW}},
         num_gpu_blocks_override=blocks,
         max_model_len=max_len,
         max_num_seqs=max(args.concurrency * 2, 8),
@@ -88,6 +91,7 @@ def live_run(workload: Workload, settings: dict, blocks: int, block_size: int, a
         "calls_ok": summary["calls_ok"],
         "calls_planned": summary["calls_planned"],
         "startup": startup[:1],
+        "errors": [f"{c.request_id}: {c.error}" for c in report.calls if c.error is not None],
     }
 
 
