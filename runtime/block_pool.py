@@ -51,10 +51,9 @@ import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
-from vllm.distributed.kv_events import MEDIUM_GPU
 from vllm.v1.core.block_pool import BlockPool
-from vllm.v1.core.kv_cache_metrics import KVCacheMetricsCollector
 from vllm.v1.core.kv_cache_utils import BlockHash, KVCacheBlock, make_block_hash_with_group_id, resolve_block_hashes
 from vllm.v1.request import Request
 
@@ -70,7 +69,8 @@ logger = logging.getLogger("vllm.cachewise")
 class ScoredBlockPool(BlockPool):
     """A ``BlockPool`` whose free blocks are reused in the order of reuse predictions.
 
-    Constructed like vLLM's ``BlockPool`` plus ``predictor`` (None = fallback mode),
+    Constructed like the installed vLLM's ``BlockPool`` (its arguments are passed through
+    unchanged) plus the keywords ``predictor`` (None = fallback mode),
     ``clock`` (the time base of predictions; seconds) and ``config``.
     ``fallback_reason`` marks a pool built without a predictor because of a failure (it is
     counted once in ``stats.fallbacks``).
@@ -78,28 +78,17 @@ class ScoredBlockPool(BlockPool):
 
     def __init__(
         self,
-        num_gpu_blocks: int,
-        enable_caching: bool,
-        hash_block_size: int,
-        enable_kv_cache_events: bool = False,
-        metrics_collector: KVCacheMetricsCollector | None = None,
-        num_hash_lookahead_tokens: int = 0,
-        medium: str = MEDIUM_GPU,
-        *,
+        *args: Any,
         predictor: ReusePredictor | None,
         clock: Callable[[], float] = time.monotonic,
         config: PoolConfig | None = None,
         fallback_reason: str | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            num_gpu_blocks,
-            enable_caching,
-            hash_block_size,
-            enable_kv_cache_events=enable_kv_cache_events,
-            metrics_collector=metrics_collector,
-            num_hash_lookahead_tokens=num_hash_lookahead_tokens,
-            medium=medium,
-        )
+        # vLLM's arguments pass through as given: BlockPool's signature differs between
+        # vLLM releases (cachewise.runtime.vllm_compat); what is needed is read back below.
+        super().__init__(*args, **kwargs)
+        num_gpu_blocks, enable_caching = self.num_gpu_blocks, self.enable_caching
         self.config = config or PoolConfig()
         self.predictor = predictor
         self.clock = clock

@@ -53,6 +53,7 @@ from vllm.v1.request import Request, RequestStatus
 from cachewise.runtime.block_pool import ScoredBlockPool
 from cachewise.runtime.config import PoolConfig
 from cachewise.runtime.policy import ReusePredictor
+from cachewise.runtime.vllm_compat import keep_vllm_classes, vllm_version
 
 _VLLM_BLOCK_POOL = BlockPool
 _DENSE_LOOKUP = FullAttentionManager.find_longest_cache_hit.__func__
@@ -109,20 +110,31 @@ def use_policy(
 
 
 def _build_pool(*args: Any, **kwargs: Any) -> BlockPool:
-    """Stand-in for ``BlockPool`` inside ``kv_cache_coordinator``: scored iff a binding is active."""
+    """Stand-in for ``BlockPool`` inside ``kv_cache_coordinator``: scored iff a binding is active.
+
+    If the scored pool cannot be built (e.g. a vLLM whose ``BlockPool`` differs), vLLM's own
+    pool is built instead, with one warning and one ``incompatible`` fallback counted.
+    """
     binding = _binding.get()
     if binding is None:
         return _VLLM_BLOCK_POOL(*args, **kwargs)
-    pool = ScoredBlockPool(
-        *args,
-        predictor=binding.predictor,
-        clock=binding.clock,
-        config=binding.config,
-        fallback_reason=binding.fallback_reason,
-        **kwargs,
-    )
+    try:
+        pool = ScoredBlockPool(
+            *args,
+            predictor=binding.predictor,
+            clock=binding.clock,
+            config=binding.config,
+            fallback_reason=binding.fallback_reason,
+            **kwargs,
+        )
+    except Exception as exc:  # noqa: BLE001 - a pool CacheWise cannot build must not stop vLLM
+        keep_vllm_classes(f"cannot build ScoredBlockPool on vLLM {vllm_version()} ({type(exc).__name__}: {exc})")
+        return _VLLM_BLOCK_POOL(*args, **kwargs)
     if binding.on_pool is not None:
-        binding.on_pool(pool)
+        try:
+            binding.on_pool(pool)
+        except Exception as exc:  # noqa: BLE001 - the start-up callback is not worth an outage
+            pool.record_hook_error(exc)
     return pool
 
 
@@ -222,21 +234,29 @@ def _wrap(original: Callable[..., Any], hook: Callable[[Any, Request], None]) ->
 
 
 def install_hooks() -> None:
-    """Install the pool factory, the release, arrival and withdrawal hooks (no-op when already installed)."""
+    """Install the pool factory, the release, arrival and withdrawal hooks (no-op when already installed).
+
+    All targets are looked up before any is replaced, so a vLLM lacking one of them
+    raises here (``AttributeError``) with nothing patched.
+    """
     from vllm.v1.core.sched.scheduler import Scheduler  # imported late, like the plugin's wrapper
 
+    targets = [
+        (owner, name, getattr(owner, name), hook)
+        for owner, name, hook in (
+            (KVCacheManager, "free", _release),
+            (KVCacheManager, "pop_blocks_for_free", _release),
+            (Scheduler, "add_request", _arrive),
+        )
+    ]
+    finish = Scheduler.finish_requests
     if kv_cache_coordinator.BlockPool is not _build_pool:
         kv_cache_coordinator.BlockPool = _build_pool  # type: ignore[assignment, misc]
-    for owner, name, hook in (
-        (KVCacheManager, "free", _release),
-        (KVCacheManager, "pop_blocks_for_free", _release),
-        (Scheduler, "add_request", _arrive),
-    ):
-        method = getattr(owner, name)
+    for owner, name, method, hook in targets:
         if not getattr(method, "_cachewise_hook", False):
             setattr(owner, name, _wrap(method, hook))
-    if not getattr(Scheduler.finish_requests, "_cachewise_hook", False):
-        Scheduler.finish_requests = _wrap_finish(Scheduler.finish_requests)  # type: ignore[method-assign]
+    if not getattr(finish, "_cachewise_hook", False):
+        Scheduler.finish_requests = _wrap_finish(finish)  # type: ignore[method-assign]
 
 
 def hooks_installed() -> bool:

@@ -32,7 +32,8 @@ from prometheus_client import Counter, Gauge, Histogram, start_http_server
 # Under the "vllm" logger so that vLLM's own logging setup (handler, level, format) shows our lines.
 logger = logging.getLogger("vllm.cachewise")
 
-FALLBACK_REASONS = ("load", "predictor_error", "invalid_score", "hook_error", "disabled")
+# "incompatible": vLLM's own classes kept (untested vLLM version, or CacheWise failed to build on it).
+FALLBACK_REASONS = ("load", "predictor_error", "invalid_score", "hook_error", "disabled", "incompatible")
 
 
 @dataclass
@@ -97,6 +98,11 @@ def _metrics() -> dict[str, Counter | Gauge | Histogram]:
                 buckets=(1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 5e-2, 0.1),
             )
         return _prom
+
+
+def count_fallback(reason: str) -> None:
+    """One ``cachewise_fallbacks_total{reason}`` outside any pool (e.g. no pool could be built)."""
+    _metrics()["fallbacks"].labels(reason=reason).inc()
 
 
 def observe_latency(seconds: float) -> None:

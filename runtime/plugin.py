@@ -19,6 +19,12 @@ ONE warning, count one ``cachewise_fallbacks_total{reason="load"}`` and leave vL
 in its default order. Loading never runs unchecked bytes through LightGBM's parser
 (:mod:`cachewise.train.exported`), and a ``models:/`` download gives up after
 ``registry_timeout_s`` (default 10 s).
+
+Versions: on a vLLM outside the tested series (:mod:`cachewise.runtime.vllm_compat`), or
+when anything of CacheWise's own fails while its hooks, the scheduler wrapper's binding or
+the scored pool are built, vLLM's own classes stay in place: one warning, one
+``cachewise_fallbacks_total{reason="incompatible"}``, and the engine starts as without
+the plugin.
 """
 
 from __future__ import annotations
@@ -26,22 +32,48 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable
+from contextlib import ExitStack
 from typing import Any
 
 from cachewise.runtime.config import CONFIG_KEY, CacheWiseSettings, ConfigError
-from cachewise.runtime.hooks import PolicyBinding, bound, install_hooks
 from cachewise.runtime.metrics import serve_metrics
+from cachewise.runtime.vllm_compat import bound_argument, keep_vllm_classes, untested_reason, vllm_version
+
+try:  # imports vLLM internals: a vLLM that lacks them must still start (without CacheWise)
+    from cachewise.runtime.hooks import PolicyBinding, bound, install_hooks
+except Exception as exc:  # noqa: BLE001
+    _HOOKS_IMPORT_ERROR: str | None = f"cannot import CacheWise's hooks ({type(exc).__name__}: {exc})"
+else:
+    _HOOKS_IMPORT_ERROR = None
 
 logger = logging.getLogger("vllm.cachewise")
 
+# Why CacheWise stays out of this process (None: it may patch vLLM); set by register().
+_problem: str | None = None
+
 
 def register() -> None:
-    """Entry point: install the hooks (idempotent; does nothing visible without settings)."""
-    install_hooks()
-    from vllm.v1.core.sched.scheduler import Scheduler
+    """Entry point: install the hooks (idempotent; does nothing visible without settings); never raises.
 
-    if not getattr(Scheduler.__init__, "_cachewise_hook", False):
-        Scheduler.__init__ = _wrap_scheduler_init(Scheduler.__init__)  # type: ignore[method-assign]
+    On a vLLM outside :data:`~cachewise.runtime.vllm_compat.TESTED_SERIES`, or when the hooks
+    cannot be installed, nothing of vLLM's is replaced: only ``Scheduler.__init__`` is
+    wrapped, so that an engine started *with* ``cachewise`` settings says once why CacheWise
+    is inactive and counts ``cachewise_fallbacks_total{reason="incompatible"}``.
+    """
+    global _problem
+    try:
+        _problem = _problem or untested_reason() or _HOOKS_IMPORT_ERROR
+        if _problem is None:
+            try:
+                install_hooks()
+            except Exception as exc:  # noqa: BLE001 - nothing was patched (install_hooks looks up first)
+                _problem = f"cannot install CacheWise's hooks on vLLM {vllm_version()} ({type(exc).__name__}: {exc})"
+        from vllm.v1.core.sched.scheduler import Scheduler
+
+        if not getattr(Scheduler.__init__, "_cachewise_hook", False):
+            Scheduler.__init__ = _wrap_scheduler_init(Scheduler.__init__)  # type: ignore[method-assign]
+    except Exception as exc:  # noqa: BLE001 - the plugin must never stop vLLM from starting
+        keep_vllm_classes(f"cannot register on vLLM {vllm_version()} ({type(exc).__name__}: {exc})")
 
 
 def settings_of(vllm_config: Any) -> dict | None:
@@ -53,15 +85,22 @@ def settings_of(vllm_config: Any) -> dict | None:
 
 
 def _wrap_scheduler_init(original: Callable[..., None]) -> Callable[..., None]:
+    """``original`` run under the settings' binding; any CacheWise failure leaves vLLM's classes."""
+
     @functools.wraps(original)
     def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
-        vllm_config = kwargs.get("vllm_config", args[0] if args else None)
+        vllm_config = bound_argument(original, "vllm_config", self, *args, **kwargs)
         raw = settings_of(vllm_config)
-        if raw is None:
-            original(self, *args, **kwargs)
-            return
-        binding = binding_for(raw, vllm_config)
-        with bound(binding):
+        with ExitStack() as stack:
+            if raw is not None:
+                problem = _problem or untested_reason()
+                try:
+                    if problem is None:
+                        stack.enter_context(bound(binding_for(raw, vllm_config)))
+                except Exception as exc:  # noqa: BLE001 - e.g. hooks that cannot be installed
+                    problem = f"cannot set CacheWise up on vLLM {vllm_version()} ({type(exc).__name__}: {exc})"
+                if problem is not None:
+                    keep_vllm_classes(problem)
             original(self, *args, **kwargs)
 
     __init__._cachewise_hook = True  # type: ignore[attr-defined]

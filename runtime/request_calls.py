@@ -19,13 +19,14 @@ what the engine core knows when a request finishes, with no client changes:
 
 Client hints: ``SamplingParams.extra_args = {"cachewise": {"tool": ..., "arguments": ...,
 "tool_calls": [...], "session_id": ..., "thread_id": ..., "is_sidechain": bool}}`` (all
-optional; with the OpenAI server pass them as ``vllm_xargs`` / ``extra_args``).
+optional; with the OpenAI server pass them as ``vllm_xargs: {"cachewise": "<the dict as JSON>"}``).
 
 Memory is bounded: at most ``max_threads`` registered hashes (least recently used dropped).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections import OrderedDict
@@ -67,10 +68,19 @@ class LazyTokenizer:
 
 
 def hint_of(request: Request) -> Mapping[str, Any]:
-    """The client's ``extra_args["cachewise"]`` dict for ``request`` (empty when absent or malformed)."""
+    """The client's ``extra_args["cachewise"]`` dict for ``request`` (empty when absent or malformed).
+
+    Also accepted: the dict JSON-encoded as a string, which is how the OpenAI server's
+    ``vllm_xargs`` carries it (its values may be strings, numbers or lists, not objects).
+    """
     params = request.sampling_params
     extra = getattr(params, "extra_args", None) if params is not None else None
     hint = extra.get(HINT_KEY) if isinstance(extra, Mapping) else None
+    if isinstance(hint, str):
+        try:
+            hint = json.loads(hint)
+        except ValueError:
+            return {}
     return hint if isinstance(hint, Mapping) else {}
 
 

@@ -125,3 +125,13 @@ def test_threads_and_sessions_follow_the_prefix_chain() -> None:
     assert named.session_key == "S-42" and follow.session_key == "S-42" and follow.thread_key == named.thread_key
     hinted = builder.build(_finished("d1", list(range(4000, 4048)), [7], hint={"thread_id": "T", "session_id": "S"}), now=13.0)
     assert (hinted.thread_key, hinted.session_key) == ("T", "S")
+
+
+def test_hints_arrive_json_encoded_through_vllm_xargs() -> None:
+    """The OpenAI server's ``vllm_xargs`` only carries strings/numbers: the hint comes as JSON text."""
+    from cachewise.runtime.request_calls import hint_of
+
+    hint = {"session_id": "s1", "tool_calls": [{"name": "Bash", "arguments": PYTEST}]}
+    assert hint_of(make_request("j", range(20), BLOCK, hint=json.dumps(hint))) == hint  # type: ignore[arg-type]
+    assert hint_of(make_request("bad", range(20), BLOCK, hint="{not json")) == {}  # type: ignore[arg-type]
+    assert hint_of(make_request("dict", range(20), BLOCK, hint=hint)) == hint

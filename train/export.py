@@ -39,7 +39,6 @@ from cachewise.train.exported import (
     REGISTRY_TIMEOUT_S,
     SHA_KEY,
     SPEC_FILE,
-    ModelLoadError,
     download_model,
     load_folder,
     model_sha256,

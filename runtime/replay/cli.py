@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterable
+from typing import Any
 from pathlib import Path
 
 from cachewise.data.schema import SchemaError, read_events
@@ -33,7 +35,7 @@ from cachewise.runtime.replay.provenance import ProvenanceError, check_replayabl
 from cachewise.runtime.replay.report import markdown_table, write_report
 from cachewise.runtime.replay.residency_policies import cap_policies
 from cachewise.runtime.replay.runner import Replayer
-from cachewise.runtime.replay.selection import select_sessions
+from cachewise.runtime.replay.selection import Selection, select_sessions
 from cachewise.runtime.replay.sweep import run_grid
 from cachewise.runtime.replay.targets import headline
 from cachewise.runtime.replay.workload import Workload, build_workload
@@ -133,39 +135,61 @@ def _setup_lines(config: ReplayConfig, workload: Workload, engine: EngineParams,
     ]
 
 
-def replay(config: ReplayConfig, params_path: str, sweep: bool, progress: bool) -> Path:
-    """Run the replay described by ``config``; returns the report's path."""
+def replayed_workload(config: ReplayConfig, params_path: str, seed: int) -> tuple[Workload, Selection]:
+    """The sessions ``config`` replays with ``seed`` (split, sample, order) as a workload; also
+    what fits the policies.
+
+    ``cachewise agents`` sends the same sessions to a live server through this function.
+    """
     events = read_events(config.events)
     split = _split_params(params_path) if config.split == "test" else {}
+    chosen = select_sessions(events, config.split, config.max_sessions, seed, **split)
+    return build_workload(events, config.workload, chosen.sessions), chosen
+
+
+def load_learned(config: ReplayConfig, workloads: Iterable[Workload], block_size: int) -> tuple[Any, str]:
+    """The learned-predictor factory for ``config``'s policies (None when none needs a model)
+    and the report's note on the model, after the provenance check over ``workloads``."""
+    if not needs_model(config.policies):
+        return None, "not run"
+    if config.model is None:
+        named = [p for p in config.policies if needs_model((p,))]
+        raise ReplayConfigError(f"policies {', '.join(named)} need --model (or replay.model)")
+    exported = load_exported(config.model)
+    tasks = {p.task_id for w in workloads for p in w.sessions}
+    if config.allow_train_tasks:
+        note = f"`{config.model}`; provenance check OVERRIDDEN (--allow-train-tasks): it may have seen these tasks."
+    else:
+        check_replayable(exported.spec, config.model, tasks)
+        note = f"`{config.model}`; every replayed task is one its training held out (spec test_tasks)."
+    return learned_factory(exported, block_size), note
+
+
+def make_replayer(
+    config: ReplayConfig, workload: Workload, chosen: Selection, engine: EngineParams, learned: Any, seed: int
+) -> Replayer:
+    """The replayer of ``config``'s policies over one seed's ``workload``."""
     cost = load_cost_model(config.cost_coefficients, config.model_shape)
+    ctx = PolicyContext(workload, IdleStats.fit(chosen.fit_events), config.ttl_quantile, learned)
+    return Replayer(workload, cost, engine, ctx, seed=seed)
+
+
+def replay(config: ReplayConfig, params_path: str, sweep: bool, progress: bool) -> Path:
+    """Run the replay described by ``config``; returns the report's path."""
     engine = config.engine.for_scale(config.workload.token_scale)
     seeds = tuple(range(config.seed, config.seed + config.seeds))
-    chosen = {s: select_sessions(events, config.split, config.max_sessions, s, **split) for s in seeds}
-    workloads = {s: build_workload(events, config.workload, c.sessions) for s, c in chosen.items()}
-    learned, model_note = None, "not run"
-    if needs_model(config.policies):
-        if config.model is None:
-            named = [p for p in config.policies if needs_model((p,))]
-            raise ReplayConfigError(f"policies {', '.join(named)} need --model (or replay.model)")
-        exported = load_exported(config.model)
-        tasks = {p.task_id for w in workloads.values() for p in w.sessions}
-        if config.allow_train_tasks:
-            model_note = f"`{config.model}`; provenance check OVERRIDDEN (--allow-train-tasks): it may have seen these tasks."
-        else:
-            check_replayable(exported.spec, config.model, tasks)
-            model_note = f"`{config.model}`; every replayed task is one its training held out (spec test_tasks)."
-        learned = learned_factory(exported, engine.block_size)
+    sampled = {s: replayed_workload(config, params_path, s) for s in seeds}
+    learned, model_note = load_learned(config, (w for w, _ in sampled.values()), engine.block_size)
 
     def replayer_for(seed: int) -> Replayer:
-        ctx = PolicyContext(workloads[seed], IdleStats.fit(chosen[seed].fit_events), config.ttl_quantile, learned)
-        return Replayer(workloads[seed], cost, engine, ctx, seed=seed)
+        return make_replayer(config, *sampled[seed], engine, learned, seed)
 
     fracs = (config.capacity_frac, *(config.sweep.capacity_fracs if sweep else ()))
     concs = (config.concurrency, *(config.sweep.concurrency if sweep else ()))
     results = run_grid(
         replayer_for, seeds, config.policies, fracs, concs, config.arrivals(), progress, workers=config.workers
     )
-    setup = _setup_lines(config, workloads[seeds[0]], engine, model_note)
+    setup = _setup_lines(config, sampled[seeds[0]][0], engine, model_note)
     path = write_report(results, config.out, config.policies, config.concurrency, config.capacity_frac, setup)
     point = headline(results, config.concurrency, config.capacity_frac)
     cols = ["harmful_evictions", "min_harmful_evictions", "hit_rate", "recomputed_tokens", "jct_s_mean", "policy_overhead_pct"]
