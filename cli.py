@@ -10,7 +10,10 @@ model or registry that cannot be used: ``ValueError``, ``OSError``, the project'
 types and MLflow's) prints ONE line ``cachewise <command>: error: ...`` on stderr and exits
 2; anything else prints one line and exits 1. ``--debug`` (before or after the command)
 shows the traceback instead. SIGTERM is turned into ``SystemExit(143)`` so that every
-``finally`` runs: staged outputs are removed and an MLflow run ends ``KILLED``.
+``finally`` runs: staged outputs are removed and an MLflow run ends ``KILLED``. A library
+may catch that ``SystemExit`` and raise its own error instead (MLflow wraps exceptions
+raised inside its calls); once SIGTERM has arrived (:func:`terminated`), the command still
+exits 143.
 """
 
 from __future__ import annotations
@@ -41,7 +44,16 @@ def is_user_error(exc: BaseException) -> bool:
     return isinstance(exc, (ValueError, OSError)) or any(c.__name__ in _USER_ERROR_NAMES for c in type(exc).__mro__)
 
 
+_SIGTERM = threading.Event()
+
+
+def terminated() -> bool:
+    """True once this process received SIGTERM while a command ran."""
+    return _SIGTERM.is_set()
+
+
 def _terminate(signum: int, frame: FrameType | None) -> None:
+    _SIGTERM.set()
     raise SystemExit(TERMINATED)
 
 
@@ -59,12 +71,16 @@ def main(argv: list[str] | None = None) -> int:
             importlib.import_module(module).configure(p)
     args = parser.parse_args(argv)
     in_main_thread = threading.current_thread() is threading.main_thread()
+    _SIGTERM.clear()
     previous = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
     try:
         return int(importlib.import_module(SUBCOMMANDS[args.command][0]).run(args) or 0)
     except Exception as exc:
         if args.debug:
             raise
+        if terminated():
+            print(f"cachewise {args.command}: terminated (SIGTERM) during {type(exc).__name__}", file=sys.stderr)
+            return TERMINATED
         user = is_user_error(exc)
         kind = "error" if user else f"internal error ({type(exc).__name__}; re-run with --debug for the traceback)"
         message = " ".join(str(exc).split()) or type(exc).__name__

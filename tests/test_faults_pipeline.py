@@ -69,15 +69,15 @@ def _spawn(root: Path, *argv: str) -> subprocess.Popen:
     )
 
 
-def _term_when(proc: subprocess.Popen, ready, limit_s: float = 300.0) -> int:
-    """SIGTERM ``proc`` as soon as ``ready()`` holds; its exit status."""
+def _term_when(proc: subprocess.Popen, ready, limit_s: float = 300.0) -> tuple[int, str]:
+    """SIGTERM ``proc`` as soon as ``ready()`` holds; its exit status and stderr."""
     deadline = time.monotonic() + limit_s
     while proc.poll() is None and not ready() and time.monotonic() < deadline:
         time.sleep(0.05)
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
-    proc.communicate(timeout=120)
-    return proc.returncode
+    _, err = proc.communicate(timeout=120)
+    return proc.returncode, err
 
 
 def _staged_leftovers(folder: Path) -> list[str]:
@@ -108,9 +108,9 @@ def test_sigterm_during_train_leaves_no_running_run_and_a_clean_rerun(pipeline) 
     known = {r[0] for r in _db(root, "select run_uuid from runs")}
     proc = _spawn(root, "train", "--params", p, "--out", str(out))
     started = lambda: any(r[0] not in known for r in _db(root, "select run_uuid from runs where status = 'RUNNING'"))  # noqa: E731
-    rc = _term_when(proc, started)
+    rc, err = _term_when(proc, started)
     new = {r[0]: r[1] for r in _db(root, "select run_uuid, status from runs") if r[0] not in known}
-    assert rc == 128 + signal.SIGTERM, proc.stderr
+    assert rc == 128 + signal.SIGTERM, err
     assert new and set(new.values()) == {"KILLED"}
     assert not out.exists() and not _staged_leftovers(root)  # nothing half-written
     assert main(["train", "--params", p, "--out", str(out)]) == 0

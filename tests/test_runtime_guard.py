@@ -142,7 +142,10 @@ def test_guard_bounds_adversarial_predictor_to_lru(kind: str, seed: int, guard: 
     print(f"{kind} seed {seed} rate {guard.sample_rate}: accesses {looked}, hits LRU {lru_hits}, unguarded {bad_hits}, guarded {guarded_hits} "
           f"(bound {bound:.0f} below LRU), switches {stats.guard_switches}")
     assert lru_hits - bad_hits > bound, "the predictor is not adversarial enough for the test to mean anything"
-    assert stats.guard_switches >= 1 and stats.guard_learned is False
+    # The guard must have left the learned order at least once. Where it ends depends on which
+    # hashes are sampled, and vLLM seeds its block hashes from os.urandom per process (NONE_HASH),
+    # so the final mode is not asserted; the stated guarantee is the hit bound below.
+    assert stats.guard_switches >= 1
     assert lru_hits - guarded_hits <= bound
 
 

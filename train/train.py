@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 
 from cachewise.atomic_write import replace_folder, staging_folder, write_text
+from cachewise.cli import terminated
 from cachewise.features.dask_cluster import backend_of
 from cachewise.features.featurize import read_features
 from cachewise.features.params import ParamsError, load_section, param_path, require
@@ -220,7 +221,7 @@ def log_to_mlflow(result: TrainResult, out: Path, plot_files: list[Path], extra_
         mlflow.end_run("KILLED")
         raise
     except BaseException:
-        mlflow.end_run("FAILED")
+        mlflow.end_run("KILLED" if terminated() else "FAILED")  # SIGTERM wrapped by a library: still a kill
         raise
     mlflow.end_run()
     return {

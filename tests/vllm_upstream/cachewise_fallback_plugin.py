@@ -11,6 +11,10 @@ loader would) and every KV-cache manager built during the session gets a ``Score
 * ``random:<seed>``: *learned* mode with a predictor that answers random (seeded) reuse and
   expiry times, or no opinion, for every request: an order unrelated to vLLM's LRU.
 
+In the learned modes the online guard (:mod:`cachewise.runtime.guard`) is off: it starts in
+vLLM's order and would keep it through these short tests, and the point is to run vLLM's
+tests against the learned order itself.
+
 At the end it writes, to the JSON file named by ``CACHEWISE_UPSTREAM_REPORT``, how many
 scored pools were built, how many were active (learned mode) and what they counted, so the
 caller can check the plugin was really in the path.
@@ -26,6 +30,7 @@ from contextlib import ExitStack
 import pytest
 
 from cachewise.runtime.block_pool import ScoredBlockPool
+from cachewise.runtime.config import GuardConfig, PoolConfig
 from cachewise.runtime.hooks import use_policy
 from cachewise.runtime.plugin import register
 from cachewise.runtime.policy import ReusePrediction, ReusePredictor
@@ -67,7 +72,8 @@ def predictor_for(mode: str) -> ReusePredictor | None:
 def pytest_configure(config: pytest.Config) -> None:
     register()
     predictor = predictor_for(os.environ.get("CACHEWISE_UPSTREAM_MODE", "fallback"))
-    _stack.enter_context(use_policy(predictor, on_pool=_pools.append))
+    config = PoolConfig(guard=GuardConfig(enabled=False))
+    _stack.enter_context(use_policy(predictor, on_pool=_pools.append, config=config))
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
