@@ -32,26 +32,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cachewise.data.ingest import load_sources
-from cachewise.data.synthetic import generate_corpus
-from cachewise.features.featurize import featurize
 from cachewise.train.exported import SHA_KEY, ModelLoadError, load_exported, model_sha256
 from cachewise.train.model_text import ModelTextError, check_model_text
-from cachewise.train.train import train_model, write_outputs
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An export folder (model.txt + spec.json) of a model trained on 30 synthetic sessions."""
-    root = tmp_path_factory.mktemp("faults")
-    generate_corpus(root / "corpus", seed=5, sessions=30)
-    events, _ = load_sources([root / "corpus"])
-    frame = featurize(events, horizon_s=600.0).frame
-    tparams = yaml.safe_load((REPO / "params.yaml").read_text())["train"]
-    result = train_model(frame, {"events_sha256": "test"}, tparams, 600.0, "params.yaml:train")
-    write_outputs(result, root / "model")
-    return root / "model"
+def exported(synthetic_model: dict) -> Path:
+    """The export folder (model.txt + spec.json) of the shared synthetic model (tests/conftest.py)."""
+    return synthetic_model["model"]
 
 
 class LoaderChild:
