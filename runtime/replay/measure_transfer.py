@@ -33,7 +33,6 @@ import statistics
 from pathlib import Path
 
 import numpy as np
-from scipy.optimize import nnls
 
 MIB = 1 << 20
 CONTIGUOUS_BYTES = [MIB << k for k in range(0, 13)]  # 1 MiB .. 4 GiB
@@ -59,8 +58,8 @@ def _time(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def measure(repeats: int, seed: int) -> dict:
-    """Time contiguous and paged copies both ways; return the points and fitted coefficients."""
+def measure(repeats: int, seed: int) -> dict[str, list[dict]]:
+    """Time contiguous and paged copies both ways; return the timed points per direction."""
     import torch
 
     rng = np.random.default_rng(seed)
@@ -94,6 +93,13 @@ def measure(repeats: int, seed: int) -> dict:
                 points[name].append({"bytes": nbytes, "chunks": n, "chunk_bytes": chunk, "s": s, "gb_s": nbytes / s / 1e9})
                 del graph
 
+    return points
+
+
+def fit(points: dict[str, list[dict]]) -> dict:
+    """Fit ``t0 + bytes/bandwidth + chunks*t_chunk`` per direction (NNLS, relative error)."""
+    from scipy.optimize import nnls
+
     fits = {}
     for name, pts in points.items():
         rows = np.array([[1.0, p["bytes"], p["chunks"]] for p in pts])
@@ -107,7 +113,7 @@ def measure(repeats: int, seed: int) -> dict:
             "t_chunk_s": coef[2],
             "max_rel_error": float(np.max(np.abs(pred - times) / times)),
         }
-    return {"fits": fits, "points": points}
+    return fits
 
 
 def main() -> None:
@@ -126,14 +132,20 @@ def main() -> None:
         "script": "runtime/replay/measure_transfer.py",
         "model": "transfer_s = t0_s + bytes / (bandwidth_gb_s * 1e9) + chunks * t_chunk_s",
         "caveats": __doc__.split("Caveats kept in the output file:")[1].strip(),
-        **measure(args.repeats, args.seed),
+        "points": measure(args.repeats, args.seed),
     }
-    for name, fit in result["fits"].items():
-        print(name, json.dumps(fit))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".tmp")
+    _write(args.out, result)  # the timings are kept even if the fit cannot run
+    result["fits"] = fit(result["points"])
+    for name, coefficients in result["fits"].items():
+        print(name, json.dumps(coefficients))
+    _write(args.out, result)
+
+
+def _write(path: Path, result: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(result, indent=1) + "\n")
-    tmp.replace(args.out)
+    tmp.replace(path)
 
 
 if __name__ == "__main__":
