@@ -31,7 +31,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "train": ("cachewise.train.train", "train the LightGBM next-reuse model, log to MLflow"),
     "export": ("cachewise.train.export", "register the model and export it to models/"),
     "score": ("cachewise.train.score", "report a model's prediction quality next to baselines"),
-    "replay": ("cachewise.runtime.replay.cli", "replay agent sessions through vLLM's scheduler"),
+    "replay": ("cachewise.replay.cli", "replay agent sessions through vLLM's scheduler"),
     "agents": ("cachewise.loadgen.cli", "replay agent sessions as real clients of an OpenAI-compatible server"),
 }
 USER_ERROR, INTERNAL_ERROR, TERMINATED = 2, 1, 128 + signal.SIGTERM

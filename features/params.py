@@ -4,7 +4,7 @@ Every key is checked against :data:`KNOWN_KEYS` when its section is read: an unk
 (a typo such as ``train.bakend``) is a :class:`ParamsError` naming the file, the key and
 the closest valid one — never silently ignored. ``train.lightgbm`` is LightGBM's own
 parameter set (LightGBM warns about names it does not know) and ``replay`` is checked by
-:mod:`cachewise.runtime.replay.config`.
+:mod:`cachewise.replay.config`.
 """
 
 from __future__ import annotations

@@ -22,8 +22,8 @@ from pathlib import Path
 from cachewise.data.schema import SchemaError
 from cachewise.features.params import ParamsError
 from cachewise.loadgen.client import AgentsConfig, AgentsReport, run_agents
-from cachewise.runtime.replay.cli import replayed_workload
-from cachewise.runtime.replay.config import ReplayConfigError, load_config
+from cachewise.replay.cli import replayed_workload
+from cachewise.replay.config import ReplayConfigError, load_config
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

@@ -1,6 +1,6 @@
 """Real agent clients: recorded sessions replayed against an OpenAI-compatible server.
 
-Each session of a :class:`~cachewise.runtime.replay.workload.Workload` (the plans the
+Each session of a :class:`~cachewise.replay.workload.Workload` (the plans the
 replay benchmark serves, so both see the same sessions, lengths and idle times) becomes an
 asyncio agent talking ``/v1/chat/completions`` through the ``openai`` client:
 
@@ -48,7 +48,7 @@ from openai import AsyncOpenAI
 
 from cachewise.loadgen import prom
 from cachewise.loadgen.filler import filler
-from cachewise.runtime.replay.workload import CallPlan, SessionPlan, Workload
+from cachewise.replay.workload import CallPlan, SessionPlan, Workload
 
 
 @dataclass(frozen=True)

@@ -111,7 +111,7 @@ class VllmServer:
             "VLLM_NO_USAGE_STATS": "1",
             "DO_NOT_TRACK": "1",
             "HF_HUB_OFFLINE": "1",
-            "VLLM_LOGGING_LEVEL": "INFO",  # the start-up line; importing cachewise.runtime.replay lowers it
+            "VLLM_LOGGING_LEVEL": "INFO",  # the start-up line; importing cachewise.replay lowers it
             **self.spec.env,
         }
         self.log_path.parent.mkdir(parents=True, exist_ok=True)

@@ -139,7 +139,7 @@ class ResidencySettings:
     looks (a return later than that counts as "not back"). ``prefill_a0``, ``prefill_a_tok``,
     ``prefill_a_ctx``: prefill cost model ``a0 + a_tok n + a_ctx n^2 / 2`` (seconds, n
     tokens) of recomputing a dropped working set; defaults: Llama-3.1-8B on an H200
-    (``runtime/replay/cost_coefficients.json``).
+    (``replay/cost_coefficients.json``).
     """
 
     headroom: float = 0.1
@@ -168,7 +168,7 @@ class CacheWiseSettings:
 
     ``registry_timeout_s``: wall-clock budget (retries included) for fetching a ``models:/``
     model from the MLflow registry at start-up; None: the loader's default
-    (:data:`cachewise.train.exported.REGISTRY_TIMEOUT_S`, 10 s). ``metrics_port``: 1..65535.
+    (:data:`cachewise.scoring.exported.REGISTRY_TIMEOUT_S`, 10 s). ``metrics_port``: 1..65535.
     ``log_dir``: when set, every finished call's feature metadata is appended to a Parquet
     dataset there (:mod:`cachewise.runtime.serving_log`; learned mode only), for retraining.
     """

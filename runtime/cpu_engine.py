@@ -182,8 +182,8 @@ def export_tiny_model(folder: Path, spec_changes: dict[str, Any] | None = None) 
     import numpy as np
 
     from cachewise.features.spec import FEATURE_NAMES, spec_fields
-    from cachewise.train.exported import write_export
-    from cachewise.train.idle import N_LEVELS
+    from cachewise.scoring.exported import write_export
+    from cachewise.scoring.idle import N_LEVELS
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(200, len(FEATURE_NAMES)))

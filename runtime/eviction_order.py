@@ -14,7 +14,7 @@ Time rule. A block's reuse key starts as the predicted ``reuse_at``. When ``now`
 key without a reuse, the block is *overdue* and is re-keyed to
 ``now + max(now - freed_at, MIN_OVERDUE_STEP_S)``: a prefix already idle ``e`` seconds past
 its prediction is expected to stay idle about as long again (the Pareto-tail rule of
-:mod:`cachewise.train.idle`), so it sinks steadily instead of keeping a stale, already passed
+:mod:`cachewise.scoring.idle`), so it sinks steadily instead of keeping a stale, already passed
 reuse time; each re-key at least doubles its idle horizon, so a block is re-keyed
 O(log(max_idle / MIN_OVERDUE_STEP_S)) times per free period. At ``expire_at`` it is
 evicted before every predicted block. Re-keys and expiries are driven lazily by a timer

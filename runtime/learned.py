@@ -3,9 +3,9 @@
 Per finished request: build its :class:`~cachewise.features.record.FinishedCall`
 (:mod:`cachewise.runtime.request_calls`), turn it into the feature vector with the same
 :class:`~cachewise.features.online.FeatureState` training used, and ask the exported model
-(:func:`cachewise.train.exported.load_exported`) for ``mu = log1p(idle seconds)``. With the
+(:func:`cachewise.scoring.exported.load_exported`) for ``mu = log1p(idle seconds)``. With the
 model's validation residual quantiles ``Q`` (spec ``residual_quantiles.model``, see
-:mod:`cachewise.train.idle`) the prediction is::
+:mod:`cachewise.scoring.idle`) the prediction is::
 
     reuse_at  = now + expm1(mu + Q(0.5))        # the conditioned gap at zero idle time
     expire_at = now + expm1(mu + Q(EXPIRY_LEVEL))
@@ -13,7 +13,7 @@ model's validation residual quantiles ``Q`` (spec ``residual_quantiles.model``, 
 i.e. the prefix is expected back after the median gap of its kind, and counts as ended
 once it has been idle longer than ``EXPIRY_LEVEL`` of such prefixes ever were. Between
 the two the pool re-keys an overdue prefix to "idle as long again" (the tail rule of
-:mod:`cachewise.train.idle`; :mod:`cachewise.runtime.eviction_order`), and caps
+:mod:`cachewise.scoring.idle`; :mod:`cachewise.runtime.eviction_order`), and caps
 ``expire_at`` at ``now + max_idle_s``. A NaN / inf model output raises
 :class:`~cachewise.runtime.policy.InvalidPrediction`, which the pool counts as an invalid
 score (no prediction for that request). With a session view attached (``sessions``, by the
@@ -34,7 +34,7 @@ from cachewise.features.record import FinishedCall
 from cachewise.runtime.policy import InvalidPrediction, ReusePrediction
 from cachewise.runtime.request_calls import CallBuilder
 from cachewise.runtime.sessions import Forecast, SessionView
-from cachewise.train.idle import LEVELS
+from cachewise.scoring.idle import LEVELS
 
 EXPIRY_LEVEL = 0.99
 _EXPIRY_INDEX = int(round(EXPIRY_LEVEL * (len(LEVELS) - 1)))
@@ -43,7 +43,7 @@ _EXPIRY_INDEX = int(round(EXPIRY_LEVEL * (len(LEVELS) - 1)))
 class LearnedPredictor:
     """:class:`~cachewise.runtime.policy.ReusePredictor` backed by an exported model.
 
-    ``model`` is a :class:`cachewise.train.exported.ExportedModel` (``predict_one``,
+    ``model`` is a :class:`cachewise.scoring.exported.ExportedModel` (``predict_one``,
     ``expected_gap_one``, ``conditioner``); ``calls`` builds the calls; ``features`` holds
     the per-thread history (one per engine); ``on_call`` (optional, e.g.
     :meth:`cachewise.runtime.serving_log.ServingLog.record`) sees every built call first.

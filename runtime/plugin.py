@@ -17,7 +17,7 @@ fallback mode (vLLM's eviction order) and why. Failures to build the predictor (
 or corrupt model, unreachable registry, feature-spec version mismatch, bad settings) log
 ONE warning, count one ``cachewise_fallbacks_total{reason="load"}`` and leave vLLM serving
 in its default order. Loading never runs unchecked bytes through LightGBM's parser
-(:mod:`cachewise.train.exported`), and a ``models:/`` download gives up after
+(:mod:`cachewise.scoring.exported`), and a ``models:/`` download gives up after
 ``registry_timeout_s`` (default 10 s).
 
 Versions: on a vLLM outside the tested series (:mod:`cachewise.runtime.vllm_compat`), or
@@ -132,7 +132,7 @@ def build_learned_predictor(settings: CacheWiseSettings, vllm_config: Any) -> An
     from cachewise.runtime.learned import LearnedPredictor
     from cachewise.runtime.request_calls import CallBuilder, LazyTokenizer
     from cachewise.runtime.tool_calls import get_parser
-    from cachewise.train.exported import load_exported
+    from cachewise.scoring.exported import load_exported
 
     parser = get_parser(settings.tool_parser)
     model = load_exported(settings.model, registry_timeout_s=settings.registry_timeout_s)

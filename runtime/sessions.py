@@ -72,7 +72,7 @@ class Forecast:
     @classmethod
     def from_log_model(cls, mu: float, residual_quantiles: Sequence[float]) -> Forecast:
         """Gaps ``expm1(mu + Q(level))`` from a log-scale prediction and its residual quantiles
-        (``residual_quantiles`` at evenly spaced levels 0..1, as :mod:`cachewise.train.idle` exports)."""
+        (``residual_quantiles`` at evenly spaced levels 0..1, as :mod:`cachewise.scoring.idle` exports)."""
         q = list(residual_quantiles)
         n = len(q) - 1
         gaps = []
@@ -115,7 +115,7 @@ class Forecast:
     def remaining(self, elapsed: float) -> list[float]:
         """Quantile sample of the *remaining* gap given the session stayed idle ``elapsed`` s:
         the stored quantiles above ``elapsed``, minus it; ``[2 * elapsed]`` (as long again,
-        the tail rule of :mod:`cachewise.train.idle`) when every quantile has passed."""
+        the tail rule of :mod:`cachewise.scoring.idle`) when every quantile has passed."""
         i = bisect.bisect_right(self.gaps, elapsed)
         rest = [g - elapsed for g in self.gaps[i:]]
         return rest if rest else [max(elapsed, 1.0)]

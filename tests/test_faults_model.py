@@ -32,8 +32,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cachewise.data.ingest import load_sources
-from cachewise.train.exported import SHA_KEY, ModelLoadError, load_exported, model_sha256
-from cachewise.train.model_text import ModelTextError, check_model_text
+from cachewise.scoring.exported import SHA_KEY, ModelLoadError, load_exported, model_sha256
+from cachewise.scoring.model_text import ModelTextError, check_model_text
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -52,9 +52,9 @@ class LoaderChild:
         "for line in sys.stdin:\n"
         "    try:\n"
         "        b = lightgbm.Booster(model_file=line.strip()); b.predict(np.zeros((2, b.num_feature())))\n"
-        "        print('ok', flush=True)\n"
+        "        print('verdict: ok', flush=True)\n"
         "    except Exception as e:\n"
-        "        print('error', flush=True)\n"
+        "        print('verdict: error', flush=True)\n"
     )
 
     def __init__(self) -> None:
@@ -64,15 +64,17 @@ class LoaderChild:
         return subprocess.Popen([sys.executable, "-c", self.CODE], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
     def load(self, path: Path) -> str:
-        """'ok', 'error' (LightGBM raised), or 'crashed (status N)'."""
+        """'ok', 'error' (LightGBM raised), or 'crashed (status N)'.
+
+        LightGBM prints its own warnings to stdout, so only ``verdict:`` lines are answers."""
         self.proc.stdin.write(f"{path}\n")
         self.proc.stdin.flush()
-        answer = self.proc.stdout.readline().strip()
-        if not answer:
-            status = self.proc.wait()
-            self.proc = self._start()
-            return f"crashed (status {status})"
-        return answer
+        while line := self.proc.stdout.readline():
+            if line.startswith("verdict: "):
+                return line.removeprefix("verdict: ").strip()
+        status = self.proc.wait()
+        self.proc = self._start()
+        return f"crashed (status {status})"
 
     def close(self) -> None:
         self.proc.stdin.close()

@@ -23,7 +23,7 @@ from cachewise.cli import main
 from cachewise.data.ingest import load_sources
 from cachewise.data.schema import write_events
 from cachewise.data.synthetic import generate_corpus
-from cachewise.train.exported import load_exported
+from cachewise.scoring.exported import load_exported
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from cachewise.cli import main
-from cachewise.train.exported import ModelLoadError, load_exported
+from cachewise.scoring.exported import ModelLoadError, load_exported
 
 URI = "models:/cachewise-reuse@champion"
 

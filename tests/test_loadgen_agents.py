@@ -27,7 +27,7 @@ from cachewise.data.schema import COLUMNS, write_events
 from cachewise.loadgen import prom
 from cachewise.loadgen.client import AgentsConfig, run_agents
 from cachewise.loadgen.filler import WORDS, filler
-from cachewise.runtime.replay.workload import WorkloadParams, build_workload
+from cachewise.replay.workload import WorkloadParams, build_workload
 
 METRICS = """# TYPE vllm:prefix_cache_queries counter
 vllm:prefix_cache_queries_total{engine="0",model_name="m"} %d

@@ -15,7 +15,7 @@ from cachewise.data.schema import write_events
 from cachewise.data.synthetic import generate_corpus
 from cachewise.features.featurize import read_features
 from cachewise.features.spec import FEATURE_NAMES
-from cachewise.train.exported import load_exported
+from cachewise.scoring.exported import load_exported
 
 REPO = Path(__file__).resolve().parents[1]
 URI = "models:/cachewise-reuse@champion"

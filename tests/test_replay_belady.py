@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cachewise.runtime.replay.belady import belady_min
+from cachewise.replay.belady import belady_min
 
 
 def _chains(paths: list[tuple[int, ...]]) -> list[list]:

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from cachewise.cli import main
-from cachewise.runtime.replay.policies import known_policies
+from cachewise.replay.policies import known_policies
 
 pytestmark = pytest.mark.vllm
 

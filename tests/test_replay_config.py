@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from cachewise.runtime.replay.config import ReplayConfigError, load_config
+from cachewise.replay.config import ReplayConfigError, load_config
 
 
 def write(tmp_path, section: dict) -> str:

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from cachewise.runtime.replay.costmodel import CostModel, CostModelError, load_cost_model
+from cachewise.replay.costmodel import CostModel, CostModelError, load_cost_model
 
 COEFFS = {"prefill": {"a0": 0.01, "a_tok": 1e-4, "a_ctx": 1e-8}, "decode": {"b0": 0.02, "b_seq": 1e-3, "b_ctx": 1e-6}}
 
@@ -33,9 +33,9 @@ def test_step_time_sums_chunks_and_scales_tokens(model: CostModel) -> None:
 def test_shipped_coefficients_load() -> None:
     from pathlib import Path
 
-    shipped = Path(__file__).resolve().parents[1] / "runtime" / "replay" / "cost_coefficients.json"
+    shipped = Path(__file__).resolve().parents[1] / "replay" / "cost_coefficients.json"
     if not shipped.exists():
-        pytest.skip(f"{shipped} not written yet (runtime/replay/measure_costs.py on a GPU)")
+        pytest.skip(f"{shipped} not written yet (replay/measure_costs.py on a GPU)")
     assert load_cost_model(shipped, "llama-3.1-8b-bf16").prefill_time(1024, 0) > 0
 
 

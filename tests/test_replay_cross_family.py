@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from cachewise.runtime.replay.cross_family import held_out, report, run_cross_family
+from cachewise.replay.cross_family import held_out, report, run_cross_family
 from cachewise.train.split import split_by_task
 
 

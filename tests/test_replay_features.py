@@ -2,7 +2,7 @@
 
 Real sessions (../shared/traces, skipped where absent; the embedded synthetic corpus always)
 are replayed through vLLM's scheduler at ``token_scale`` 16 with the learned predictor built
-exactly as the replay builds it (:func:`cachewise.runtime.replay.policies.learned_factory`),
+exactly as the replay builds it (:func:`cachewise.replay.policies.learned_factory`),
 on a model stand-in that records every feature vector it is asked to score. Each vector is
 compared with the offline vector of the same events row (``featurize``, the training input).
 
@@ -29,12 +29,12 @@ from cachewise.data.synthetic import generate_corpus
 from cachewise.features.featurize import featurize
 from cachewise.features.spec import FEATURE_NAMES
 from cachewise.runtime.policy import ReusePrediction
-from cachewise.runtime.replay.costmodel import load_cost_model
-from cachewise.runtime.replay.driver import ArrivalParams
-from cachewise.runtime.replay.engine import EngineParams
-from cachewise.runtime.replay.policies import REGISTRY, IdleStats, PolicyContext, PolicySpec, learned_factory
-from cachewise.runtime.replay.runner import Replayer
-from cachewise.runtime.replay.workload import WorkloadParams, build_workload
+from cachewise.replay.costmodel import load_cost_model
+from cachewise.replay.driver import ArrivalParams
+from cachewise.replay.engine import EngineParams
+from cachewise.replay.policies import REGISTRY, IdleStats, PolicyContext, PolicySpec, learned_factory
+from cachewise.replay.runner import Replayer
+from cachewise.replay.workload import WorkloadParams, build_workload
 
 pytestmark = pytest.mark.vllm
 

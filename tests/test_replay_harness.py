@@ -41,12 +41,12 @@ import pandas as pd
 import pytest
 
 from cachewise.data.schema import COLUMNS, validate
-from cachewise.runtime.replay.costmodel import load_cost_model
-from cachewise.runtime.replay.driver import ArrivalParams
-from cachewise.runtime.replay.engine import EngineParams
-from cachewise.runtime.replay.policies import IdleStats, PolicyContext
-from cachewise.runtime.replay.runner import Replayer
-from cachewise.runtime.replay.workload import WorkloadParams, build_workload
+from cachewise.replay.costmodel import load_cost_model
+from cachewise.replay.driver import ArrivalParams
+from cachewise.replay.engine import EngineParams
+from cachewise.replay.policies import IdleStats, PolicyContext
+from cachewise.replay.runner import Replayer
+from cachewise.replay.workload import WorkloadParams, build_workload
 
 pytestmark = pytest.mark.vllm
 

@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 
 from cachewise.data.ingest import load_sources
-from cachewise.runtime.replay.costmodel import load_cost_model
-from cachewise.runtime.replay.driver import ArrivalParams
-from cachewise.runtime.replay.engine import EngineParams
-from cachewise.runtime.replay.policies import IdleStats, PolicyContext
-from cachewise.runtime.replay.runner import Replayer, RunSpec
-from cachewise.runtime.replay.workload import WorkloadParams, build_workload
+from cachewise.replay.costmodel import load_cost_model
+from cachewise.replay.driver import ArrivalParams
+from cachewise.replay.engine import EngineParams
+from cachewise.replay.policies import IdleStats, PolicyContext
+from cachewise.replay.runner import Replayer, RunSpec
+from cachewise.replay.workload import WorkloadParams, build_workload
 
 pytestmark = [pytest.mark.vllm, pytest.mark.shared_traces]
 

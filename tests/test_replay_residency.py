@@ -15,14 +15,14 @@ from cachewise.data.schema import write_events
 from cachewise.data.synthetic import generate_corpus
 from cachewise.runtime.config import ResidencySettings
 from cachewise.runtime.cpu_engine import export_tiny_model
-from cachewise.runtime.replay.policies import IdleStats
-from cachewise.runtime.replay.residency_policies import (
+from cachewise.replay.policies import IdleStats
+from cachewise.replay.residency_policies import (
     ContinuumPins,
     ContinuumPredictor,
     cap_of,
     cap_policies,
 )
-from cachewise.runtime.replay.policies import REGISTRY, hand_written
+from cachewise.replay.policies import REGISTRY, hand_written
 
 pytestmark = pytest.mark.vllm
 POLICIES = ["lru", "cachewise", "cachewise_nomodel", "continuum"]

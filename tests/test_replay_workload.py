@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 
 from cachewise.data.schema import COLUMNS, SchemaError
-from cachewise.runtime.replay.tokens import TokenSynth
-from cachewise.runtime.replay.workload import WorkloadParams, build_workload
+from cachewise.replay.tokens import TokenSynth
+from cachewise.replay.workload import WorkloadParams, build_workload
 
 VOCAB = 128256
 

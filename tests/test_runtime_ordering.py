@@ -3,7 +3,7 @@
 The model test trains a tiny LightGBM model on the project's own feature definition
 (:class:`~cachewise.features.online.FeatureState`) over calls whose idle time depends on
 the tool they ran (test runs ~2 min, reads ~2 s, ended turns ~20 min), writes it in the
-export format and loads it with :func:`cachewise.train.exported.load_exported`. The engine
+export format and loads it with :func:`cachewise.scoring.exported.load_exported`. The engine
 is vLLM's ``Scheduler`` built with ``--additional-config`` through the plugin. A session
 waiting on a long test run must keep its prefix while a finished session, freed *later*
 (so vLLM's LRU would keep it instead), loses its prefix; plain vLLM on the same traffic does
@@ -31,8 +31,8 @@ from cachewise.runtime.hooks import use_policy
 from cachewise.runtime.learned import LearnedPredictor
 from cachewise.runtime.plugin import register
 from cachewise.runtime.policy import ReusePrediction
-from cachewise.train.exported import load_exported, write_export
-from cachewise.train.idle import IdleConditioner
+from cachewise.scoring.exported import load_exported, write_export
+from cachewise.scoring.idle import IdleConditioner
 
 # The learned order itself, with the guard off (tests/test_runtime_guard.py covers the guard).
 UNGUARDED = PoolConfig(guard=GuardConfig(enabled=False))

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cachewise.runtime.sessions import FORECAST_LEVELS, PROVISIONAL, Forecast, SessionView
-from cachewise.train.idle import IdleConditioner, N_LEVELS
+from cachewise.scoring.idle import IdleConditioner, N_LEVELS
 
 
 def test_forecast_from_log_model_matches_the_idle_conditioner_median() -> None:

@@ -14,7 +14,7 @@ from cachewise.data.ingest import load_sources
 from cachewise.data.synthetic import generate_corpus
 from cachewise.features.featurize import featurize
 from cachewise.features.spec import FEATURE_NAMES
-from cachewise.train.exported import ModelLoadError, load_exported
+from cachewise.scoring.exported import ModelLoadError, load_exported
 from cachewise.train.train import train_model, write_outputs
 
 REPO = Path(__file__).resolve().parents[1]

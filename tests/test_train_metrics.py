@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cachewise.train.idle import LEVELS, IdleConditioner
+from cachewise.scoring.idle import LEVELS, IdleConditioner
 from cachewise.train.metrics import (
     gap_predictor_metrics,
     lru_metrics,

@@ -5,7 +5,7 @@ With the ``source`` column present, ``by_family`` repeats the scoring per trace 
 (``claude_code``, ``blockhash``, ``swe_agent``, ``synthetic``: each on its own rows and
 its own pairs), so a model trained on mixed traffic shows where it is good and where not.
 Every gap predictor (model, ``per_tool_mean``, ``constant``) comes with its own
-:class:`~cachewise.train.idle.IdleConditioner` (fitted on validation residuals at training
+:class:`~cachewise.scoring.idle.IdleConditioner` (fitted on validation residuals at training
 time and stored in the spec), so all are judged the same way (:mod:`cachewise.train.metrics`).
 """
 
@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from cachewise.train.baselines import BaselineStats, predict_constant, predict_per_tool_mean
-from cachewise.train.idle import IdleConditioner
+from cachewise.scoring.idle import IdleConditioner
 from cachewise.train.metrics import gap_predictor_metrics, lru_metrics, reference_times, sample_idle_pairs
 
 GAP_PREDICTORS = ("model", "per_tool_mean", "constant")

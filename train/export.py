@@ -13,7 +13,7 @@
    feature-set version, or its registered spec has no ``model_sha256`` while the new one has
    (this code could not serve it by URI). The decision and its reason are printed.
 3. Export the alias holder to ``registry.export_dir``: ``model.txt`` + ``spec.json``
-   (:mod:`cachewise.train.exported` loads it without MLflow), staged beside the target,
+   (:mod:`cachewise.scoring.exported` loads it without MLflow), staged beside the target,
    checked by loading it, then swapped in (:func:`cachewise.atomic_write.replace_folder`):
    the export folder is always the previous complete export or the new one.
 
@@ -34,7 +34,7 @@ from pathlib import Path
 from cachewise.atomic_write import replace_folder, staging_folder
 from cachewise.features.params import load_section, param_path, require
 from cachewise.features.spec import FEATURE_SET_VERSION
-from cachewise.train.exported import (
+from cachewise.scoring.exported import (
     MODEL_FILE,
     REGISTRY_TIMEOUT_S,
     SHA_KEY,

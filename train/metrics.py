@@ -25,7 +25,7 @@ furthest in the future. The headline metric therefore scores orderings of such p
 
    * ``pairwise_accuracy`` (headline): what an evictor ranking at ``m`` sees. A gap predictor's
      next-use time is ``t + g(m - t)``, its prediction conditioned on the prefix having been
-     idle ``m - t`` already (:class:`cachewise.train.idle.IdleConditioner`, fitted on the
+     idle ``m - t`` already (:class:`cachewise.scoring.idle.IdleConditioner`, fitted on the
      validation residuals of that predictor); LRU's is minus the last-use time.
    * ``pairwise_accuracy_static``: the unconditioned next-use time ``t + predicted idle``
      fixed at finish time (an overdue prefix keeps a next-use time already in the past).
@@ -45,7 +45,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import spearmanr
 
-from cachewise.train.idle import IdleConditioner
+from cachewise.scoring.idle import IdleConditioner
 
 TIME_BASES = ("session", "wall")
 

@@ -13,12 +13,12 @@ Fields (JSON object):
   the training rows, a censored row counted at ``2 * horizon_s``;
 * ``residual_quantiles``: for ``model``, ``per_tool_mean`` and ``constant``, the 101 quantiles
   (levels 0, 0.01, ..., 1) of validation residuals ``label - prediction``: the input of
-  :class:`cachewise.train.idle.IdleConditioner`;
+  :class:`cachewise.scoring.idle.IdleConditioner`;
 * ``baselines``: ``constant`` and ``per_class_mean`` (:class:`cachewise.train.baselines.BaselineStats`);
 * ``metrics``: held-out metrics of the model and baselines (:mod:`cachewise.train.evaluate`);
 * ``lightgbm``: the training parameters and ``best_iteration``;
 * ``model_sha256`` and ``probe`` (``features``, ``prediction``): the model text's hash and one
-  row with its prediction, checked at every load (:mod:`cachewise.train.exported`).
+  row with its prediction, checked at every load (:mod:`cachewise.scoring.exported`).
 
 Written as strict JSON (non-finite numbers as ``null``), atomically.
 """
@@ -36,7 +36,7 @@ import pandas as pd
 from cachewise.atomic_write import write_text
 from cachewise.features.spec import spec_fields
 from cachewise.train.baselines import BaselineStats
-from cachewise.train.idle import IdleConditioner
+from cachewise.scoring.idle import IdleConditioner
 
 ALL_CLASSES = "__all__"
 QUANTILES = {"p50": 0.5, "p90": 0.9, "p99": 0.99}

@@ -32,8 +32,8 @@ from cachewise.features.params import ParamsError, load_section
 from cachewise.features.spec import FEATURE_NAMES
 from cachewise.train.baselines import BaselineStats
 from cachewise.train.evaluate import GAP_PREDICTORS, PairSettings, evaluate
-from cachewise.train.exported import REGISTRY_TIMEOUT_S, ExportedModel, ModelLoadError, load_exported
-from cachewise.train.idle import IdleConditioner
+from cachewise.scoring.exported import REGISTRY_TIMEOUT_S, ExportedModel, ModelLoadError, load_exported
+from cachewise.scoring.idle import IdleConditioner
 from cachewise.train.model_spec import finite_json
 
 

@@ -8,7 +8,7 @@ Steps, each reproducible from ``params.yaml`` (``train`` and ``features`` sectio
 3. fit the baselines on train, and every predictor's idle conditioner on valid residuals;
 4. score model and baselines on the held-out test tasks (:mod:`cachewise.train.evaluate`);
 5. write ``model.txt``, ``spec.json`` (:mod:`cachewise.train.model_spec`; with the model's
-   sha256 and a probe row, see :mod:`cachewise.train.exported`), ``metrics.json`` (the DVC
+   sha256 and a probe row, see :mod:`cachewise.scoring.exported`), ``metrics.json`` (the DVC
    metrics file) and ``plots/*.csv|png`` (DVC plots) into a staging folder beside ``<out>``;
 6. log params, metrics, plots, spec and the model (``mlflow.lightgbm`` flavor, spec as an
    extra file) to the MLflow experiment ``cachewise`` (:mod:`cachewise.train.tracking`),
@@ -43,8 +43,8 @@ from cachewise.features.params import ParamsError, load_section, param_path, req
 from cachewise.features.spec import CATEGORICAL, FEATURE_NAMES, FEATURE_SET_VERSION
 from cachewise.train.baselines import fit_baselines
 from cachewise.train.evaluate import PairSettings, baseline_predictions, evaluate
-from cachewise.train.exported import MODEL_FILE, PROBE_KEY, SHA_KEY, SPEC_FILE, model_sha256, probe_of
-from cachewise.train.idle import IdleConditioner
+from cachewise.scoring.exported import MODEL_FILE, PROBE_KEY, SHA_KEY, SPEC_FILE, model_sha256, probe_of
+from cachewise.scoring.idle import IdleConditioner
 from cachewise.train.model_spec import build_spec, idle_quantiles, write_json
 from cachewise.train.plots import plot_tables, write_plots
 from cachewise.train.split import split_by_task

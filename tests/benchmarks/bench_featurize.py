@@ -35,7 +35,7 @@ from cachewise.features import online
 from cachewise.features.featurize import featurize, finish_order
 from cachewise.features.online import FeatureState
 from cachewise.features.record import finished_call_from_row
-from cachewise.train.exported import ExportedModel, load_exported
+from cachewise.scoring.exported import ExportedModel, load_exported
 from cachewise.train.train import train_model, write_outputs
 
 REPO = Path(__file__).resolve().parents[2]

@@ -7,7 +7,7 @@ budget, same time scale, three ways:
   with CacheWise in ``fallback`` mode, i.e. vLLM's own eviction order with CacheWise's
   counters on (so harmful evictions are counted the same way as in the next row);
 * **live, CacheWise**: the same server with the learned model;
-* **replay**: ``lru`` and ``learned`` through :class:`~cachewise.runtime.replay.runner.Replayer`
+* **replay**: ``lru`` and ``learned`` through :class:`~cachewise.replay.runner.Replayer`
   with the same block budget and block size (vLLM's scheduler, H200 cost model for step
   times, recorded idle times times the same ``--time-scale``).
 
@@ -37,10 +37,10 @@ from pathlib import Path
 
 from cachewise.loadgen.client import AgentsConfig, run_agents
 from cachewise.loadgen.server import ServerSpec, VllmServer
-from cachewise.runtime.replay.cli import load_learned, make_replayer, replayed_workload
-from cachewise.runtime.replay.config import load_config
-from cachewise.runtime.replay.driver import ArrivalParams
-from cachewise.runtime.replay.workload import Dependency, Workload
+from cachewise.replay.cli import load_learned, make_replayer, replayed_workload
+from cachewise.replay.config import load_config
+from cachewise.replay.driver import ArrivalParams
+from cachewise.replay.workload import Dependency, Workload
 
 LIVE = {"vllm order (fallback mode)": {"mode": "fallback"}, "cachewise learned": None}
 # Remember every evicted hash, so a live harmful eviction is, as in the replay, an evicted

@@ -31,13 +31,13 @@ from pathlib import Path
 
 from cachewise.data.ingest import load_sources
 from cachewise.data.schema import read_events, write_events
-from cachewise.runtime.replay.cli import replay
-from cachewise.runtime.replay.config import SweepSettings, load_config
-from cachewise.runtime.replay.costmodel import load_cost_model
-from cachewise.runtime.replay.policies import IdleStats, PolicyContext
-from cachewise.runtime.replay.runner import Replayer, RunSpec
-from cachewise.runtime.replay.selection import select_sessions
-from cachewise.runtime.replay.workload import build_workload
+from cachewise.replay.cli import replay
+from cachewise.replay.config import SweepSettings, load_config
+from cachewise.replay.costmodel import load_cost_model
+from cachewise.replay.policies import IdleStats, PolicyContext
+from cachewise.replay.runner import Replayer, RunSpec
+from cachewise.replay.selection import select_sessions
+from cachewise.replay.workload import build_workload
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED_TRACES = (REPO / ".." / "shared" / "traces").resolve()

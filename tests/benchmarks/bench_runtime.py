@@ -166,8 +166,8 @@ def bench_scorer(model_path: str | None, n: int = 2000) -> float:
     from cachewise.features.online import FeatureState
     from cachewise.features.record import FinishedCall, ToolCallInfo
     from cachewise.features.spec import FEATURE_NAMES, spec_fields
-    from cachewise.train.exported import load_exported, write_export
-    from cachewise.train.idle import N_LEVELS
+    from cachewise.scoring.exported import load_exported, write_export
+    from cachewise.scoring.idle import N_LEVELS
 
     with tempfile.TemporaryDirectory() as tmp:
         if model_path is None:

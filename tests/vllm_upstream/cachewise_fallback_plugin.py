@@ -62,7 +62,7 @@ def predictor_for(mode: str) -> ReusePredictor | None:
         from cachewise.runtime.learned import LearnedPredictor
         from cachewise.runtime.request_calls import CallBuilder
         from cachewise.runtime.tool_calls import get_parser
-        from cachewise.train.exported import load_exported
+        from cachewise.scoring.exported import load_exported
 
         calls = CallBuilder(model="upstream-test", hash_block_size=16, parser=get_parser("none"), tokenizer=None)
         return LearnedPredictor(load_exported(arg), calls)

@@ -19,7 +19,7 @@ naming the first one that does not hold:
   (LightGBM crashes on a parameter line without ``: ``), ``end of parameters`` and a JSON
   ``pandas_categorical`` line.
 
-The exported spec's ``model_sha256`` (checked first, :mod:`cachewise.train.exported`)
+The exported spec's ``model_sha256`` (checked first, :mod:`cachewise.scoring.exported`)
 catches every change to the bytes; this check stands behind it for files whose checksum
 was recorded after they were damaged. Linear in the file size; pure Python (measured: 15 ms
 for a 94-tree, 270 kB model; 140 ms for a 400-tree, 1.1 MB one).

@@ -3,7 +3,7 @@
 :class:`Replayer` holds what every run of one workload shares (token synthesis, cost
 model, engine shape, fitted policy statistics) and runs a policy at a given KV capacity
 and session overlay. Capacities are fractions of the *peak live working set*
-(:mod:`cachewise.runtime.replay.metrics`), measured by an infinite-cache run at the same
+(:mod:`cachewise.replay.metrics`), measured by an infinite-cache run at the same
 overlay; a capacity below one request's blocks is raised to that and flagged.
 
 Policy CPU time is the wall time spent inside the block pool's entry points
@@ -25,14 +25,14 @@ from vllm.v1.core.sched.scheduler import Scheduler
 from cachewise.runtime.config import GuardConfig, PoolConfig, ResidencySettings
 from cachewise.runtime.hooks import use_policy
 from cachewise.runtime.policy import ManualClock
-from cachewise.runtime.replay.costmodel import CostModel
-from cachewise.runtime.replay.driver import ArrivalParams, ClosedLoopDriver
-from cachewise.runtime.replay.engine import VOCAB_SIZE, EngineParams, VllmEngine
-from cachewise.runtime.replay.metrics import RunMetrics
-from cachewise.runtime.replay.policies import Policy, PolicyContext, build_policy
-from cachewise.runtime.replay.residency_policies import replay_settings
-from cachewise.runtime.replay.tokens import TokenSynth
-from cachewise.runtime.replay.workload import Workload
+from cachewise.replay.costmodel import CostModel
+from cachewise.replay.driver import ArrivalParams, ClosedLoopDriver
+from cachewise.replay.engine import VOCAB_SIZE, EngineParams, VllmEngine
+from cachewise.replay.metrics import RunMetrics
+from cachewise.replay.policies import Policy, PolicyContext, build_policy
+from cachewise.replay.residency_policies import replay_settings
+from cachewise.replay.tokens import TokenSynth
+from cachewise.replay.workload import Workload
 
 POOL_ENTRY_POINTS = ("get_new_blocks", "free_blocks", "touch", "on_request_released")
 HASH_BLOCK_TOKENS = 512  # tokens per hash id in block-hash traces (Mooncake)

@@ -13,7 +13,7 @@ sources are all missing is skipped with a message):
 Models are trained as ``cachewise train`` trains (:func:`cachewise.train.train.train_model`
 on :func:`cachewise.features.featurize.featurize` of the events; the model never sees its
 own held-out tasks) and written as export folders. Each replay is the replay's top-level
-:func:`cachewise.runtime.replay.cli.replay` with the ``replay`` params, overridden with the
+:func:`cachewise.replay.cli.replay` with the ``replay`` params, overridden with the
 family's events, the cell's model, ``policies`` and ``max_sessions`` (sweep on: the
 ``replay.sweep`` capacities). Output under ``out``: one folder per cell (the replay's own
 report), ``results.csv`` (every row with ``family`` and ``trained_on``) and ``report.md``
@@ -39,8 +39,8 @@ from cachewise.data.ingest import load_sources
 from cachewise.data.schema import write_events
 from cachewise.data.synthetic import generate_corpus
 from cachewise.features.featurize import featurize
-from cachewise.runtime.replay.cli import replay
-from cachewise.runtime.replay.config import load_config
+from cachewise.replay.cli import replay
+from cachewise.replay.config import load_config
 from cachewise.train.split import split_by_task
 from cachewise.train.train import train_model, write_outputs
 
@@ -227,8 +227,8 @@ def report(table: pd.DataFrame) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m cachewise.runtime.replay.cross_family --params params.yaml``."""
-    prog = "python -m cachewise.runtime.replay.cross_family"
+    """``python -m cachewise.replay.cross_family --params params.yaml``."""
+    prog = "python -m cachewise.replay.cross_family"
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)

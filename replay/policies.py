@@ -42,7 +42,7 @@ those training computed for the same call, except the clock-derived ones, which 
 replay clock as a served engine's would be on its own.
 
 The bound for harmful evictions is not a policy: Belady's MIN over each run's own access
-sequence (:mod:`cachewise.runtime.replay.belady`) is computed for every run.
+sequence (:mod:`cachewise.replay.belady`) is computed for every run.
 
 Policies are looked up by name in :data:`REGISTRY`; :func:`register_policy` adds one.
 
@@ -65,7 +65,7 @@ from vllm.v1.request import Request
 from cachewise.features.label import reuse_labels
 from cachewise.features.record import FinishedCall
 from cachewise.runtime.policy import ReusePrediction, ReusePredictor
-from cachewise.runtime.replay.workload import Workload
+from cachewise.replay.workload import Workload
 from cachewise.runtime.request_calls import CallBuilder
 
 NO_TOOL = "<none>"
@@ -231,7 +231,7 @@ LearnedFactory = Callable[[Workload, Callable[[], float]], ReusePredictor]
 
 
 def learned_factory(exported: Any, block_size: int) -> LearnedFactory:
-    """For a loaded :class:`~cachewise.train.exported.ExportedModel`: a function that builds a
+    """For a loaded :class:`~cachewise.scoring.exported.ExportedModel`: a function that builds a
     fresh :class:`~cachewise.runtime.learned.LearnedPredictor` (empty feature history) for one
     run of a workload on a given clock. Tool calls reach it through the request's hint, as in
     serving.
@@ -260,7 +260,7 @@ class PolicyContext:
     clock); None when no model was given, which makes the learned policies unavailable.
     ``residency``: the residency controller's settings on the replay's cost model and
     ``capacity_tokens`` the run's KV capacity (both set per run by the runner; used by the
-    residency policies, :mod:`cachewise.runtime.replay.residency_policies`).
+    residency policies, :mod:`cachewise.replay.residency_policies`).
     """
 
     workload: Workload

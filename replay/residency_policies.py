@@ -32,7 +32,7 @@
                        ``τ · W / C`` holding cost; no CPU offloading (reload = recompute).
 
 The three named policies are registered in the replay's policy
-:data:`~cachewise.runtime.replay.policies.REGISTRY` when this module is imported; ``capN``
+:data:`~cachewise.replay.policies.REGISTRY` when this module is imported; ``capN``
 when named (:func:`register_caps`; :func:`cap_policies` for ``--admission-caps``). They
 report through the replay's usual metrics (JCT from submission included).
 
@@ -55,8 +55,8 @@ from vllm.v1.request import Request
 
 from cachewise.runtime.config import ResidencySettings
 from cachewise.runtime.policy import ReusePrediction
-from cachewise.runtime.replay.costmodel import CostModel
-from cachewise.runtime.replay.policies import (
+from cachewise.replay.costmodel import CostModel
+from cachewise.replay.policies import (
     NO_TOOL,
     REGISTRY,
     Heuristic,

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cachewise.runtime.replay.workload import CallPlan, Workload
+from cachewise.replay.workload import CallPlan, Workload
 
 FIRST_ID = 1000  # stay clear of special tokens at the start of the vocabulary
 _PREFIX, _FRESH, _OUTPUT, _HASH = 0, 1, 2, 3

@@ -3,7 +3,7 @@
 :class:`ClosedLoopDriver` owns the simulated clock. Sessions start in workload order; at
 most ``concurrency`` run at once, and with an ``arrival_rate`` a session also waits for
 its Poisson arrival time. A call is sent once every call it depends on (see
-:mod:`cachewise.runtime.replay.workload`) has finished in the replay and its recorded
+:mod:`cachewise.replay.workload`) has finished in the replay and its recorded
 delay has passed. Each engine step advances the clock by the cost model's time for the
 batch that vLLM scheduled; a call finishes at the end of the step that sampled its last
 token. When the engine has nothing to do, the clock jumps to the next release.
@@ -29,11 +29,11 @@ from tqdm import tqdm
 from vllm.v1.request import Request
 
 from cachewise.runtime.policy import ManualClock
-from cachewise.runtime.replay.costmodel import CostModel
-from cachewise.runtime.replay.engine import VllmEngine
-from cachewise.runtime.replay.metrics import RunMetrics
-from cachewise.runtime.replay.tokens import TokenSynth
-from cachewise.runtime.replay.workload import CallPlan, Workload
+from cachewise.replay.costmodel import CostModel
+from cachewise.replay.engine import VllmEngine
+from cachewise.replay.metrics import RunMetrics
+from cachewise.replay.tokens import TokenSynth
+from cachewise.replay.workload import CallPlan, Workload
 
 
 class ReplayStuck(RuntimeError):

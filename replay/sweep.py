@@ -1,8 +1,8 @@
 """Run every policy over a grid of seeds, KV capacities and concurrencies; results as one table.
 
 One row per (seed, concurrency, capacity fraction, policy) with the columns of
-:meth:`cachewise.runtime.replay.runner.Replayer.run` plus ``seed``. Each seed has its own
-:class:`~cachewise.runtime.replay.runner.Replayer` (its own sample of sessions, their order
+:meth:`cachewise.replay.runner.Replayer.run` plus ``seed``. Each seed has its own
+:class:`~cachewise.replay.runner.Replayer` (its own sample of sessions, their order
 and token ids); every policy runs on every seed, so comparisons can be paired. The infinite
 cache does not depend on the capacity: it runs once per (seed, concurrency) and its row is
 repeated at every fraction.
@@ -22,8 +22,8 @@ from dataclasses import dataclass, replace
 import pandas as pd
 from tqdm import tqdm
 
-from cachewise.runtime.replay.driver import ArrivalParams
-from cachewise.runtime.replay.runner import Replayer, RunSpec
+from cachewise.replay.driver import ArrivalParams
+from cachewise.replay.runner import Replayer, RunSpec
 
 
 @dataclass(frozen=True)

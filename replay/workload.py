@@ -16,7 +16,7 @@ recorded in the trace:
   recorded gap between them (the ``Task`` tool returns when the sub-agent is done).
 
 Prefix structure (what the synthesised token ids reproduce, see
-:mod:`cachewise.runtime.replay.tokens`): the first call of a thread starts with the shared
+:mod:`cachewise.replay.tokens`): the first call of a thread starts with the shared
 system prompt of its group (same ``model`` and same ``is_sidechain``) and continues with
 tokens of its own. Call ``k+1``'s prompt is call ``k``'s prompt, then the first
 ``min(output_k, growth)`` tokens of call ``k``'s output, then new tokens (the tool

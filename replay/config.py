@@ -17,11 +17,11 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
-from cachewise.runtime.replay.driver import ArrivalParams
-from cachewise.runtime.replay.engine import EngineParams
-from cachewise.runtime.replay.policies import known_policies
-from cachewise.runtime.replay.residency_policies import register_caps
-from cachewise.runtime.replay.workload import WorkloadParams
+from cachewise.replay.driver import ArrivalParams
+from cachewise.replay.engine import EngineParams
+from cachewise.replay.policies import known_policies
+from cachewise.replay.residency_policies import register_caps
+from cachewise.replay.workload import WorkloadParams
 
 SECTION = "replay"
 DEFAULT_POLICIES = (
@@ -64,7 +64,7 @@ class ReplayConfig:
 
     events: str = "data/events.parquet"
     out: str = "data/replay"
-    cost_coefficients: str = "runtime/replay/cost_coefficients.json"
+    cost_coefficients: str = "replay/cost_coefficients.json"
     model_shape: str = "llama-3.1-8b-bf16"
     model: str | None = "models/cachewise-reuse"
     policies: tuple[str, ...] = DEFAULT_POLICIES

@@ -23,7 +23,7 @@ blocks are vLLM blocks of ``block_size`` replay tokens):
 * ``service_s_*`` (mean, p50, p90): per-session time from its start (admission to one of the
   ``concurrency`` slots) to its last response: the old "session time", blind to queueing.
 * ``min_harmful_evictions`` / ``min_recomputed_tokens``: Belady's MIN over this run's own
-  block-access sequence at the same number of blocks (:mod:`cachewise.runtime.replay.belady`):
+  block-access sequence at the same number of blocks (:mod:`cachewise.replay.belady`):
   a lower bound on the run's harmful evictions / recomputed tokens for that sequence.
 * ``peak_live_blocks``: the largest number of distinct blocks in the latest prompts of
   all started, unfinished sessions (each session's threads), a shared prefix counted once;
@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from cachewise.runtime.replay.belady import AccessLog, belady_min
+from cachewise.replay.belady import AccessLog, belady_min
 
 
 @dataclass

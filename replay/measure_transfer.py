@@ -2,7 +2,7 @@
 
 Run on a machine with an NVIDIA GPU and PyTorch (no vLLM needed):
 
-    python runtime/replay/measure_transfer.py --out runtime/replay/transfer_coefficients.json
+    python replay/measure_transfer.py --out replay/transfer_coefficients.json
 
 What is timed, each direction (host->device = load, device->host = store), with CUDA
 events, median of repeats after warm-up, host memory pinned:
@@ -129,7 +129,7 @@ def main() -> None:
         "measured_on": torch.cuda.get_device_name(0),
         "torch": torch.__version__,
         "date": dt.date.today().isoformat(),
-        "script": "runtime/replay/measure_transfer.py",
+        "script": "replay/measure_transfer.py",
         "model": "transfer_s = t0_s + bytes / (bandwidth_gb_s * 1e9) + chunks * t_chunk_s",
         "caveats": __doc__.split("Caveats kept in the output file:")[1].strip(),
         "points": measure(args.repeats, args.seed),

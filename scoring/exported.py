@@ -8,7 +8,7 @@ URI (``models:/cachewise-reuse@champion``); only then is MLflow imported.
 Loading never hands unchecked bytes to LightGBM's C++ parser (which crashes the process on a
 truncated or damaged file instead of raising): the bytes must hash to the spec's
 ``model_sha256`` (written by ``cachewise train``, re-checked by ``cachewise export``), then
-pass :func:`cachewise.train.model_text.check_model_text`. After loading, the spec's probe row
+pass :func:`cachewise.scoring.model_text.check_model_text`. After loading, the spec's probe row
 (``probe.features``) must predict ``probe.prediction`` (a finite number). Every failure is a
 :class:`ModelLoadError`. Registry downloads are bounded by ``registry_timeout_s`` (wall
 clock, retries included).
@@ -39,8 +39,8 @@ import numpy as np
 from lightgbm.basic import _LIB
 
 from cachewise.features.spec import spec_fields
-from cachewise.train.idle import IdleConditioner
-from cachewise.train.model_text import ModelTextError, check_model_text
+from cachewise.scoring.idle import IdleConditioner
+from cachewise.scoring.model_text import ModelTextError, check_model_text
 
 MODEL_FILE = "model.txt"
 SPEC_FILE = "spec.json"
@@ -138,7 +138,7 @@ class ExportedModel:
         return np.asarray(self.booster.predict(np.asarray(matrix, dtype=np.float64)), dtype=np.float64)
 
     def expected_gap_one(self, pred_label: float, elapsed_s: float) -> float:
-        """Idle seconds expected for a prefix already idle ``elapsed_s`` (see :mod:`cachewise.train.idle`)."""
+        """Idle seconds expected for a prefix already idle ``elapsed_s`` (see :mod:`cachewise.scoring.idle`)."""
         return self.conditioner.expected_gap_one(pred_label, elapsed_s)
 
 

@@ -2,7 +2,7 @@
 
 Run on a machine with an NVIDIA GPU and PyTorch (no vLLM needed, random weights):
 
-    python runtime/replay/measure_costs.py --out runtime/replay/cost_coefficients.json
+    python replay/measure_costs.py --out replay/cost_coefficients.json
 
 What is timed, per model shape, with CUDA events (median of repeats after warm-up):
 
@@ -189,7 +189,7 @@ def main() -> None:
         "measured_on": torch.cuda.get_device_name(0),
         "torch": torch.__version__,
         "date": dt.date.today().isoformat(),
-        "script": "runtime/replay/measure_costs.py",
+        "script": "replay/measure_costs.py",
         "caveats": __doc__.split("Caveats kept in the output file:")[1].strip(),
         "shapes": {},
     }

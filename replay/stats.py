@@ -1,7 +1,7 @@
 """Means, 95% intervals and paired differences over the seeds of a replay.
 
 Each seed is one independent replay: its own sample of sessions, their order, and their token
-ids (:func:`cachewise.runtime.replay.selection.select_sessions`). Every policy runs on the same
+ids (:func:`cachewise.replay.selection.select_sessions`). Every policy runs on the same
 seeds, so policies are compared *paired*: per seed ``policy - baseline``, then the mean of
 those differences with a Student-t 95% interval (n - 1 degrees of freedom). A difference
 whose interval covers zero is reported as "no measurable difference". With one seed there

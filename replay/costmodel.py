@@ -2,7 +2,7 @@
 
 The replay runs vLLM's scheduler without a GPU; this model says how long the GPU would
 have taken for each scheduled step, and the replay's simulated clock advances by that.
-Coefficients come from ``runtime/replay/measure_costs.py`` (a JSON file, path given by the
+Coefficients come from ``replay/measure_costs.py`` (a JSON file, path given by the
 caller), per model shape::
 
     prefill_time(new, ctx) = a0 + a_tok * new + a_ctx * new * (ctx + new / 2)
@@ -79,7 +79,7 @@ def load_cost_model(path: str | Path, shape: str) -> CostModel:
         doc = json.loads(path.read_text())
     except FileNotFoundError as exc:
         raise CostModelError(
-            f"{path}: cost coefficient file not found (written by runtime/replay/measure_costs.py)"
+            f"{path}: cost coefficient file not found (written by replay/measure_costs.py)"
         ) from exc
     except json.JSONDecodeError as exc:
         raise CostModelError(f"{path}:{exc.lineno}: not valid JSON: {exc.msg}") from exc

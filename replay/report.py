@@ -25,8 +25,8 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.figure import Figure
 
-from cachewise.runtime.replay.stats import fmt_interval, interval, paired, per_policy, verdict
-from cachewise.runtime.replay.targets import (
+from cachewise.replay.stats import fmt_interval, interval, paired, per_policy, verdict
+from cachewise.replay.targets import (
     BASELINE,
     Target,
     at_point,

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from cachewise.runtime.replay.policies import hand_written
-from cachewise.runtime.replay.stats import paired
+from cachewise.replay.policies import hand_written
+from cachewise.replay.stats import paired
 
 GAP_CLOSED = 0.85
 VS_LRU = 2.6

@@ -7,11 +7,11 @@ Example::
         --capacity-frac 0.5 --concurrency 32 --seeds 5 --model models/cachewise-reuse --out data/replay
 
 Settings come from the ``replay:`` section of ``--params`` (see
-:mod:`cachewise.runtime.replay.config`); flags given on the command line win. Without
+:mod:`cachewise.replay.config`); flags given on the command line win. Without
 ``--sweep`` every policy runs at one point (``--capacity-frac``, ``--concurrency``); with it,
 over the grid of ``replay.sweep`` plus that point. Each of ``--seeds`` seeds (``seed``,
 ``seed + 1``, ...) replays its own sample of sessions. The learned policies refuse to run on
-tasks the exported model was not held out on (:mod:`cachewise.runtime.replay.provenance`)
+tasks the exported model was not held out on (:mod:`cachewise.replay.provenance`)
 unless ``--allow-train-tasks``. Writes ``results.csv``, plot tables and
 ``report.md`` under ``--out`` and prints the headline table.
 """
@@ -26,20 +26,20 @@ from pathlib import Path
 
 from cachewise.data.schema import SchemaError, read_events
 from cachewise.features.params import ParamsError, load_section
-from cachewise.runtime.replay.config import ReplayConfig, ReplayConfigError, load_config
-from cachewise.runtime.replay.costmodel import CostModelError, load_cost_model
-from cachewise.runtime.replay.driver import ReplayStuck
-from cachewise.runtime.replay.engine import EngineParams
-from cachewise.runtime.replay.policies import IdleStats, PolicyContext, REGISTRY, learned_factory, needs_model
-from cachewise.runtime.replay.provenance import ProvenanceError, check_replayable
-from cachewise.runtime.replay.report import markdown_table, write_report
-from cachewise.runtime.replay.residency_policies import cap_policies
-from cachewise.runtime.replay.runner import Replayer
-from cachewise.runtime.replay.selection import Selection, select_sessions
-from cachewise.runtime.replay.sweep import run_grid
-from cachewise.runtime.replay.targets import headline
-from cachewise.runtime.replay.workload import Workload, build_workload
-from cachewise.train.exported import ModelLoadError, load_exported
+from cachewise.replay.config import ReplayConfig, ReplayConfigError, load_config
+from cachewise.replay.costmodel import CostModelError, load_cost_model
+from cachewise.replay.driver import ReplayStuck
+from cachewise.replay.engine import EngineParams
+from cachewise.replay.policies import IdleStats, PolicyContext, REGISTRY, learned_factory, needs_model
+from cachewise.replay.provenance import ProvenanceError, check_replayable
+from cachewise.replay.report import markdown_table, write_report
+from cachewise.replay.residency_policies import cap_policies
+from cachewise.replay.runner import Replayer
+from cachewise.replay.selection import Selection, select_sessions
+from cachewise.replay.sweep import run_grid
+from cachewise.replay.targets import headline
+from cachewise.replay.workload import Workload, build_workload
+from cachewise.scoring.exported import ModelLoadError, load_exported
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
