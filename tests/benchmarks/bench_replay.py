@@ -14,10 +14,13 @@ temporary file):
 * with ``--block-check``: block-size fidelity instead. vLLM's blocks are 16 tokens; the replay's
   are 16 replay tokens = 256 trace tokens at ``token_scale`` 16. On a subset (8 sessions,
   4 concurrent) each policy's harmful evictions and mean JCT relative to ``lru_arrival`` are
-  measured at token_scale 16 and at token_scale 1 (real 16-token blocks) at 25/50/75%
-  capacity; it prints each ratio pair and whether they agree within 5%.
+  measured at each of ``--scales`` (default 16, 4, 2) and at token_scale 1 (real 16-token
+  blocks) at 25/50/75% capacity, for ``--seeds`` seeds; it prints, per seed, how far each ratio
+  moves from its token_scale-1 value, the largest move per scale against 5%, and each scale's
+  wall time relative to token_scale 1.
 
-Run: ``python tests/benchmarks/bench_replay.py [--events PATH] [--model DIR] [--out DIR] [--quick] [--block-check]``
+Run: ``python tests/benchmarks/bench_replay.py [--events PATH] [--model DIR] [--out DIR] [--quick]
+[--block-check [--scales 16,4,2] [--seeds N]]``
 (``--quick``: 2 capacities x 1 concurrency, for a smoke check).
 """
 
@@ -91,28 +94,40 @@ def fidelity(config, n_sessions: int = 8) -> None:
         )
 
 
-def block_check(config, n_sessions: int = 8, tolerance: float = 0.05) -> None:
-    """Per-policy ratios to lru_arrival at token_scale 16 vs 1 (module doc)."""
+def block_check(config, scales: tuple[int, ...], seeds: int, n_sessions: int = 8, tolerance: float = 0.05) -> None:
+    """Per-policy ratios to lru_arrival at each of ``scales`` against token_scale 1 (module doc)."""
     policies = ["lru", "lru_arrival", "per_tool_mean", "heuristic"]  # no model needed: scale fidelity of the engine
     arrivals = config.arrivals(4)
-    ratios: dict[tuple[int, float, str], tuple[float, float]] = {}
-    for scale in (16, 1):
-        rep = _replayer(config, scale, n_sessions)
-        for frac in (0.25, 0.5, 0.75):
-            rows = {p: rep.run(RunSpec(p, frac, arrivals)) for p in policies}
-            base = rows["lru_arrival"]
-            for p, r in rows.items():
-                ratios[(scale, frac, p)] = (
-                    r["harmful_evictions"] * r["block_tokens"] / max(base["harmful_evictions"] * base["block_tokens"], 1),
-                    r["jct_s_mean"] / base["jct_s_mean"],
-                )
-    print(f"\n== block-size fidelity ({n_sessions} sessions, concurrency 4): policy / lru_arrival ==")
-    for frac in (0.25, 0.5, 0.75):
-        for p in policies:
-            (h16, j16), (h1, j1) = ratios[(16, frac, p)], ratios[(1, frac, p)]
-            agree = abs(h16 / h1 - 1) <= tolerance if h1 else h16 == 0
-            print(f"cap {frac:.2f} {p:12s} harmful ratio {h16:.3f} (scale 16) vs {h1:.3f} (scale 1),"
-                  f" JCT ratio {j16:.3f} vs {j1:.3f}: {'within' if agree else 'NOT within'} {tolerance:.0%}")
+    fracs = (0.25, 0.5, 0.75)
+    ratios: dict[tuple[int, int, float, str], tuple[float, float]] = {}
+    wall: dict[int, float] = {}
+    for scale in (*scales, 1):
+        start = time.perf_counter()
+        for seed in range(config.seed, config.seed + seeds):
+            rep = _replayer(replace(config, seed=seed), scale, n_sessions)
+            for frac in fracs:
+                rows = {p: rep.run(RunSpec(p, frac, arrivals)) for p in policies}
+                base = rows["lru_arrival"]
+                for p, r in rows.items():
+                    ratios[(scale, seed, frac, p)] = (
+                        r["harmful_evictions"] * r["block_tokens"] / max(base["harmful_evictions"] * base["block_tokens"], 1),
+                        r["jct_s_mean"] / base["jct_s_mean"],
+                    )
+        wall[scale] = time.perf_counter() - start
+        print(f"token_scale {scale:2d}: {wall[scale]:6.0f}s wall for {seeds} seed(s)", flush=True)
+    print(f"\n== block-size fidelity ({n_sessions} sessions, concurrency 4, {seeds} seed(s)): policy / lru_arrival ==")
+    for scale in scales:
+        worst = 0.0
+        for frac in fracs:
+            for p in policies:
+                h = [ratios[(scale, s, frac, p)][0] / max(ratios[(1, s, frac, p)][0], 1e-9) - 1 for s in range(config.seed, config.seed + seeds)]
+                j = [ratios[(scale, s, frac, p)][1] / ratios[(1, s, frac, p)][1] - 1 for s in range(config.seed, config.seed + seeds)]
+                worst = max(worst, *map(abs, h), *map(abs, j))
+                print(f"scale {scale:2d} vs 1  cap {frac:.2f} {p:13s} harmful ratio off by"
+                      f" {' '.join(f'{x:+6.1%}' for x in h)}   JCT ratio off by {' '.join(f'{x:+6.1%}' for x in j)}")
+        verdict = "within" if worst <= tolerance else "NOT within"
+        print(f"token_scale {scale}: largest deviation {worst:.1%}: {verdict} {tolerance:.0%};"
+              f" cost {wall[scale] / wall[1]:.2f}x of token_scale 1\n")
 
 
 def speed(config, n_sessions: int = 16) -> None:
@@ -140,7 +155,9 @@ def main() -> None:
     parser.add_argument("--params", default=str(REPO / "params.yaml"))
     parser.add_argument("--out", default="/tmp/cw/replay_full")
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--block-check", action="store_true", help="block-size fidelity only (token_scale 16 vs 1)")
+    parser.add_argument("--block-check", action="store_true", help="block-size fidelity only (--scales vs token_scale 1)")
+    parser.add_argument("--scales", default="16,4,2", help="token scales compared with 1 by --block-check")
+    parser.add_argument("--seeds", type=int, default=1, help="seeds for --block-check")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         events = _events(args.events, Path(tmp))
@@ -148,7 +165,7 @@ def main() -> None:
         if args.model is None:
             config = replace(config, policies=tuple(p for p in config.policies if not p.startswith("learned")))
         if args.block_check:
-            block_check(config)
+            block_check(config, tuple(int(x) for x in args.scales.split(",")), args.seeds)
             return
         fidelity(config)
         speed(config)
