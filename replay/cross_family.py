@@ -21,15 +21,20 @@ report), ``results.csv`` (every row with ``family`` and ``trained_on``) and ``re
 unguarded and the guarded learned order, and the guarded/LRU ratios the issue targets).
 
 Cost: one training per family plus one, and one replay sweep per cell; ``max_sessions``
-bounds each replay.
+bounds each replay. Two sizings: the wide one (``python -m cachewise.replay.cross_family``,
+the section's keys) and the ``dvc repro`` stage (``--stage``: ``cross_family.stage`` over
+them: fewer sessions, one seed, one capacity, cheaper training), which must stay within
+~2.5 minutes on 2 cores. With one family (a fresh clone: the synthetic corpus only) only
+its ``all`` cell runs; the report names the families found and those skipped.
 """
 
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -53,28 +58,55 @@ HIT_RATE_SLACK = 0.005
 
 @dataclass(frozen=True)
 class Settings:
-    """The ``cross_family`` params section."""
+    """The ``cross_family`` params section (``stage``: its ``stage`` subsection over it).
+
+    ``seeds``: replay seeds per cell (None: ``replay.seeds``); ``capacity_fracs``: the
+    capacities replayed (None: ``replay.sweep.capacity_fracs``); ``train``: overrides merged
+    into the ``train`` params for the cells' models (e.g. fewer boosting rounds).
+    """
 
     families: dict[str, list[str]]
     out: str = "data/cross_family"
     max_sessions: int = 48
     policies: tuple[str, ...] = POLICIES
+    seeds: int | None = None
+    capacity_fracs: tuple[float, ...] | None = None
+    train: dict = field(default_factory=dict)
 
     @classmethod
-    def from_params(cls, doc: dict) -> Settings:
+    def from_params(cls, doc: dict, stage: bool = False) -> Settings:
         raw = dict(doc.get(SECTION) or {})
         families = raw.pop("families", None)
         if not isinstance(families, dict) or not families:
             raise ValueError(f"params {SECTION}.families: expected a mapping family -> list of sources")
-        unknown = set(raw) - {"out", "max_sessions", "policies"}
-        if unknown:
-            raise ValueError(f"params {SECTION}: unknown keys {sorted(unknown)}")
+        sized = raw.pop("stage", None) or {}
+        if not isinstance(sized, dict):
+            raise ValueError(f"params {SECTION}.stage: expected a mapping")
+        keys = {"out", "max_sessions", "policies", "seeds", "capacity_fracs", "train"}
+        for where, part in ((SECTION, raw), (f"{SECTION}.stage", sized)):
+            unknown = set(part) - keys
+            if unknown:
+                raise ValueError(f"params {where}: unknown keys {sorted(unknown)}")
+        if stage:
+            raw.update(sized)
+        fracs = raw.get("capacity_fracs")
         return cls(
             families={str(k): [str(s) for s in (v if isinstance(v, list) else [v])] for k, v in families.items()},
             out=str(raw.get("out", cls.out)),
             max_sessions=int(raw.get("max_sessions", cls.max_sessions)),
             policies=tuple(raw.get("policies", POLICIES)),
+            seeds=None if raw.get("seeds") is None else int(raw["seeds"]),
+            capacity_fracs=None if fracs is None else tuple(float(f) for f in fracs),
+            train=dict(raw.get("train") or {}),
         )
+
+
+def merged(base: dict, overrides: dict) -> dict:
+    """``base`` with ``overrides`` merged in, nested mappings key by key (neither is changed)."""
+    out = dict(base)
+    for key, value in overrides.items():
+        out[key] = merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
 def load_families(settings: Settings, doc: dict, base: Path, work: Path) -> dict[str, pd.DataFrame]:
@@ -100,10 +132,12 @@ def load_families(settings: Settings, doc: dict, base: Path, work: Path) -> dict
     return families
 
 
-def _train(events: pd.DataFrame, doc: dict, folder: Path) -> Path:
-    """Train as ``cachewise train`` does on ``events``; an export folder at ``folder``."""
+def _train(events: pd.DataFrame, doc: dict, folder: Path, overrides: dict) -> Path:
+    """Train as ``cachewise train`` does on ``events`` (``train`` params with ``overrides``);
+    an export folder at ``folder``."""
     horizon = float(doc["features"]["horizon_s"])
-    result = train_model(featurize(events, horizon).frame, {}, doc["train"], horizon, f"{SECTION} model")
+    params = merged(doc["train"], overrides)
+    result = train_model(featurize(events, horizon).frame, {}, params, horizon, f"{SECTION} model")
     write_outputs(result, folder)
     return folder
 
@@ -141,8 +175,11 @@ def _replay_cell(
             # A model trained on the *other* families has never seen this family's tasks (they
             # were not in its events table), which the spec's held-out list cannot show.
             "allow_train_tasks": trained_on == "others",
+            "seeds": settings.seeds,
         },
     )
+    if settings.capacity_fracs is not None:
+        config = replace(config, sweep=replace(config.sweep, capacity_fracs=settings.capacity_fracs))
     replay(config, params, sweep=True, progress=False)
     rows = pd.read_csv(out / "results.csv")
     rows.insert(0, "trained_on", trained_on)
@@ -150,10 +187,10 @@ def _replay_cell(
     return rows
 
 
-def run_cross_family(params: str) -> Path:
-    """Every cell of the module doc; returns the report's path."""
+def run_cross_family(params: str, stage: bool = False) -> Path:
+    """Every cell of the module doc (sized by ``cross_family.stage`` with ``stage``); the report's path."""
     doc = yaml.safe_load(Path(params).read_text()) or {}
-    settings = Settings.from_params(doc)
+    settings = Settings.from_params(doc, stage)
     base = Path(params).resolve().parent
     results: list[pd.DataFrame] = []
     with tempfile.TemporaryDirectory(prefix="cachewise-cross-family-") as tmp:
@@ -161,38 +198,54 @@ def run_cross_family(params: str) -> Path:
         families = load_families(settings, doc, base, work)
         out = Path(settings.out)
         out.mkdir(parents=True, exist_ok=True)
-        if len(families) < 2:  # a fresh clone without ../shared/traces: nothing to cross
+        missing = sorted(set(settings.families) - set(families))
+        if not families:
             pd.DataFrame(columns=["family", "trained_on", "policy"]).to_csv(out / "results.csv", index=False)
-            (out / "report.md").write_text(
-                f"# Cross-family replay\n\nSkipped: it needs two trace families with traces; found {sorted(families)}.\n"
-            )
+            (out / "report.md").write_text(f"# Cross-family replay\n\nSkipped: no family has traces ({missing}).\n")
             return out / "report.md"
         union = pd.concat(families.values(), ignore_index=True)
-        all_model = _train(union, doc, work / "model-all")
+        all_model = _train(union, doc, work / "model-all", settings.train)
         test = held_out(union, doc["train"])
         offset = 0
         for name, events in families.items():
-            others = pd.concat([e for n, e in families.items() if n != name], ignore_index=True)
-            model = _train(others, doc, work / f"model-without-{name}")
-            results.append(_replay_cell(name, "others", events, model, params, settings, work))
+            if len(families) > 1:
+                others = pd.concat([e for n, e in families.items() if n != name], ignore_index=True)
+                model = _train(others, doc, work / f"model-without-{name}", settings.train)
+                results.append(_replay_cell(name, "others", events, model, params, settings, work))
             mine = test.iloc[offset : offset + len(events)].to_numpy()
             offset += len(events)
             if mine.any():
                 results.append(_replay_cell(name, "all", events[mine], all_model, params, settings, work))
             else:
                 print(f"cross-family: {name}: no held-out task in the union's split; 'all' skipped", file=sys.stderr)
-    table = pd.concat(results, ignore_index=True)
+    table = pd.concat(results, ignore_index=True) if results else pd.DataFrame(columns=["family", "trained_on", "policy"])
     table.to_csv(out / "results.csv", index=False)
     path = out / "report.md"
-    path.write_text(report(table))
+    path.write_text(report(table, sorted(families), missing, settings))
     return path
 
 
-def report(table: pd.DataFrame) -> str:
+def report(
+    table: pd.DataFrame, found: list[str] | None = None, missing: list[str] | None = None, settings: Settings | None = None
+) -> str:
     """The cross-family table (markdown): guarded vs LRU per cell and capacity."""
-    lines = [
-        "# Cross-family replay: learned order with and without the guard vs vLLM's LRU",
-        "",
+    lines = ["# Cross-family replay: learned order with and without the guard vs vLLM's LRU", ""]
+    if found is not None:
+        lines.append(f"Families with traces: {', '.join(found) or 'none'}.")
+        if missing:
+            lines.append(f"Skipped (no traces here): {', '.join(missing)}.")
+        if len(found) < 2:
+            lines.append("With one family there is nothing to train on but itself: only `all` cells.")
+        lines.append("")
+    if settings is not None:
+        lines += [
+            f"Sized: at most {settings.max_sessions} sessions per cell, "
+            f"{settings.seeds or 'replay.seeds'} seed(s), capacities "
+            f"{list(settings.capacity_fracs) if settings.capacity_fracs else 'replay.sweep'}"
+            + (f", training overrides {settings.train}" if settings.train else "") + ".",
+            "",
+        ]
+    lines += [
         "Harmful evictions / hit rate per policy; `guard/LRU` = guarded harmful evictions over LRU's "
         f"(target <= {HARMFUL_RATIO_TARGET}), `hit diff` = guarded minus LRU hit rate in points "
         f"(target >= {-100 * HIT_RATE_SLACK:.1f}). `others`: model trained on the other families, all sessions "
@@ -203,7 +256,7 @@ def report(table: pd.DataFrame) -> str:
     ]
     keys = ["family", "trained_on", "capacity_frac", "concurrency"]
     for (family, trained_on, frac, _), cell in table.groupby(keys, sort=False):
-        by = cell.set_index("policy")
+        by = cell.groupby("policy").mean(numeric_only=True)  # mean over seeds
 
         def fmt(policy: str) -> str:
             if policy not in by.index:
@@ -231,9 +284,12 @@ def main(argv: list[str] | None = None) -> int:
     prog = "python -m cachewise.replay.cross_family"
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument("--params", default="params.yaml")
+    parser.add_argument(
+        "--stage", action="store_true", help="the `dvc repro` sizing (cross_family.stage over cross_family)"
+    )
     args = parser.parse_args(argv)
     try:
-        path = run_cross_family(args.params)
+        path = run_cross_family(args.params, args.stage)
     except (OSError, ValueError, KeyError) as exc:
         print(f"cross-family: error: {exc}", file=sys.stderr)
         return 2

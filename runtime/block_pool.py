@@ -304,6 +304,8 @@ class ScoredBlockPool(BlockPool):
         order = self._order
         if order is not None:
             guard = self._guard
+            if guard is not None:
+                guard.begin_cluster()
             for block in blocks:
                 if not block.is_null:
                     order.on_touch(block)

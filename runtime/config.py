@@ -40,7 +40,8 @@ class GuardConfig:
     ``margin``: hit-rate difference (fraction, 0.005 = 0.5 points) that makes it switch.
     ``z``: standard errors of the estimated difference required beyond ``margin`` to switch.
     ``min_accesses``: sampled accesses before the first switch (a floor under the estimate).
-    ``min_dwell``: sampled accesses spent in a mode before it may switch again.
+    ``min_dwell``: sampled accesses served in vLLM's order after a switch before the learned
+    order may serve again (leaving the learned order is never delayed).
     ``start``: the order served until the estimates say otherwise: ``lru`` (vLLM's; the
     learned order must first be measured better) or ``learned``.
     """
@@ -51,7 +52,7 @@ class GuardConfig:
     min_sampled_blocks: int = 1024
     half_life: int = 4096
     margin: float = 0.005
-    z: float = 3.0
+    z: float = 2.0
     min_accesses: int = 128
     min_dwell: int = 1024
 

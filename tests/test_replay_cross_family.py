@@ -8,7 +8,9 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from cachewise.replay.cross_family import held_out, report, run_cross_family
+import pytest
+
+from cachewise.replay.cross_family import Settings, held_out, merged, report, run_cross_family
 from cachewise.train.split import split_by_task
 
 
@@ -46,3 +48,28 @@ def test_fewer_than_two_families_writes_a_skip_report(tmp_path: Path) -> None:
     report_path = run_cross_family(str(path))
     assert "Skipped" in report_path.read_text()
     assert (tmp_path / "out" / "results.csv").exists()
+
+
+def test_stage_sizing_overrides_the_wide_one_and_merges_training_params() -> None:
+    doc = {"cross_family": {"families": {"a": ["x"]}, "max_sessions": 12, "policies": ["lru", "learned"],
+                            "stage": {"max_sessions": 4, "seeds": 1, "capacity_fracs": [0.5],
+                                      "train": {"lightgbm": {"num_boost_round": 60}}, "out": "s"}}}
+    wide, stage = Settings.from_params(doc), Settings.from_params(doc, stage=True)
+    assert (wide.max_sessions, wide.seeds, wide.capacity_fracs, wide.train) == (12, None, None, {})
+    assert (stage.max_sessions, stage.seeds, stage.capacity_fracs, stage.out) == (4, 1, (0.5,), "s")
+    assert stage.policies == ("lru", "learned")
+    train = {"seed": 42, "lightgbm": {"num_boost_round": 400, "learning_rate": 0.05}}
+    assert merged(train, stage.train) == {"seed": 42, "lightgbm": {"num_boost_round": 60, "learning_rate": 0.05}}
+    assert train["lightgbm"]["num_boost_round"] == 400  # not changed in place
+    bad = {"cross_family": {"families": {"a": ["x"]}, "stage": {"max_sesions": 4}}}
+    with pytest.raises(ValueError, match="stage: unknown keys"):
+        Settings.from_params(bad)
+
+
+def test_report_names_families_found_and_skipped_and_averages_seeds() -> None:
+    rows = [_row("lru", 1000, 0.20), {**_row("lru", 1200, 0.20), "seed": 1}, _row("learned", 1100, 0.20)]
+    text = report(pd.DataFrame(rows), ["mooncake"], ["claude_code"], None)
+    assert "Families with traces: mooncake." in text and "Skipped (no traces here): claude_code." in text
+    assert "only `all` cells" in text
+    line = next(row for row in text.splitlines() if row.startswith("| mooncake"))
+    assert "1,100 / 20.0%" in line and "| 1.000 |" in line  # LRU: mean of 1,000 and 1,200
