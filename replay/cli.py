@@ -143,7 +143,7 @@ def replayed_workload(config: ReplayConfig, params_path: str, seed: int) -> tupl
     """
     events = read_events(config.events)
     split = _split_params(params_path) if config.split == "test" else {}
-    chosen = select_sessions(events, config.split, config.max_sessions, seed, **split)
+    chosen = select_sessions(events, config.split, config.max_sessions, seed, sources=config.sources, **split)
     return build_workload(events, config.workload, chosen.sessions), chosen
 
 

@@ -69,6 +69,7 @@ class ReplayConfig:
     model: str | None = "models/cachewise-reuse"
     policies: tuple[str, ...] = DEFAULT_POLICIES
     split: str = "test"
+    sources: tuple[str, ...] | None = None
     max_sessions: int | None = 48
     seed: int = 0
     seeds: int = 5
@@ -103,7 +104,7 @@ class ReplayConfig:
 
 
 _NESTED = {"workload": WorkloadParams, "engine": EngineSettings, "sweep": SweepSettings}
-_TUPLES = {"policies", "capacity_fracs", "concurrency"}
+_TUPLES = {"policies", "capacity_fracs", "concurrency", "sources"}
 
 
 def _values(cls: type, raw: Any, where: str) -> dict[str, Any]:

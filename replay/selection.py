@@ -6,6 +6,11 @@
 policies are fitted on the other sessions. ``split="all"``: every session is replayed and
 the hand-written policies are fitted on all of them (in-sample, which favours them).
 
+``sources`` (the events' ``source`` values, e.g. ``claude_code``; None = every source) limits
+which sessions are replayed, not what the policies are fitted on: a model trained on agent
+transcripts and chat sessions together is replayed on the agent sessions, and the
+hand-written policies are fitted on the same training sessions the model saw.
+
 At most ``max_sessions`` sessions are replayed, drawn at random (seeded) so that agents of
 different models mix; their replay order is that random order.
 
@@ -38,8 +43,10 @@ def select_sessions(
     test_fraction: float = 0.25,
     valid_fraction: float = 0.2,
     split_seed: int = 42,
+    sources: tuple[str, ...] | None = None,
 ) -> Selection:
-    """Choose the replayed sessions (module doc). Raises ``ValueError`` on a bad ``split``."""
+    """Choose the replayed sessions (module doc). Raises ``ValueError`` on a bad ``split`` or when
+    ``sources`` leaves no session to replay."""
     if split == "test":
         parts = split_by_task(events["task_id"].reset_index(drop=True), test_fraction, valid_fraction, split_seed)
         test_rows = np.zeros(len(events), dtype=bool)
@@ -49,6 +56,11 @@ def select_sessions(
         replay_events, fit_events = events, events
     else:
         raise ValueError(f"split must be 'test' or 'all', got {split!r}")
+    if sources is not None:
+        replay_events = replay_events[replay_events["source"].isin(sources)]
+        if replay_events.empty:
+            found = sorted(events["source"].unique())
+            raise ValueError(f"replay.sources {list(sources)}: no {split} session of these sources (events have {found})")
     sessions = sorted(replay_events["session_id"].unique())
     order = np.random.default_rng(seed).permutation(len(sessions))
     chosen = [sessions[i] for i in order]
