@@ -25,8 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-LABEL_TRANSFORM = "log1p_seconds"
-"""Name of the label transform, stored in the exported spec."""
+from cachewise.features.spec import LABEL_TRANSFORM
 
 
 def censored_label(horizon_s: float) -> float:
