@@ -25,9 +25,6 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-LABEL_TRANSFORM = "log1p_seconds"
-"""Name of the label transform, stored in the exported spec."""
-
 
 def censored_label(horizon_s: float) -> float:
     """The label of a prefix not reused within ``horizon_s`` seconds."""
@@ -35,7 +32,7 @@ def censored_label(horizon_s: float) -> float:
 
 
 def label_to_seconds(label: np.ndarray | float) -> np.ndarray | float:
-    """Invert :data:`LABEL_TRANSFORM`: seconds of idle time from a (predicted) label."""
+    """Invert :data:`cachewise.features.spec.LABEL_TRANSFORM`: seconds of idle time from a (predicted) label."""
     return np.expm1(label)
 
 

@@ -26,9 +26,11 @@ from __future__ import annotations
 import argparse
 
 from cachewise.data.commands import ARGUMENT_FACT_DOCS, COMMAND_CLASSES
-from cachewise.features.label import LABEL_TRANSFORM
 
 FEATURE_SET_VERSION = "2"
+
+LABEL_TRANSFORM = "log1p_seconds"
+"""Name of the label transform (the target is ``log1p`` of idle seconds), stored in the exported spec."""
 
 #: Model families recognised in a model identity string (first substring match wins).
 MODEL_FAMILIES: tuple[str, ...] = ("haiku", "sonnet", "opus", "glm", "qwen", "gpt", "deepseek", "llama", "gemini")

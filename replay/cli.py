@@ -71,6 +71,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument(
+        "--scheduler-cls",
+        help="vLLM scheduler class of every run, as vllm serve --scheduler-cls "
+        "(e.g. cachewise.runtime.scheduler.PrefixAwareScheduler); a residency policy's own class wins",
+    )
+    parser.add_argument(
         "--admission-caps", help="comma-separated fixed admission caps N, added as policies capN (e.g. 4,8,12,16,24)"
     )
 
@@ -100,6 +105,7 @@ def _config(args: argparse.Namespace) -> ReplayConfig:
         "seeds": args.seeds,
         "workers": args.workers,
         "allow_train_tasks": args.allow_train_tasks,
+        "scheduler_cls": args.scheduler_cls,
     }
     return load_config(args.params, overrides)
 
@@ -121,7 +127,8 @@ def _setup_lines(config: ReplayConfig, workload: Workload, engine: EngineParams,
             f" {len(workload.calls)} LLM calls in the first seed's sample (closed loop, recorded tool times)."
         ),
         (
-            f"Engine: vLLM v1 `Scheduler` + `KVCacheManager` (real code, CPU, no GPU), block = {engine.block_size}"
+            f"Engine: vLLM v1 `{config.scheduler_cls or 'Scheduler'}` + `KVCacheManager` (real code, CPU, no GPU),"
+            f" block = {engine.block_size}"
             f" replay tokens; token_scale {config.workload.token_scale} (one replay token = that many trace"
             f" tokens); at most {engine.max_num_batched_tokens} replay tokens per step."
         ),
@@ -171,7 +178,7 @@ def make_replayer(
     """The replayer of ``config``'s policies over one seed's ``workload``."""
     cost = load_cost_model(config.cost_coefficients, config.model_shape)
     ctx = PolicyContext(workload, IdleStats.fit(chosen.fit_events), config.ttl_quantile, learned)
-    return Replayer(workload, cost, engine, ctx, seed=seed)
+    return Replayer(workload, cost, engine, ctx, seed=seed, scheduler_cls=config.scheduler_cls)
 
 
 def replay(config: ReplayConfig, params_path: str, sweep: bool, progress: bool) -> Path:

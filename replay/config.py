@@ -79,6 +79,7 @@ class ReplayConfig:
     concurrency: int = 32
     arrival_rate: float | None = None
     ttl_quantile: float = 0.9
+    scheduler_cls: str | None = None
     workload: WorkloadParams = field(default_factory=lambda: WorkloadParams(token_scale=16))
     engine: EngineSettings = field(default_factory=EngineSettings)
     sweep: SweepSettings = field(default_factory=SweepSettings)
@@ -97,10 +98,25 @@ class ReplayConfig:
             raise ReplayConfigError(f"seeds must be >= 1, got {self.seeds}")
         if not 0 < self.ttl_quantile < 1:
             raise ReplayConfigError(f"ttl_quantile must be in (0, 1), got {self.ttl_quantile}")
+        if self.scheduler_cls is not None:
+            _check_scheduler_cls(self.scheduler_cls)
 
     def arrivals(self, concurrency: int | None = None) -> ArrivalParams:
         """The session overlay at ``concurrency`` (default: the configured one)."""
         return ArrivalParams(concurrency or self.concurrency, self.arrival_rate, self.seed)
+
+
+def _check_scheduler_cls(name: str) -> None:
+    """Raise :class:`ReplayConfigError` unless ``name`` is a vLLM ``Scheduler`` (sub)class's dotted name."""
+    from vllm.utils.import_utils import resolve_obj_by_qualname
+    from vllm.v1.core.sched.scheduler import Scheduler
+
+    try:
+        cls = resolve_obj_by_qualname(name)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise ReplayConfigError(f"scheduler_cls: cannot import {name!r}: {exc}") from exc
+    if not (isinstance(cls, type) and issubclass(cls, Scheduler)):
+        raise ReplayConfigError(f"scheduler_cls: {name!r} is not a subclass of vLLM's Scheduler")
 
 
 _NESTED = {"workload": WorkloadParams, "engine": EngineSettings, "sweep": SweepSettings}

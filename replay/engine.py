@@ -14,49 +14,33 @@ KV-cache events (``BlockStored`` / ``BlockRemoved``) are turned on and collected
 scheduler's publisher, which is replaced by an in-memory :class:`EventLog`: that is how
 evictions are counted for every policy without touching the block pool.
 
-Invariant: the engine never changes vLLM's code paths; a policy gets in only by building
-the engine inside :func:`cachewise.runtime.hooks.use_policy`, which makes vLLM's own
-``KVCacheCoordinator`` build the runtime's ``ScoredBlockPool``, and by the scheduler class
-it is built with (``scheduler_cls``: vLLM's ``Scheduler`` or a subclass, as
-``--scheduler-cls`` selects in serving).
+The config and scheduler come from the one CPU builder
+(:mod:`cachewise.runtime.cpu_engine`), wired by the plugin's
+:func:`~cachewise.runtime.plugin.wired`, exactly as a served engine is.
+
+Invariant: the engine never changes vLLM's code paths; a policy gets in only through the
+:class:`~cachewise.runtime.hooks.PolicyBinding` the engine is built with, which makes vLLM's
+own ``KVCacheCoordinator`` build the runtime's ``ScoredBlockPool``, and by the scheduler class
+it is built with (``scheduler_cls``: vLLM's ``Scheduler`` or a subclass, a class or a dotted
+name, as ``--scheduler-cls`` selects in serving).
 """
 
 from __future__ import annotations
 
-import json
-import tempfile
 from dataclasses import dataclass, field
 from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
-import torch
-from vllm.config import (
-    CacheConfig,
-    KVEventsConfig,
-    ModelConfig,
-    ParallelConfig,
-    SchedulerConfig,
-    VllmConfig,
-)
+from vllm.config import KVEventsConfig, VllmConfig
 from vllm.distributed.kv_events import BlockRemoved, BlockStored, KVEventBatch
 from vllm.envs import enable_envs_cache
-from vllm.sampling_params import SamplingParams
-from vllm.utils.hashing import get_hash_fn_by_name
-from vllm.v1.core.kv_cache_utils import (
-    get_request_block_hasher,
-    init_none_hash,
-    maybe_convert_block_hash,
-)
+from vllm.v1.core.kv_cache_utils import maybe_convert_block_hash
 from vllm.v1.core.sched.output import SchedulerOutput
-from vllm.v1.core.sched.scheduler import Scheduler
-from vllm.v1.core.single_type_kv_cache_manager import register_all_kvcache_specs
-from vllm.v1.kv_cache_interface import FullAttentionSpec, KVCacheConfig, KVCacheGroupSpec
 from vllm.v1.outputs import ModelRunnerOutput
 from vllm.v1.request import Request
-from vllm.v1.structured_output import StructuredOutputManager
 
-from cachewise.runtime.request_calls import HINT_KEY
+from cachewise.runtime.cpu_engine import make_request, make_scheduler, make_vllm_config
+from cachewise.runtime.hooks import PolicyBinding
 
 #: Llama-3.1-style ``config.json`` fields the scheduler's ``ModelConfig`` needs (no weights).
 LLAMA_CONFIG = {
@@ -117,38 +101,21 @@ class EventLog:
         """Part of vLLM's publisher interface; nothing to release."""
 
 
-@lru_cache(maxsize=1)
-def _model_dir() -> str:
-    """A folder holding :data:`LLAMA_CONFIG` as ``config.json`` (lives for the process)."""
-    folder = Path(tempfile.mkdtemp(prefix="cachewise-replay-model-"))
-    (folder / "config.json").write_text(json.dumps(LLAMA_CONFIG))
-    return str(folder)
-
-
 @lru_cache(maxsize=8)
-def _vllm_config(max_model_len: int, params: EngineParams) -> VllmConfig:
-    """The (costly to build) vLLM config, shared by every engine of the same shape."""
-    model = ModelConfig(model=_model_dir(), skip_tokenizer_init=True, max_model_len=max_model_len, dtype="bfloat16")
-    sched = SchedulerConfig(
+def _vllm_config(max_model_len: int, params: EngineParams, scheduler_cls: str | type | None) -> VllmConfig:
+    """The (costly to build) vLLM config, shared by every engine of the same shape, through
+    the one CPU builder (:func:`cachewise.runtime.cpu_engine.make_vllm_config`)."""
+    return make_vllm_config(
+        0,  # set per engine
+        block_size=params.block_size,
+        scheduler_cls=scheduler_cls,
+        max_model_len=max_model_len,
         max_num_seqs=params.max_num_seqs,
         max_num_batched_tokens=max(params.max_num_batched_tokens, params.block_size),
-        max_model_len=max_model_len,
-        enable_chunked_prefill=True,
-        is_encoder_decoder=False,
-        async_scheduling=False,
+        model=LLAMA_CONFIG,
         watermark=0.0,
-    )
-    cache = CacheConfig(block_size=params.block_size, enable_prefix_caching=True)
-    config = VllmConfig(
-        model_config=model,
-        scheduler_config=sched,
-        cache_config=cache,
-        parallel_config=ParallelConfig(),
         kv_events_config=KVEventsConfig(enable_kv_cache_events=True, publisher="null"),
     )
-    register_all_kvcache_specs(config)
-    init_none_hash(get_hash_fn_by_name(cache.prefix_caching_hash_algo))
-    return config
 
 
 @dataclass
@@ -180,29 +147,17 @@ class VllmEngine:
         num_blocks: int,
         max_model_len: int,
         params: EngineParams,
-        scheduler_cls: type[Scheduler] = Scheduler,
+        scheduler_cls: str | type | None = None,
+        binding: PolicyBinding | None = None,
     ):
         self.params = params
-        config = _vllm_config(max_model_len, params)
-        spec = FullAttentionSpec(block_size=params.block_size, num_kv_heads=1, head_size=1, dtype=torch.float32)
-        kv_config = KVCacheConfig(
-            num_blocks=num_blocks, kv_cache_tensors=[], kv_cache_groups=[KVCacheGroupSpec(["layer"], spec)]
-        )
+        config = _vllm_config(max_model_len, params, scheduler_cls)
         config.cache_config.num_gpu_blocks = num_blocks
-        self.scheduler = scheduler_cls(
-            vllm_config=config,
-            kv_cache_config=kv_config,
-            structured_output_manager=StructuredOutputManager(config),
-            block_size=params.block_size,
-            log_stats=True,
-        )
+        self.scheduler = make_scheduler(config, binding)
         self.events = EventLog()
         self.scheduler.kv_event_publisher = self.events
         # As vLLM's EngineCore does once the scheduler is built: no env overrides from here on.
         enable_envs_cache()
-        self._hasher = get_request_block_hasher(
-            params.block_size, get_hash_fn_by_name(config.cache_config.prefix_caching_hash_algo)
-        )
         self._outputs: dict[str, np.ndarray] = {}
         self.prefix_queries = 0
         self.prefix_hits = 0
@@ -226,18 +181,12 @@ class VllmEngine:
         ``hint`` becomes ``SamplingParams.extra_args["cachewise"]``, the client-hint channel
         of :mod:`cachewise.runtime.request_calls`.
         """
-        params = SamplingParams(
+        request = make_request(
+            request_id,
+            prompt.tolist(),
+            block_size=self.params.block_size,
             max_tokens=len(output),
-            ignore_eos=True,
-            detokenize=False,
-            extra_args={HINT_KEY: hint} if hint is not None else None,
-        )
-        request = Request(
-            request_id=request_id,
-            prompt_token_ids=prompt.tolist(),
-            sampling_params=params,
-            pooling_params=None,
-            block_hasher=self._hasher,
+            hint=hint,
             session_id=session_id,
             arrival_time=arrival_time,
         )

@@ -2,7 +2,7 @@
 
 Every policy but ``lru`` and ``infinite`` runs inside vLLM through the runtime's
 :class:`~cachewise.runtime.block_pool.ScoredBlockPool` (installed with
-:func:`cachewise.runtime.hooks.use_policy`); a prediction ``(reuse_at, expire_at)`` is made
+the :class:`~cachewise.runtime.hooks.PolicyBinding` the engine is built with); a prediction ``(reuse_at, expire_at)`` is made
 once per finished request, on the replay's simulated clock. "Ended" below means
 ``(inf, now)``: never reused, evicted before anything else.
 
@@ -205,8 +205,8 @@ class RecordedCalls(CallBuilder):
     runtime would count the real tokens, so the recorded counts are used.
     """
 
-    def __init__(self, recorded: dict[str, tuple[str, int, int]], **kwargs: object):
-        super().__init__(model="", **kwargs)  # type: ignore[arg-type]
+    def __init__(self, recorded: dict[str, tuple[str, int, int]], **kwargs: Any):
+        super().__init__(**kwargs)
         self._recorded = recorded
 
     def build(self, request: Request, now: float) -> FinishedCall:
@@ -233,21 +233,25 @@ LearnedFactory = Callable[[Workload, Callable[[], float]], ReusePredictor]
 def learned_factory(exported: Any, block_size: int) -> LearnedFactory:
     """For a loaded :class:`~cachewise.scoring.exported.ExportedModel`: a function that builds a
     fresh :class:`~cachewise.runtime.learned.LearnedPredictor` (empty feature history) for one
-    run of a workload on a given clock. Tool calls reach it through the request's hint, as in
-    serving.
+    run of a workload on a given clock, wired as the plugin wires it
+    (:func:`cachewise.runtime.plugin.learned_predictor`) with no tool parser: tool calls reach
+    it through the request's hint, as in serving.
     """
-    from cachewise.runtime.learned import LearnedPredictor
-    from cachewise.runtime.tool_calls import get_parser
+    from cachewise.runtime.config import CacheWiseSettings
+    from cachewise.runtime.plugin import learned_predictor
+
+    settings = CacheWiseSettings(model="(loaded by the replay)", tool_parser="none")
 
     def make(workload: Workload, clock: Callable[[], float]) -> ReusePredictor:
-        calls = RecordedCalls(
-            recorded_calls(workload),
+        return learned_predictor(
+            exported,
+            settings,
+            model_name="",
             hash_block_size=block_size,
-            parser=get_parser("none"),
-            tokenizer=None,
+            calls_cls=RecordedCalls,
+            recorded=recorded_calls(workload),
             arrival_clock=clock,
         )
-        return LearnedPredictor(exported, calls)
 
     return make
 

@@ -20,10 +20,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from vllm.v1.core.sched.scheduler import Scheduler
-
 from cachewise.runtime.config import GuardConfig, PoolConfig, ResidencySettings
-from cachewise.runtime.hooks import use_policy
+from cachewise.runtime.hooks import PolicyBinding
 from cachewise.runtime.policy import ManualClock
 from cachewise.replay.costmodel import CostModel
 from cachewise.replay.driver import ArrivalParams, ClosedLoopDriver
@@ -79,12 +77,14 @@ class Replayer:
         policy_context: PolicyContext,
         seed: int = 0,
         residency: ResidencySettings | None = None,
+        scheduler_cls: str | type | None = None,
     ):
         self.w = workload
         self.cost = cost
         self.engine_params = engine
         self.ctx = policy_context
         self.residency = residency  # controller settings of the residency policies (cost model: the replay's)
+        self.scheduler_cls = scheduler_cls  # vLLM scheduler class of every run (None: vLLM's); a policy's own wins
         self.synth = TokenSynth(workload, seed, VOCAB_SIZE, HASH_BLOCK_TOKENS // workload.params.token_scale)
         bs = engine.block_size
         self.max_model_len = bs * math.ceil((workload.max_request_tokens() + 1) / bs)
@@ -141,15 +141,13 @@ class Replayer:
             capacity_tokens=num_blocks * self.engine_params.block_size,
         )
         policy: Policy = build_policy(policy_name, ctx, clock)
-        scheduler_cls = policy.scheduler_cls or Scheduler
+        scheduler_cls = policy.scheduler_cls or self.scheduler_cls
         served = min(arrivals.concurrency, policy.max_sessions or arrivals.concurrency)
         metrics = RunMetrics(token_scale=self.w.params.token_scale, block_size=self.engine_params.block_size)
-        if policy.predictor is None:
-            engine = VllmEngine(num_blocks, self.max_model_len, self.engine_params, scheduler_cls)
-        else:
-            config = PoolConfig(guard=GuardConfig(enabled=policy.guarded))
-            with use_policy(policy.predictor, clock=clock, config=config):
-                engine = VllmEngine(num_blocks, self.max_model_len, self.engine_params, scheduler_cls)
+        binding = None
+        if policy.predictor is not None:
+            binding = PolicyBinding(policy.predictor, clock, PoolConfig(guard=GuardConfig(enabled=policy.guarded)))
+        engine = VllmEngine(num_blocks, self.max_model_len, self.engine_params, scheduler_cls, binding)
         timer = _PoolTimer(engine.block_pool)
         driver = ClosedLoopDriver(
             self.w,

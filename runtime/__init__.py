@@ -6,12 +6,12 @@ Modules (import what you need; this package imports nothing so that ``replay`` s
 ``eviction_order``  ``EvictionOrder``: candidate heaps, chain links, time rule
 ``block_pool``      ``ScoredBlockPool``: vLLM's ``BlockPool`` with that order
 ``hooks``           ``use_policy`` / ``install_hooks``: how pools get into vLLM's KV-cache manager
-``plugin``          ``register``: the ``vllm.general_plugins`` entry point (``--additional-config``)
+``plugin``          ``register``, ``wired``: the entry point and the one place an engine is wired
 ``learned``         ``LearnedPredictor``: the exported LightGBM scorer as a predictor
 ``request_calls``   a finished ``Request`` as a ``FinishedCall`` (threads, sessions, hints)
 ``tool_calls``      tool-call parsers for decoded output (Hermes/Qwen, OpenAI JSON)
 ``scheduler``       ``PrefixAwareScheduler`` / ``PrefixAwareAsyncScheduler``
 ``config``          the ``cachewise`` settings
 ``metrics``         counters, Prometheus export, stat log lines
-``cpu_engine``      vLLM's scheduler on a CPU-only machine (tests, benchmark, config check)
+``cpu_engine``      the one CPU builder of vLLM's scheduler (tests, benchmark, replay, config check)
 """

@@ -61,7 +61,7 @@ from cachewise.runtime.config import PoolConfig
 from cachewise.runtime.eviction_order import EvictionOrder
 from cachewise.runtime.guard import Guard
 from cachewise.runtime.metrics import PoolStats, Publisher, observe_latency
-from cachewise.runtime.policy import InvalidPrediction, ReusePredictor, checked
+from cachewise.runtime.policy import InvalidPrediction, ReusePredictor, checked, engine_clock
 
 logger = logging.getLogger("vllm.cachewise")
 
@@ -80,7 +80,7 @@ class ScoredBlockPool(BlockPool):
         self,
         *args: Any,
         predictor: ReusePredictor | None,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = engine_clock,
         config: PoolConfig | None = None,
         fallback_reason: str | None = None,
         **kwargs: Any,

@@ -1,11 +1,15 @@
-"""vLLM's real scheduler and KV-cache manager on a machine without a GPU.
+"""vLLM's real scheduler and KV-cache manager on a machine without a GPU: the one CPU builder.
 
-Builds a ``VllmConfig`` for a tiny Llama-shaped model (a ``config.json`` in a temporary
-folder, no weights, no tokenizer), the scheduler class vLLM would pick for it, and steps
-it with model outputs supplied by the caller, the way ``EngineCore`` does with a GPU. Used
-by the runtime tests and the overhead benchmark (with :func:`export_tiny_model` for a
-loadable model), and as an offline check of CacheWise
-settings before serving::
+Builds a ``VllmConfig`` for a Llama-shaped model (a ``config.json`` in a temporary folder,
+no weights, no tokenizer; :data:`TINY_LLAMA` unless another shape is given), the scheduler
+class vLLM would pick for it (``--scheduler-cls``: a dotted name or a class), wired by the
+plugin's :func:`~cachewise.runtime.plugin.wired` exactly as in serving, and steps it with
+model outputs supplied by the caller, the way ``EngineCore`` does with a GPU. Any further
+``VllmConfig`` field (``kv_events_config``, ``kv_transfer_config`` for vLLM's offloading
+connector, ...) passes through :func:`make_vllm_config` unchanged. Used by the runtime
+tests, the overhead benchmark (with :func:`export_tiny_model` for a loadable model), the
+replay (:mod:`cachewise.replay.engine`, which adds KV events and its token bookkeeping), and
+as an offline check of CacheWise settings before serving::
 
     python -m cachewise.runtime.cpu_engine '{"cachewise": {"model": "models/cachewise-reuse"}}'
 
@@ -41,6 +45,8 @@ from vllm.v1.outputs import ModelRunnerOutput  # noqa: E402
 from vllm.v1.request import Request  # noqa: E402
 from vllm.v1.structured_output import StructuredOutputManager  # noqa: E402
 
+from cachewise.runtime.hooks import PolicyBinding  # noqa: E402
+from cachewise.runtime.plugin import wired  # noqa: E402
 from cachewise.runtime.request_calls import HINT_KEY  # noqa: E402
 
 TINY_LLAMA: dict[str, Any] = {
@@ -60,12 +66,13 @@ TINY_LLAMA: dict[str, Any] = {
 }
 
 
-@lru_cache(maxsize=1)
-def model_dir() -> str:
-    """A folder holding :data:`TINY_LLAMA` as ``config.json`` (removed when the process exits)."""
+@lru_cache(maxsize=8)
+def model_dir(config_json: str | None = None) -> str:
+    """A folder holding ``config_json`` (default :data:`TINY_LLAMA`) as ``config.json``
+    (one per distinct config; removed when the process exits)."""
     folder = Path(tempfile.mkdtemp(prefix="cachewise-cpu-model-"))
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
-    (folder / "config.json").write_text(json.dumps(TINY_LLAMA))
+    (folder / "config.json").write_text(config_json or json.dumps(TINY_LLAMA))
     return str(folder)
 
 
@@ -73,14 +80,30 @@ def make_vllm_config(
     num_blocks: int,
     block_size: int = 16,
     additional_config: dict[str, Any] | None = None,
-    scheduler_cls: str | None = None,
+    scheduler_cls: str | type | None = None,
     max_model_len: int = 8192,
     max_num_seqs: int = 64,
     max_num_batched_tokens: int = 2048,
+    model: dict[str, Any] | None = None,
+    watermark: float | None = None,
+    **vllm_config_fields: Any,
 ) -> VllmConfig:
-    """An engine config as ``vllm serve`` would build it, for a KV cache of ``num_blocks`` blocks."""
+    """An engine config as ``vllm serve`` would build it, for a KV cache of ``num_blocks`` blocks.
+
+    ``model``: the ``config.json`` fields of the model shape (default :data:`TINY_LLAMA`; its
+    ``torch_dtype`` is the engine's dtype); ``watermark``: vLLM's scheduler watermark (None:
+    vLLM's default); ``vllm_config_fields``: further ``VllmConfig`` fields, passed as given
+    (e.g. ``kv_events_config=KVEventsConfig(...)``, ``kv_transfer_config=KVTransferConfig(...)``).
+    """
+    shape = model or TINY_LLAMA
+    sched_extra = {} if watermark is None else {"watermark": watermark}
     config = VllmConfig(
-        model_config=ModelConfig(model=model_dir(), skip_tokenizer_init=True, max_model_len=max_model_len, dtype="float32"),
+        model_config=ModelConfig(
+            model=model_dir(None if model is None else json.dumps(model, sort_keys=True)),
+            skip_tokenizer_init=True,
+            max_model_len=max_model_len,
+            dtype=shape.get("torch_dtype", "float32"),
+        ),
         scheduler_config=SchedulerConfig(
             max_num_seqs=max_num_seqs,
             max_num_batched_tokens=max_num_batched_tokens,
@@ -89,10 +112,12 @@ def make_vllm_config(
             is_encoder_decoder=False,
             async_scheduling=False,  # vLLM's CPU platform turns it off anyway
             scheduler_cls=scheduler_cls,
+            **sched_extra,
         ),
         cache_config=CacheConfig(block_size=block_size, enable_prefix_caching=True),
         parallel_config=ParallelConfig(),
         additional_config=additional_config or {},
+        **vllm_config_fields,
     )
     config.cache_config.num_gpu_blocks = num_blocks
     register_all_kvcache_specs(config)
@@ -106,17 +131,21 @@ def make_kv_cache_config(num_blocks: int, block_size: int = 16) -> KVCacheConfig
     return KVCacheConfig(num_blocks=num_blocks, kv_cache_tensors=[], kv_cache_groups=[KVCacheGroupSpec(["layer"], spec)])
 
 
-def make_scheduler(config: VllmConfig) -> Scheduler:
-    """The scheduler class vLLM picks for ``config``, built as ``EngineCore`` builds it."""
+def make_scheduler(config: VllmConfig, binding: PolicyBinding | None = None) -> Scheduler:
+    """The scheduler class vLLM picks for ``config``, built as ``EngineCore`` builds it, under the
+    plugin's wiring (:func:`~cachewise.runtime.plugin.wired`): ``binding`` when given (a
+    predictor of the caller's, e.g. a replay policy on its clock), else the config's
+    ``additional_config["cachewise"]``, else vLLM's own pool."""
     cls = config.scheduler_config.get_scheduler_cls()
     num_blocks = config.cache_config.num_gpu_blocks
-    return cls(
-        vllm_config=config,
-        kv_cache_config=make_kv_cache_config(num_blocks, config.cache_config.block_size),
-        structured_output_manager=StructuredOutputManager(config),
-        block_size=config.cache_config.block_size,
-        log_stats=True,
-    )
+    with wired(config, binding):
+        return cls(
+            vllm_config=config,
+            kv_cache_config=make_kv_cache_config(num_blocks, config.cache_config.block_size),
+            structured_output_manager=StructuredOutputManager(config),
+            block_size=config.cache_config.block_size,
+            log_stats=True,
+        )
 
 
 @lru_cache(maxsize=None)

@@ -36,7 +36,6 @@ Example (the replay)::
 from __future__ import annotations
 
 import functools
-import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -52,7 +51,7 @@ from vllm.v1.request import Request, RequestStatus
 
 from cachewise.runtime.block_pool import ScoredBlockPool
 from cachewise.runtime.config import PoolConfig
-from cachewise.runtime.policy import ReusePredictor
+from cachewise.runtime.policy import ReusePredictor, engine_clock
 from cachewise.runtime.vllm_compat import keep_vllm_classes, vllm_version
 
 _VLLM_BLOCK_POOL = BlockPool
@@ -69,7 +68,7 @@ class PolicyBinding:
     """
 
     predictor: ReusePredictor | None
-    clock: Callable[[], float] = time.monotonic
+    clock: Callable[[], float] = engine_clock
     config: PoolConfig = field(default_factory=PoolConfig)
     fallback_reason: str | None = None
     on_pool: Callable[[ScoredBlockPool], None] | None = None
@@ -97,7 +96,7 @@ def bound(binding: PolicyBinding) -> Iterator[None]:
 @contextmanager
 def use_policy(
     predictor: ReusePredictor | None,
-    clock: Callable[[], float] = time.monotonic,
+    clock: Callable[[], float] = engine_clock,
     config: PoolConfig | None = None,
     on_pool: Callable[[ScoredBlockPool], None] | None = None,
 ) -> Iterator[None]:

@@ -31,8 +31,9 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 from cachewise.runtime.config import CONFIG_KEY, CacheWiseSettings, ConfigError
@@ -84,23 +85,48 @@ def settings_of(vllm_config: Any) -> dict | None:
     return extra[CONFIG_KEY]
 
 
-def _wrap_scheduler_init(original: Callable[..., None]) -> Callable[..., None]:
-    """``original`` run under the settings' binding; any CacheWise failure leaves vLLM's classes."""
+_wiring: ContextVar[bool] = ContextVar("cachewise_wiring", default=False)
 
-    @functools.wraps(original)
-    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
-        vllm_config = bound_argument(original, "vllm_config", self, *args, **kwargs)
-        raw = settings_of(vllm_config)
+
+@contextmanager
+def wired(vllm_config: Any, binding: PolicyBinding | None = None) -> Iterator[None]:
+    """The one place an engine's CacheWise components are wired: a scheduler of any class
+    built inside the block gets the pool (and, through it, the predictor) of ``binding`` when
+    given -- the replay's policy on its clock, a test's predictor -- else of the config's
+    ``additional_config["cachewise"]`` (:func:`binding_for`), else vLLM's own. Scheduler
+    settings (``scheduler``, ``residency``) are read from ``additional_config`` by the
+    scheduler classes themselves, whoever wires. Used by the ``Scheduler.__init__`` wrapper
+    (serving) and by :func:`cachewise.runtime.cpu_engine.make_scheduler` (tests, replay);
+    re-entrant: a wrapper running inside an explicit wiring adds nothing. Never raises for
+    CacheWise's own failures: they leave vLLM's classes (one warning, one count).
+    """
+    if _wiring.get():
+        yield
+        return
+    token = _wiring.set(True)
+    try:
         with ExitStack() as stack:
-            if raw is not None:
-                problem = _problem or untested_reason()
+            raw = settings_of(vllm_config) if binding is None else None
+            if binding is not None or raw is not None:
+                problem = _problem or untested_reason() or _HOOKS_IMPORT_ERROR
                 try:
                     if problem is None:
-                        stack.enter_context(bound(binding_for(raw, vllm_config)))
+                        stack.enter_context(bound(binding if binding is not None else binding_for(raw, vllm_config)))
                 except Exception as exc:  # noqa: BLE001 - e.g. hooks that cannot be installed
                     problem = f"cannot set CacheWise up on vLLM {vllm_version()} ({type(exc).__name__}: {exc})"
                 if problem is not None:
                     keep_vllm_classes(problem)
+            yield
+    finally:
+        _wiring.reset(token)
+
+
+def _wrap_scheduler_init(original: Callable[..., None]) -> Callable[..., None]:
+    """``original`` run under :func:`wired` for its config."""
+
+    @functools.wraps(original)
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        with wired(bound_argument(original, "vllm_config", self, *args, **kwargs)):
             original(self, *args, **kwargs)
 
     __init__._cachewise_hook = True  # type: ignore[attr-defined]
@@ -129,19 +155,44 @@ def binding_for(raw: Any, vllm_config: Any) -> PolicyBinding:
 
 def build_learned_predictor(settings: CacheWiseSettings, vllm_config: Any) -> Any:
     """A :class:`~cachewise.runtime.learned.LearnedPredictor` for the engine (raises on failure)."""
-    from cachewise.runtime.learned import LearnedPredictor
-    from cachewise.runtime.request_calls import CallBuilder, LazyTokenizer
-    from cachewise.runtime.tool_calls import get_parser
+    from cachewise.runtime.request_calls import LazyTokenizer
     from cachewise.scoring.exported import load_exported
 
-    parser = get_parser(settings.tool_parser)
     model = load_exported(settings.model, registry_timeout_s=settings.registry_timeout_s)
     model_config = vllm_config.model_config
-    calls = CallBuilder(
-        model=str(model_config.served_model_name or model_config.model),
+    return learned_predictor(
+        model,
+        settings,
+        model_name=str(model_config.served_model_name or model_config.model),
         hash_block_size=vllm_config.cache_config.block_size,
-        parser=parser,
         tokenizer=None if model_config.skip_tokenizer_init else LazyTokenizer(_tokenizer_loader(model_config)),
+    )
+
+
+def learned_predictor(
+    model: Any,
+    settings: CacheWiseSettings,
+    model_name: str,
+    hash_block_size: int,
+    tokenizer: Any = None,
+    calls_cls: type | None = None,
+    **calls_kwargs: Any,
+) -> Any:
+    """The one wiring of a loaded model into a predictor, for serving and the replay alike:
+    ``calls_cls`` (default :class:`~cachewise.runtime.request_calls.CallBuilder`; the replay
+    passes its recorded-token subclass) built with the settings' tool parser, the scorer, and
+    the serving log of ``settings.log_dir``. ``calls_kwargs`` go to ``calls_cls`` (e.g. the
+    replay's ``arrival_clock``)."""
+    from cachewise.runtime.learned import LearnedPredictor
+    from cachewise.runtime.request_calls import CallBuilder
+    from cachewise.runtime.tool_calls import get_parser
+
+    calls = (calls_cls or CallBuilder)(
+        model=model_name,
+        hash_block_size=hash_block_size,
+        parser=get_parser(settings.tool_parser),
+        tokenizer=tokenizer,
+        **calls_kwargs,
     )
     return LearnedPredictor(model, calls, on_call=_serving_log(settings))
 

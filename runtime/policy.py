@@ -28,6 +28,8 @@ prefix sinks steadily; at ``expire_at`` it is evicted before anything predicted.
 from __future__ import annotations
 
 import math
+import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
@@ -77,6 +79,14 @@ def checked(prediction: object, now: float, max_idle_s: float) -> ReusePredictio
     if reuse_at == -math.inf or expire_at == -math.inf:
         raise InvalidPrediction(f"-inf in prediction {prediction!r}")
     return ReusePrediction(reuse_at, min(expire_at, now + max_idle_s))
+
+
+#: The one clock of a served engine: wall-clock seconds, the clock vLLM stamps
+#: ``Request.arrival_time`` with. The pool (predictions, expiry, guard), the scheduler (prefix
+#: ranking's waits, residency) and request ages all read the *same* clock -- this one when
+#: serving, the binding's (:class:`ManualClock`, simulated time) in the replay -- so a wait, an
+#: age and a predicted return are always comparable. (``time.time`` itself: no call overhead.)
+engine_clock: Callable[[], float] = time.time
 
 
 class ManualClock:

@@ -21,7 +21,10 @@ Client hints: ``SamplingParams.extra_args = {"cachewise": {"tool": ..., "argumen
 "tool_calls": [...], "session_id": ..., "thread_id": ..., "is_sidechain": bool}}`` (all
 optional; with the OpenAI server pass them as ``vllm_xargs: {"cachewise": "<the dict as JSON>"}``).
 
-Memory is bounded: at most ``max_threads`` registered hashes (least recently used dropped).
+Memory is bounded: at most ``max_hashes`` registered hashes (least recently used dropped);
+each thread keeps at most two (its last call's last full prompt block and last full block),
+so the default 131072 covers the 65536 threads that
+:class:`~cachewise.features.online.FeatureState` keeps (``max_threads`` counts threads only).
 """
 
 from __future__ import annotations
@@ -94,16 +97,16 @@ class CallBuilder:
         parser: ToolCallParser,
         tokenizer: LazyTokenizer | None = None,
         arrival_clock: Callable[[], float] = time.time,
-        max_threads: int = 131072,
+        max_hashes: int = 131072,
     ) -> None:
-        if hash_block_size < 1 or max_threads < 1:
-            raise ValueError("hash_block_size and max_threads must be positive")
+        if hash_block_size < 1 or max_hashes < 1:
+            raise ValueError("hash_block_size and max_hashes must be positive")
         self._model = model
         self._block = hash_block_size
         self._parser = parser
         self._tokenizer = tokenizer
         self._arrival_clock = arrival_clock
-        self._max = max_threads
+        self._max = max_hashes
         self._threads: OrderedDict[bytes, tuple[str, str]] = OrderedDict()  # hash -> (thread, session)
         self._next_thread = 0
 

@@ -56,6 +56,7 @@ from vllm.v1.request import Request
 from cachewise.runtime.block_pool import ScoredBlockPool
 from cachewise.runtime.config import CONFIG_KEY, ConfigError, ResidencySettings, SchedulerSettings
 from cachewise.runtime.hooks import chained_groups
+from cachewise.runtime.policy import engine_clock
 from cachewise.runtime.request_calls import hint_of
 from cachewise.runtime.residency import ResidencyController
 from cachewise.runtime.sessions import SessionView
@@ -70,11 +71,11 @@ class PrefixRanker:
         self,
         settings: SchedulerSettings,
         cached_tokens: Callable[[Request], int],
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = engine_clock,
     ) -> None:
         self.settings = settings
         self._cached_tokens = cached_tokens
-        self._clock = clock  # the clock of Request.arrival_time
+        self._clock = clock  # the clock of Request.arrival_time: the engine's (pool's) clock
         self._passes: dict[str, int] = {}
 
     def rank(self, waiting: list[Request]) -> list[Request]:
@@ -111,6 +112,12 @@ class PrefixRanker:
         return self._passes.get(request_id, 0)
 
 
+def scheduler_clock(pool: Any) -> Callable[[], float]:
+    """The scheduler's clock: its pool's (the binding's: simulated in the replay), else the
+    engine clock (:func:`~cachewise.runtime.policy.engine_clock`, that of ``Request.arrival_time``)."""
+    return pool.clock if isinstance(pool, ScoredBlockPool) else engine_clock
+
+
 def _section(vllm_config: Any, name: str, cls: Any) -> Any:
     """``cls`` parsed from ``additional_config["cachewise"][name]`` (defaults when absent or invalid)."""
     extra = getattr(vllm_config, "additional_config", None)
@@ -133,7 +140,9 @@ class PrefixAwareMixin:
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.prefix_ranker = PrefixRanker(_scheduler_settings(self.vllm_config), self._cached_prefix_tokens)
+        self.prefix_ranker = PrefixRanker(
+            _scheduler_settings(self.vllm_config), self._cached_prefix_tokens, scheduler_clock(self.kv_cache_manager.block_pool)
+        )
         if not isinstance(self.waiting, FCFSRequestQueue):
             logger.info("CacheWise scheduler: prefix-aware ranking applies to the fcfs policy only; off")
         logger.info("CacheWise prefix-aware scheduler on: %s", self.prefix_ranker.settings)
@@ -191,7 +200,7 @@ class ResidencyMixin:
         pool = self.kv_cache_manager.block_pool
         self.sessions = SessionView(self.block_size)
         self.residency = self.controller_cls(settings, pool.num_gpu_blocks - 1, self.block_size)
-        self._clock: Callable[[], float] = pool.clock if isinstance(pool, ScoredBlockPool) else time.monotonic
+        self._clock: Callable[[], float] = scheduler_clock(pool)
         predictor = getattr(pool, "predictor", None)
         if predictor is not None and hasattr(predictor, "sessions"):
             predictor.sessions = self.sessions  # the predictor reports each call's session and forecast

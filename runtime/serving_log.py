@@ -12,7 +12,7 @@ cached prefix lives on one engine, and engine-local keys such as ``t1`` must nev
 ``session`` too when it is engine-local (no client ``session_id``: the session is its
 thread), while a client's ``session_id`` hashes the same on every engine; ``is_sidechain``;
 ``model``; ``request_time`` / ``response_time`` (epoch seconds: the call's times on the
-pool's clock -- ``time.monotonic`` in a served engine -- plus the wall-minus-pool offset taken
+pool's clock -- :func:`~cachewise.runtime.policy.engine_clock` in a served engine -- plus the wall-minus-pool offset taken
 once when the log opens, so every difference is exactly the engine's);
 ``prompt_tokens`` / ``output_tokens``; ``ended_turn``;
 and per tool call its ``name``, ``command_class`` and numeric argument facts
@@ -64,6 +64,7 @@ from typing import Any
 
 from cachewise.data.commands import classify
 from cachewise.features.record import FinishedCall
+from cachewise.runtime.policy import engine_clock
 
 logger = logging.getLogger("vllm.cachewise")
 
@@ -127,7 +128,7 @@ class ServingLog:
         max_buffer: int = 100_000,
         flush_rows: int = 20_000,
         flush_interval_s: float = 10.0,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = engine_clock,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         if max_buffer < 1 or flush_rows < 1 or not flush_interval_s > 0:

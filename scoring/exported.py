@@ -41,6 +41,7 @@ from lightgbm.basic import _LIB
 from cachewise.features.spec import spec_fields
 from cachewise.scoring.idle import IdleConditioner
 from cachewise.scoring.model_text import ModelTextError, check_model_text
+from cachewise.scoring.registry import tracking_uri
 
 MODEL_FILE = "model.txt"
 SPEC_FILE = "spec.json"
@@ -240,14 +241,12 @@ def _load_mlflow(uri: str, timeout_s: float) -> ExportedModel:
 
 
 def download_model(uri: str, dst: Path, timeout_s: float) -> Path:
-    """Download ``uri`` from the registry of :func:`cachewise.train.tracking.tracking_uri` into ``dst``.
+    """Download ``uri`` from the registry of :func:`cachewise.scoring.registry.tracking_uri` into ``dst``.
 
     Gives up with :class:`ModelLoadError` after ``timeout_s`` seconds (wall clock); MLflow's
     own HTTP retries are cut to fit that budget. Never creates a registry: a ``sqlite:///``
     store whose file does not exist is an error.
     """
-    from cachewise.train.tracking import tracking_uri  # noqa: PLC0415 - imports mlflow
-
     store = tracking_uri()
     db = _sqlite_file(store)
     if db is not None and not db.is_file():

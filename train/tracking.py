@@ -1,9 +1,7 @@
 """Where MLflow runs and registered models live.
 
-The tracking URI is ``MLFLOW_TRACKING_URI`` when set, else ``sqlite:///mlflow.db`` in the
-current working directory (MLflow's own default store name; ``dvc repro`` runs in the
-repository root, so the pipeline's registry is ``<repo>/mlflow.db``), made absolute so that
-logs and ``run.json`` name the file.
+The tracking URI is :func:`cachewise.scoring.registry.tracking_uri` (shared with the
+runtime, which resolves ``models:/`` URIs without importing this package).
 Runs go to the experiment :data:`EXPERIMENT`; when it is first created on a local SQLite
 store, its artifacts are put next to the database (``<db folder>/mlartifacts``), never in
 the current directory.
@@ -11,18 +9,15 @@ the current directory.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import mlflow
 
+from cachewise.scoring.registry import tracking_uri
+
+__all__ = ["EXPERIMENT", "tracking_uri", "use_tracking"]
+
 EXPERIMENT = "cachewise"
-DEFAULT_DB = "mlflow.db"
-
-
-def tracking_uri() -> str:
-    """The MLflow tracking URI in use (module doc)."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / DEFAULT_DB}"
 
 
 def _artifact_root(uri: str) -> str | None:

@@ -1,0 +1,83 @@
+"""One wiring for serving and the replay (``cachewise.runtime.plugin.wired``), one CPU builder, one clock.
+
+* a scheduler of any class built with an explicit binding gets that binding's pool, and its
+  prefix ranker reads the pool's clock (the replay's simulated clock), not the wall clock;
+* built from ``--additional-config`` with the plugin registered, the scheduler wrapper inside
+  an explicit wiring adds nothing: one pool, one start-up line;
+* the replay builds its engine through the same builder with a configured ``scheduler_cls``,
+  and the replay config refuses a class that is not a vLLM scheduler.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cachewise.replay.config import ReplayConfigError, load_config
+from cachewise.replay.engine import EngineParams, VllmEngine
+from cachewise.runtime.block_pool import ScoredBlockPool
+from cachewise.runtime.cpu_engine import export_tiny_model, make_request, make_scheduler, make_vllm_config, run_to_completion
+from cachewise.runtime.hooks import PolicyBinding
+from cachewise.runtime.plugin import register
+from cachewise.runtime.policy import ManualClock, ReusePrediction
+from cachewise.runtime.scheduler import PrefixAwareScheduler
+
+PREFIX_AWARE = "cachewise.runtime.scheduler.PrefixAwareScheduler"
+BLOCK = 16
+
+
+class _Constant:
+    def on_request_finished(self, request, now: float) -> ReusePrediction:
+        return ReusePrediction(now + 5.0, float("inf"))
+
+
+def test_explicit_binding_gives_its_pool_and_its_clock_to_pool_and_scheduler() -> None:
+    clock = ManualClock()
+    clock.now = 1000.0
+    config = make_vllm_config(32, BLOCK, scheduler_cls=PREFIX_AWARE)
+    scheduler = make_scheduler(config, PolicyBinding(_Constant(), clock))
+    pool = scheduler.kv_cache_manager.block_pool
+    assert type(scheduler) is PrefixAwareScheduler
+    assert isinstance(pool, ScoredBlockPool) and pool.clock is clock
+    assert scheduler.prefix_ranker._clock is clock
+    scheduler.add_request(make_request("a", range(4 * BLOCK), BLOCK, 2, arrival_time=clock.now))
+    assert len(run_to_completion(scheduler)) == 1
+
+
+def test_the_wrapper_inside_an_explicit_wiring_adds_nothing(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    register()
+    model = export_tiny_model(tmp_path / "m")
+    config = make_vllm_config(32, BLOCK, additional_config={"cachewise": {"model": str(model)}})
+    with caplog.at_level(logging.INFO, logger="vllm.cachewise"):
+        scheduler = make_scheduler(config)
+    assert isinstance(scheduler.kv_cache_manager.block_pool, ScoredBlockPool)
+    assert sum("CacheWise active" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_without_binding_or_settings_vllm_pool_stays() -> None:
+    register()
+    scheduler = make_scheduler(make_vllm_config(32, BLOCK))
+    assert not isinstance(scheduler.kv_cache_manager.block_pool, ScoredBlockPool)
+
+
+def test_replay_engine_uses_the_configured_scheduler_class() -> None:
+    params = EngineParams(block_size=BLOCK, max_num_seqs=8, max_num_batched_tokens=256)
+    clock = ManualClock()
+    engine = VllmEngine(64, 1024, params, PREFIX_AWARE, PolicyBinding(_Constant(), clock))
+    assert type(engine.scheduler) is PrefixAwareScheduler
+    assert engine.scheduler.prefix_ranker._clock is engine.block_pool.clock is clock
+    engine.add("r", np.arange(3 * BLOCK), np.array([1, 2]), None, 0.0)
+    while engine.has_work():
+        engine.step()
+    assert VllmEngine(64, 1024, params).scheduler.__class__.__name__ == "Scheduler"
+
+
+def test_replay_config_checks_scheduler_cls(tmp_path: Path) -> None:
+    assert load_config(tmp_path / "absent.yaml", {"scheduler_cls": PREFIX_AWARE}).scheduler_cls == PREFIX_AWARE
+    with pytest.raises(ReplayConfigError, match="cannot import"):
+        load_config(tmp_path / "absent.yaml", {"scheduler_cls": "cachewise.runtime.scheduler.NoSuch"})
+    with pytest.raises(ReplayConfigError, match="not a subclass of vLLM's Scheduler"):
+        load_config(tmp_path / "absent.yaml", {"scheduler_cls": "cachewise.runtime.policy.ManualClock"})
