@@ -178,6 +178,7 @@ def _replay_cell(
             "seeds": settings.seeds,
         },
     )
+    config = replace(config, sources=None)  # the cell's events are one family, whatever replay.sources says
     if settings.capacity_fracs is not None:
         config = replace(config, sweep=replace(config.sweep, capacity_fracs=settings.capacity_fracs))
     replay(config, params, sweep=True, progress=False)
