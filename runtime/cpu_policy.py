@@ -92,8 +92,9 @@ class CacheWiseCachePolicy(LRUCachePolicy):
         _POLICIES.add(self)
 
     # ------------------------------------------------------------- attachment
-    def attach(self, view: SessionView, clock: Callable[[], float]) -> None:
-        """Read sessions and forecasts from ``view`` (the engine's one view), times from ``clock``."""
+    def attach(self, view: SessionView | None, clock: Callable[[], float]) -> None:
+        """Read sessions and forecasts from ``view`` (the engine's one view), times from ``clock``;
+        ``view`` None: detached (vLLM's LRU order from now on)."""
         self.view = view
         self.clock = clock
 
@@ -281,10 +282,13 @@ def find_policy(scheduler: object) -> CacheWiseCachePolicy | None:
     return None
 
 
-def attach_to_scheduler(scheduler: object, view: SessionView, clock: Callable[[], float]) -> CacheWiseCachePolicy | None:
-    """Attach ``view`` to the scheduler's CacheWise CPU policy, if it runs one; the policy or None."""
+def attach_to_scheduler(
+    scheduler: object, view: SessionView | None, clock: Callable[[], float]
+) -> CacheWiseCachePolicy | None:
+    """Attach ``view`` (None: detach) to the scheduler's CacheWise CPU policy, if it runs one; the policy or None."""
     policy = find_policy(scheduler)
     if policy is not None:
         policy.attach(view, clock)
+    if policy is not None and view is not None:
         logger.info("CacheWise CPU-tier policy on: host chunks evicted by predicted next use (%d chunks)", policy.cache_capacity)
     return policy

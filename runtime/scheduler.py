@@ -55,6 +55,7 @@ from vllm.v1.request import Request
 
 from cachewise.runtime.block_pool import ScoredBlockPool
 from cachewise.runtime.config import CONFIG_KEY, ConfigError, ResidencySettings, SchedulerSettings
+from cachewise.runtime.cpu_policy import attach_to_scheduler
 from cachewise.runtime.hooks import chained_groups
 from cachewise.runtime.request_calls import hint_of
 from cachewise.runtime.residency import ResidencyController
@@ -192,6 +193,7 @@ class ResidencyMixin:
         self.sessions = SessionView(self.block_size)
         self.residency = self.controller_cls(settings, pool.num_gpu_blocks - 1, self.block_size)
         self._clock: Callable[[], float] = pool.clock if isinstance(pool, ScoredBlockPool) else time.monotonic
+        attach_to_scheduler(self, self.sessions, self._clock)  # the CacheWise CPU-tier policy, if vLLM's offloading runs one
         predictor = getattr(pool, "predictor", None)
         if predictor is not None and hasattr(predictor, "sessions"):
             predictor.sessions = self.sessions  # the predictor reports each call's session and forecast
@@ -203,6 +205,7 @@ class ResidencyMixin:
         if not getattr(self, "_residency_off", False):
             logger.warning("CacheWise residency off, vLLM's scheduling continues: %s: %s", type(exc).__name__, exc)
         self._residency_off = True
+        attach_to_scheduler(self, None, time.monotonic)  # the CPU-tier policy back to vLLM's LRU order
         self.sessions = None
         self.residency = None
 
