@@ -197,7 +197,13 @@ class TransferWorker:
         """When the earliest job in flight completes (None: nothing in flight)."""
         return min((j.done_at for j in self._inflight.values()), default=None)
 
+    @staticmethod
+    def empty_summary() -> dict[str, float]:
+        """:meth:`summary`'s columns for a run without a host tier (all 0)."""
+        return dict.fromkeys(TransferWorker(TransferModel(LinkCost(0, 1, 0), LinkCost(0, 1, 0)), 0).summary(), 0.0)
+
     def summary(self) -> dict[str, float]:
+        """Bytes moved each way (real bytes), link-busy seconds, flush stalls, job counts."""
         return {
             "host_bytes_loaded": self.bytes_loaded,
             "host_bytes_stored": self.bytes_stored,
