@@ -18,7 +18,7 @@ at 0 no tier is built and each policy is exactly its base policy.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from vllm.config import KVTransferConfig
@@ -53,11 +53,25 @@ class HostTierSettings:
             raise ValueError(f"host_kv_frac must be >= 0, got {self.host_kv_frac}")
 
 
+@dataclass(frozen=True)
+class HostTier:
+    """A run's host tier: vLLM's ``kv_transfer_config``, the simulated worker, and the scheduler
+    class to build (a residency scheduler's settings get the tier's reload cost)."""
+
+    kv_transfer_config: KVTransferConfig
+    worker: TransferWorker
+    scheduler_cls: type
+
+
 def host_tier_for(
-    policy: str, settings: HostTierSettings | None, gpu_blocks: int, block_size: int, token_scale: int
-) -> tuple[KVTransferConfig, TransferWorker] | None:
-    """The run's host tier: vLLM's ``kv_transfer_config`` and the simulated worker; None when
-    ``policy`` has no tier, no settings were given, or ``host_kv_frac`` is 0."""
+    policy: str, settings: HostTierSettings | None, gpu_blocks: int, block_size: int, token_scale: int, scheduler_cls: type
+) -> HostTier | None:
+    """The run's host tier; None when ``policy`` has no tier, no settings were given, or
+    ``host_kv_frac`` is 0.
+
+    A residency scheduler (``residency_settings`` set, as the replay's are) gets
+    ``host_reload_s_per_token`` = the measured load time of one replay token (bytes over the
+    link's bandwidth plus its per-chunk cost), so its cost rule prices a demotion as a reload."""
     if policy not in HOST_TIER_POLICIES or settings is None or settings.host_kv_frac == 0:
         return None
     host_chunks = max(1, round(settings.host_kv_frac * gpu_blocks))
@@ -65,4 +79,10 @@ def host_tier_for(
     page = FullAttentionSpec(block_size=block_size, num_kv_heads=1, head_size=1, dtype=torch.float32).page_size_bytes
     config = offload_transfer_config(host_chunks, page, HOST_TIER_POLICIES[policy][1])
     worker = TransferWorker(settings.transfer, chunk_bytes=block_size * token_scale * settings.kv_bytes_per_token)
-    return config, worker
+    residency = getattr(scheduler_cls, "residency_settings", None)
+    if residency is not None:
+        link = settings.transfer.load
+        per_token = token_scale * settings.kv_bytes_per_token / (link.bandwidth_gb_s * 1e9) + link.t_chunk_s / block_size
+        tiered = replace(residency, host_reload_s_per_token=per_token)
+        scheduler_cls = type(f"{scheduler_cls.__name__}HostTier", (scheduler_cls,), {"residency_settings": tiered})
+    return HostTier(config, worker, scheduler_cls)

@@ -149,16 +149,17 @@ class Replayer:
         served = min(arrivals.concurrency, policy.max_sessions or arrivals.concurrency)
         metrics = RunMetrics(token_scale=self.w.params.token_scale, block_size=self.engine_params.block_size)
         tier = host_tier_for(
-            policy_name, self.host_tier, num_blocks - 1, self.engine_params.block_size, self.w.params.token_scale
+            policy_name, self.host_tier, num_blocks - 1, self.engine_params.block_size, self.w.params.token_scale, scheduler_cls
         )
-        kv_transfer = tier[0] if tier is not None else None
+        kv_transfer = tier.kv_transfer_config if tier is not None else None
+        scheduler_cls = tier.scheduler_cls if tier is not None else scheduler_cls
         if policy.predictor is None:
             engine = VllmEngine(num_blocks, self.max_model_len, self.engine_params, scheduler_cls, kv_transfer)
         else:
             config = PoolConfig(guard=GuardConfig(enabled=policy.guarded))
             with use_policy(policy.predictor, clock=clock, config=config):
                 engine = VllmEngine(num_blocks, self.max_model_len, self.engine_params, scheduler_cls, kv_transfer)
-        engine.transfers = tier[1] if tier is not None else None
+        engine.transfers = tier.worker if tier is not None else None
         timer = _PoolTimer(engine.block_pool)
         driver = ClosedLoopDriver(
             self.w,

@@ -58,7 +58,7 @@ from cachewise.runtime.config import CONFIG_KEY, ConfigError, ResidencySettings,
 from cachewise.runtime.cpu_policy import attach_to_scheduler
 from cachewise.runtime.hooks import chained_groups
 from cachewise.runtime.request_calls import hint_of
-from cachewise.runtime.residency import ResidencyController
+from cachewise.runtime.residency import ResidencyController, prefill_seconds
 from cachewise.runtime.sessions import SessionView
 
 logger = logging.getLogger("vllm.cachewise")
@@ -191,9 +191,13 @@ class ResidencyMixin:
         settings = self.residency_settings or _section(self.vllm_config, "residency", ResidencySettings)
         pool = self.kv_cache_manager.block_pool
         self.sessions = SessionView(self.block_size)
-        self.residency = self.controller_cls(settings, pool.num_gpu_blocks - 1, self.block_size)
         self._clock: Callable[[], float] = pool.clock if isinstance(pool, ScoredBlockPool) else time.monotonic
-        attach_to_scheduler(self, self.sessions, self._clock)  # the CacheWise CPU-tier policy, if vLLM's offloading runs one
+        tier = attach_to_scheduler(self, self.sessions, self._clock)  # the CacheWise CPU-tier policy, if vLLM's offloading runs one
+        reload = settings.host_reload_s_per_token if tier is not None else 0.0
+        self.residency = self.controller_cls(
+            settings, pool.num_gpu_blocks - 1, self.block_size,
+            (lambda n: min(prefill_seconds(settings, n), n * reload)) if reload > 0 else None,
+        )  # fmt: skip
         predictor = getattr(pool, "predictor", None)
         if predictor is not None and hasattr(predictor, "sessions"):
             predictor.sessions = self.sessions  # the predictor reports each call's session and forecast

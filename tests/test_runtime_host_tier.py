@@ -29,9 +29,10 @@ pytestmark = pytest.mark.vllm
 BS = 16
 
 
-def build(num_blocks: int, host_chunks: int, policy: str = "cachewise"):
+def build(num_blocks: int, host_chunks: int, policy: str = "cachewise", residency: dict | None = None):
     config = cpu_engine.make_vllm_config(
-        num_blocks, BS, scheduler_cls="cachewise.runtime.scheduler.ResidencyScheduler", max_model_len=2048
+        num_blocks, BS, scheduler_cls="cachewise.runtime.scheduler.ResidencyScheduler", max_model_len=2048,
+        additional_config={"cachewise": {"residency": residency}} if residency else None,
     )
     page = cpu_engine.make_kv_cache_config(num_blocks, BS).kv_cache_groups[0].kv_cache_spec.page_size_bytes
     config.kv_transfer_config = offload_transfer_config(host_chunks, page, policy)
@@ -114,3 +115,14 @@ def test_readme_serve_flags_configure_the_connector_and_policy() -> None:
     assert kv.kv_connector == "OffloadingConnector" and kv.kv_role == "kv_both"
     assert kv.kv_connector_extra_config["cpu_bytes_to_use"] > 0
     assert {k: kv.kv_connector_extra_config[k] for k in extra} == extra
+
+
+def test_residency_prices_a_demotion_as_a_reload_with_the_cachewise_host_tier() -> None:
+    from cachewise.runtime.residency import prefill_seconds
+
+    tiered = build(num_blocks=40, host_chunks=64, residency={"host_reload_s_per_token": 1e-6})
+    settings = tiered.residency.settings
+    assert tiered.residency._recompute(20000) == pytest.approx(min(prefill_seconds(settings, 20000), 0.02))
+    assert tiered.residency._recompute(20000) < prefill_seconds(settings, 20000)
+    lru_tier = build(num_blocks=40, host_chunks=64, policy="lru", residency={"host_reload_s_per_token": 1e-6})
+    assert lru_tier.residency._recompute(20000) == prefill_seconds(settings, 20000)  # no CacheWise policy: recompute
