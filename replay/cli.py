@@ -30,6 +30,8 @@ from cachewise.replay.config import ReplayConfig, ReplayConfigError, load_config
 from cachewise.replay.costmodel import CostModelError, load_cost_model
 from cachewise.replay.driver import ReplayStuck
 from cachewise.replay.engine import EngineParams
+from cachewise.replay.host_tier import load_transfer_model
+from cachewise.replay.host_tier_policies import HOST_TIER_POLICIES, HostTierSettings
 from cachewise.replay.policies import IdleStats, PolicyContext, REGISTRY, learned_factory, needs_model
 from cachewise.replay.provenance import ProvenanceError, check_replayable
 from cachewise.replay.report import markdown_table, write_report
@@ -76,6 +78,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "(e.g. cachewise.runtime.scheduler.PrefixAwareScheduler); a residency policy's own class wins",
     )
     parser.add_argument(
+        "--host-kv-frac", type=float, help="host-memory KV tier of the *_offload policies, in GPU KV capacities (0: none)"
+    )
+    parser.add_argument(
         "--admission-caps", help="comma-separated fixed admission caps N, added as policies capN (e.g. 4,8,12,16,24)"
     )
 
@@ -106,6 +111,7 @@ def _config(args: argparse.Namespace) -> ReplayConfig:
         "workers": args.workers,
         "allow_train_tasks": args.allow_train_tasks,
         "scheduler_cls": args.scheduler_cls,
+        "host_kv_frac": getattr(args, "host_kv_frac", None),
     }
     return load_config(args.params, overrides)
 
@@ -178,7 +184,10 @@ def make_replayer(
     """The replayer of ``config``'s policies over one seed's ``workload``."""
     cost = load_cost_model(config.cost_coefficients, config.model_shape)
     ctx = PolicyContext(workload, IdleStats.fit(chosen.fit_events), config.ttl_quantile, learned)
-    return Replayer(workload, cost, engine, ctx, seed=seed, scheduler_cls=config.scheduler_cls)
+    tier = None
+    if any(p in HOST_TIER_POLICIES for p in config.policies):
+        tier = HostTierSettings(config.host_kv_frac, load_transfer_model(config.transfer_coefficients))
+    return Replayer(workload, cost, engine, ctx, seed=seed, scheduler_cls=config.scheduler_cls, host_tier=tier)
 
 
 def replay(config: ReplayConfig, params_path: str, sweep: bool, progress: bool) -> Path:

@@ -19,6 +19,7 @@ import yaml
 
 from cachewise.replay.driver import ArrivalParams
 from cachewise.replay.engine import EngineParams
+from cachewise.replay import host_tier_policies  # noqa: F401 - registers vllm_offload, cachewise_offload, ...
 from cachewise.replay.policies import known_policies
 from cachewise.replay.residency_policies import register_caps
 from cachewise.replay.workload import WorkloadParams
@@ -80,6 +81,8 @@ class ReplayConfig:
     arrival_rate: float | None = None
     ttl_quantile: float = 0.9
     scheduler_cls: str | None = None
+    host_kv_frac: float = 2.0
+    transfer_coefficients: str = "replay/transfer_coefficients.json"
     workload: WorkloadParams = field(default_factory=lambda: WorkloadParams(token_scale=16))
     engine: EngineSettings = field(default_factory=EngineSettings)
     sweep: SweepSettings = field(default_factory=SweepSettings)
@@ -100,6 +103,8 @@ class ReplayConfig:
             raise ReplayConfigError(f"ttl_quantile must be in (0, 1), got {self.ttl_quantile}")
         if self.scheduler_cls is not None:
             _check_scheduler_cls(self.scheduler_cls)
+        if not self.host_kv_frac >= 0:
+            raise ReplayConfigError(f"host_kv_frac must be >= 0, got {self.host_kv_frac}")
 
     def arrivals(self, concurrency: int | None = None) -> ArrivalParams:
         """The session overlay at ``concurrency`` (default: the configured one)."""

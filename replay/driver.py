@@ -148,19 +148,27 @@ class ClosedLoopDriver:
 
     def _step(self, now: float) -> int:
         """One engine step at ``now``; advances the clock; returns the number of calls finished."""
+        transfers = self.engine.transfers  # a host tier's simulated worker (cachewise.replay.host_tier), or None
+        completed = transfers.poll(now) if transfers is not None else None
         start = time.perf_counter()
-        step = self.engine.step()
+        step = self.engine.step(completed)
         cpu = time.perf_counter() - start
+        begin = transfers.submit(step.kv_connector_metadata, now) if transfers is not None else now
         if step.idle:
-            if not self._ready:
+            if completed is not None:  # transfers just landed: their requests can run now
+                return 0
+            upcoming = [t for t, _, _ in self._ready[:1]]
+            if transfers is not None and transfers.next_completion() is not None:
+                upcoming.append(transfers.next_completion())
+            if not upcoming:
                 raise ReplayStuck(
                     f"vLLM cannot schedule any of {len(self.engine.scheduler.requests)} requests"
                     f" with {self.engine.block_pool.num_gpu_blocks} KV blocks"
                 )
-            self.clock.now = max(now, self._ready[0][0])
+            self.clock.now = max(begin, min(upcoming))
             return 0
         dt = self.cost.step_time(step.prefill, step.decode_ctx, self.w.params.token_scale)
-        self.clock.now = now + dt
+        self.clock.now = begin + dt
         self.metrics.on_step(sum(n for n, _ in step.prefill), step.prefilled_blocks, dt, cpu)
         self.metrics.on_kv_events(*self.engine.events.take())
         for request in step.finished:
@@ -192,4 +200,6 @@ class ClosedLoopDriver:
                 self.clock.now = max(now, min(upcoming))
         self.metrics.prefix_queries = self.engine.prefix_queries
         self.metrics.prefix_hits = self.engine.prefix_hits
+        self.metrics.host_queries = self.engine.host_queries
+        self.metrics.host_hits = self.engine.host_hits
         return self.metrics

@@ -27,11 +27,13 @@ name, as ``--scheduler-cls`` selects in serving).
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
-from vllm.config import KVEventsConfig, VllmConfig
+from vllm.config import KVEventsConfig, KVTransferConfig, VllmConfig
 from vllm.distributed.kv_events import BlockRemoved, BlockStored, KVEventBatch
 from vllm.envs import enable_envs_cache
 from vllm.v1.core.kv_cache_utils import maybe_convert_block_hash
@@ -86,6 +88,8 @@ class EventLog:
 
     def publish(self, events: KVEventBatch) -> None:
         for ev in events.events:
+            if getattr(ev, "medium", None) not in (None, "GPU"):  # a host tier's own events (cachewise.replay.host_tier)
+                continue
             if isinstance(ev, BlockRemoved):
                 self.removed.extend(ev.block_hashes)
             elif isinstance(ev, BlockStored):
@@ -132,6 +136,7 @@ class StepResult:
     prefilled_blocks: list = field(default_factory=list)
     decode_ctx: list[int] = field(default_factory=list)
     finished: list[Request] = field(default_factory=list)
+    kv_connector_metadata: Any = None  # the step's jobs for a host tier's worker (None: no connector)
 
     @property
     def idle(self) -> bool:
@@ -149,9 +154,13 @@ class VllmEngine:
         params: EngineParams,
         scheduler_cls: str | type | None = None,
         binding: PolicyBinding | None = None,
+        kv_transfer_config: KVTransferConfig | None = None,
     ):
         self.params = params
         config = _vllm_config(max_model_len, params, scheduler_cls)
+        if kv_transfer_config is not None:  # a host tier: vLLM's OffloadingConnector (cachewise.replay.host_tier)
+            config = copy.copy(config)
+            config.kv_transfer_config = kv_transfer_config
         config.cache_config.num_gpu_blocks = num_blocks
         self.scheduler = make_scheduler(config, binding)
         self.events = EventLog()
@@ -161,6 +170,9 @@ class VllmEngine:
         self._outputs: dict[str, np.ndarray] = {}
         self.prefix_queries = 0
         self.prefix_hits = 0
+        self.host_queries = 0  # tokens looked up in / found on the host tier (vLLM's connector stats)
+        self.host_hits = 0
+        self.transfers: Any = None  # the host tier's simulated worker (set by the runner), None: no tier
 
     @property
     def block_pool(self):
@@ -203,10 +215,11 @@ class VllmEngine:
         """True while some request is waiting or running."""
         return self.scheduler.has_unfinished_requests()
 
-    def step(self) -> StepResult:
-        """Schedule one batch, "run" it, and feed the sampled tokens back."""
+    def step(self, kv_connector_output: Any = None) -> StepResult:
+        """Schedule one batch, "run" it, and feed the sampled tokens back (with a host tier's
+        ``kv_connector_output``: the transfers its worker completed)."""
         out: SchedulerOutput = self.scheduler.schedule()
-        result = StepResult()
+        result = StepResult(kv_connector_metadata=out.kv_connector_metadata)
         req_ids = list(out.num_scheduled_tokens)
         sampled: list[list[int]] = []
         for rid in req_ids:
@@ -225,13 +238,20 @@ class VllmEngine:
             else:
                 sampled.append([int(self._outputs[rid][len(request.output_token_ids)])])
         runner_out = ModelRunnerOutput(
-            req_ids=req_ids, req_id_to_index={r: i for i, r in enumerate(req_ids)}, sampled_token_ids=sampled
+            req_ids=req_ids,
+            req_id_to_index={r: i for i, r in enumerate(req_ids)},
+            sampled_token_ids=sampled,
+            kv_connector_output=kv_connector_output,
         )
         scheduled = {rid: self.scheduler.requests[rid] for rid in req_ids}
         for core_out in self.scheduler.update_from_output(out, runner_out).values():
             if core_out.scheduler_stats is not None:
                 self.prefix_queries += core_out.scheduler_stats.prefix_cache_stats.queries
                 self.prefix_hits += core_out.scheduler_stats.prefix_cache_stats.hits
+                host = core_out.scheduler_stats.connector_prefix_cache_stats
+                if host is not None:
+                    self.host_queries += host.queries
+                    self.host_hits += host.hits
         for rid, request in scheduled.items():
             if request.is_finished():
                 result.finished.append(request)

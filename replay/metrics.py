@@ -10,6 +10,8 @@ blocks are vLLM blocks of ``block_size`` replay tokens):
   once).
 * ``hit_rate``: vLLM's own prefix-cache metric, hits / queries in tokens over new
   (not preempted) admissions.
+* ``host_hit_tokens``, ``hit_rate_with_host``: with a host tier, tokens vLLM's offloading
+  connector found on the host (loaded instead of recomputed), and the hit rate counting them.
 * ``prefill_tokens``: tokens the engine prefilled, including recomputation after preemption.
 * ``recomputed_tokens``: tokens of the full blocks the engine prefilled although a block
   with the same hash (same tokens, same prefix) had been stored in the cache before that
@@ -83,6 +85,8 @@ class RunMetrics:
     preemptions: int = 0
     prefix_queries: int = 0
     prefix_hits: int = 0
+    host_queries: int = 0  # host tier (cachewise.replay.host_tier): tokens looked up there / found there
+    host_hits: int = 0
     steps: int = 0
     busy_s: float = 0.0
     engine_cpu_s: float = 0.0
@@ -136,6 +140,8 @@ class RunMetrics:
             "evictions": self.evictions,
             "harmful_evictions": self.harmful_evictions,
             "hit_rate": self.prefix_hits / self.prefix_queries if self.prefix_queries else 0.0,
+            "host_hit_tokens": self.host_hits * scale,
+            "hit_rate_with_host": (self.prefix_hits + self.host_hits) / self.prefix_queries if self.prefix_queries else 0.0,
             "prefill_tokens": self.prefill_tokens * scale,
             "recomputed_tokens": self.recomputed_blocks * self.block_size * scale,
             "preemptions": self.preemptions,

@@ -26,6 +26,8 @@ from cachewise.runtime.policy import ManualClock
 from cachewise.replay.costmodel import CostModel
 from cachewise.replay.driver import ArrivalParams, ClosedLoopDriver
 from cachewise.replay.engine import VOCAB_SIZE, EngineParams, VllmEngine
+from cachewise.replay.host_tier import TransferWorker
+from cachewise.replay.host_tier_policies import HostTierSettings, host_tier_for
 from cachewise.replay.metrics import RunMetrics
 from cachewise.replay.policies import Policy, PolicyContext, build_policy
 from cachewise.replay.residency_policies import replay_settings
@@ -78,6 +80,7 @@ class Replayer:
         seed: int = 0,
         residency: ResidencySettings | None = None,
         scheduler_cls: str | type | None = None,
+        host_tier: HostTierSettings | None = None,
     ):
         self.w = workload
         self.cost = cost
@@ -85,6 +88,7 @@ class Replayer:
         self.ctx = policy_context
         self.residency = residency  # controller settings of the residency policies (cost model: the replay's)
         self.scheduler_cls = scheduler_cls  # vLLM scheduler class of every run (None: vLLM's); a policy's own wins
+        self.host_tier = host_tier  # host-memory tier of the *_offload policies (None or frac 0: none)
         self.synth = TokenSynth(workload, seed, VOCAB_SIZE, HASH_BLOCK_TOKENS // workload.params.token_scale)
         bs = engine.block_size
         self.max_model_len = bs * math.ceil((workload.max_request_tokens() + 1) / bs)
@@ -144,10 +148,16 @@ class Replayer:
         scheduler_cls = policy.scheduler_cls or self.scheduler_cls
         served = min(arrivals.concurrency, policy.max_sessions or arrivals.concurrency)
         metrics = RunMetrics(token_scale=self.w.params.token_scale, block_size=self.engine_params.block_size)
+        tier = host_tier_for(
+            policy_name, self.host_tier, num_blocks - 1, self.engine_params.block_size, self.w.params.token_scale, scheduler_cls
+        )
+        kv_transfer = tier.kv_transfer_config if tier is not None else None
+        scheduler_cls = tier.scheduler_cls if tier is not None else scheduler_cls
         binding = None
         if policy.predictor is not None:
             binding = PolicyBinding(policy.predictor, clock, PoolConfig(guard=GuardConfig(enabled=policy.guarded)))
-        engine = VllmEngine(num_blocks, self.max_model_len, self.engine_params, scheduler_cls, binding)
+        engine = VllmEngine(num_blocks, self.max_model_len, self.engine_params, scheduler_cls, binding, kv_transfer)
+        engine.transfers = tier.worker if tier is not None else None
         timer = _PoolTimer(engine.block_pool)
         driver = ClosedLoopDriver(
             self.w,
@@ -172,4 +182,5 @@ class Replayer:
         summary["predictor_cpu_s"] = stats.scorer_seconds if stats is not None else 0.0
         summary["predictor_fallbacks"] = stats.total_fallbacks if stats is not None else 0
         summary["guard_switches"] = stats.guard_switches if stats is not None else 0
+        summary.update(engine.transfers.summary() if engine.transfers is not None else TransferWorker.empty_summary())
         return summary

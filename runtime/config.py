@@ -140,7 +140,11 @@ class ResidencySettings:
     looks (a return later than that counts as "not back"). ``prefill_a0``, ``prefill_a_tok``,
     ``prefill_a_ctx``: prefill cost model ``a0 + a_tok n + a_ctx n^2 / 2`` (seconds, n
     tokens) of recomputing a dropped working set; defaults: Llama-3.1-8B on an H200
-    (``replay/cost_coefficients.json``).
+    (``replay/cost_coefficients.json``). ``host_reload_s_per_token``: with a host tier running
+    the CacheWise CPU policy, a demoted session's prefix is loaded back, not recomputed: the
+    cost rule's recompute time becomes ``min(prefill, n * host_reload_s_per_token)``
+    (Llama-3.1-8B bf16 on the H200's PCIe Gen5: 128 KiB / 54.8 GB/s = 2.4e-6 s/token,
+    ``replay/transfer_coefficients.json``); 0: no tier (recompute).
     """
 
     headroom: float = 0.1
@@ -150,6 +154,7 @@ class ResidencySettings:
     prefill_a0: float = 0.008534235488234275
     prefill_a_tok: float = 2.038725126120883e-05
     prefill_a_ctx: float = 1.4758954005404623e-09
+    host_reload_s_per_token: float = 0.0  # host tier: seconds per token to load a dropped prefix back (0: recompute)
 
     @classmethod
     def from_mapping(cls, raw: Mapping[str, Any]) -> ResidencySettings:
@@ -159,8 +164,8 @@ class ResidencySettings:
     def __post_init__(self) -> None:
         if not (0 <= self.headroom < 1) or not (0 <= self.max_wait_s < math.inf) or self.max_passes < 0 or not (0 < self.horizon_s < math.inf):
             raise ConfigError(f"invalid residency settings {self}")
-        if min(self.prefill_a0, self.prefill_a_tok, self.prefill_a_ctx) < 0:
-            raise ConfigError("residency prefill cost coefficients must be >= 0")
+        if min(self.prefill_a0, self.prefill_a_tok, self.prefill_a_ctx, self.host_reload_s_per_token) < 0:
+            raise ConfigError("residency prefill and reload cost coefficients must be >= 0")
 
 
 @dataclass(frozen=True)

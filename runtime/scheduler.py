@@ -55,10 +55,11 @@ from vllm.v1.request import Request
 
 from cachewise.runtime.block_pool import ScoredBlockPool
 from cachewise.runtime.config import CONFIG_KEY, ConfigError, ResidencySettings, SchedulerSettings
+from cachewise.runtime.cpu_policy import attach_to_scheduler
 from cachewise.runtime.hooks import chained_groups
 from cachewise.runtime.policy import engine_clock
 from cachewise.runtime.request_calls import hint_of
-from cachewise.runtime.residency import ResidencyController
+from cachewise.runtime.residency import ResidencyController, prefill_seconds
 from cachewise.runtime.sessions import SessionView
 
 logger = logging.getLogger("vllm.cachewise")
@@ -199,8 +200,13 @@ class ResidencyMixin:
         settings = self.residency_settings or _section(self.vllm_config, "residency", ResidencySettings)
         pool = self.kv_cache_manager.block_pool
         self.sessions = SessionView(self.block_size)
-        self.residency = self.controller_cls(settings, pool.num_gpu_blocks - 1, self.block_size)
         self._clock: Callable[[], float] = scheduler_clock(pool)
+        tier = attach_to_scheduler(self, self.sessions, self._clock)  # the CacheWise CPU-tier policy, if vLLM's offloading runs one
+        reload = settings.host_reload_s_per_token if tier is not None else 0.0
+        self.residency = self.controller_cls(
+            settings, pool.num_gpu_blocks - 1, self.block_size,
+            (lambda n: min(prefill_seconds(settings, n), n * reload)) if reload > 0 else None,
+        )  # fmt: skip
         predictor = getattr(pool, "predictor", None)
         if predictor is not None and hasattr(predictor, "sessions"):
             predictor.sessions = self.sessions  # the predictor reports each call's session and forecast
@@ -212,6 +218,7 @@ class ResidencyMixin:
         if not getattr(self, "_residency_off", False):
             logger.warning("CacheWise residency off, vLLM's scheduling continues: %s: %s", type(exc).__name__, exc)
         self._residency_off = True
+        attach_to_scheduler(self, None, time.monotonic)  # the CPU-tier policy back to vLLM's LRU order
         self.sessions = None
         self.residency = None
 

@@ -24,23 +24,20 @@ both runs use ``--noconftest``; ``test_prefix_caching.py`` uses no fixture from 
 from __future__ import annotations
 
 import importlib.util
-import json
-import os
-import subprocess
-import sys
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-import yaml
 
 HERE = Path(__file__).resolve().parent
 _spec = importlib.util.spec_from_file_location("cachewise_fetch_vllm_tests", HERE / "fetch_vllm_tests.py")
 fetch = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(fetch)
+_spec = importlib.util.spec_from_file_location("cachewise_upstream_runner", HERE / "upstream_runner.py")
+_runner = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_runner)
+run_vllm_tests, read_expected, compare = _runner.run_vllm_tests, _runner.expected_differences, _runner.compare
 
 pytestmark = pytest.mark.vllm
-RUN_TIMEOUT_S = 3600
 
 
 EXPECTED = HERE / "expected_differences.yaml"
@@ -54,35 +51,9 @@ def vllm_tests_root() -> Path:
         pytest.skip(f"vLLM {fetch.VLLM_VERSION} sdist tests unavailable: {exc}")
 
 
-def _outcomes(junit: Path) -> dict[str, str]:
-    """``classname::name -> passed|failed|error|skipped`` from a JUnit XML report."""
-    result = {}
-    for case in ET.parse(junit).getroot().iter("testcase"):
-        kinds = {child.tag for child in case}
-        outcome = next((k for k in ("failure", "error", "skipped") if k in kinds), "passed")
-        result[f"{case.get('classname')}::{case.get('name')}"] = {"failure": "failed"}.get(outcome, outcome)
-    return result
-
-
 def _run(root: Path, out: Path, mode: str | None) -> tuple[dict[str, str], dict]:
-    """Outcomes of vLLM's test file, plain (``mode`` None) or with the plugin in ``mode``
-    (``CACHEWISE_UPSTREAM_MODE``), and the plugin's report ({} when plain)."""
-    tag = "vllm" if mode is None else mode.partition(":")[0]
-    junit = out / f"junit-{tag}.xml"
-    cmd = [sys.executable, "-m", "pytest", str(fetch.TEST_FILE), "-q", "-p", "no:cacheprovider", "--noconftest",
-           f"--junitxml={junit}"]
-    # Offline: tests that need the Hugging Face Hub fail fast (they fail either way without network).
-    env = {**os.environ, "VLLM_TARGET_DEVICE": "cpu", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    report = out / f"cachewise-report-{tag}.json"
-    if mode is not None:
-        cmd += ["-p", "cachewise_fallback_plugin"]
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE), env.get("PYTHONPATH")]))
-        env["CACHEWISE_UPSTREAM_REPORT"] = str(report)
-        env["CACHEWISE_UPSTREAM_MODE"] = mode
-    proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
-    if not junit.is_file():
-        pytest.fail(f"pytest run produced no report (rc {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return _outcomes(junit), (json.loads(report.read_text()) if mode is not None else {})
+    """Outcomes of vLLM's test file, plain (``mode`` None) or with the plugin in ``mode``, and its report."""
+    return run_vllm_tests(root, [fetch.TEST_FILE], out, "cachewise_fallback_plugin", mode)
 
 
 @pytest.fixture(scope="module")
@@ -95,11 +66,7 @@ def baseline(vllm_tests_root: Path, tmp_path_factory) -> dict[str, str]:
 
 def expected_differences(mode: str) -> dict[str, str]:
     """Test name -> reason, of ``expected_differences.yaml`` entries listing ``mode``."""
-    entries = yaml.safe_load(EXPECTED.read_text()) or []
-    for e in entries:
-        if not (isinstance(e, dict) and e.get("test") and e.get("reason") and e.get("modes")):
-            raise AssertionError(f"{EXPECTED}: every entry needs test, modes and reason: {e!r}")
-    return {e["test"]: e["reason"] for e in entries if mode in e["modes"]}
+    return read_expected(EXPECTED, mode)
 
 
 def test_vllm_prefix_caching_passes_with_cachewise_fallback(
@@ -121,16 +88,8 @@ def test_vllm_prefix_caching_with_learned_order(
 ) -> None:
     mode = f"model:{synthetic_model['model']}" if predictor == "model" else "random:0"
     with_cw, report = _run(vllm_tests_root, tmp_path, mode)
-    expected = expected_differences(predictor)
-    passed = sorted(t for t, o in baseline.items() if o == "passed")
-    name = {t: t.rpartition("::")[2] for t in passed}
-    differ = {t: with_cw.get(t, "missing") for t in passed if with_cw.get(t) != "passed"}
-    unexpected = {t: o for t, o in differ.items() if name[t] not in expected}
-    stale = sorted(n for n in expected if any(name[t] == n and t not in differ for t in passed))
-    ok = sum(1 for t in passed if t not in differ)
-    print(f"\nupstream[learned]: passed={ok} baseline_passed={len(passed)} expected_differences={len(differ) - len(unexpected)}"
+    ok, n_passed, n_differ = compare(baseline, with_cw, expected_differences(predictor), EXPECTED)
+    print(f"\nupstream[learned]: passed={ok} baseline_passed={n_passed} expected_differences={n_differ}"
           f" active_pools={report['active_pools']} (predictor={predictor}; plugin report {report})")
-    assert not unexpected, f"tests that pass on plain vLLM but not with the learned order (not expected): {unexpected}"
-    assert not stale, f"listed in {EXPECTED.name} as expected differences for {predictor} but passed: {stale}"
     assert report["active_pools"] > 0 and report["released"] > 0, report
     assert report["fallbacks"] == 0, report

@@ -1,0 +1,294 @@
+"""CacheWise's CPU-tier cache policy: host chunks evicted by their session's predicted next use.
+
+Loaded by vLLM's own native offloading (the ``OffloadingConnector``'s ``CPUOffloadingManager``)
+through its ``cache_policy_module_path`` extension point, no fork or patch::
+
+    --kv-offloading-size 64 --kv-offloading-backend native \\
+    --kv-transfer-config '{"kv_connector_extra_config": {"eviction_policy": "CacheWiseCachePolicy",
+                           "cache_policy_module_path": "cachewise.runtime.cpu_policy"}}'
+
+:class:`CacheWiseCachePolicy` *is* vLLM's :class:`LRUCachePolicy` (same chunk table, ranks,
+lazy heap, pinning) plus an owner per chunk: the session of the last request that stored,
+read or touched it (``ReqContext.req_id`` looked up in the engine's one
+:class:`~cachewise.runtime.sessions.SessionView`, attached by the residency scheduler with
+:func:`attach_to_scheduler`; the policy keeps no copy of sessions or predictions).
+
+Eviction order (first = evicted first), among evictable (``ref_cnt == 0``), unprotected chunks:
+
+1. chunks with no known live session: no owner, the owner left the view (ended, forgotten),
+   or its forecast's expiry passed (as good as ended);
+2. chunks of idle sessions, by predicted time to the next request, farthest first:
+   the median of the forecast's remaining gap (:meth:`Forecast.remaining`), ``inf`` for
+   "does not come back"; an idle session without a forecast is expected back after
+   "as long again" as it has been idle (the tail rule of :mod:`cachewise.scoring.idle`);
+3. chunks of sessions with a live request (in use now), last.
+
+Ties, and the chunks within one session, go in vLLM's LRU order (its ranks: older request
+first, tail before head within a request). Fallback: with no view attached, when no chunk
+has an owner with a forecast (``no_prediction``), or on any exception (``error``), the
+eviction is vLLM's LRU :meth:`LRUCachePolicy.evict` unchanged; each fallback is counted in
+:attr:`CacheWiseCachePolicy.stats`. Both paths are atomic: nothing changes unless ``n``
+chunks can be evicted.
+
+Complexity: insert/remove/touch/access O(1) per key more than LRU; a predicted eviction
+O(S log S + Σ K_s log K_s) for S owners and the K_s chunks of the owners it takes victims
+from; memory O(chunks).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import weakref
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+from vllm.v1.kv_offload.base import OffloadKey, ReqContext
+from vllm.v1.kv_offload.cpu.policies.base import ChunkStatus
+from vllm.v1.kv_offload.cpu.policies.lru import LRUCachePolicy
+
+from cachewise.runtime.sessions import SessionView
+
+logger = logging.getLogger("vllm.cachewise")
+
+POLICY_NAME = "CacheWiseCachePolicy"
+MODULE_PATH = "cachewise.runtime.cpu_policy"
+UNOWNED = ""
+"""Owner of chunks whose request's session is not known (never a view key: the view maps "" to None)."""
+ENDED = math.inf
+"""Score of a chunk whose session is unknown or ended: evicted before any predicted one."""
+
+_POLICIES: weakref.WeakSet[CacheWiseCachePolicy] = weakref.WeakSet()
+
+
+@dataclass
+class CpuPolicyStats:
+    """Counts since the policy was built (monotone)."""
+
+    predicted_evictions: int = 0  # chunks evicted in predicted order
+    lru_evictions: int = 0  # chunks evicted by vLLM's LRU (fallback)
+    fallbacks: dict[str, int] = field(default_factory=lambda: {"no_view": 0, "no_prediction": 0, "error": 0})
+
+
+@dataclass(slots=True)
+class _RequestSession:
+    """Per-request scratch (``ReqContext`` state): the session its request belongs to."""
+
+    owner: object
+    session: str | None
+
+
+class CacheWiseCachePolicy(LRUCachePolicy):
+    """vLLM's LRU policy with eviction by predicted next use (module doc)."""
+
+    def __init__(self, cache_capacity: int) -> None:
+        super().__init__(cache_capacity)
+        self._owner: dict[OffloadKey, str] = {}
+        self._keys_of: dict[str, set[OffloadKey]] = {}
+        self.view: SessionView | None = None
+        self.clock: Callable[[], float] = time.monotonic
+        self.stats = CpuPolicyStats()
+        _POLICIES.add(self)
+
+    # ------------------------------------------------------------- attachment
+    def attach(self, view: SessionView | None, clock: Callable[[], float]) -> None:
+        """Read sessions and forecasts from ``view`` (the engine's one view), times from ``clock``;
+        ``view`` None: detached (vLLM's LRU order from now on)."""
+        self.view = view
+        self.clock = clock
+
+    # ------------------------------------------------------------- ownership
+    def _session(self, req_context: ReqContext) -> str | None:
+        view = self.view
+        if view is None:
+            return None
+        state = req_context.get_state(_RequestSession)
+        if state is None or state.owner is not self or state.session is None:
+            state = _RequestSession(self, view.session_of(req_context.req_id))
+            req_context.set_state(state)
+        return state.session
+
+    def _own(self, keys: Iterable[OffloadKey], req_context: ReqContext) -> None:
+        session = self._session(req_context) or UNOWNED
+        owner, keys_of = self._owner, self._keys_of
+        mine = keys_of.setdefault(session, set())
+        for key in keys:
+            if key not in self.chunks:
+                continue
+            old = owner.get(key)
+            if old == session or (session == UNOWNED and old is not None):
+                continue
+            if old is not None:
+                self._disown(key, old)
+            owner[key] = session
+            mine.add(key)
+
+    def _disown(self, key: OffloadKey, session: str) -> None:
+        keys = self._keys_of.get(session)
+        if keys is not None:
+            keys.discard(key)
+            if not keys:
+                del self._keys_of[session]
+
+    def _drop(self, key: OffloadKey) -> None:
+        session = self._owner.pop(key, None)
+        if session is not None:
+            self._disown(key, session)
+
+    def owner_of(self, key: OffloadKey) -> str | None:
+        """The session that last stored, read or touched ``key`` (None: unknown)."""
+        return self._owner.get(key) or None
+
+    # --------------------------------------------------- CachePolicy interface
+    def insert(self, key: OffloadKey, chunk: ChunkStatus, req_context: ReqContext) -> None:
+        super().insert(key, chunk, req_context)
+        self._own((key,), req_context)
+
+    def remove(self, key: OffloadKey) -> None:
+        super().remove(key)
+        self._drop(key)
+
+    def touch(self, keys: Iterable[OffloadKey], req_context: ReqContext) -> None:
+        keys = list(keys)
+        super().touch(keys, req_context)
+        self._own(keys, req_context)
+
+    def on_request_access(self, keys: Iterable[OffloadKey], req_context: ReqContext) -> None:
+        keys = list(keys)
+        super().on_request_access(keys, req_context)
+        self._own(keys, req_context)
+
+    def on_request_finished(
+        self,
+        key_groups: Sequence[Sequence[OffloadKey]],
+        insertion_only_keys: set[OffloadKey],
+        reused_keys: set[OffloadKey],
+        req_context: ReqContext,
+    ) -> None:
+        super().on_request_finished(key_groups, insertion_only_keys, reused_keys, req_context)
+        for keys in key_groups:
+            self._own(keys, req_context)
+
+    def clear(self) -> None:
+        super().clear()
+        self._owner.clear()
+        self._keys_of.clear()
+
+    def evict(self, n: int, protected: set[OffloadKey]) -> list[tuple[OffloadKey, ChunkStatus]] | None:
+        if n == 0:
+            return []
+        reason = "no_view"
+        if self.view is not None:
+            try:
+                chosen = self._predicted_victims(n, protected)
+            except Exception as exc:  # noqa: BLE001 - never stop vLLM: its LRU takes over
+                logger.warning("CacheWise CPU policy: %s: %s; vLLM's LRU order for this eviction", type(exc).__name__, exc)
+                chosen, reason = None, "error"
+            else:
+                reason = "no_prediction"
+            if chosen is not None:
+                if len(chosen) < n:
+                    return None
+                return self._apply(chosen)
+        self.stats.fallbacks[reason] += 1
+        evicted = super().evict(n, protected)
+        if evicted is not None:
+            for key, _ in evicted:
+                self._drop(key)
+            self.stats.lru_evictions += len(evicted)
+        return evicted
+
+    # ------------------------------------------------------------- internals
+    def session_score(self, session: str, now: float) -> tuple[float, bool]:
+        """(predicted seconds to the session's next request, whether a forecast said so).
+
+        ``inf`` (:data:`ENDED`) for a session the view does not know or whose forecast's expiry
+        passed; 0 for one with a live request."""
+        state = self.view.get(session) if self.view is not None else None
+        if state is None:
+            return ENDED, False
+        if state.live:
+            return 0.0, False
+        elapsed = now - (state.idle_since if state.idle_since is not None else now)
+        forecast = state.forecast
+        if forecast is None:
+            return max(elapsed, 1.0), False
+        if state.expired(now):
+            return ENDED, True
+        rest = forecast.remaining(elapsed)
+        return rest[len(rest) // 2], True
+
+    def _predicted_victims(self, n: int, protected: set[OffloadKey]) -> list[OffloadKey] | None:
+        """``n`` victims in the module's order (fewer if not enough); None: no forecast to go by."""
+        now = self.clock()
+        evictable, ranks = self._evictable, self._ranks
+        order: list[tuple[float, bool, int, str]] = []
+        informed = False
+        for i, session in enumerate(self._keys_of):
+            score, forecast = self.session_score(session, now)
+            informed = informed or forecast
+            order.append((-score, session != UNOWNED, i, session))
+        if not informed:
+            return None
+        order.sort()
+        chosen: list[OffloadKey] = []
+        for _, _, _, session in order:
+            keys = [k for k in self._keys_of[session] if k in evictable and k not in protected]
+            keys.sort(key=ranks.__getitem__)
+            chosen.extend(keys[: n - len(chosen)])
+            if len(chosen) == n:
+                break
+        return chosen
+
+    def _apply(self, chosen: list[OffloadKey]) -> list[tuple[OffloadKey, ChunkStatus]]:
+        out = []
+        for key in chosen:
+            chunk = self.chunks.pop(key)
+            assert chunk.ref_cnt == 0
+            self._evictable.remove(key)
+            del self._ranks[key]
+            self._drop(key)
+            out.append((key, chunk))
+        self._maybe_compact_heap()  # their heap entries are stale now (lazy deletion)
+        self.stats.predicted_evictions += len(out)
+        return out
+
+
+def policies() -> list[CacheWiseCachePolicy]:
+    """The CacheWise CPU policies alive in this process."""
+    return list(_POLICIES)
+
+
+def find_policy(scheduler: object) -> CacheWiseCachePolicy | None:
+    """The CacheWise CPU policy of ``scheduler``'s offloading connector (None: not configured).
+
+    Follows vLLM's own attributes: ``Scheduler.connector`` (an ``OffloadingConnector``, or a
+    ``MultiConnector`` holding one) → ``connector_scheduler.manager`` (the
+    ``CPUOffloadingManager``, or a tiering manager's primary) → its ``_policy``."""
+    connector = getattr(scheduler, "connector", None)
+    stack = [connector]
+    seen: set[int] = set()
+    while stack:
+        obj = stack.pop()
+        if obj is None or id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, CacheWiseCachePolicy):
+            return obj
+        for name in ("_policy", "manager", "connector_scheduler", "primary", "_primary"):
+            stack.append(getattr(obj, name, None))
+        stack.extend(getattr(obj, "_connectors", None) or ())
+    return None
+
+
+def attach_to_scheduler(
+    scheduler: object, view: SessionView | None, clock: Callable[[], float]
+) -> CacheWiseCachePolicy | None:
+    """Attach ``view`` (None: detach) to the scheduler's CacheWise CPU policy, if it runs one; the policy or None."""
+    policy = find_policy(scheduler)
+    if policy is not None:
+        policy.attach(view, clock)
+    if policy is not None and view is not None:
+        logger.info("CacheWise CPU-tier policy on: host chunks evicted by predicted next use (%d chunks)", policy.cache_capacity)
+    return policy
