@@ -9,6 +9,9 @@ Files under the output folder:
   (matplotlib), only when more than one capacity fraction was run;
 * ``metrics.json``: the headline point (per policy: mean and interval half-width of the
   table's figures) and the targets (measured value, met), for ``dvc metrics``;
+* ``plots/residency_jct_c<concurrency>.png`` and the report's residency section, when a
+  residency policy ran (:mod:`cachewise.replay.residency_report`, whose columns
+  ``results.csv`` always has);
 * ``report.md``: setup; at the headline point the table with intervals, the paired
   differences against ``lru_arrival`` ("no measurable difference" where the interval covers
   zero), the ratios against vLLM LRU / ``lru_arrival`` / the best hand-written policy, the
@@ -25,6 +28,7 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.figure import Figure
 
+from cachewise.replay.residency_report import INTRO, has_residency, plot_jct, residency_table, with_residency_columns
 from cachewise.replay.stats import fmt_interval, interval, paired, per_policy, verdict
 from cachewise.replay.targets import (
     BASELINE,
@@ -207,6 +211,19 @@ def _write_metrics(rows: pd.DataFrame, policies: Sequence[str], targets: list[Ta
     tmp.replace(path)
 
 
+def _residency_lines(results: pd.DataFrame, out: Path) -> list[str]:
+    """The report's residency section and its plots (nothing when no residency policy ran)."""
+    if not has_residency(results):
+        return []
+    lines = ["## Session residency: mean JCT from submission (s), every capacity", "", INTRO, ""]
+    for conc in sorted(int(c) for c in results["concurrency"].unique()):
+        lines += [f"### {conc} concurrent sessions", "", markdown_table(residency_table(results, conc).T), ""]
+        picture = plot_jct(results, conc, out / "plots" / f"residency_jct_c{conc}.png")
+        if picture is not None:
+            lines += [f"![JCT against capacity, {conc} sessions](plots/{picture.name})", ""]
+    return lines
+
+
 def write_report(
     results: pd.DataFrame,
     out: str | Path,
@@ -222,7 +239,7 @@ def write_report(
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    results.to_csv(out / "results.csv", index=False)
+    with_residency_columns(results).to_csv(out / "results.csv", index=False)
     pictures = [p for p in _plot_tables(results, policies, out) if p.suffix == ".png"]
     rows = at_point(results, concurrency, capacity_frac)
     if rows.empty:
@@ -295,6 +312,7 @@ def write_report(
                 "",
             ]
         lines += [f"![{conc} sessions](plots/{p.name})" for p in pictures if p.name == f"capacity_c{conc}.png"] + [""]
+    lines += _residency_lines(results, out)
     path = out / "report.md"
     tmp = path.with_suffix(".tmp")
     tmp.write_text("\n".join(lines))

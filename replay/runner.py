@@ -128,6 +128,7 @@ class Replayer:
             "peak_live_blocks_infinite": peak,
             "capacity_clamped": clamped,
             "block_tokens": self.engine_params.block_size * self.w.params.token_scale,
+            "output_tokens": sum(c.output_len for c in self.w.calls) * self.w.params.token_scale,  # trace tokens
         }
         if spec.policy == "infinite":
             row.update(self._infinite_run(spec.arrivals))

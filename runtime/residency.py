@@ -16,7 +16,13 @@ Rule, evaluated once per scheduler step (:meth:`ResidencyController.plan`):
    idle resident sessions are *demoted* — best first, and only those whose demotion pays
    (below) — when, and only when, that makes the head fit; else the head and every later
    session wait (strict FCFS: a later session never overtakes).
-3. Starvation bound: a session whose oldest waiting request arrived ``max_wait_s`` ago,
+3. Shedding: sessions are admitted at their working set *of the moment*, and an agent's
+   prompt grows several-fold over its session, so the resident sessions outgrow the cache
+   (thrashing: every resident session's prefix is evicted while it waits on a tool, as if
+   no controller ran). While a session waits and ``Σ resident working sets > (1 - headroom)
+   * capacity``, idle resident sessions whose demotion pays are demoted, best first, until
+   the rest fit (or none is left); a session with a live request is never demoted.
+4. Starvation bound: a session whose oldest waiting request arrived ``max_wait_s`` ago,
    or that was held in ``max_passes`` steps, goes first and is admitted even if it does
    not fit (vLLM's own KV admission still applies). When no resident session has a live
    request, the head is admitted even if it does not fit (the engine never idles on the
@@ -151,6 +157,12 @@ class ResidencyController:
             waited[s.key] = 0.0 if since is None else now - since
         waiting.sort(key=lambda s: (not self._aged(s.key, waited[s.key]), s.first_arrival, s.key))
         candidates: list[tuple[float, SessionState, float]] | None = None
+        if waiting and used > self.budget:  # rule 3: the resident sessions outgrew the cache
+            candidates = self._candidates(idle, now, running)
+            while candidates and used > self.budget:
+                _, cand, blocks = candidates.pop(0)
+                self._demote(view, cand.key, plan)
+                used -= blocks
         blocked = False
         for state in waiting:
             key = state.key
@@ -169,9 +181,7 @@ class ResidencyController:
                         chosen.append(cand)
                     if used - freed + need <= self.budget:
                         for cand in chosen:
-                            view.set_residency(cand.key, False, demoted=True)
-                            plan.demoted.append(cand.key)
-                            self.demotions += 1
+                            self._demote(view, cand.key, plan)
                         gone = {id(c) for c in chosen}
                         candidates = [c for c in candidates if id(c[1]) not in gone]
                         used -= freed
@@ -192,6 +202,11 @@ class ResidencyController:
             plan.held.append(key)
             self._passes[key] = self._passes.get(key, 0) + 1
         return plan
+
+    def _demote(self, view: SessionView, key: str, plan: Plan) -> None:
+        view.set_residency(key, False, demoted=True)
+        plan.demoted.append(key)
+        self.demotions += 1
 
     def _aged(self, key: str, waited: float) -> bool:
         """Past the starvation bound: waited ``max_wait_s`` or held in ``max_passes`` steps."""

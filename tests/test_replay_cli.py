@@ -78,6 +78,11 @@ def test_replay_writes_results_plots_and_report(pipeline: dict[str, Path], capsy
     assert "## Targets" in report and "gap_harmful" in report and "## Sweep: 4 concurrent sessions" in report
     assert "Paired difference against lru_arrival" in report and "±" in report
     assert "every replayed task is one its training held out" in report
+    issue8 = ["policy", "capacity_frac", "concurrency", "jct_mean_s", "jct_p90_s", "jct_p99_s", "makespan_s", "hit_rate",
+              "output_tokens_per_s", "harmful_evictions", "longest_admission_wait_s", "controller_us_per_step"]
+    assert set(issue8) <= set(results.columns) and (results["output_tokens_per_s"] > 0).all()
+    assert (by.loc[["cachewise"], "controller_us_per_step"] > 0).all()
+    assert "## Session residency" in report and (out / "plots" / "residency_jct_c4.png").stat().st_size > 0
     assert "| lru |" in capsys.readouterr().out
 
 

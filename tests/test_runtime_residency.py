@@ -98,6 +98,21 @@ def test_ended_session_is_demoted_before_a_far_one() -> None:
     assert ctl.plan(view, 2.0, running=1).demoted == ["E"]
 
 
+def test_sessions_that_outgrew_the_cache_shed_idle_ones_while_another_waits() -> None:
+    """Admitted small, grown past the budget: idle residents go (best keep - drop first) until the rest fit."""
+    view, ctl = SessionView(BLOCK), _controller(100)
+    _run_and_finish(view, "f", "F", 50, 0.0, FAR)
+    _run_and_finish(view, "g", "G", 30, 0.0, NEAR)
+    view.on_arrival("x", "X", "t", 60 * BLOCK, 0.0)  # live, cannot be shed
+    for key in ("F", "G", "X"):
+        view.set_residency(key, True)
+    assert ctl.plan(view, 1.0, running=1).demoted == []  # over budget (140 > 100) but nobody waits
+    view.on_arrival("w", "W", "t", 45 * BLOCK, 2.0)
+    plan = ctl.plan(view, 2.5, running=1)  # G (NEAR) is not yet past its forecast's expiry
+    assert plan.demoted == ["F"] and plan.held == ["W"]  # 140 - 50 <= 100; W (45) still does not fit
+    assert view.get("G").resident and view.get("F").demoted
+
+
 def test_starvation_bound_by_wait_time_and_passes() -> None:
     for kw, steps in (({"max_wait_s": 5.0}, 5), ({"max_passes": 3, "max_wait_s": 1e9}, 4)):
         view, ctl = SessionView(BLOCK), _controller(100, **kw)
@@ -146,9 +161,13 @@ def test_demotion_happens_only_when_a_session_waits_and_then_it_fits(sessions: l
     view.set_residency("X", True)
     assert ctl.plan(view, 100.0, running=1).demoted == []  # nobody waits
     view.on_arrival("w", "W", "t", 40 * BLOCK, 100.0)
+    before = sum(view.working_set(s.key) for s in view if s.resident)
     plan = ctl.plan(view, 200.0, running=1)
     resident = sum(view.working_set(s.key) for s in view if s.resident)
-    if plan.demoted:
-        assert "W" in plan.admitted and resident <= ctl.budget
+    if plan.demoted:  # to make the waiting session fit, or because the resident sessions outgrew the cache
+        assert ("W" in plan.admitted and resident <= ctl.budget) or before > ctl.budget
+        for key in plan.demoted:
+            keep, drop = ctl.keep_and_drop(view.get(key), view.working_set(key), 200.0, running=1)
+            assert keep > drop
     if "W" in plan.admitted and "W" not in plan.forced:
         assert resident <= ctl.budget

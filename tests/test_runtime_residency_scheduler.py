@@ -141,6 +141,7 @@ def test_documented_serve_path_builds_the_residency_scheduler(tmp_path: Path) ->
     assert scheduler.residency.settings == ResidencySettings()
 
 
+MAX_PASSES = 6
 sessions_strategy = st.lists(
     st.lists(st.integers(1, 6), min_size=1, max_size=4),  # per session: blocks added by each call
     min_size=1,
@@ -151,10 +152,27 @@ sessions_strategy = st.lists(
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(sessions_strategy, st.sampled_from([NEAR, FAR]))
 def test_random_session_workloads_lose_nothing_and_never_evict_blocks_in_use(sessions: list[list[int]], forecast: Forecast) -> None:
-    """Closed loop: each session's next call (its prompt extended) arrives when the previous finishes."""
+    """Closed loop: each session's next call (its prompt extended) arrives when the previous finishes.
+    No request is lost, every session finishes, no block in use is demoted or loses its content,
+    and no session is held in more than ``max_passes`` steps in a row."""
     clock = ManualClock()
-    scheduler = _scheduler(48, {f"S{i}": forecast for i in range(len(sessions))}, clock)
+    scheduler = _scheduler(48, {f"S{i}": forecast for i in range(len(sessions))}, clock, max_passes=MAX_PASSES)
     demoted_in_use: list[int] = []
+    held_for: dict[str, int] = {}  # session -> steps held in a row
+    longest_hold = [0]
+    plan = scheduler.residency.plan
+
+    def counted(view, now, running):  # the starvation bound: held in at most max_passes steps in a row
+        result = plan(view, now, running)
+        for key in list(held_for):
+            if key not in result.held:
+                del held_for[key]
+        for key in result.held:
+            held_for[key] = held_for.get(key, 0) + 1
+            longest_hold[0] = max(longest_hold[0], held_for[key])
+        return result
+
+    scheduler.residency.plan = counted
     original = EvictionOrder.on_demote
 
     def checked(self, blocks, now):  # a demoted block must be free
@@ -195,5 +213,6 @@ def test_random_session_workloads_lose_nothing_and_never_evict_blocks_in_use(ses
         assert sorted(finished) == sorted(sent) and len(finished) == sum(len(s) for s in sessions)
         assert demoted_in_use == []
         assert all(not s.live for s in scheduler.sessions)
+        assert longest_hold[0] <= MAX_PASSES
     finally:
         EvictionOrder.on_demote = original
