@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -196,6 +197,16 @@ def _flat_metrics(metrics: dict) -> dict[str, float]:
     return flat
 
 
+def _end_started_run(experiment_id: str, attempt: dict[str, str], status: str) -> None:
+    """End with ``status`` the run of this ``attempt`` tag that an interrupted ``start_run`` left RUNNING."""
+    from mlflow.tracking import MlflowClient  # noqa: PLC0415
+
+    ((key, value),) = attempt.items()
+    client = MlflowClient()
+    for run in client.search_runs([experiment_id], filter_string=f"tags.`{key}` = '{value}' and attributes.status = 'RUNNING'"):
+        client.set_terminated(run.info.run_id, status)
+
+
 def log_to_mlflow(result: TrainResult, out: Path, plot_files: list[Path], extra_params: dict) -> dict:
     """Step 6 of the module doc; returns the run record written to ``run.json``."""
     import mlflow  # noqa: PLC0415 - keep `cachewise featurize` & co. free of MLflow
@@ -203,7 +214,12 @@ def log_to_mlflow(result: TrainResult, out: Path, plot_files: list[Path], extra_
     from cachewise.train.tracking import tracking_uri, use_tracking  # noqa: PLC0415
 
     experiment_id = use_tracking()
-    run = mlflow.start_run(experiment_id=experiment_id)
+    attempt = {"cachewise.attempt": uuid.uuid4().hex}  # finds the run if start_run itself is interrupted
+    try:
+        run = mlflow.start_run(experiment_id=experiment_id, tags=attempt)
+    except BaseException as exc:  # SIGTERM inside start_run: its run row may already exist, RUNNING
+        _end_started_run(experiment_id, attempt, "FAILED" if isinstance(exc, Exception) and not terminated() else "KILLED")
+        raise
     try:
         mlflow.log_params({**{f"lightgbm.{k}": v for k, v in result.lightgbm_params.items()}, **extra_params})
         mlflow.log_metrics(_flat_metrics(result.metrics))
