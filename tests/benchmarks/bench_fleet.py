@@ -100,9 +100,20 @@ def stream_corpus(out: Path, calls: int, chunk_sessions: int, seed: int, procs: 
     return written
 
 
-def _stage(name: str) -> None:
-    """Tell the parent which step runs now (so an out-of-memory kill names it)."""
-    print(f"STAGE {name}", flush=True)
+_STEPS_LOG: list[Path] = []  # set by _phase: <work>/<path>-steps.log
+
+
+def _stage(name: str, so_far: dict | None = None) -> None:
+    """Tell the parent which step runs now, with the figures of the steps done so far.
+
+    Also appended to ``<work>/<path>-steps.log`` with the time, so a run cut short (killed by
+    the watchdog, or by hand) keeps the figures of the steps it finished.
+    """
+    line = f"STAGE {name} {json.dumps(so_far or {})}"
+    print(line, flush=True)
+    for log in _STEPS_LOG:
+        with open(log, "a", encoding="utf-8") as f:
+            f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} {line}\n")
 
 
 def run_local(events_dir: Path, horizon: float, tparams: dict) -> dict:
@@ -116,12 +127,12 @@ def run_local(events_dir: Path, horizon: float, tparams: dict) -> dict:
     table = featurize(events, horizon)
     t1 = time.perf_counter()
     del events
-    _stage("train")
+    done = {"calls": len(table.frame), "featurize_calls_per_s": len(table.frame) / (t1 - t0), "peak_mb": _peak_mb()}
+    _stage("train", done)
     result = train_model(table.frame, {}, tparams, horizon, "bench")
     t2 = time.perf_counter()
     return {
-        "calls": len(table.frame),
-        "featurize_calls_per_s": len(table.frame) / (t1 - t0),
+        **done,
         "train_rows": result.metrics["split"]["train_rows"],
         "train_rows_per_s": result.metrics["split"]["train_rows"] / (t2 - t1),
         "pairwise_accuracy": result.metrics["model"]["pairwise_accuracy"],
@@ -144,7 +155,7 @@ def run_dask(
     features = work / "features"
     out: dict = {"peak_mb": {}}
     for step in ("featurize", "train"):
-        _stage(step)
+        _stage(step, out)
         cluster = None if scheduler else LocalCluster(n_workers=workers, threads_per_worker=1, dashboard_address=None)
         address = scheduler or cluster.scheduler_address
         with Client(address) as client:
@@ -171,6 +182,7 @@ def _phase(args: argparse.Namespace) -> int:
     params = yaml.safe_load(PARAMS.read_text())
     horizon, tparams = float(params["features"]["horizon_s"]), params["train"]
     events = Path(args.work) / "events"
+    _STEPS_LOG.append(Path(args.work) / f"{args.phase}-steps.log")
     try:
         if args.phase == "local":
             res = run_local(events, horizon, tparams)
@@ -180,6 +192,7 @@ def _phase(args: argparse.Namespace) -> int:
             res = run_dask(events, horizon, tparams, args.workers, args.scheduler, Path(args.work), parts)
     except MemoryError:
         res = {"out_of_memory": True}
+    _stage("done", res)
     print("RESULT " + json.dumps(res), flush=True)
     return 0
 
@@ -247,11 +260,12 @@ def main() -> int:
         t1 = time.perf_counter()
         returncode, stdout, stderr, over = _run_watched(cmd, args.mem_limit_gb * 2**30)
         lines = [ln for ln in stdout.splitlines() if ln.startswith("RESULT ")]
-        stages = [ln[len("STAGE "):] for ln in stdout.splitlines() if ln.startswith("STAGE ")]
+        stages = [ln[len("STAGE "):].partition(" {") for ln in stdout.splitlines() if ln.startswith("STAGE ")]
+        step, _, so_far = stages[-1] if stages else ("?", "", "")
         if over is not None:
             print(
                 f"{path}: OUT OF MEMORY at {n} calls: {over / 2**30:.1f} GB resident > --mem-limit-gb"
-                f" {args.mem_limit_gb:g} in step {stages[-1] if stages else '?'!r} after {time.perf_counter() - t1:.0f} s"
+                f" {args.mem_limit_gb:g} in step {step!r} after {time.perf_counter() - t1:.0f} s; steps done: {{{so_far}"
             )
             continue
         if returncode != 0 or not lines:
