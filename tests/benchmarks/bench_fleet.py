@@ -40,6 +40,7 @@ import contextlib
 import json
 import resource
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -247,6 +248,8 @@ def main() -> int:
     args = ap.parse_args()
     if args.phase:
         return _phase(args)
+    # SIGTERM unwinds (closing the generator pool and waiting for its workers) instead of orphaning them.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     work = Path(args.work or tempfile.mkdtemp(prefix="bench_fleet-"))
     t0 = time.perf_counter()
     n = stream_corpus(work / "events", args.calls, args.chunk_sessions, args.seed, args.gen_procs)
