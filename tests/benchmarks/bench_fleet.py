@@ -146,7 +146,8 @@ def _worker_peaks(client) -> dict[str, float]:
 
 
 def run_dask(
-    events_dir: Path, horizon: float, tparams: dict, workers: int, scheduler: str | None, work: Path, partitions: int
+    events_dir: Path, horizon: float, tparams: dict, workers: int, scheduler: str | None, work: Path, partitions: int,
+    steps: tuple[str, ...] = ("featurize", "train"),
 ) -> dict:
     from distributed import Client, LocalCluster
 
@@ -155,7 +156,7 @@ def run_dask(
 
     features = work / "features"
     out: dict = {"peak_mb": {}}
-    for step in ("featurize", "train"):
+    for step in steps:
         _stage(step, out)
         cluster = None if scheduler else LocalCluster(n_workers=workers, threads_per_worker=1, dashboard_address=None)
         address = scheduler or cluster.scheduler_address
@@ -190,7 +191,8 @@ def _phase(args: argparse.Namespace) -> int:
         else:
             n = sum(pq.read_metadata(part).num_rows for part in events.glob("*.parquet"))
             parts = max(int(tparams["dask"]["partitions"]), 2 * args.workers, -(-n // args.calls_per_partition))
-            res = run_dask(events, horizon, tparams, args.workers, args.scheduler, Path(args.work), parts)
+            steps = ("train",) if args.train_only else ("featurize", "train")
+            res = run_dask(events, horizon, tparams, args.workers, args.scheduler, Path(args.work), parts, steps)
     except MemoryError:
         res = {"out_of_memory": True}
     _stage("done", res)
@@ -198,10 +200,11 @@ def _phase(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_watched(cmd: list[str], limit: float) -> tuple[int, str, str, float | None]:
+def _run_watched(cmd: list[str], limit: float) -> tuple[int, str, str, list[float] | None]:
     """Run ``cmd``; kill its process tree when its total resident memory exceeds ``limit`` bytes.
 
-    Returns (exit status, stdout, stderr, resident bytes at the kill or None). Polls every 0.5 s,
+    Returns (exit status, stdout, stderr, resident bytes per process at the kill -- the phase
+    first, then its children, e.g. Dask workers -- or None). Polls every 0.5 s,
     so a spike shorter than that can pass; the machine is shared, so this stops a path well
     before the kernel's OOM killer would pick a victim.
     """
@@ -211,10 +214,10 @@ def _run_watched(cmd: list[str], limit: float) -> tuple[int, str, str, float | N
         while proc.poll() is None:
             try:
                 tree = [root, *root.children(recursive=True)]
-                rss = sum(p.memory_info().rss for p in tree)
+                rss = [p.memory_info().rss for p in tree]
             except psutil.Error:
-                rss = 0  # a process ended between listing and reading; the next poll sees the rest
-            if rss > limit:
+                rss = []  # a process ended between listing and reading; the next poll sees the rest
+            if sum(rss) > limit:
                 over = rss
                 for p in reversed(tree):
                     with contextlib.suppress(psutil.Error):
@@ -244,6 +247,9 @@ def main() -> int:
         "--mem-limit-gb", type=float, default=16.0,
         help="watchdog: kill a path whose processes together exceed this resident memory (reported as out of memory)",
     )
+    ap.add_argument(
+        "--train-only", action="store_true", help="dask: train on the features an earlier run left in --work/features"
+    )
     ap.add_argument("--phase", choices=["local", "dask"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.phase:
@@ -259,15 +265,16 @@ def main() -> int:
         cmd = [sys.executable, __file__, "--phase", path, "--work", str(work), "--workers", str(args.workers)]
         if args.scheduler:
             cmd += ["--scheduler", args.scheduler]
-        cmd += ["--calls-per-partition", str(args.calls_per_partition)]
+        cmd += ["--calls-per-partition", str(args.calls_per_partition)] + ["--train-only"] * args.train_only
         t1 = time.perf_counter()
         returncode, stdout, stderr, over = _run_watched(cmd, args.mem_limit_gb * 2**30)
         lines = [ln for ln in stdout.splitlines() if ln.startswith("RESULT ")]
         stages = [ln[len("STAGE "):].partition(" {") for ln in stdout.splitlines() if ln.startswith("STAGE ")]
-        step, _, so_far = stages[-1] if stages else ("?", "", "")
+        step, _, so_far = stages[-1] if stages else ("?", "", "}")
         if over is not None:
             print(
-                f"{path}: OUT OF MEMORY at {n} calls: {over / 2**30:.1f} GB resident > --mem-limit-gb"
+                f"{path}: OUT OF MEMORY at {n} calls: {sum(over) / 2**30:.1f} GB resident"
+                f" (per process: {', '.join(f'{b / 2**30:.1f}' for b in over)} GB) > --mem-limit-gb"
                 f" {args.mem_limit_gb:g} in step {step!r} after {time.perf_counter() - t1:.0f} s; steps done: {{{so_far}"
             )
             continue
@@ -280,7 +287,7 @@ def main() -> int:
             continue
         workers = f" workers={res['workers']}" if "workers" in res else ""
         print(
-            f"{path}:{workers} featurize {res['featurize_calls_per_s']:,.0f} calls/s;"
+            f"{path}:{workers} featurize {res.get('featurize_calls_per_s', float('nan')):,.0f} calls/s;"
             f" train {res['train_rows_per_s']:,.0f} rows/s ({res['train_rows']} train rows);"
             f" held-out pairwise accuracy {res['pairwise_accuracy']:.4f}; peak MB {res['peak_mb']}"
         )
