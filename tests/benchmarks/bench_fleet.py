@@ -287,8 +287,9 @@ def main() -> int:
             continue
         workers = f" workers={res['workers']}" if "workers" in res else ""
         print(
-            f"{path}:{workers} featurize {res.get('featurize_calls_per_s', float('nan')):,.0f} calls/s;"
-            f" train {res['train_rows_per_s']:,.0f} rows/s ({res['train_rows']} train rows);"
+            f"{path}:{workers} "
+            + (f"featurize {res['featurize_calls_per_s']:,.0f} calls/s;" if "calls" in res else "featurize not run;")
+            + f" train {res['train_rows_per_s']:,.0f} rows/s ({res['train_rows']} train rows);"
             f" held-out pairwise accuracy {res['pairwise_accuracy']:.4f}; peak MB {res['peak_mb']}"
         )
     if not args.work:
