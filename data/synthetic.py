@@ -31,8 +31,8 @@ it, in time order, to a sink -- :class:`_Transcript` (transcript lines + sidecar
 streamed rows equal what ingest loads from the written corpus (times are rounded to the
 millisecond of the transcript timestamps in both). Cost: O(calls) time, one session (plus
 O(tasks) ints, plus one chunk of rows for :func:`generate_events`) in memory;
-:func:`generate_events` runs at ~23k calls/s of one core's CPU time, 5.5x the
-write-then-ingest path (4.2k; no JSON is written or parsed): tests/benchmarks/bench_synthetic.py.
+:func:`generate_events` runs at ~39k calls/s on one core, ~5x the write-then-ingest path
+(~8k; no JSON is written or parsed): tests/benchmarks/bench_synthetic.py.
 """
 
 from __future__ import annotations
