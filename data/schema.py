@@ -83,7 +83,11 @@ def to_table(df: pd.DataFrame) -> pa.Table:
     missing = [c for c in COLUMNS if c not in df.columns]
     if missing:
         raise SchemaError(f"events frame lacks columns {missing}")
-    table = pa.Table.from_pandas(df[COLUMNS], schema=EVENTS_SCHEMA, preserve_index=False)
+    return tag_schema(pa.Table.from_pandas(df[COLUMNS], schema=EVENTS_SCHEMA, preserve_index=False))
+
+
+def tag_schema(table: pa.Table) -> pa.Table:
+    """``table`` (of :data:`EVENTS_SCHEMA`) with the schema version in its metadata."""
     meta = dict(table.schema.metadata or {})
     meta[METADATA_KEY] = SCHEMA_VERSION.encode()
     return table.replace_schema_metadata(meta)

@@ -23,10 +23,21 @@ Claude Code traces (``../shared/traces/README.md``), kept in :data:`CALIBRATION`
   (half of those before the tool result arrived).
 
 Sessions run one after another in wall time from 2026-01-05, like the real traces.
+
+One generator, two outputs: :class:`_Session` makes every random draw of a session and hands
+it, in time order, to a sink -- :class:`_Transcript` (transcript lines + sidecar entries, what
+:func:`generate_corpus` writes) or :class:`_Events` (events rows, what
+:func:`generate_events` streams). The draws never depend on the sink, so for a seed the
+streamed rows equal what ingest loads from the written corpus (times are rounded to the
+millisecond of the transcript timestamps in both). Cost: O(calls) time, one session (plus
+O(tasks) ints, plus one chunk of rows for :func:`generate_events`) in memory;
+:func:`generate_events` runs at ~39k calls/s on one core, ~5x the write-then-ingest path
+(~8k; no JSON is written or parsed): tests/benchmarks/bench_synthetic.py.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import random
@@ -35,9 +46,14 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from functools import lru_cache
+from typing import Any, Callable, Iterator, TypeVar
 
-from cachewise.data.claude_code import SYNTHETIC_MARK
+import pyarrow as pa
+
+from cachewise.data.claude_code import CHARS_PER_TOKEN, PLAUSIBLE_OUTPUT_FRACTION, SYNTHETIC_MARK, SYNTHETIC_SOURCE
+from cachewise.data.commands import command_class
+from cachewise.data.schema import EVENTS_SCHEMA, tag_schema
 
 MANIFEST = "synthetic_manifest.json"
 README = "SYNTHETIC_README.md"
@@ -79,8 +95,12 @@ class Duration:
     p90: float
     cap: float = 300.0
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_mu", math.log(self.median))
+        object.__setattr__(self, "_sigma", _sigma(self.median, self.p90))
+
     def draw(self, rng: random.Random) -> float:
-        return min(self.cap, rng.lognormvariate(math.log(self.median), _sigma(self.median, self.p90)))
+        return min(self.cap, rng.lognormvariate(self._mu, self._sigma))  # type: ignore[attr-defined]
 
 
 # Tool execution time by (tool, command class); Bash classes are what make durations predictable.
@@ -232,8 +252,17 @@ class CorpusInfo:
     files: int
 
 
+def _ms(t: float) -> float:
+    """``t`` rounded to the millisecond: the resolution of transcript timestamps (both sinks use it)."""
+    return round(t, 3)
+
+
 def _iso(t: float) -> str:
-    return datetime.fromtimestamp(t, tz=timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return datetime.fromtimestamp(_ms(t), tz=timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _uuid(bits: int) -> str:
+    return str(uuid.UUID(int=bits, version=4))
 
 
 def _filler(n_chars: int) -> str:
@@ -241,31 +270,83 @@ def _filler(n_chars: int) -> str:
     return (unit * (n_chars // len(unit) + 1))[:n_chars]
 
 
+@lru_cache(maxsize=None)
+def _cumulative(weights: tuple[tuple[str, float], ...]) -> tuple[list[str], list[float]]:
+    return [k for k, _ in weights], list(itertools.accumulate(w for _, w in weights))
+
+
 def _pick(rng: random.Random, weights: dict[str, float]) -> str:
-    return rng.choices(list(weights), weights=list(weights.values()))[0]
+    """``rng.choices(keys, weights)[0]`` (same draw) with the cumulative weights computed once."""
+    keys, cum = _cumulative(tuple(weights.items()))
+    return rng.choices(keys, cum_weights=cum)[0]
 
 
-class _SessionWriter:
-    """Builds one session's transcript lines and sidecar entries in time order."""
+@dataclass(frozen=True)
+class _Use:
+    """One tool use of a response, as drawn by :class:`_Session`."""
 
-    def __init__(self, rng: random.Random, session_id: str, task: str, start: float) -> None:
-        self.rng = rng
+    action: str  # key of DURATIONS / OBSERVATION_TOKENS ("Read", "bash:git", "Task", ...)
+    id_bits: int
+    name: str
+    input: dict[str, Any]
+    input_json: str  # json.dumps(input): what the transcript holds and the loader re-encodes
+
+
+@dataclass(frozen=True)
+class _Response:
+    """One LLM response of a thread, as drawn by :class:`_Session`."""
+
+    start: float  # when the response began streaming (the client sent the request earlier)
+    elapsed: float
+    side: bool
+    model: str
+    msg_bits: int
+    prompt: int
+    cache_read: int
+    output: int
+    uses: tuple[_Use, ...]
+    line_bits: tuple[int, ...]  # one transcript line per block: the text block, then each tool use
+
+    @property
+    def text_chars(self) -> int:
+        return max(8, self.output * 4 - sum(len(u.input_json) for u in self.uses))
+
+    def block_times(self) -> list[float]:
+        """Streamed: the first block at 60% of the latency, the last at the end."""
+        n = len(self.line_bits)
+        if n == 1:
+            return [self.start + self.elapsed]
+        return [self.start + self.elapsed * (0.6 + 0.4 * i / (n - 1)) for i in range(n)]
+
+
+@dataclass(frozen=True)
+class _ToolRun:
+    """One tool execution; ``result`` is (observation tokens, is_error), None when never delivered."""
+
+    use: _Use
+    start: float
+    end: float
+    side: bool
+    result: tuple[int, bool] | None
+    line_bits: int
+
+
+class _Transcript:
+    """Sink: one session as Claude Code transcript lines and ``tool_calls.json`` sidecar entries."""
+
+    def __init__(self, session_id: str, task: str, attempt: int) -> None:
         self.session_id = session_id
         self.task = task
-        self.t = start
+        self.attempt = attempt
         self.lines: list[dict[str, Any]] = []
         self.sidecar: list[dict[str, Any]] = []
-        self.calls = 0
-        self.vocab = {"pkg": task.split("__")[0], "mod": rng.choice(_WORDS), "fn": rng.choice(_WORDS) + "_value"}
+        self.parent: dict[bool, str | None] = {False: None, True: None}  # last line uuid per chain
 
-    def _id(self, prefix: str = "") -> str:
-        return prefix + uuid.UUID(int=self.rng.getrandbits(128), version=4).hex
-
-    def _line(self, kind: str, t: float, parent: str | None, side: bool, message: dict[str, Any]) -> str:
-        uid = str(uuid.UUID(int=self.rng.getrandbits(128), version=4))
+    def _line(self, kind: str, t: float, side: bool, bits: int, message: dict[str, Any], root: bool = False) -> None:
+        uid = _uuid(bits)
         self.lines.append(
             {
-                "parentUuid": parent,
+                "parentUuid": None if root else self.parent[side],
                 "isSidechain": side,
                 "userType": "synthetic",
                 "cwd": f"/synthetic/{self.task}",
@@ -278,7 +359,123 @@ class _SessionWriter:
                 "timestamp": _iso(t),
             }
         )
-        return uid
+        self.parent[side] = uid
+
+    def prompt(self, t: float, side: bool, text: str, bits: int) -> None:
+        self._line("user", t, side, bits, {"role": "user", "content": text}, root=True)
+
+    def response(self, r: _Response) -> None:
+        usage = {
+            "input_tokens": 4,
+            "cache_creation_input_tokens": r.prompt - r.cache_read - 4,
+            "cache_read_input_tokens": r.cache_read,
+            "output_tokens": r.output,
+        }
+        base = {"model": r.model, "id": "msg_synth_" + uuid.UUID(int=r.msg_bits, version=4).hex}
+        base.update(type="message", role="assistant", usage=usage)
+        blocks: list[dict[str, Any]] = [{"type": "text", "text": _filler(r.text_chars)}]
+        blocks += [
+            {"type": "tool_use", "id": _tool_id(u.id_bits), "name": u.name, "input": u.input} for u in r.uses
+        ]
+        for block, t, bits in zip(blocks, r.block_times(), r.line_bits):
+            self._line("assistant", t, r.side, bits, {**base, "content": [block]})
+
+    def tool(self, run: _ToolRun) -> None:
+        tid = _tool_id(run.use.id_bits)
+        entry = {"timestamp": _iso(run.start), "tool": run.use.name, "id": tid, "input": repr(run.use.input)}
+        entry[SYNTHETIC_MARK] = True
+        if run.result is not None:
+            obs, is_error = run.result
+            content = ("Error: " if is_error else "") + _filler(obs * 4)
+            result = {"tool_use_id": tid, "type": "tool_result", "content": content, "is_error": is_error}
+            self._line("user", run.end, run.side, run.line_bits, {"role": "user", "content": [result]})
+            entry.update(end_timestamp=_iso(run.end), result_preview=content[:80])
+        self.sidecar.append(entry)
+
+
+def _tool_id(bits: int) -> str:
+    return "toolu_synth_" + uuid.UUID(int=bits, version=4).hex
+
+
+@lru_cache(maxsize=65536)
+def _command_class(name: str, input_json: str) -> str:
+    return command_class(name, json.loads(input_json))
+
+
+class _Events:
+    """Sink: one session directly as events rows, equal to what :mod:`cachewise.data.claude_code`
+    loads from the :class:`_Transcript` of the same draws (tests/test_synthetic.py checks it).
+
+    Sub-agent runs never nest (a sidechain calls no ``Task``), so one open thread per side suffices.
+    """
+
+    def __init__(self, session_id: str, task: str, src_file: str) -> None:
+        self.common = {"source": SYNTHETIC_SOURCE, "src_file": src_file, "task_id": task, "session_id": session_id}
+        self.rows: list[dict[str, Any]] = []
+        # per side: [thread_id, next call_index, last user-line time]
+        self.threads: dict[bool, list[Any]] = {False: [session_id, 0, 0.0], True: ["", 0, 0.0]}
+        self.pending: dict[int, dict[str, Any]] = {}
+
+    def prompt(self, t: float, side: bool, text: str, bits: int) -> None:
+        if side:
+            self.threads[True] = [f"{self.common['session_id']}:{_uuid(bits)}", 0, _ms(t)]
+        else:
+            self.threads[False][2] = _ms(t)
+
+    def response(self, r: _Response) -> None:
+        thread = self.threads[r.side]
+        tools = []
+        for u in r.uses:
+            tool = {"name": u.name, "input_json": u.input_json, "command_class": _command_class(u.name, u.input_json)}
+            self.pending[u.id_bits] = tool
+            tools.append(tool)
+        estimate = math.ceil((r.text_chars + sum(len(u.input_json) for u in r.uses)) / CHARS_PER_TOKEN)
+        output = estimate if r.output < PLAUSIBLE_OUTPUT_FRACTION * estimate else r.output
+        self.rows.append(
+            {
+                **self.common,
+                "thread_id": thread[0],
+                "is_sidechain": r.side,
+                "call_index": thread[1],
+                "model": r.model,
+                "time_basis": "wall",
+                "request_time": thread[2],
+                "response_time": _ms(r.block_times()[-1]),
+                "prompt_tokens": r.prompt,
+                "cached_tokens": r.cache_read,
+                "output_tokens": output,
+                "hash_ids": None,
+                "tool_calls": tools,
+                "ended_turn": not tools,
+            }
+        )
+        thread[1] += 1
+
+    def tool(self, run: _ToolRun) -> None:
+        tool = self.pending.pop(run.use.id_bits)
+        tool["start_time"] = _ms(run.start)
+        if run.result is None:
+            tool.update(end_time=None, observation_bytes=None, is_error=None)
+            return
+        obs, is_error = run.result
+        end = _ms(run.end)
+        tool.update(end_time=end, observation_bytes=obs * 4 + (7 if is_error else 0), is_error=is_error)
+        self.threads[run.side][2] = end
+
+
+_Sink = _Transcript | _Events
+_S = TypeVar("_S", _Transcript, _Events)
+
+
+class _Session:
+    """Draws one session (all the randomness lives here) and hands it to a sink in time order."""
+
+    def __init__(self, rng: random.Random, task: str, start: float, sink: _Sink) -> None:
+        self.rng = rng
+        self.sink = sink
+        self.t = start
+        self.calls = 0
+        self.vocab = {"pkg": task.split("__")[0], "mod": rng.choice(_WORDS), "fn": rng.choice(_WORDS) + "_value"}
 
     def _action_input(self, action: str) -> tuple[str, dict[str, Any]]:
         v = self.vocab
@@ -304,88 +501,73 @@ class _SessionWriter:
             "subagent_type": "Explore",
         }
 
-    def call(
-        self, parent: str | None, side: bool, prompt: int, actions: list[str], model: str, latency: Duration
-    ) -> tuple[str, int, list[tuple[str, str, str, dict[str, Any]]]]:
-        """Emit one LLM response at ``self.t``; return (last uuid, output tokens, tool uses)."""
+    def _use(self, action: str) -> _Use:
+        bits = self.rng.getrandbits(128)
+        name, inp = self._action_input(action)
+        return _Use(action, bits, name, inp, json.dumps(inp))
+
+    def prompt(self, t: float, side: bool, text: str) -> None:
+        self.sink.prompt(t, side, text, self.rng.getrandbits(128))
+
+    def call(self, side: bool, prompt: int, actions: list[str], model: str, latency: Duration) -> _Response:
+        """Emit one LLM response at ``self.t``."""
         rng = self.rng
         elapsed = latency.draw(rng)
         output = max(3, round(elapsed * OUTPUT_TOKENS_PER_S * rng.uniform(0.5, 1.5)))
         cache_read = max(0, prompt - rng.randint(200, 900))
-        usage = {
-            "input_tokens": 4,
-            "cache_creation_input_tokens": prompt - cache_read - 4,
-            "cache_read_input_tokens": cache_read,
-            "output_tokens": output,
-        }
-        msg_id = self._id("msg_synth_")
-        base = {"model": model, "id": msg_id, "type": "message", "role": "assistant", "usage": usage}
-        uses = [(action, self._id("toolu_synth_"), *self._action_input(action)) for action in actions]
-        text_chars = max(8, output * 4 - sum(len(json.dumps(u[3])) for u in uses))
-        blocks = [{"type": "text", "text": _filler(text_chars)}]
-        blocks += [{"type": "tool_use", "id": tid, "name": name, "input": inp} for _, tid, name, inp in uses]
-        end = self.t + elapsed
-        for i, block in enumerate(blocks):  # streamed: first block at 60% of the latency, last at the end
-            t = self.t + elapsed * (0.6 + 0.4 * i / (len(blocks) - 1)) if len(blocks) > 1 else end
-            parent = self._line("assistant", t, parent, side, {**base, "content": [block]})
-        self.t = end
+        msg_bits = rng.getrandbits(128)
+        uses = tuple(self._use(action) for action in actions)
+        line_bits = tuple(rng.getrandbits(128) for _ in range(len(uses) + 1))
+        r = _Response(self.t, elapsed, side, model, msg_bits, prompt, cache_read, output, uses, line_bits)
+        self.sink.response(r)
+        self.t += elapsed
         self.calls += 1
-        return parent, output, uses
+        return r
 
-    def run_tools(
-        self, parent: str, side: bool, uses: list[tuple[str, str, str, dict[str, Any]]], deliver: bool = True
-    ) -> tuple[str, int]:
-        """Run tool uses concurrently from ``self.t``, results written as they finish.
+    def run_tools(self, side: bool, uses: tuple[_Use, ...], deliver: bool = True) -> int:
+        """Run tool uses concurrently from ``self.t``, results delivered as they finish.
 
-        Returns (last uuid, observation tokens); ``deliver=False`` leaves the results out (the
-        session stopped while the tools ran).
+        Returns the observation tokens; ``deliver=False`` leaves the results out (the session
+        stopped while the tools ran).
         """
         rng = self.rng
         runs = []
-        for action, tid, name, inp in uses:
+        for use in uses:
             t0 = self.t + rng.uniform(0.001, 0.01)
-            end = self.subagent(t0, inp["prompt"]) if action == "Task" else t0 + DURATIONS[action].draw(rng)
-            runs.append((end, t0, action, tid, name, inp))
+            end = self.subagent(t0, use.input["prompt"]) if use.action == "Task" else t0 + DURATIONS[use.action].draw(rng)
+            runs.append((end, t0, use))
         obs_total = 0
-        for end, t0, action, tid, name, inp in sorted(runs, key=lambda run: run[0]):
-            obs = round(OBSERVATION_TOKENS[action].draw(rng))
+        for end, t0, use in sorted(runs, key=lambda run: run[0]):
+            obs = round(OBSERVATION_TOKENS[use.action].draw(rng))
             obs_total += obs
-            entry = {"timestamp": _iso(t0), "tool": name, "id": tid, "input": repr(inp), SYNTHETIC_MARK: True}
+            result = None
             if deliver:
-                is_error = action.startswith("bash:test") and rng.random() < 0.35
-                content = ("Error: " if is_error else "") + _filler(obs * 4)
-                result = {"tool_use_id": tid, "type": "tool_result", "content": content, "is_error": is_error}
-                parent = self._line("user", end, parent, side, {"role": "user", "content": [result]})
-                entry.update(end_timestamp=_iso(end), result_preview=content[:80])
-            self.sidecar.append(entry)
+                result = (obs, use.action.startswith("bash:test") and rng.random() < 0.35)
+            self.sink.tool(_ToolRun(use, t0, end, side, result, rng.getrandbits(128) if deliver else 0))
         self.t = max(run[0] for run in runs) + rng.uniform(0.005, 0.05)
-        return parent, obs_total
+        return obs_total
 
     def subagent(self, start: float, prompt_text: str) -> float:
         """A sidechain run of exploration calls starting at ``start``; returns its end time."""
         rng = self.rng
         saved_t = self.t
         self.t = start + 0.1
-        parent = self._line("user", self.t, None, True, {"role": "user", "content": prompt_text})
+        self.prompt(self.t, True, prompt_text)
         n = max(3, min(60, round(rng.lognormvariate(math.log(SUBAGENT_CALLS_MEDIAN), 0.35))))
         prompt = rng.randint(8000, 10000)
         for k in range(n):
             actions = [] if k == n - 1 else [_pick(rng, _SIDECHAIN_ACTIONS)]
-            parent, output, uses = self.call(parent, True, prompt, actions, SUBAGENT_MODEL, SUBAGENT_LATENCY)
-            obs = 0
-            if uses:
-                parent, obs = self.run_tools(parent, True, uses)
-            prompt += output + obs
+            r = self.call(True, prompt, actions, SUBAGENT_MODEL, SUBAGENT_LATENCY)
+            obs = self.run_tools(True, r.uses) if r.uses else 0
+            prompt += r.output + obs
         end = self.t + 0.05
         self.t = saved_t
         return end
 
-    def session(self, n_calls: int, with_task: bool, cut: bool) -> None:
+    def session(self, n_calls: int, with_task: bool, cut: bool, task: str) -> None:
         rng = self.rng
         self.t += rng.uniform(0.5, 2.0)
-        parent = self._line(
-            "user", self.t, None, False, {"role": "user", "content": f"Fix this issue (synthetic task {self.task})."}
-        )
+        self.prompt(self.t, False, f"Fix this issue (synthetic task {task}).")
         self.t += rng.uniform(0.01, 0.1)
         prompt = rng.randint(11000, 16000)
         task_at = rng.randrange(1, max(2, int(0.3 * n_calls))) if with_task else -1
@@ -400,11 +582,10 @@ class _SessionWriter:
                 actions = [rng.choice(_PARALLEL_ACTIONS) for _ in range(rng.randint(2, 3))]
             else:
                 actions = [_pick(rng, phase)]
-            parent, output, uses = self.call(parent, False, prompt, actions, MAIN_MODEL, LLM_LATENCY)
-            if uses:
+            r = self.call(False, prompt, actions, MAIN_MODEL, LLM_LATENCY)
+            if r.uses:
                 deliver = not (last and cut and rng.random() < 0.5)
-                parent, obs = self.run_tools(parent, False, uses, deliver)
-                prompt += output + obs
+                prompt += r.output + self.run_tools(False, r.uses, deliver)
 
 
 def _clean(out_dir: Path) -> None:
@@ -416,35 +597,72 @@ def _clean(out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
 
 
-def generate_corpus(out_dir: str | Path, seed: int, sessions: int) -> CorpusInfo:
-    """Write a SYNTHETIC corpus of ``sessions`` sessions to ``out_dir`` (replacing an old one)."""
+def _sessions(seed: int, sessions: int, sink_for: Callable[[str, str, int], _S]) -> Iterator[tuple[_S, int]]:
+    """Draw ``sessions`` sessions from ``seed``: ``(sink, calls)`` per session, in order.
+
+    ``sink_for(session_id, task, attempt)`` makes each session's sink; the draws do not depend
+    on the sink, so every sink sees the same corpus for a seed. Memory: one session at a time
+    plus O(tasks) ints.
+    """
     if sessions < 1:
         raise ValueError("sessions must be >= 1")
-    out_dir = Path(out_dir)
-    _clean(out_dir)
     rng = random.Random(seed)
     n_tasks = max(1, round(sessions / 1.3))
     attempts = [1] * n_tasks
     for i in rng.sample(range(n_tasks), min(n_tasks, sessions - n_tasks)):
         attempts[i] += 1
     t = EPOCH_START
-    calls = files = 0
     for task_index, n_attempts in enumerate(attempts):
         task = f"synthetic{task_index:03d}__{rng.choice(_WORDS)}-{rng.randint(100, 9999)}"
         for attempt in range(1, n_attempts + 1):
-            session_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))
-            writer = _SessionWriter(rng, session_id, task, t)
+            sink = sink_for(_uuid(rng.getrandbits(128)), task, attempt)
+            session = _Session(rng, task, t, sink)
             n_calls = round(rng.lognormvariate(math.log(MAIN_CALLS_MEDIAN), 0.55))
             n_calls = max(4, min(int(CALIBRATION["calls_per_session_max"]), n_calls))
-            writer.session(n_calls, with_task=rng.random() < 0.15, cut=rng.random() < 0.12)
-            folder = out_dir / task / f"attempt_{attempt}"
-            folder.mkdir(parents=True)
-            with open(folder / "trace.jsonl", "w", encoding="utf-8") as f:
-                f.writelines(json.dumps(line, ensure_ascii=False) + "\n" for line in writer.lines)
-            (folder / "tool_calls.json").write_text(json.dumps(writer.sidecar), encoding="utf-8")
-            calls += writer.calls
-            files += 2
-            t = writer.t + rng.uniform(30, 120)
+            session.session(n_calls, with_task=rng.random() < 0.15, cut=rng.random() < 0.12, task=task)
+            yield sink, session.calls
+            t = session.t + rng.uniform(30, 120)
+
+
+def _trace_dir(task: str, attempt: int) -> str:
+    return f"{task}/attempt_{attempt}"
+
+
+def generate_events(seed: int, sessions: int, chunk_sessions: int = 1000, folder: str = "synthetic") -> Iterator[pa.Table]:
+    """The corpus ``generate_corpus(<folder>, seed, sessions)`` writes, as events tables, streamed.
+
+    Yields one schema-tagged table (:data:`cachewise.data.schema.EVENTS_SCHEMA`) per
+    ``chunk_sessions`` sessions whose rows equal what ingest loads from that corpus (``src_file``
+    as ingest names it, under ``folder``), without writing or parsing any JSON: the fast path
+    for large corpora (tests/benchmarks/bench_fleet.py). Memory: one chunk.
+    """
+
+    def sink(session_id: str, task: str, attempt: int) -> _Events:
+        return _Events(session_id, task, f"{folder}/{_trace_dir(task, attempt)}/trace.jsonl")
+
+    rows: list[dict[str, Any]] = []
+    for done, (events, _) in enumerate(_sessions(seed, sessions, sink), start=1):
+        rows.extend(events.rows)
+        if done % chunk_sessions == 0 or done == sessions:
+            yield tag_schema(pa.Table.from_pylist(rows, schema=EVENTS_SCHEMA))
+            rows = []
+
+
+def generate_corpus(out_dir: str | Path, seed: int, sessions: int) -> CorpusInfo:
+    """Write a SYNTHETIC corpus of ``sessions`` sessions to ``out_dir`` (replacing an old one)."""
+    if sessions < 1:
+        raise ValueError("sessions must be >= 1")
+    out_dir = Path(out_dir)
+    _clean(out_dir)
+    calls = files = 0
+    for writer, n in _sessions(seed, sessions, _Transcript):
+        folder = out_dir / _trace_dir(writer.task, writer.attempt)
+        folder.mkdir(parents=True)
+        with open(folder / "trace.jsonl", "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(line, ensure_ascii=False) + "\n" for line in writer.lines)
+        (folder / "tool_calls.json").write_text(json.dumps(writer.sidecar), encoding="utf-8")
+        calls += n
+        files += 2
     manifest = {
         "synthetic": True,
         "generator": GENERATOR_VERSION,

@@ -35,11 +35,16 @@ PART_GLOB = "part-*.parquet"
 _KEY = "_cachewise_part"
 
 
-def _partition_key(events: pd.DataFrame, n: int) -> pd.DataFrame:
-    """``events`` with the partition number of its session (of its source for hashed rows)."""
+def _partition_key(events: pd.DataFrame) -> pd.DataFrame:
+    """``events`` with a hash of its session (of its source for hashed rows) to shuffle on.
+
+    One key per session, not a partition number: the shuffle hashes the key again to pick the
+    partition, and n partition numbers hashed into n partitions collide (measured: 41 keys fill
+    31 of 41 partitions), while many session keys spread evenly.
+    """
     hashed = events["hash_ids"].notna().to_numpy()
     key = events["source"].astype(str) + np.where(hashed, "", "\x1f" + events["session_id"].astype(str))
-    return events.assign(**{_KEY: (pd.util.hash_pandas_object(key, index=False).to_numpy() % n).astype("int64")})
+    return events.assign(**{_KEY: pd.util.hash_pandas_object(key, index=False).to_numpy().view("int64")})
 
 
 def _featurize_part(
@@ -81,7 +86,7 @@ def featurize_on_dask(
         out.unlink()
     out.mkdir(parents=True)
     events = dd.read_parquet(str(events_path))
-    keyed = events.map_partitions(_partition_key, partitions)
+    keyed = events.map_partitions(_partition_key)
     grouped = keyed.shuffle(on=_KEY, npartitions=partitions)
     meta = pd.DataFrame({"rows": pd.Series(dtype="int64"), "censored": pd.Series(dtype="int64"),
                          "clamped": pd.Series(dtype="int64"), "observe_s": pd.Series(dtype="float64")})

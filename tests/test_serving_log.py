@@ -21,8 +21,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from cachewise.cli import main
 from cachewise.data.ingest import load_sources
-from cachewise.data.schema import validate
+from cachewise.data.schema import read_events, validate
 from cachewise.data.serving_logs import SOURCE, load_dir, log_files
 from cachewise.data.report import IngestReport
 from cachewise.data.synthetic import generate_corpus
@@ -219,3 +220,19 @@ def test_record_never_waits_for_a_stuck_writer(tmp_path: Path, monkeypatch: pyte
     release.set()
     log.close()
     assert log.rows_written == 51 and log.dropped == 29
+
+
+def test_params_ingest_mixes_serving_logs_with_transcripts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``ingest.sources`` listing a log folder and a transcript folder: the ingest stage ``dvc repro`` runs."""
+    log = ServingLog(tmp_path / "logs", flush_rows=1000, flush_interval_s=3600)
+    for i in range(9):
+        log.record(_call(i))
+    log.close()
+    corpus = generate_corpus(tmp_path / "corpus", seed=3, sessions=4)
+    params = tmp_path / "params.yaml"
+    params.write_text(f"ingest:\n  sources: [{tmp_path / 'logs'}, {corpus.path}]\n  out: events.parquet\n")
+    assert main(["ingest", "--params", str(params), "--no-progress"]) == 0
+    assert "serving_log" in capsys.readouterr().out
+    events = read_events(tmp_path / "events.parquet")
+    assert events.groupby("source").size().to_dict() == {SOURCE: 9, "synthetic": corpus.calls}
+    assert len(featurize(events, horizon_s=600).frame) == len(events)

@@ -7,12 +7,13 @@ import json
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 from cachewise.data.claude_code import SYNTHETIC_MARK
 from cachewise.data.ingest import load_sources
-from cachewise.data.schema import validate
-from cachewise.data.synthetic import CALIBRATION, MANIFEST, README, generate_corpus
+from cachewise.data.schema import METADATA_KEY, SCHEMA_VERSION, to_table, validate
+from cachewise.data.synthetic import CALIBRATION, MANIFEST, README, generate_corpus, generate_events
 
 SEED, SESSIONS = 7, 120
 
@@ -118,3 +119,15 @@ def test_refuses_to_overwrite_other_data(tmp_path: Path) -> None:
     with pytest.raises(FileExistsError):
         generate_corpus(tmp_path, SEED, 3)
     assert (tmp_path / "real.jsonl").exists()
+
+
+def test_streamed_events_equal_the_ingested_corpus(corpus: Path, events: pd.DataFrame) -> None:
+    """``generate_events`` (no transcripts) yields exactly the rows ingest loads from ``generate_corpus``."""
+    chunks = list(generate_events(SEED, SESSIONS, chunk_sessions=50, folder=corpus.name))
+    assert [c.num_rows > 0 for c in chunks] == [True] * 3  # 50 + 50 + 20 sessions
+    assert all(c.schema.metadata[METADATA_KEY] == SCHEMA_VERSION.encode() for c in chunks)
+    key = ["session_id", "thread_id", "call_index"]
+    streamed = pa.concat_tables(chunks).to_pandas().sort_values(key, ignore_index=True)
+    loaded = events.sort_values(key, ignore_index=True)
+    assert len(streamed) == len(loaded) > 3000
+    assert to_table(streamed).to_pylist() == to_table(loaded).to_pylist()
