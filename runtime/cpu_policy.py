@@ -18,7 +18,7 @@ Eviction order (first = evicted first), among evictable (``ref_cnt == 0``), unpr
 1. chunks with no known live session: no owner, the owner left the view (ended, forgotten),
    or its forecast's expiry passed (as good as ended);
 2. chunks of idle sessions, by predicted time to the next request, farthest first:
-   the median of the forecast's remaining gap (:meth:`Forecast.remaining`), ``inf`` for
+   the median of the forecast's remaining gap (:meth:`Forecast.remaining_quantile`), ``inf`` for
    "does not come back"; an idle session without a forecast is expected back after
    "as long again" as it has been idle (the tail rule of :mod:`cachewise.scoring.idle`);
 3. chunks of sessions with a live request (in use now), last.
@@ -216,8 +216,7 @@ class CacheWiseCachePolicy(LRUCachePolicy):
             return max(elapsed, 1.0), False
         if state.expired(now):
             return ENDED, True
-        rest = forecast.remaining(elapsed)
-        return rest[len(rest) // 2], True
+        return forecast.remaining_quantile(elapsed, 0.5), True
 
     def _predicted_victims(self, n: int, protected: set[OffloadKey]) -> list[OffloadKey] | None:
         """``n`` victims in the module's order (fewer if not enough); None: no forecast to go by."""

@@ -112,23 +112,81 @@ class Forecast:
         """Gap after which the session counts as ended (the :data:`EXPIRY_LEVEL` quantile)."""
         return self.gaps[int(round(EXPIRY_LEVEL * (len(self.gaps) - 1)))]
 
-    def remaining(self, elapsed: float) -> list[float]:
-        """Quantile sample of the *remaining* gap given the session stayed idle ``elapsed`` s:
-        the stored quantiles above ``elapsed``, minus it; ``[2 * elapsed]`` (as long again,
-        the tail rule of :mod:`cachewise.scoring.idle`) when every quantile has passed."""
-        i = bisect.bisect_right(self.gaps, elapsed)
-        rest = [g - elapsed for g in self.gaps[i:]]
-        return rest if rest else [max(elapsed, 1.0)]
+    def cdf(self, gap: float) -> float:
+        """``P(G <= gap)`` under the piecewise-linear quantile function through the stored
+        quantiles (mass spread evenly between neighbouring levels; a tie is an atom)."""
+        g, u = self.gaps, FORECAST_LEVELS
+        if gap < g[0]:
+            return 0.0
+        i = bisect.bisect_right(g, gap)  # g[i - 1] <= gap < g[i]
+        if i >= len(g):
+            return 1.0
+        if math.isinf(g[i]):
+            return u[i - 1]
+        return u[i - 1] + (u[i] - u[i - 1]) * (gap - g[i - 1]) / (g[i] - g[i - 1])
+
+    def quantile(self, level: float) -> float:
+        """``Q(level)``: the inverse of :meth:`cdf` (linear between the stored levels; ``inf`` inside
+        a segment that reaches a "does not come back" level)."""
+        g = self.gaps
+        n = len(g) - 1
+        x = min(max(level, 0.0), 1.0) * n
+        i = min(int(x), n - 1)
+        t = x - i
+        if t == 0.0:
+            return g[i]
+        if math.isinf(g[i + 1]):
+            return math.inf
+        return g[i] + (g[i + 1] - g[i]) * t
+
+    def _past(self, elapsed: float) -> float | None:
+        """``F(elapsed)``; None when the whole distribution has passed (the tail rule applies)."""
+        p0 = self.cdf(elapsed)
+        return None if p0 >= 1.0 else p0
+
+    def remaining_quantile(self, elapsed: float, level: float) -> float:
+        """``level`` quantile of the *remaining* gap given the session stayed idle ``elapsed`` s:
+        ``Q(F(e) + level (1 - F(e))) - e``; ``max(e, 1)`` (as long again, the tail rule of
+        :mod:`cachewise.scoring.idle`) when every quantile has passed."""
+        p0 = self._past(elapsed)
+        if p0 is None:
+            return max(elapsed, 1.0)
+        return max(self.quantile(p0 + level * (1.0 - p0)) - elapsed, 0.0)
 
     def p_back_within(self, elapsed: float, window: float) -> float:
-        """P(next request within ``window`` s | idle ``elapsed`` s so far)."""
-        rest = self.remaining(elapsed)
-        return sum(1 for r in rest if r <= window) / len(rest)
+        """P(next request within ``window`` s | idle ``elapsed`` s so far) = ``(F(e + w) - F(e)) / (1 - F(e))``."""
+        p0 = self._past(elapsed)
+        if p0 is None:
+            return 1.0 if max(elapsed, 1.0) <= window else 0.0
+        return (self.cdf(elapsed + window) - p0) / (1.0 - p0)
 
     def expected_hold(self, elapsed: float, cap: float) -> float:
-        """E[min(remaining gap, cap) | idle ``elapsed``]: seconds its room stays blocked, at most ``cap``."""
-        rest = self.remaining(elapsed)
-        return sum(min(r, cap) for r in rest) / len(rest)
+        """E[min(remaining gap, cap) | idle ``elapsed``]: seconds its room stays blocked, at most ``cap``;
+        the exact integral ``∫ min(Q(u) - e, cap) du / (1 - F(e))`` over ``u > F(e)`` (each
+        quantile segment linear in ``u``), so the extreme stored quantiles (levels 0 and 1) weigh
+        only their share of the distribution, not one sample's worth each."""
+        p0 = self._past(elapsed)
+        if p0 is None:
+            return min(max(elapsed, 1.0), cap)
+        g, u = self.gaps, FORECAST_LEVELS
+        total = 0.0
+        for i in range(len(g) - 1):
+            lo, hi = max(u[i], p0), u[i + 1]
+            if lo >= hi:
+                continue
+            span = hi - lo
+            if math.isinf(g[i + 1]):
+                total += span * cap
+                continue
+            ya, yb = max(self.quantile(lo) - elapsed, 0.0), max(g[i + 1] - elapsed, 0.0)
+            if yb <= cap:
+                total += span * (ya + yb) / 2
+            elif ya >= cap:
+                total += span * cap
+            else:
+                t = (cap - ya) / (yb - ya)
+                total += span * (t * (ya + cap) / 2 + (1.0 - t) * cap)
+        return total / (1.0 - p0)
 
 
 def _monotone(xs: list[float]) -> list[float]:

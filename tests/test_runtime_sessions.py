@@ -21,13 +21,28 @@ def test_forecast_from_log_model_matches_the_idle_conditioner_median() -> None:
 
 
 def test_forecast_conditioning_on_elapsed_idle_time() -> None:
-    forecast = Forecast.from_samples([float(x) for x in range(0, 101, 5)])  # gaps 0..100 s
-    assert forecast.p_back_within(0.0, 50.0) == pytest.approx(10 / 20)  # of the 20 quantiles above 0 s
-    assert forecast.p_back_within(50.0, 10.0) == pytest.approx(2 / 10)  # of the 10 quantiles above 50 s
-    assert forecast.expected_hold(0.0, 1000.0) == pytest.approx(52.5)
-    assert forecast.expected_hold(0.0, 10.0) < 10.0
-    assert forecast.remaining(200.0) == [200.0]  # past every quantile: as long again
-    assert Forecast.never().p_back_within(0.0, 1e9) == 0.0
+    forecast = Forecast.from_samples([float(x) for x in range(0, 101, 5)])  # gaps uniform on 0..100 s
+    assert forecast.cdf(50.0) == pytest.approx(0.5) and forecast.quantile(0.25) == pytest.approx(25.0)
+    assert forecast.p_back_within(0.0, 50.0) == pytest.approx(0.5)
+    assert forecast.p_back_within(50.0, 10.0) == pytest.approx(0.1 / 0.5)  # P(50 < G <= 60 | G > 50)
+    assert forecast.expected_hold(0.0, 1000.0) == pytest.approx(50.0)  # the mean of U(0, 100)
+    assert forecast.expected_hold(0.0, 10.0) == pytest.approx(0.1 * 5.0 + 0.9 * 10.0)
+    assert forecast.expected_hold(50.0, 1000.0) == pytest.approx(25.0)  # G - 50 | G > 50 is U(0, 50)
+    assert forecast.remaining_quantile(50.0, 0.5) == pytest.approx(25.0)
+    assert forecast.remaining_quantile(200.0, 0.5) == 200.0  # past every quantile: as long again
+    assert forecast.p_back_within(200.0, 100.0) == 0.0 and forecast.expected_hold(200.0, 60.0) == 60.0
+    assert Forecast.never().p_back_within(0.0, 1e9) == 0.0 and Forecast.never().expected_hold(0.0, 30.0) == pytest.approx(30.0)
+
+
+def test_forecast_extreme_quantiles_weigh_their_share_only() -> None:
+    """The top stored quantile (level 1, e.g. the largest validation residual) holds the last 5%
+    of the distribution spread down to the 0.95 quantile, not a whole sample's weight of 1/21."""
+    gaps = [float(i) for i in range(20)] + [10_000.0]
+    forecast = Forecast(tuple(gaps))
+    assert forecast.expected_hold(0.0, 1e6) == pytest.approx(sum(i + 0.5 for i in range(19)) / 20 + (19 + 10_000) / 2 / 20)
+    assert forecast.p_back_within(0.0, 19.0) == pytest.approx(0.95)
+    half_never = Forecast(tuple([1.0] * 11 + [math.inf] * 10))
+    assert half_never.p_back_within(0.0, 1e9) == pytest.approx(0.5)
 
 
 def test_forecast_rejects_bad_gaps() -> None:
