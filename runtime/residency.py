@@ -21,7 +21,12 @@ Rule, evaluated once per scheduler step (:meth:`ResidencyController.plan`):
    (thrashing: every resident session's prefix is evicted while it waits on a tool, as if
    no controller ran). While a session waits and ``Σ resident working sets > (1 - headroom)
    * capacity``, idle resident sessions whose demotion pays are demoted, best first, until
-   the rest fit (or none is left); a session with a live request is never demoted.
+   the rest fit (or none is left); a session with a live request is never demoted. While
+   the resident working sets exceed the whole ``capacity``, keeping them all is not an option
+   (the pool evicts blocks of resident sessions anyway, and they thrash), so idle resident
+   sessions are demoted best first *whether or not their demotion pays* until the rest fit
+   the capacity: the forecast then chooses who gives up room, instead of the eviction order
+   of a thrashing cache.
 4. Starvation bound: a session whose oldest waiting request arrived ``max_wait_s`` ago,
    or that was held in ``max_passes`` steps, goes first and is admitted even if it does
    not fit (vLLM's own KV admission still applies). When no resident session has a live
@@ -29,8 +34,10 @@ Rule, evaluated once per scheduler step (:meth:`ResidencyController.plan`):
    controller). Both are counted as *forced* admissions.
 
 Cost trade-off for demoting an idle resident session ``j`` with ``W_j`` blocks, idle ``e``
-seconds, return forecast ``F_j`` (quantiles of its gap; remaining gap ``R_j`` = the
-quantiles above ``e`` minus ``e``; no forecast = "idle as long again"), while a session waits:
+seconds, return forecast ``F_j`` (quantiles of its gap, read as a piecewise-linear quantile
+function; remaining gap ``R_j`` = the gap minus ``e`` given it exceeds ``e``, see
+:meth:`~cachewise.runtime.sessions.Forecast.expected_hold`; no forecast = "idle as long
+again"), while a session waits:
 
     keep_j = E[min(R_j, H)]                 # seconds the waiting head is held by j's room
     drop_j = P(R_j <= H) * (prefill_s(W_j) * (1 + n_run) + Q)
@@ -158,11 +165,12 @@ class ResidencyController:
         waiting.sort(key=lambda s: (not self._aged(s.key, waited[s.key]), s.first_arrival, s.key))
         candidates: list[tuple[float, SessionState, float]] | None = None
         if waiting and used > self.budget:  # rule 3: the resident sessions outgrew the cache
-            candidates = self._candidates(idle, now, running)
-            while candidates and used > self.budget:
-                _, cand, blocks = candidates.pop(0)
+            ranked = self._candidates(idle, now, running)
+            while ranked and (used > self.capacity or (used > self.budget and ranked[0][0] > 0)):
+                _, cand, blocks = ranked.pop(0)
                 self._demote(view, cand.key, plan)
                 used -= blocks
+            candidates = [c for c in ranked if c[0] > 0]
         blocked = False
         for state in waiting:
             key = state.key
@@ -172,7 +180,7 @@ class ResidencyController:
                 fits = used + need <= self.budget
                 if not fits:
                     if candidates is None:
-                        candidates = self._candidates(idle, now, running)
+                        candidates = [c for c in self._candidates(idle, now, running) if c[0] > 0]
                     freed, chosen = 0.0, []
                     for _, cand, blocks in candidates:
                         if used - freed + need <= self.budget:
@@ -215,12 +223,11 @@ class ResidencyController:
     def _candidates(
         self, idle: list[tuple[SessionState, float]], now: float, running: int
     ) -> list[tuple[float, SessionState, float]]:
-        """Idle resident sessions whose demotion pays, best first (largest ``keep - drop``)."""
+        """Idle resident sessions as ``(keep - drop, state, blocks)``, best first; those with
+        ``keep - drop > 0`` are the ones whose demotion pays."""
         out = []
         for state, blocks in idle:
             keep, drop = self.keep_and_drop(state, blocks, now, running)
-            if keep > drop:
-                out.append((keep - drop, state, blocks))
+            out.append((keep - drop, state, blocks))
         out.sort(key=lambda c: (-c[0], c[1].first_arrival, c[1].key))
         return out
-

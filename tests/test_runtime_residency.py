@@ -113,6 +113,27 @@ def test_sessions_that_outgrew_the_cache_shed_idle_ones_while_another_waits() ->
     assert view.get("G").resident and view.get("F").demoted
 
 
+def test_residents_over_the_whole_capacity_shed_even_when_demotion_does_not_pay() -> None:
+    """Past the capacity the residents evict each other anyway: the forecast picks who goes."""
+    view, ctl = SessionView(BLOCK), ResidencyController(ResidencySettings(headroom=0.2), 100, BLOCK_TOKENS)
+    _run_and_finish(view, "a", "A", 60, 0.0, NEAR)
+    _run_and_finish(view, "b", "B", 55, 0.0, Forecast.from_samples([1.0, 2.5, 4.0]))
+    for key in ("A", "B"):
+        view.set_residency(key, True)
+    for key in ("A", "B"):
+        keep, drop = ctl.keep_and_drop(view.get(key), view.working_set(key), 0.5, running=8)
+        assert keep < drop  # neither demotion pays by the cost rule
+    view.on_arrival("w", "W", "t", 10 * BLOCK, 0.5)
+    plan = ctl.plan(view, 0.5, running=8)
+    assert plan.demoted == ["B"]  # the larger keep - drop; then 60 <= capacity, and 60 + 10 <= budget 80
+    assert plan.admitted == {"W"} and view.get("A").resident
+    view2, ctl2 = SessionView(BLOCK), ResidencyController(ResidencySettings(headroom=0.5), 100, BLOCK_TOKENS)
+    _run_and_finish(view2, "a", "A", 60, 0.0, NEAR)  # over the budget (50), within the capacity
+    view2.set_residency("A", True)
+    view2.on_arrival("w", "W", "t", 10 * BLOCK, 0.5)
+    assert ctl2.plan(view2, 0.5, running=8).demoted == [] and view2.get("A").resident
+
+
 def test_starvation_bound_by_wait_time_and_passes() -> None:
     for kw, steps in (({"max_wait_s": 5.0}, 5), ({"max_passes": 3, "max_wait_s": 1e9}, 4)):
         view, ctl = SessionView(BLOCK), _controller(100, **kw)
@@ -168,6 +189,6 @@ def test_demotion_happens_only_when_a_session_waits_and_then_it_fits(sessions: l
         assert ("W" in plan.admitted and resident <= ctl.budget) or before > ctl.budget
         for key in plan.demoted:
             keep, drop = ctl.keep_and_drop(view.get(key), view.working_set(key), 200.0, running=1)
-            assert keep > drop
+            assert keep > drop or before > ctl.capacity  # past the whole capacity the best go regardless
     if "W" in plan.admitted and "W" not in plan.forced:
         assert resident <= ctl.budget
