@@ -15,6 +15,11 @@ client's ``session_id`` (``Request.session_id`` or the hint), else by the runtim
 inference (:meth:`~cachewise.runtime.request_calls.CallBuilder.lookup`). Any exception in
 this logic logs one warning and turns residency off for good: the scheduler is vLLM's
 from then on (held requests are restored first). Residency applies to the FCFS policy.
+With vLLM's offloading connector running the CacheWise CPU-tier policy, the same step may
+prefetch demoted sessions' prefixes from the host (settings
+``additional_config["cachewise"]["prefetch"]``, :mod:`cachewise.runtime.prefetch`): internal
+requests added here, hidden from ``update_from_output``'s outputs; any error turns prefetch
+off only.
 
 Prefix-aware admission: waiting requests with larger cached-prefix hits go first.
 
