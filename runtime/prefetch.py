@@ -71,7 +71,8 @@ class PrefetchStats:
     completed: int = 0
     aborted_arrived: int = 0  # the session's request came first
     aborted_waited: int = 0  # not started within max_wait_s (no GPU room)
-    skipped_no_room: int = 0  # due, but no room this step (once per session per idle period)
+    skipped_waiting: int = 0  # due while a session waited for admission (once per session per idle period)
+    skipped_no_room: int = 0  # due, no session waiting, but no room in the budget or pool (likewise)
     unsupported: int = 0
     errors: int = 0
 
@@ -111,7 +112,7 @@ class Prefetcher:
     inflight: dict[str, Inflight] = field(default_factory=dict)  # request id -> prefetch
     _last: dict[str, Request] = field(default_factory=dict)  # idle session -> its last finished request
     _done: set[str] = field(default_factory=set)  # sessions prefetched (or skipped for good) since their last request
-    _skipped: set[str] = field(default_factory=set)  # sessions counted as skipped for room since their last request
+    _skipped: dict[str, set[str]] = field(default_factory=dict)  # reason -> sessions counted skipped since their last request
     _ids: Any = field(default_factory=itertools.count)
 
     # -------------------------------------------------------------- events
@@ -119,7 +120,8 @@ class Prefetcher:
         """A user request of ``session`` finished: it is the one a prefetch would mirror."""
         self._last[session] = request
         self._done.discard(session)
-        self._skipped.discard(session)
+        for sessions in self._skipped.values():
+            sessions.discard(session)
 
     def is_prefetch(self, request_id: str) -> bool:
         return request_id in self.inflight
@@ -137,7 +139,8 @@ class Prefetcher:
         for key in [k for k in self._last if view.get(k) is None]:
             del self._last[key]
             self._done.discard(key)
-            self._skipped.discard(key)
+            for sessions in self._skipped.values():
+                sessions.discard(key)
 
     # ------------------------------------------------------------ decisions
     def stale(self, view: SessionView, now: float) -> list[tuple[Inflight, str]]:
@@ -180,11 +183,13 @@ class Prefetcher:
         out.sort(key=lambda d: (-d.p_back, d.reuse_at, d.state.key))
         return out
 
-    def skipped(self, key: str) -> None:
-        """``key`` was due but found no room (counted once per idle period)."""
-        if key not in self._skipped:
-            self._skipped.add(key)
-            self.stats.skipped_no_room += 1
+    def skipped(self, key: str, reason: str) -> None:
+        """``key`` was due but not prefetched, ``reason`` ``waiting`` | ``no_room`` (each counted
+        once per session and idle period)."""
+        seen = self._skipped.setdefault(reason, set())
+        if key not in seen:
+            seen.add(key)
+            setattr(self.stats, f"skipped_{reason}", getattr(self.stats, f"skipped_{reason}") + 1)
 
     # -------------------------------------------------------------- requests
     def blocks_needed(self, key: str) -> int:

@@ -315,14 +315,17 @@ class ResidencyMixin:
             for inflight, reason in pf.stale(view, now):
                 self._abort_prefetch(inflight, reason)
             pf.forget(view)
-            if not plan.held and len(pf.inflight) < pf.settings.max_inflight:
+            if len(pf.inflight) < pf.settings.max_inflight:
                 pool = self.kv_cache_manager.block_pool
                 used, free = plan.used, pool.get_num_free_blocks()
                 for due in pf.due(view, now):
                     key = due.state.key
+                    if plan.held:
+                        pf.skipped(key, "waiting")
+                        continue
                     need = pf.blocks_needed(key)
                     if used + due.blocks > controller.budget or need > free:
-                        pf.skipped(key)
+                        pf.skipped(key, "no_room")
                         continue
                     request = pf.build(key, now)
                     if request is None:

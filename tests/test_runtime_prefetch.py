@@ -145,7 +145,7 @@ def test_no_prefetch_for_a_late_return_or_while_a_session_waits() -> None:
     run.s.residency.plan = lambda *a, **k: (lambda p: (p.held.append("someone"), p)[1])(plan_held(*a, **k))
     run.s.add_request(cpu_engine.make_request("g", list(range(2000, 2100)), BS, max_tokens=10, session_id="g"))
     run.until_idle()
-    assert run.s.prefetcher.stats.issued == 0
+    assert run.s.prefetcher.stats.issued == 0 and run.s.prefetcher.stats.skipped_waiting == 1
 
 
 def test_a_prefetch_that_has_not_started_is_aborted_when_the_request_arrives() -> None:
