@@ -193,3 +193,18 @@ def test_prefetch_settings_parse_and_reject_bad_values() -> None:
 
 def test_prefetch_is_off_without_the_cachewise_host_tier() -> None:
     assert build(policy="lru").prefetcher is None
+
+
+def test_a_prefetch_error_turns_prefetch_off_and_serving_goes_on() -> None:
+    run = Clocked(build())
+    pf = run.s.prefetcher
+    first_round(run, sessions=2)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    pf.due = broken
+    run.s.add_request(cpu_engine.make_request("f", list(range(1000, 1100)), BS, max_tokens=5, session_id="f"))
+    done = run.until_idle()
+    assert [r.request_id for r in done] == ["f"] and done[0].num_output_tokens == 5
+    assert run.s.prefetcher is None and run.s.prefetch_stats.errors == 1 and run.s.residency is not None
