@@ -55,7 +55,7 @@ def inputs(tmp_path_factory) -> dict[str, Path]:
 
 def replay(inputs: dict[str, Path], out: str, host_kv_frac: float) -> pd.DataFrame:
     argv = ["replay", "--params", str(inputs["params"]), "--events", str(inputs["events"]),
-            "--model", str(inputs["model"]), "--policies", ",".join(BASE + TIER), "--host-kv-frac", str(host_kv_frac),
+            "--model", str(inputs["model"]), "--policies", ",".join(BASE + TIER + ["infinite"]), "--host-kv-frac", str(host_kv_frac),
             "--capacity-frac", "0.25", "--concurrency", "6", "--out", str(inputs["tmp"] / out), "--no-progress",
             "--allow-train-tasks", "--seeds", "1"]  # fmt: skip
     assert main(argv) == 0
@@ -74,6 +74,7 @@ def test_tier_policies_finish_every_session_and_use_the_host(inputs: dict[str, P
     # only cachewise_prefetch prefetches; every return is counted the same way under every policy
     assert (results.loc[[p for p in BASE + TIER if p != "cachewise_prefetch"], "prefetch_issued"] == 0).all()
     assert (results["returns"] > 0).all() and results["returns_resident_frac"].between(0, 1).all()
+    assert results.at["infinite", "returns_resident_frac"] == 1.0 and results.at["lru", "returns_resident_frac"] < 1.0
 
 
 def test_no_tier_at_host_kv_frac_zero_matches_the_base_policies(inputs: dict[str, Path]) -> None:
