@@ -110,7 +110,7 @@ class Prefetcher:
     block_size: int
     stats: PrefetchStats = field(default_factory=PrefetchStats)
     inflight: dict[str, Inflight] = field(default_factory=dict)  # request id -> prefetch
-    _last: dict[str, Request] = field(default_factory=dict)  # idle session -> its last finished request
+    _last: dict[str, Request] = field(default_factory=dict)  # session -> its last finished request
     _done: set[str] = field(default_factory=set)  # sessions prefetched (or skipped for good) since their last request
     _skipped: dict[str, set[str]] = field(default_factory=dict)  # reason -> sessions counted skipped since their last request
     _ids: Any = field(default_factory=itertools.count)
@@ -123,12 +123,9 @@ class Prefetcher:
         for sessions in self._skipped.values():
             sessions.discard(session)
 
-    def is_prefetch(self, request_id: str) -> bool:
-        return request_id in self.inflight
-
-    def loading(self, session: str) -> bool:
-        """Whether a prefetch of ``session`` is loading from the host now."""
-        return any(p.session == session and p.request.status == RequestStatus.WAITING_FOR_REMOTE_KVS for p in self.inflight.values())
+    def loading_sessions(self) -> set[str]:
+        """Sessions whose prefetch is loading from the host now (``WAITING_FOR_REMOTE_KVS``)."""
+        return {p.session for p in self.inflight.values() if p.request.status == RequestStatus.WAITING_FOR_REMOTE_KVS}
 
     def finished(self, request_id: str) -> Inflight | None:
         """The prefetch ``request_id`` finished (completed or aborted); forget it."""

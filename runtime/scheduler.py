@@ -337,7 +337,7 @@ class ResidencyMixin:
                     used, free = used + due.blocks, free - need
                     if len(pf.inflight) >= pf.settings.max_inflight:
                         break
-            return {p.session for p in pf.inflight.values() if p.request.status == RequestStatus.WAITING_FOR_REMOTE_KVS}
+            return pf.loading_sessions()
         except Exception as exc:  # noqa: BLE001 - prefetch is optional; residency and vLLM go on
             pf.stats.errors += 1
             logger.warning("CacheWise prefetch off, residency continues: %s: %s", type(exc).__name__, exc)
