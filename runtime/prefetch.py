@@ -33,8 +33,10 @@ Mechanism, and the vLLM hook each part uses:
   ``EngineCoreOutputs`` (no client sees it; vLLM's output processor drops unknown ids anyway);
 * **abort** (``Scheduler.finish_requests``, ``FINISHED_ABORTED``): a prefetch that has not
   started (no blocks, not loading) is aborted when its session's request arrives first (that
-  request loads the prefix itself) or after ``max_wait_s``; while a prefetch is loading, its
-  session's new requests are held one step at a time (no second load of the same blocks);
+  request loads the prefix itself) or after ``max_wait_s``; while a prefetch is loading, vLLM's
+  connector itself delays a request whose host chunks are being loaded
+  (``get_num_new_matched_tokens`` returns None), so the session's request waits for that load
+  instead of loading the same blocks again;
 * **fallback**: a request that cannot be mirrored (multimodal, prompt embeddings, no block
   hasher, fewer than one full block) is skipped (counted ``unsupported``); any exception turns
   prefetch off for good (counted, one warning; residency and vLLM go on).
@@ -122,10 +124,6 @@ class Prefetcher:
         self._done.discard(session)
         for sessions in self._skipped.values():
             sessions.discard(session)
-
-    def loading_sessions(self) -> set[str]:
-        """Sessions whose prefetch is loading from the host now (``WAITING_FOR_REMOTE_KVS``)."""
-        return {p.session for p in self.inflight.values() if p.request.status == RequestStatus.WAITING_FOR_REMOTE_KVS}
 
     def finished(self, request_id: str) -> Inflight | None:
         """The prefetch ``request_id`` finished (completed or aborted); forget it."""

@@ -286,9 +286,9 @@ class ResidencyMixin:
             plan = controller.plan(view, now, len(self.running))
             for key in plan.demoted:
                 self._demote(key)
-            held_sessions = set(plan.held)
             if self.prefetcher is not None:
-                held_sessions |= self._prefetch(view, controller, plan, now)
+                self._prefetch(view, controller, plan, now)
+            held_sessions = set(plan.held)
             snapshot = list(waiting)
             held = [
                 r
@@ -305,10 +305,9 @@ class ResidencyMixin:
             self.residency_cpu_s += time.perf_counter() - start
             self.residency_steps += 1
 
-    def _prefetch(self, view: SessionView, controller: ResidencyController, plan: Any, now: float) -> set[str]:
-        """Abort stale prefetches and add due ones (:mod:`cachewise.runtime.prefetch`); returns the
-        sessions whose prefetch is loading (their new requests wait a step). Any exception turns
-        prefetch off (counted)."""
+    def _prefetch(self, view: SessionView, controller: ResidencyController, plan: Any, now: float) -> None:
+        """Abort stale prefetches and add due ones (:mod:`cachewise.runtime.prefetch`). Any
+        exception turns prefetch off (counted)."""
         pf = self.prefetcher
         assert pf is not None
         try:
@@ -337,12 +336,10 @@ class ResidencyMixin:
                     used, free = used + due.blocks, free - need
                     if len(pf.inflight) >= pf.settings.max_inflight:
                         break
-            return pf.loading_sessions()
         except Exception as exc:  # noqa: BLE001 - prefetch is optional; residency and vLLM go on
             pf.stats.errors += 1
             logger.warning("CacheWise prefetch off, residency continues: %s: %s", type(exc).__name__, exc)
             self.prefetcher = None
-            return set()
 
     def _abort_prefetch(self, inflight: Inflight, reason: str) -> None:
         pf = self.prefetcher

@@ -208,3 +208,25 @@ def test_a_prefetch_error_turns_prefetch_off_and_serving_goes_on() -> None:
     done = run.until_idle()
     assert [r.request_id for r in done] == ["f"] and done[0].num_output_tokens == 5
     assert run.s.prefetcher is None and run.s.prefetch_stats.errors == 1 and run.s.residency is not None
+
+
+def test_a_request_arriving_while_its_prefetch_loads_waits_for_it_instead_of_loading_again() -> None:
+    """vLLM's connector delays a request whose host chunks are being loaded: one load, the prefetch's."""
+    run = Clocked(build())
+    pf = run.s.prefetcher
+    prompts = first_round(run)
+    demote_all(run, {"s0": 0.9, "s1": 500.0, "s2": 500.0, "s3": 500.0})
+    run.s.add_request(cpu_engine.make_request("f", list(range(1000, 1300)), BS, max_tokens=30, session_id="f"))
+    loads = run.worker.load_jobs
+    def loading() -> set[str]:
+        return {p.session for p in pf.inflight.values() if p.request.status == RequestStatus.WAITING_FOR_REMOTE_KVS}
+
+    for _ in range(50):
+        run.step()
+        if loading():
+            break
+    assert loading() == {"s0"} and run.worker.load_jobs == loads + 1
+    run.s.add_request(cpu_engine.make_request("b0", prompts[0] + [7, 7, 7, 7] + [5] * 16, BS, max_tokens=4, session_id="s0"))
+    run.until_idle()
+    assert pf.stats.completed == 1 and run.worker.load_jobs == loads + 1  # one load: the prefetch's
+    assert run.computed["b0"] <= 180 - 10 * BS + 3
