@@ -78,7 +78,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "(e.g. cachewise.runtime.scheduler.PrefixAwareScheduler); a residency policy's own class wins",
     )
     parser.add_argument(
-        "--host-kv-frac", type=float, help="host-memory KV tier of the *_offload policies, in GPU KV capacities (0: none)"
+        "--host-kv-frac", type=float, help="host-memory KV tier of the *_offload and cachewise_prefetch policies, in GPU KV capacities (0: none)"
     )
     parser.add_argument(
         "--admission-caps", help="comma-separated fixed admission caps N, added as policies capN (e.g. 4,8,12,16,24)"

@@ -122,7 +122,10 @@ class ClosedLoopDriver:
             arrival_time=self.clock.now,
             hint=self.w.hint(call) if self.client_hints else self.w.server_view(call),
         )
-        self.metrics.on_arrival(call.session, call.thread, VllmEngine.block_hashes(request), len(prompt))
+        hashes = VllmEngine.block_hashes(request)
+        if previous is not None:  # a return of its thread: was its prefix on the GPU when it arrived?
+            self.metrics.on_return(hashes, self.engine.gpu_prefix_blocks(request))
+        self.metrics.on_arrival(call.session, call.thread, hashes, len(prompt))
 
     def _finish(self, request: Request) -> None:
         now = self.clock.now

@@ -6,7 +6,9 @@ tokenizer), with prefix caching on and a KV cache of ``num_blocks`` blocks. Each
 :meth:`VllmEngine.step` calls ``Scheduler.schedule()``, then hands
 ``Scheduler.update_from_output()`` a ``ModelRunnerOutput`` that "samples" the planned
 output token of every request whose prefill is complete, as the GPU model runner does
-(partial prefill chunks sample nothing). Requests are sent with ``max_tokens`` equal to
+(partial prefill chunks sample nothing). Requests the scheduler adds itself (prefetches,
+:mod:`cachewise.runtime.prefetch`) are run like any other (token 0) and never reported as
+finished: :attr:`StepResult.finished` holds the replay's requests only. Requests are sent with ``max_tokens`` equal to
 their planned output length and ``ignore_eos``, so every response has exactly its
 recorded length.
 
@@ -35,6 +37,7 @@ from typing import Any
 import numpy as np
 from vllm.config import KVEventsConfig, KVTransferConfig, VllmConfig
 from vllm.distributed.kv_events import BlockRemoved, BlockStored, KVEventBatch
+from vllm.v1.core.block_pool import BlockPool
 from vllm.envs import enable_envs_cache
 from vllm.v1.core.kv_cache_utils import maybe_convert_block_hash
 from vllm.v1.core.sched.output import SchedulerOutput
@@ -211,6 +214,17 @@ class VllmEngine:
         """External hashes of the request's full blocks, as KV events report them."""
         return [maybe_convert_block_hash(h) for h in request.block_hashes]
 
+    def gpu_prefix_blocks(self, request: Request) -> int:
+        """Leading full blocks of ``request``'s prompt cached on the GPU now (vLLM's lookup order,
+        at most ``num_tokens - 1`` tokens; read-only, no eviction counted). O(prefix blocks)."""
+        pool = self.block_pool
+        found = 0
+        for block_hash in request.block_hashes[: (request.num_tokens - 1) // self.params.block_size]:
+            if BlockPool.get_cached_block(pool, block_hash, [0]) is None:
+                break
+            found += 1
+        return found
+
     def has_work(self) -> bool:
         """True while some request is waiting or running."""
         return self.scheduler.has_unfinished_requests()
@@ -235,15 +249,16 @@ class VllmEngine:
                 result.prefilled_blocks.extend(maybe_convert_block_hash(h) for h in done)
             if request.is_prefill_chunk:
                 sampled.append([])
-            else:
-                sampled.append([int(self._outputs[rid][len(request.output_token_ids)])])
+            else:  # an internal request (a prefetch, cachewise.runtime.prefetch) has no planned output: token 0
+                planned = self._outputs.get(rid)
+                sampled.append([int(planned[len(request.output_token_ids)]) if planned is not None else 0])
         runner_out = ModelRunnerOutput(
             req_ids=req_ids,
             req_id_to_index={r: i for i, r in enumerate(req_ids)},
             sampled_token_ids=sampled,
             kv_connector_output=kv_connector_output,
         )
-        scheduled = {rid: self.scheduler.requests[rid] for rid in req_ids}
+        scheduled = {rid: self.scheduler.requests[rid] for rid in req_ids if rid in self._outputs}  # the replay's requests
         for core_out in self.scheduler.update_from_output(out, runner_out).values():
             if core_out.scheduler_stats is not None:
                 self.prefix_queries += core_out.scheduler_stats.prefix_cache_stats.queries

@@ -6,7 +6,10 @@
 ``cachewise_offload``  ``cachewise`` (learned eviction + residency controller) with the host tier
                        running CacheWise's CPU policy
                        (:class:`~cachewise.runtime.cpu_policy.CacheWiseCachePolicy`, attached to
-                       the residency scheduler's session view); no prefetch.
+                       the residency scheduler's session view); no prefetch;
+``cachewise_prefetch`` ``cachewise_offload`` plus prefetch (:mod:`cachewise.runtime.prefetch`):
+                       a demoted session's prefix is loaded back from the host before its
+                       predicted return (``PrefetchSettings`` defaults, enabled).
 
 Each is registered in the replay's policy :data:`~cachewise.replay.policies.REGISTRY` with its
 base policy's spec (``lru`` or ``cachewise``): the same predictor, scheduler and guard; the
@@ -25,6 +28,7 @@ from vllm.config import KVTransferConfig
 from vllm.v1.kv_cache_interface import FullAttentionSpec
 
 from cachewise.replay import residency_policies  # noqa: F401 - registers the base policy "cachewise"
+from cachewise.runtime.config import PrefetchSettings
 from cachewise.replay.host_tier import LLAMA_8B_KV_BYTES_PER_TOKEN, TransferModel, TransferWorker, offload_transfer_config
 from cachewise.replay.policies import REGISTRY, register_policy
 
@@ -32,8 +36,12 @@ HOST_TIER_POLICIES: dict[str, tuple[str, str]] = {
     "vllm_offload": ("lru", "lru"),
     "vllm_offload_arc": ("lru", "arc"),
     "cachewise_offload": ("cachewise", "cachewise"),
+    "cachewise_prefetch": ("cachewise", "cachewise"),
 }
 """Policy -> (base policy, host-tier eviction policy of :func:`~cachewise.replay.host_tier.offload_transfer_config`)."""
+
+PREFETCH_POLICIES = frozenset({"cachewise_prefetch"})
+"""Tier policies whose residency scheduler prefetches (the others: ``prefetch_settings`` disabled)."""
 
 for _name, (_base, _) in HOST_TIER_POLICIES.items():
     register_policy(_name, REGISTRY[_base])
@@ -71,7 +79,8 @@ def host_tier_for(
 
     A residency scheduler (``residency_settings`` set, as the replay's are) gets
     ``host_reload_s_per_token`` = the measured load time of one replay token (bytes over the
-    link's bandwidth plus its per-chunk cost), so its cost rule prices a demotion as a reload."""
+    link's bandwidth plus its per-chunk cost), so its cost rule prices a demotion as a reload,
+    and prefetch settings enabled for :data:`PREFETCH_POLICIES` (disabled otherwise)."""
     if policy not in HOST_TIER_POLICIES or settings is None or settings.host_kv_frac == 0:
         return None
     host_chunks = max(1, round(settings.host_kv_frac * gpu_blocks))
@@ -84,5 +93,8 @@ def host_tier_for(
         link = settings.transfer.load
         per_token = token_scale * settings.kv_bytes_per_token / (link.bandwidth_gb_s * 1e9) + link.t_chunk_s / block_size
         tiered = replace(residency, host_reload_s_per_token=per_token)
-        scheduler_cls = type(f"{scheduler_cls.__name__}HostTier", (scheduler_cls,), {"residency_settings": tiered})
+        prefetch = PrefetchSettings(enabled=policy in PREFETCH_POLICIES)
+        scheduler_cls = type(
+            f"{scheduler_cls.__name__}HostTier", (scheduler_cls,), {"residency_settings": tiered, "prefetch_settings": prefetch}
+        )
     return HostTier(config, worker, scheduler_cls)

@@ -18,6 +18,9 @@ blocks are vLLM blocks of ``block_size`` replay tokens):
   step: the prefill an infinite cache would have saved. A block counts in the step that
   prefills its last token.
 * ``preemptions``: vLLM preemptions (``Request.num_preemptions`` summed).
+* ``returns``, ``returns_resident_frac``: requests of a thread that had an earlier call whose
+  prompt starts with blocks computed before, and the fraction of them that found every such
+  leading block cached on the GPU when they arrived (no reload, no recompute of that prefix).
 * ``jct_s_*`` (mean, p50, p90, p99): per-session job completion time, from the moment its
   agent submitted the session (batch workload: every session at t=0; Poisson arrivals: its
   arrival time) to its last response, so time spent waiting for a slot counts;
@@ -88,6 +91,8 @@ class RunMetrics:
     host_queries: int = 0  # host tier (cachewise.replay.host_tier): tokens looked up there / found there
     host_hits: int = 0
     steps: int = 0
+    returns: int = 0
+    returns_resident: int = 0
     busy_s: float = 0.0
     engine_cpu_s: float = 0.0
     policy_cpu_s: float = 0.0
@@ -104,6 +109,18 @@ class RunMetrics:
             self.harmful_evictions += n
         tail = [("tail", session, thread)] if prompt_len % self.block_size else []
         self.live.update(session, thread, list(hashes) + tail)
+
+    def on_return(self, hashes: list, gpu_prefix_blocks: int) -> None:
+        """A request of a thread with an earlier call arrived with full-block ``hashes``, of which the
+        first ``gpu_prefix_blocks`` are cached on the GPU; call before :meth:`on_arrival`."""
+        computed = 0
+        for h in hashes:
+            if h not in self._ever_stored:
+                break
+            computed += 1
+        if computed:
+            self.returns += 1
+            self.returns_resident += gpu_prefix_blocks >= computed
 
     def on_kv_events(self, stored: list, removed: list) -> None:
         """Hashes vLLM stored / evicted since the last call."""
@@ -145,6 +162,8 @@ class RunMetrics:
             "prefill_tokens": self.prefill_tokens * scale,
             "recomputed_tokens": self.recomputed_blocks * self.block_size * scale,
             "preemptions": self.preemptions,
+            "returns": self.returns,
+            "returns_resident_frac": self.returns_resident / self.returns if self.returns else 0.0,
             "min_harmful_evictions": best.harmful_misses if best else 0,
             "min_recomputed_tokens": best.harmful_misses * self.block_size * scale if best else 0,
             "sessions": len(jct),

@@ -23,6 +23,7 @@ from typing import Any
 from cachewise.runtime.config import GuardConfig, PoolConfig, ResidencySettings
 from cachewise.runtime.hooks import PolicyBinding
 from cachewise.runtime.policy import ManualClock
+from cachewise.runtime.prefetch import PrefetchStats
 from cachewise.replay.costmodel import CostModel
 from cachewise.replay.driver import ArrivalParams, ClosedLoopDriver
 from cachewise.replay.engine import VOCAB_SIZE, EngineParams, VllmEngine
@@ -184,4 +185,6 @@ class Replayer:
         summary["predictor_fallbacks"] = stats.total_fallbacks if stats is not None else 0
         summary["guard_switches"] = stats.guard_switches if stats is not None else 0
         summary.update(engine.transfers.summary() if engine.transfers is not None else TransferWorker.empty_summary())
+        prefetch = getattr(engine.scheduler, "prefetch_stats", None) or PrefetchStats()
+        summary.update({f"prefetch_{k}": v for k, v in asdict(prefetch).items()})
         return summary

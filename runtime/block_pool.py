@@ -97,6 +97,7 @@ class ScoredBlockPool(BlockPool):
         self._order: EvictionOrder | None = EvictionOrder(self.blocks) if predictor is not None and enable_caching else None
         self._consecutive_failures = 0
         self._warned = False
+        self._expected: dict[str, tuple[float, float]] = {}  # request id -> prediction set by expect()
         window = self.config.harmful_window
         self._window = num_gpu_blocks if window is None else window
         self._recently_evicted: OrderedDict[bytes, None] = OrderedDict()
@@ -122,9 +123,12 @@ class ScoredBlockPool(BlockPool):
         """
         self.stats.released += 1
         order = self._order
+        expected = self._expected.pop(request.request_id, None) if self._expected and request.is_finished() else None
         if order is not None and any(chain for chain, _ in chains):
             now = self.clock()
-            if request.is_finished():
+            if expected is not None:
+                prediction = checked(expected, now, self.config.max_idle_s)
+            elif request.is_finished():
                 prediction = self._predict(request, now)
             else:
                 self.stats.held += 1
@@ -136,6 +140,13 @@ class ScoredBlockPool(BlockPool):
                     if self._guard is not None and reuse_at is not None:
                         self._guard.on_release(chain, reuse_at, expire_at)
         self._publisher.publish()
+
+    def expect(self, request_id: str, reuse_at: float, expire_at: float) -> None:
+        """When ``request_id`` finishes, its blocks carry ``(reuse_at, expire_at)`` and the predictor
+        is not asked (an internal request whose reuse the caller knows: a prefetch,
+        :mod:`cachewise.runtime.prefetch`). Forgotten when the request is released. O(1)."""
+        checked((reuse_at, expire_at), reuse_at, self.config.max_idle_s)  # raises InvalidPrediction on NaN / -inf
+        self._expected[request_id] = (reuse_at, expire_at)
 
     def on_request_arrived(self, request: Request, groups: Sequence[tuple[int, int]]) -> None:
         """``request`` entered the waiting queue; ``groups`` = (group id, block size) per chained group.

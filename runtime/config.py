@@ -169,6 +169,40 @@ class ResidencySettings:
 
 
 @dataclass(frozen=True)
+class PrefetchSettings:
+    """Prefetch of demoted sessions' prefixes from the host tier (``cachewise.prefetch``;
+    :mod:`cachewise.runtime.prefetch`). Runs only with the residency scheduler and the
+    CacheWise CPU-tier policy attached to vLLM's offloading connector.
+
+    ``enabled``: off by default. A demoted idle session is prefetched when
+    ``P(back within load_s + lead_s | idle so far) >= min_p_back`` (its forecast; ``load_s`` =
+    its working set in tokens x ``residency.host_reload_s_per_token``) and its working set fits
+    the residency budget with no session waiting for admission. ``max_inflight``: prefetch
+    requests in vLLM at once. ``max_wait_s``: a prefetch not started after this long (no GPU
+    room) is aborted; one is also aborted when its session's request arrives first.
+    """
+
+    enabled: bool = False
+    min_p_back: float = 0.5
+    lead_s: float = 1.0
+    max_inflight: int = 4
+    max_wait_s: float = 5.0
+
+    @classmethod
+    def from_mapping(cls, raw: Mapping[str, Any]) -> PrefetchSettings:
+        """Parse ``cachewise.prefetch``; unknown keys and wrong types raise :class:`ConfigError`."""
+        return cls(**_sub_mapping(cls, raw, "prefetch", verbatim=("enabled",)))
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.enabled, bool):
+            raise ConfigError(f"cachewise.prefetch.enabled must be true or false, got {self.enabled!r}")
+        if not (0 < self.min_p_back <= 1) or not (0 <= self.lead_s < math.inf) or self.max_inflight < 1:
+            raise ConfigError(f"invalid prefetch settings {self} (min_p_back in (0, 1], lead_s >= 0, max_inflight >= 1)")
+        if not (0 < self.max_wait_s < math.inf):
+            raise ConfigError(f"cachewise.prefetch.max_wait_s must be a finite number > 0, got {self.max_wait_s}")
+
+
+@dataclass(frozen=True)
 class CacheWiseSettings:
     """Everything under ``additional_config["cachewise"]``.
 
@@ -188,6 +222,7 @@ class CacheWiseSettings:
     pool: PoolConfig = field(default_factory=PoolConfig)
     scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)
     residency: ResidencySettings = field(default_factory=ResidencySettings)
+    prefetch: PrefetchSettings = field(default_factory=PrefetchSettings)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -209,6 +244,7 @@ class CacheWiseSettings:
         pool_keys = {f.name for f in fields(PoolConfig)} - {"guard"}
         own_keys = {
             "mode", "model", "tool_parser", "metrics_port", "registry_timeout_s", "log_dir", "scheduler", "residency", "guard",
+            "prefetch",
         }
         unknown = set(raw) - pool_keys - own_keys
         if unknown:
@@ -223,6 +259,8 @@ class CacheWiseSettings:
             scheduler = SchedulerSettings.from_mapping({} if sched_raw is None else sched_raw)
             residency_raw = raw.pop("residency", None)
             residency = ResidencySettings.from_mapping({} if residency_raw is None else residency_raw)
+            prefetch_raw = raw.pop("prefetch", None)
+            prefetch = PrefetchSettings.from_mapping({} if prefetch_raw is None else prefetch_raw)
             port = raw.pop("metrics_port", None)
             port = int(port) if isinstance(port, str) and port.strip().isdigit() else port  # "9400" as on a CLI
             timeout = raw.pop("registry_timeout_s", None)
@@ -239,6 +277,7 @@ class CacheWiseSettings:
                 pool=pool,
                 scheduler=scheduler,
                 residency=residency,
+                prefetch=prefetch,
             )
         except (TypeError, ValueError) as exc:
             if isinstance(exc, ConfigError):

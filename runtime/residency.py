@@ -78,6 +78,7 @@ class Plan:
     held: list[str] = field(default_factory=list)  # FCFS order
     demoted: list[str] = field(default_factory=list)
     forced: list[str] = field(default_factory=list)  # admitted by the starvation bound or to avoid idling
+    used: float = 0.0  # Σ working sets of the resident sessions after this plan (blocks)
 
 
 def prefill_seconds(settings: ResidencySettings, tokens: int) -> float:
@@ -209,6 +210,7 @@ class ResidencyController:
                 blocked = True
             plan.held.append(key)
             self._passes[key] = self._passes.get(key, 0) + 1
+        plan.used = used
         return plan
 
     def _demote(self, view: SessionView, key: str, plan: Plan) -> None:

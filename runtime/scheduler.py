@@ -15,6 +15,11 @@ client's ``session_id`` (``Request.session_id`` or the hint), else by the runtim
 inference (:meth:`~cachewise.runtime.request_calls.CallBuilder.lookup`). Any exception in
 this logic logs one warning and turns residency off for good: the scheduler is vLLM's
 from then on (held requests are restored first). Residency applies to the FCFS policy.
+With vLLM's offloading connector running the CacheWise CPU-tier policy, the same step may
+prefetch demoted sessions' prefixes from the host (settings
+``additional_config["cachewise"]["prefetch"]``, :mod:`cachewise.runtime.prefetch`): internal
+requests added here, hidden from ``update_from_output``'s outputs; any error turns prefetch
+off only.
 
 Prefix-aware admission: waiting requests with larger cached-prefix hits go first.
 
@@ -51,13 +56,14 @@ from typing import Any
 from vllm.v1.core.sched.async_scheduler import AsyncScheduler
 from vllm.v1.core.sched.request_queue import FCFSRequestQueue
 from vllm.v1.core.sched.scheduler import Scheduler
-from vllm.v1.request import Request
+from vllm.v1.request import Request, RequestStatus
 
 from cachewise.runtime.block_pool import ScoredBlockPool
-from cachewise.runtime.config import CONFIG_KEY, ConfigError, ResidencySettings, SchedulerSettings
+from cachewise.runtime.config import CONFIG_KEY, ConfigError, PrefetchSettings, ResidencySettings, SchedulerSettings
 from cachewise.runtime.cpu_policy import attach_to_scheduler
 from cachewise.runtime.hooks import chained_groups
 from cachewise.runtime.policy import engine_clock
+from cachewise.runtime.prefetch import PREFIX, Inflight, Prefetcher, PrefetchStats
 from cachewise.runtime.request_calls import hint_of
 from cachewise.runtime.residency import ResidencyController, prefill_seconds
 from cachewise.runtime.sessions import SessionView
@@ -177,13 +183,18 @@ class ResidencyMixin:
     """Adds session residency (module doc) to a vLLM scheduler class.
 
     Class attributes a client may override in a subclass (the replay does):
-    ``residency_settings`` (None: from ``additional_config``) and ``controller_cls``.
+    ``residency_settings`` and ``prefetch_settings`` (None: from ``additional_config``) and
+    ``controller_cls``. Prefetch (:mod:`cachewise.runtime.prefetch`) runs when enabled and the
+    CacheWise CPU-tier policy is attached with a reload cost (``host_reload_s_per_token`` > 0).
     """
 
     residency_settings: ResidencySettings | None = None
+    prefetch_settings: PrefetchSettings | None = None
     controller_cls: type[ResidencyController] = ResidencyController
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.prefetcher: Prefetcher | None = None
+        self.prefetch_stats = PrefetchStats()
         super().__init__(*args, **kwargs)
         self.sessions: SessionView | None = None
         self.residency: ResidencyController | None = None
@@ -213,6 +224,12 @@ class ResidencyMixin:
         calls = getattr(predictor, "calls", None)
         self._lookup = getattr(calls, "lookup", None)
         logger.info("CacheWise residency on: %s, capacity %d blocks", settings, self.residency.capacity)
+        prefetch = self.prefetch_settings or _section(self.vllm_config, "prefetch", PrefetchSettings)
+        if prefetch.enabled and reload > 0:
+            self.prefetcher = Prefetcher(prefetch, reload, self.block_size, self.prefetch_stats)
+            logger.info("CacheWise prefetch on: %s", prefetch)
+        elif prefetch.enabled:
+            logger.warning("CacheWise prefetch off: it needs the CacheWise CPU-tier policy and residency.host_reload_s_per_token > 0")
 
     def _residency_failed(self, exc: BaseException) -> None:
         if not getattr(self, "_residency_off", False):
@@ -221,6 +238,7 @@ class ResidencyMixin:
         attach_to_scheduler(self, None, time.monotonic)  # the CPU-tier policy back to vLLM's LRU order
         self.sessions = None
         self.residency = None
+        self.prefetcher = None  # prefetches in flight run to their end (outputs still hidden)
 
     def _keys(self, request: Request) -> tuple[str | None, str | None]:
         """(session, thread) of an arriving request: the client's session id, else thread inference."""
@@ -260,13 +278,16 @@ class ResidencyMixin:
     def _hold(self) -> tuple[list[Request], list[Request]]:
         """Apply this step's plan; returns (waiting queue before, requests taken out of it)."""
         view, controller, waiting = self.sessions, self.residency, self.waiting
-        if view is None or controller is None or not waiting:
+        if view is None or controller is None or (not waiting and self.prefetcher is None):
             return [], []
         start = time.perf_counter()
         try:
-            plan = controller.plan(view, self._clock(), len(self.running))
+            now = self._clock()
+            plan = controller.plan(view, now, len(self.running))
             for key in plan.demoted:
                 self._demote(key)
+            if self.prefetcher is not None:
+                self._prefetch(view, controller, plan, now)
             held_sessions = set(plan.held)
             snapshot = list(waiting)
             held = [
@@ -283,6 +304,55 @@ class ResidencyMixin:
         finally:
             self.residency_cpu_s += time.perf_counter() - start
             self.residency_steps += 1
+
+    def _prefetch(self, view: SessionView, controller: ResidencyController, plan: Any, now: float) -> None:
+        """Abort stale prefetches and add due ones (:mod:`cachewise.runtime.prefetch`). Any
+        exception turns prefetch off (counted)."""
+        pf = self.prefetcher
+        assert pf is not None
+        try:
+            for inflight, reason in pf.stale(view, now):
+                self._abort_prefetch(inflight, reason)
+            pf.forget(view)
+            if len(pf.inflight) < pf.settings.max_inflight:
+                pool = self.kv_cache_manager.block_pool
+                used, free = plan.used, pool.get_num_free_blocks()
+                for due in pf.due(view, now):
+                    key = due.state.key
+                    if plan.held:
+                        pf.skipped(key, "waiting")
+                        continue
+                    need = pf.blocks_needed(key)
+                    if used + due.blocks > controller.budget or need > free:
+                        pf.skipped(key, "no_room")
+                        continue
+                    request = pf.build(key, now)
+                    if request is None:
+                        continue
+                    if isinstance(pool, ScoredBlockPool):
+                        pool.expect(request.request_id, due.reuse_at, due.expire_at)
+                    view.set_residency(key, True)
+                    super().add_request(request)  # vLLM's add_request (and the pool's arrival hook), not the view's
+                    used, free = used + due.blocks, free - need
+                    if len(pf.inflight) >= pf.settings.max_inflight:
+                        break
+        except Exception as exc:  # noqa: BLE001 - prefetch is optional; residency and vLLM go on
+            pf.stats.errors += 1
+            logger.warning("CacheWise prefetch off, residency continues: %s: %s", type(exc).__name__, exc)
+            self.prefetcher = None
+
+    def _abort_prefetch(self, inflight: Inflight, reason: str) -> None:
+        pf = self.prefetcher
+        assert pf is not None and self.sessions is not None
+        super().finish_requests([inflight.request.request_id], RequestStatus.FINISHED_ABORTED)
+        pf.finished(inflight.request.request_id)
+        if reason == "arrived":
+            pf.stats.aborted_arrived += 1
+        else:
+            pf.stats.aborted_waited += 1
+            state = self.sessions.get(inflight.session)
+            if state is not None and not state.live:
+                self.sessions.set_residency(inflight.session, False, demoted=True)
 
     def _restore(self, snapshot: list[Request], held: list[Request]) -> None:
         """Put ``held`` back into the waiting queue at their places of ``snapshot`` (new entries first)."""
@@ -302,15 +372,23 @@ class ResidencyMixin:
     def update_from_output(self, scheduler_output: Any, model_runner_output: Any) -> Any:
         scheduled = [self.requests.get(rid) for rid in scheduler_output.num_scheduled_tokens]
         outputs = super().update_from_output(scheduler_output, model_runner_output)
-        view = self.sessions
+        view, pf = self.sessions, self.prefetcher
         if view is not None:
             try:
                 now = self._clock()
                 for req in scheduled:
-                    if req is not None and req.is_finished():
-                        view.on_finished(req.request_id, req.num_tokens, req.block_hashes, now)
+                    if req is None or not req.is_finished():
+                        continue
+                    if pf is not None and pf.finished(req.request_id) is not None:
+                        pf.stats.completed += 1
+                        continue
+                    key = view.on_finished(req.request_id, req.num_tokens, req.block_hashes, now)
+                    if pf is not None and key is not None:
+                        pf.on_finished(key, req)
             except Exception as exc:  # noqa: BLE001
                 self._residency_failed(exc)
+        if self.prefetch_stats.issued:
+            _hide_prefetches(outputs)
         return outputs
 
     def finish_requests(self, request_ids: Any, finished_status: Any) -> list[Request]:
@@ -324,6 +402,14 @@ class ResidencyMixin:
             except Exception as exc:  # noqa: BLE001
                 self._residency_failed(exc)
         return done
+
+
+def _hide_prefetches(outputs: dict[int, Any]) -> None:
+    """Remove prefetch requests' outputs and finishes from ``update_from_output``'s result (in place)."""
+    for eco in outputs.values():
+        eco.outputs = [o for o in eco.outputs if not o.request_id.startswith(PREFIX)]
+        if eco.finished_requests:
+            eco.finished_requests = {r for r in eco.finished_requests if not r.startswith(PREFIX)}
 
 
 class ResidencyScheduler(ResidencyMixin, Scheduler):

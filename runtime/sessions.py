@@ -287,16 +287,16 @@ class SessionView:
             req.named = (session, thread)
             req.forecast = forecast
 
-    def on_finished(self, request_id: str, num_tokens: int, hashes: Sequence[Hashable], now: float) -> None:
+    def on_finished(self, request_id: str, num_tokens: int, hashes: Sequence[Hashable], now: float) -> str | None:
         """The request finished holding ``num_tokens`` tokens with full-block ``hashes``.
 
         Re-keys a provisional session to the predictor's name, updates the thread's blocks,
         growth and hashes, and makes the session idle (with the forecast) if nothing else
-        of it is live. Unknown request ids are ignored.
+        of it is live. Returns the session's key; unknown request ids are ignored (None).
         """
         req = self._requests.pop(request_id, None)
         if req is None:
-            return
+            return None
         key = req.session
         thread = req.thread
         self._sessions[key].live.discard(request_id)
@@ -318,6 +318,7 @@ class SessionView:
             state.forecast = req.forecast
         if not state.live:
             state.idle_since = now
+        return key
 
     def on_aborted(self, request_id: str, now: float) -> None:
         """The request left without a result (aborted): it is no longer live."""

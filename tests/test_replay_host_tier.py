@@ -36,7 +36,7 @@ from cachewise.runtime.cpu_engine import export_tiny_model
 
 pytestmark = pytest.mark.vllm
 REPO = Path(__file__).resolve().parents[1]
-TIER = ["vllm_offload", "vllm_offload_arc", "cachewise_offload"]
+TIER = ["vllm_offload", "vllm_offload_arc", "cachewise_offload", "cachewise_prefetch"]
 BASE = ["lru", "cachewise"]
 COMPARED = ["harmful_evictions", "hit_rate", "prefill_tokens", "recomputed_tokens", "jct_s_mean", "makespan_s", "steps"]
 
@@ -55,7 +55,7 @@ def inputs(tmp_path_factory) -> dict[str, Path]:
 
 def replay(inputs: dict[str, Path], out: str, host_kv_frac: float) -> pd.DataFrame:
     argv = ["replay", "--params", str(inputs["params"]), "--events", str(inputs["events"]),
-            "--model", str(inputs["model"]), "--policies", ",".join(BASE + TIER), "--host-kv-frac", str(host_kv_frac),
+            "--model", str(inputs["model"]), "--policies", ",".join(BASE + TIER + ["infinite"]), "--host-kv-frac", str(host_kv_frac),
             "--capacity-frac", "0.25", "--concurrency", "6", "--out", str(inputs["tmp"] / out), "--no-progress",
             "--allow-train-tasks", "--seeds", "1"]  # fmt: skip
     assert main(argv) == 0
@@ -71,14 +71,19 @@ def test_tier_policies_finish_every_session_and_use_the_host(inputs: dict[str, P
     # what the host served was not recomputed
     assert results.at["vllm_offload", "prefill_tokens"] < results.at["lru", "prefill_tokens"]
     assert results.at["vllm_offload", "hit_rate_with_host"] > results.at["vllm_offload", "hit_rate"]
+    # only cachewise_prefetch prefetches; every return is counted the same way under every policy
+    assert (results.loc[[p for p in BASE + TIER if p != "cachewise_prefetch"], "prefetch_issued"] == 0).all()
+    assert (results["returns"] > 0).all() and results["returns_resident_frac"].between(0, 1).all()
+    assert results.at["infinite", "returns_resident_frac"] == 1.0 and results.at["lru", "returns_resident_frac"] < 1.0
 
 
 def test_no_tier_at_host_kv_frac_zero_matches_the_base_policies(inputs: dict[str, Path]) -> None:
     results = replay(inputs, "zero", 0.0)
-    for tier, base in (("vllm_offload", "lru"), ("vllm_offload_arc", "lru"), ("cachewise_offload", "cachewise")):
+    pairs = (("vllm_offload", "lru"), ("vllm_offload_arc", "lru"), ("cachewise_offload", "cachewise"), ("cachewise_prefetch", "cachewise"))
+    for tier, base in pairs:
         assert HOST_TIER_POLICIES[tier][0] == base
         assert results.loc[tier, COMPARED].tolist() == results.loc[base, COMPARED].tolist(), tier
-        assert results.at[tier, "host_bytes_stored"] == 0
+        assert results.at[tier, "host_bytes_stored"] == 0 and results.at[tier, "prefetch_issued"] == 0
 
 
 def _meta(loads: dict[int, tuple[str, int]], stores: dict[int, tuple[str, int]], flush: set[int] | None = None):

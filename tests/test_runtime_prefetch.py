@@ -1,0 +1,232 @@
+"""Prefetch (runtime/prefetch.py) on vLLM's real Scheduler with its OffloadingConnector on the CPU
+and the CacheWise CPU-tier policy, configured through ``--additional-config`` as served.
+
+Checked: a demoted session predicted back soon gets its prefix loaded from the host by an
+internal request before its own request arrives (a load job, the prefix cached on the GPU
+afterwards, the request then computes only its new tail and loads nothing); the internal
+request never appears in ``update_from_output``'s outputs and the session view never sees it
+as a request; no prefetch for a session predicted back late, nor while a session waits for
+admission; a prefetch that cannot start is aborted when the session's request arrives;
+prefetch settings parse and reject bad values; off without the CacheWise tier.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+from vllm.v1.outputs import ModelRunnerOutput
+from vllm.v1.request import RequestStatus
+
+from cachewise.replay.host_tier import LinkCost, TransferModel, TransferWorker, offload_transfer_config
+from cachewise.runtime import cpu_engine
+from cachewise.runtime.config import CacheWiseSettings, ConfigError, PrefetchSettings
+from cachewise.runtime.prefetch import PREFIX, Prefetcher
+from cachewise.runtime.sessions import FORECAST_LEVELS, Forecast, SessionView
+
+pytestmark = pytest.mark.vllm
+
+BS = 16
+RESIDENCY = {"host_reload_s_per_token": 1e-6}
+
+
+def build(num_blocks: int = 40, host_chunks: int = 400, policy: str = "cachewise", prefetch: dict | None = None):
+    extra = {"mode": "fallback", "residency": RESIDENCY, "prefetch": {"enabled": True, **(prefetch or {})}}
+    config = cpu_engine.make_vllm_config(
+        num_blocks, BS, scheduler_cls="cachewise.runtime.scheduler.ResidencyScheduler", max_model_len=2048,
+        additional_config={"cachewise": extra},
+    )  # fmt: skip
+    page = cpu_engine.make_kv_cache_config(num_blocks, BS).kv_cache_groups[0].kv_cache_spec.page_size_bytes
+    config.kv_transfer_config = offload_transfer_config(host_chunks, page, policy)
+    return cpu_engine.make_scheduler(config)
+
+
+class Clocked:
+    """Steps a scheduler with the simulated worker on a fake clock (0.01 s per step); records outputs."""
+
+    def __init__(self, scheduler) -> None:
+        self.s = scheduler
+        self.now = 0.0
+        self.s._clock = lambda: self.now  # the residency scheduler's clock (engine clock in serving)
+        self.worker = TransferWorker(TransferModel(LinkCost(1e-5, 50.0, 3e-6), LinkCost(1e-5, 50.0, 2e-6)), chunk_bytes=BS * 131072)
+        self.output_ids: set[str] = set()
+        self.computed: dict[str, int] = {}
+
+    def step(self) -> list:
+        out = self.s.schedule()
+        self.now = self.worker.submit(out.kv_connector_metadata, self.now) + 0.01
+        ids = list(out.num_scheduled_tokens)
+        for rid, n in out.num_scheduled_tokens.items():
+            self.computed[rid] = self.computed.get(rid, 0) + n
+        reqs = [self.s.requests[r] for r in ids]
+        sampled = [[] if r.is_prefill_chunk else [7] for r in reqs]
+        runner = ModelRunnerOutput(
+            req_ids=ids, req_id_to_index={r: i for i, r in enumerate(ids)}, sampled_token_ids=sampled,
+            kv_connector_output=self.worker.poll(self.now),
+        )  # fmt: skip
+        for eco in self.s.update_from_output(out, runner).values():
+            self.output_ids |= {o.request_id for o in eco.outputs} | set(eco.finished_requests or ())
+        return [r for r in reqs if r.is_finished()]
+
+    def until_idle(self, steps: int = 3000) -> list:
+        done = []
+        for _ in range(steps):
+            if not self.s.has_unfinished_requests():
+                return done
+            done += self.step()
+        raise AssertionError("requests left unfinished")
+
+
+def forecast(gap: float) -> Forecast:
+    return Forecast((gap,) * len(FORECAST_LEVELS))
+
+
+def first_round(run: Clocked, sessions: int = 4) -> dict[int, list[int]]:
+    rng = random.Random(0)
+    prompts = {s: [rng.randrange(1000, 30000) for _ in range(160)] for s in range(sessions)}
+    for s, p in prompts.items():
+        run.s.add_request(cpu_engine.make_request(f"a{s}", p, BS, max_tokens=4, session_id=f"s{s}"))
+    assert len(run.until_idle()) == sessions
+    return prompts
+
+
+def demote_all(run: Clocked, gaps: dict[str, float]) -> None:
+    """Every session demoted (as the controller does when room is needed), with the given forecasts."""
+    for key, gap in gaps.items():
+        state = run.s.sessions.get(key)
+        state.forecast = forecast(gap)
+        run.s.sessions.set_residency(key, False, demoted=True)
+
+
+def gpu_hit_blocks(scheduler, request) -> int:
+    _, tokens, _ = scheduler.kv_cache_manager.coordinator.find_longest_cache_hit(request.block_hashes, request.num_tokens - 1)
+    return tokens // BS
+
+
+def test_a_demoted_session_predicted_back_soon_is_loaded_back_before_its_request() -> None:
+    run = Clocked(build())
+    pf = run.s.prefetcher
+    assert pf is not None
+    prompts = first_round(run)
+    # s0 back within a second (expected back before the 1 s lead ends), the others much later; a filler session keeps vLLM scheduling and
+    # pushes s0's prefix out of the 40-block GPU cache (to the host only).
+    demote_all(run, {"s0": 0.9, "s1": 500.0, "s2": 500.0, "s3": 500.0})
+    filler = cpu_engine.make_request("f", [random.Random(1).randrange(1000, 30000) for _ in range(300)], BS, max_tokens=60, session_id="f")
+    run.s.add_request(filler)
+    probe = cpu_engine.make_request("probe", prompts[0] + [5] * 20, BS, max_tokens=4, session_id="x")
+    loads_before = run.worker.load_jobs
+    run.until_idle()
+    assert pf.stats.issued == 1 and pf.stats.completed == 1, pf.stats
+    assert run.worker.load_jobs > loads_before  # the prefix came from the host
+    assert not any(r.startswith(PREFIX) for r in run.output_ids)  # never an output
+    assert run.s.sessions.get("s0").resident and run.s.sessions.get("s0").finished_calls == 1  # not a request of the view
+    assert gpu_hit_blocks(run.s, probe) == 10  # s0's prefix (160 prompt + 3 computed outputs) is on the GPU
+    # s0's request now finds its prefix resident: nothing loaded, only the new tail computed
+    loads = run.worker.load_jobs
+    again = cpu_engine.make_request("b0", prompts[0] + [7, 7, 7, 7] + [5] * 16, BS, max_tokens=4, session_id="s0")
+    run.s.add_request(again)
+    done = run.until_idle()
+    assert [r.request_id for r in done] == ["b0"] and run.worker.load_jobs == loads
+    assert run.computed["b0"] <= 180 - 10 * BS + 3
+    assert pf.stats.issued == 1  # s0 is no longer idle-and-demoted: no second prefetch
+
+
+def test_no_prefetch_for_a_late_return_or_while_a_session_waits() -> None:
+    run = Clocked(build())
+    first_round(run)
+    demote_all(run, {"s0": 300.0, "s1": 500.0, "s2": 500.0, "s3": 500.0})
+    run.s.add_request(cpu_engine.make_request("f", list(range(1000, 1300)), BS, max_tokens=30, session_id="f"))
+    run.until_idle()
+    assert run.s.prefetcher.stats.issued == 0  # P(back within load + lead) = 0 < min_p_back
+    # back soon, but a session is held for admission (the plan holds it): prefetch never overtakes it
+    run.s.sessions.get("s1").forecast = forecast(1.0)
+    plan_held = run.s.residency.plan
+    run.s.residency.plan = lambda *a, **k: (lambda p: (p.held.append("someone"), p)[1])(plan_held(*a, **k))
+    run.s.add_request(cpu_engine.make_request("g", list(range(2000, 2100)), BS, max_tokens=10, session_id="g"))
+    run.until_idle()
+    assert run.s.prefetcher.stats.issued == 0 and run.s.prefetcher.stats.skipped_waiting == 1
+
+
+def test_a_prefetch_that_has_not_started_is_aborted_when_the_request_arrives() -> None:
+    run = Clocked(build())
+    prompts = first_round(run)
+    demote_all(run, {"s0": 0.9, "s1": 500.0, "s2": 500.0, "s3": 500.0})
+    run.s.add_request(cpu_engine.make_request("f", list(range(1000, 1300)), BS, max_tokens=30, session_id="f"))
+    pf = run.s.prefetcher
+    for _ in range(50):
+        run.step()
+        if pf.inflight:
+            break
+    (rid, inflight), = pf.inflight.items()
+    # as if vLLM had found no room yet: the prefetch is still plainly waiting when s0's request comes
+    inflight.request.status = RequestStatus.WAITING
+    inflight.request.num_computed_tokens = 0
+    run.s.add_request(cpu_engine.make_request("b0", prompts[0] + [7] * 20, BS, max_tokens=4, session_id="s0"))
+    stale = pf.stale(run.s.sessions, run.now)
+    assert [(p.request.request_id, why) for p, why in stale] == [(rid, "arrived")]
+
+
+def test_prefetcher_due_uses_the_forecast_distribution() -> None:
+    view = SessionView(BS)
+    pf = Prefetcher(PrefetchSettings(enabled=True, min_p_back=0.5, lead_s=1.0), 1e-6, BS)
+    for key, gaps in {"soon": (0.5,) * 11 + (100.0,) * 10, "late": (0.5,) * 5 + (100.0,) * 16}.items():
+        view.on_arrival(f"r-{key}", key, "t", 100, 0.0)
+        view.on_forecast(f"r-{key}", key, "t", Forecast(gaps))
+        view.on_finished(f"r-{key}", 100, [], 10.0)
+        view.set_residency(key, False, demoted=True)
+        pf._last[key] = object()  # a finished request to mirror (not built here)
+    due = pf.due(view, 10.0)
+    assert [d.state.key for d in due] == ["soon"]  # 11/21 quantiles within 1 s vs 5/21
+    assert due[0].reuse_at == pytest.approx(10.5) and math.isfinite(due[0].expire_at)
+    view.set_residency("soon", True)
+    assert pf.due(view, 10.0) == []  # resident: nothing to bring back
+
+
+def test_prefetch_settings_parse_and_reject_bad_values() -> None:
+    parsed = CacheWiseSettings.from_mapping({"mode": "fallback", "prefetch": {"enabled": True, "min_p_back": 0.3}})
+    assert parsed.prefetch == PrefetchSettings(enabled=True, min_p_back=0.3)
+    for bad in ({"enabled": "yes"}, {"min_p_back": 0}, {"max_inflight": 0}, {"lead_s": -1}, {"typo": 1}):
+        with pytest.raises(ConfigError):
+            CacheWiseSettings.from_mapping({"mode": "fallback", "prefetch": bad})
+
+
+def test_prefetch_is_off_without_the_cachewise_host_tier() -> None:
+    assert build(policy="lru").prefetcher is None
+
+
+def test_a_prefetch_error_turns_prefetch_off_and_serving_goes_on() -> None:
+    run = Clocked(build())
+    pf = run.s.prefetcher
+    first_round(run, sessions=2)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    pf.due = broken
+    run.s.add_request(cpu_engine.make_request("f", list(range(1000, 1100)), BS, max_tokens=5, session_id="f"))
+    done = run.until_idle()
+    assert [r.request_id for r in done] == ["f"] and done[0].num_output_tokens == 5
+    assert run.s.prefetcher is None and run.s.prefetch_stats.errors == 1 and run.s.residency is not None
+
+
+def test_a_request_arriving_while_its_prefetch_loads_waits_for_it_instead_of_loading_again() -> None:
+    """vLLM's connector delays a request whose host chunks are being loaded: one load, the prefetch's."""
+    run = Clocked(build())
+    pf = run.s.prefetcher
+    prompts = first_round(run)
+    demote_all(run, {"s0": 0.9, "s1": 500.0, "s2": 500.0, "s3": 500.0})
+    run.s.add_request(cpu_engine.make_request("f", list(range(1000, 1300)), BS, max_tokens=30, session_id="f"))
+    loads = run.worker.load_jobs
+    def loading() -> set[str]:
+        return {p.session for p in pf.inflight.values() if p.request.status == RequestStatus.WAITING_FOR_REMOTE_KVS}
+
+    for _ in range(50):
+        run.step()
+        if loading():
+            break
+    assert loading() == {"s0"} and run.worker.load_jobs == loads + 1
+    run.s.add_request(cpu_engine.make_request("b0", prompts[0] + [7, 7, 7, 7] + [5] * 16, BS, max_tokens=4, session_id="s0"))
+    run.until_idle()
+    assert pf.stats.completed == 1 and run.worker.load_jobs == loads + 1  # one load: the prefetch's
+    assert run.computed["b0"] <= 180 - 10 * BS + 3
