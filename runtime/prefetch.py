@@ -172,8 +172,7 @@ class Prefetcher:
             p_back = state.forecast.p_back_within(elapsed, load_s + s.lead_s)
             if p_back < s.min_p_back:
                 continue
-            rest = state.forecast.remaining(elapsed)
-            reuse_at = now + rest[len(rest) // 2]
+            reuse_at = now + state.forecast.remaining_quantile(elapsed, 0.5)
             out.append(Due(state, blocks, p_back, reuse_at, max(reuse_at, state.idle_since + state.forecast.expiry)))
         out.sort(key=lambda d: (-d.p_back, d.reuse_at, d.state.key))
         return out
