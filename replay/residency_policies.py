@@ -8,7 +8,9 @@
 ``cachewise``          learned eviction + the residency controller
                        (:mod:`cachewise.runtime.residency`) in vLLM's scheduler
                        (:class:`~cachewise.runtime.scheduler.ResidencyScheduler`), forecasts
-                       from the model's residual quantiles.
+                       from the model's residual quantiles; guarded as ``learned``, and the
+                       controller passes through (vLLM's scheduling) while the guard serves
+                       vLLM's order (:mod:`cachewise.runtime.residency` rule 5).
 ``cachewise_nomodel``  the same controller and scheduler with no model: eviction by the
                        per-tool median idle time (``heuristic``), forecasts = the per-tool
                        empirical gap distribution of the fitting sessions.

@@ -113,6 +113,11 @@ class ScoredBlockPool(BlockPool):
         """Whether predictions drive the eviction order (False: vLLM's order)."""
         return self._order is not None
 
+    def serves_learned(self) -> bool:
+        """The guard's verdict: the pool is active and (with a guard) serves the learned order now.
+        The session view reads it live (:attr:`~cachewise.runtime.sessions.SessionView.trusted`). O(1)."""
+        return self._order is not None and (self._guard is None or self._guard.learned)
+
     # ------------------------------------------------------- request context
     def on_request_released(self, request: Request, chains: Sequence[tuple[Sequence[KVCacheBlock], bool]]) -> None:
         """``request`` is about to return its blocks; ``chains`` = (block table, chained) per group.

@@ -25,7 +25,9 @@ Eviction order (first = evicted first), among evictable (``ref_cnt == 0``), unpr
 
 Ties, and the chunks within one session, go in vLLM's LRU order (its ranks: older request
 first, tail before head within a request). Fallback: with no view attached, when no chunk
-has an owner with a forecast (``no_prediction``), or on any exception (``error``), the
+has an owner with a forecast (``no_prediction``), while the view's guard verdict distrusts the
+model (``distrusted``: :attr:`SessionView.trusted <cachewise.runtime.sessions.SessionView.trusted>`,
+the GPU pool's online guard serves vLLM's order), or on any exception (``error``), the
 eviction is vLLM's LRU :meth:`LRUCachePolicy.evict` unchanged; each fallback is counted in
 :attr:`CacheWiseCachePolicy.stats`. Both paths are atomic: nothing changes unless ``n``
 chunks can be evicted.
@@ -68,7 +70,7 @@ class CpuPolicyStats:
 
     predicted_evictions: int = 0  # chunks evicted in predicted order
     lru_evictions: int = 0  # chunks evicted by vLLM's LRU (fallback)
-    fallbacks: dict[str, int] = field(default_factory=lambda: {"no_view": 0, "no_prediction": 0, "error": 0})
+    fallbacks: dict[str, int] = field(default_factory=lambda: {"no_view": 0, "no_prediction": 0, "error": 0, "distrusted": 0})
 
 
 @dataclass(slots=True)
@@ -179,7 +181,9 @@ class CacheWiseCachePolicy(LRUCachePolicy):
         if n == 0:
             return []
         reason = "no_view"
-        if self.view is not None:
+        if self.view is not None and not self.view.trusted:
+            reason = "distrusted"  # the GPU pool's guard serves vLLM's order: so does the host tier
+        elif self.view is not None:
             try:
                 chosen = self._predicted_victims(n, protected)
             except Exception as exc:  # noqa: BLE001 - never stop vLLM: its LRU takes over

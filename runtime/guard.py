@@ -85,6 +85,13 @@ the learned order unconditionally). tests/test_runtime_guard.py checks the bound
 vLLM's real ``KVCacheManager`` with inverted and random predictors (starting in the
 learned order, the harder case), on block clusters of one request.
 
+One verdict for every reader: :attr:`Guard.learned` decides the pool's ``get_new_blocks`` and,
+through :meth:`ScoredBlockPool.serves_learned <cachewise.runtime.block_pool.ScoredBlockPool.serves_learned>`
+and the session view (:attr:`SessionView.trusted <cachewise.runtime.sessions.SessionView.trusted>`),
+whether the residency controller acts on the model's forecasts (it passes through as vLLM's
+scheduler otherwise: :mod:`cachewise.runtime.residency` rule 5) and whether the host-tier
+policy evicts by them; no reader keeps a copy.
+
 Complexity: O(1) per block on every path (one 2-byte test on the hash decides
 sampling; block hashes are uniform bytes: sha256 / xxhash); a sampled block costs
 O(log s) on heaps of the ``s`` sampled free blocks. Memory: O(sample_rate * blocks).

@@ -16,7 +16,11 @@ Exported names: ``cachewise_evictions_total``, ``cachewise_harmful_evictions_tot
 online guard (:mod:`cachewise.runtime.guard`): ``cachewise_guard_learned_order`` (1 while the
 learned order serves, 0 while vLLM's LRU does), ``cachewise_guard_hit_rate{order}``
 (estimated hit rate of ``learned`` and ``lru`` over the guard's window, and the pool's
-``observed`` one on the same sampled blocks), ``cachewise_guard_switches_total``. Gauges
+``observed`` one on the same sampled blocks), ``cachewise_guard_switches_total``; for the
+residency controller (:mod:`cachewise.runtime.residency`, rule 5):
+``cachewise_residency_following_model`` (1 while it acts on the model's forecasts, 0 while
+the guard's verdict makes it pass through as vLLM's scheduler) and
+``cachewise_residency_passthrough_steps_total``. Gauges
 are per process: with several pools in one process the last one published wins.
 """
 
@@ -92,6 +96,14 @@ def _metrics() -> dict[str, Counter | Gauge | Histogram]:
                 "Guard's windowed hit rate on sampled blocks: estimated per order (learned, lru) and observed",
                 ["order"],
             )
+            _prom["residency_following"] = Gauge(
+                "cachewise_residency_following_model",
+                "1 while the residency controller acts on the model's forecasts; 0 while the guard distrusts the "
+                "model and every request passes through as under vLLM's scheduler",
+            )
+            _prom["residency_passthrough"] = Counter(
+                "cachewise_residency_passthrough_steps", "Scheduler steps the residency controller passed through (guard)"
+            )
             _prom["scorer_latency"] = Histogram(
                 "cachewise_scorer_latency_seconds",
                 "Time of one reuse prediction (per finished request)",
@@ -108,6 +120,14 @@ def count_fallback(reason: str) -> None:
 def observe_latency(seconds: float) -> None:
     """Record one predictor call's latency in the histogram."""
     _metrics()["scorer_latency"].observe(seconds)
+
+
+def publish_residency(following_model: bool) -> None:
+    """One residency step's mode: the gauge, and one pass-through step counted when not following."""
+    prom = _metrics()
+    prom["residency_following"].set(1.0 if following_model else 0.0)
+    if not following_model:
+        prom["residency_passthrough"].inc()
 
 
 class Publisher:

@@ -33,6 +33,16 @@ Rule, evaluated once per scheduler step (:meth:`ResidencyController.plan`):
    request, the head is admitted even if it does not fit (the engine never idles on the
    controller). Both are counted as *forced* admissions.
 
+5. The guard's verdict (:attr:`SessionView.trusted <cachewise.runtime.sessions.SessionView.trusted>`:
+   the GPU pool's online guard, :mod:`cachewise.runtime.guard`, serves the learned order):
+   while the guard does not trust the model, the controller *passes through*: every waiting
+   session is admitted (marked resident), nothing is held or demoted, so the step is vLLM's
+   own ``schedule()`` on vLLM's own eviction order -- identical to vLLM's scheduling, not
+   merely no-model forecasts, because holding itself is what can lose on traffic the model
+   does not know (README, "Never worse than vLLM"). When the guard trusts the model again the
+   controller resumes from the sessions as they are (shedding first if they outgrew the
+   budget). Each change is logged once and counted (:attr:`ResidencyController.passthrough_steps`).
+
 Cost trade-off for demoting an idle resident session ``j`` with ``W_j`` blocks, idle ``e``
 seconds, return forecast ``F_j`` (quantiles of its gap, read as a piecewise-linear quantile
 function; remaining gap ``R_j`` = the gap minus ``e`` given it exceeds ``e``, see
@@ -58,6 +68,7 @@ requests); memory O(sessions) (pass counts are dropped when a session is admitte
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -65,6 +76,8 @@ from dataclasses import dataclass, field
 from cachewise.runtime.config import ResidencySettings
 from cachewise.runtime.sessions import SessionState, SessionView
 
+
+logger = logging.getLogger("vllm.cachewise")
 
 QUEUE_WINDOW = 32
 """Admissions over which the queueing delay ``Q`` of the cost rule is averaged."""
@@ -114,6 +127,8 @@ class ResidencyController:
         self.forced = 0
         self.longest_wait_s = 0.0
         self._recent_waits: deque[float] = deque(maxlen=QUEUE_WINDOW)
+        self.following_model = True  # False while the guard's verdict makes the controller pass through
+        self.passthrough_steps = 0
 
     @property
     def queueing_delay_s(self) -> float:
@@ -143,6 +158,23 @@ class ResidencyController:
                 view.set_residency(state.key, False)
         for key in view.forget(now):
             self._passes.pop(key, None)
+        trusted = view.trusted
+        if trusted != self.following_model:
+            self.following_model = trusted
+            logger.info(
+                "CacheWise residency: %s",
+                "the guard trusts the model again: admission and demotion resume"
+                if trusted
+                else "the guard serves vLLM's order: passing every request through as vLLM's scheduler (no hold, no demotion)",
+            )
+        if not trusted:
+            self.passthrough_steps += 1
+            for state in view:  # rule 5: vLLM's scheduling; what it admits counts as resident
+                if state.waiting:
+                    view.set_residency(state.key, True)
+                    plan.admitted.add(state.key)
+                    self._passes.pop(state.key, None)
+            return plan
         used = 0.0
         active = False
         idle: list[tuple[SessionState, float]] = []

@@ -10,7 +10,10 @@ calls, asks the :class:`~cachewise.runtime.residency.ResidencyController` for a 
 never-scheduled waiting requests of held sessions are taken out of the waiting queue for
 that call and put back in their places after it (preempted requests are never held);
 demoted sessions' exclusive cached blocks become the pool's first evicted
-(:meth:`~cachewise.runtime.block_pool.ScoredBlockPool.demote`). Sessions are keyed by the
+(:meth:`~cachewise.runtime.block_pool.ScoredBlockPool.demote`). The view reads the pool's
+online guard (:meth:`~cachewise.runtime.block_pool.ScoredBlockPool.serves_learned`): while
+the guard serves vLLM's order the controller holds and demotes nothing, so the step is
+vLLM's scheduling (Prometheus ``cachewise_residency_following_model``). Sessions are keyed by the
 client's ``session_id`` (``Request.session_id`` or the hint), else by the runtime's thread
 inference (:meth:`~cachewise.runtime.request_calls.CallBuilder.lookup`). Any exception in
 this logic logs one warning and turns residency off for good: the scheduler is vLLM's
@@ -62,6 +65,7 @@ from cachewise.runtime.block_pool import ScoredBlockPool
 from cachewise.runtime.config import CONFIG_KEY, ConfigError, PrefetchSettings, ResidencySettings, SchedulerSettings
 from cachewise.runtime.cpu_policy import attach_to_scheduler
 from cachewise.runtime.hooks import chained_groups
+from cachewise.runtime.metrics import publish_residency
 from cachewise.runtime.policy import engine_clock
 from cachewise.runtime.prefetch import PREFIX, Inflight, Prefetcher, PrefetchStats
 from cachewise.runtime.request_calls import hint_of
@@ -210,7 +214,8 @@ class ResidencyMixin:
             raise ConfigError("residency applies to the fcfs scheduling policy only")
         settings = self.residency_settings or _section(self.vllm_config, "residency", ResidencySettings)
         pool = self.kv_cache_manager.block_pool
-        self.sessions = SessionView(self.block_size)
+        # One guard, one verdict: the view reads the pool's guard live (residency rule 5).
+        self.sessions = SessionView(self.block_size, pool.serves_learned if isinstance(pool, ScoredBlockPool) else None)
         self._clock: Callable[[], float] = scheduler_clock(pool)
         tier = attach_to_scheduler(self, self.sessions, self._clock)  # the CacheWise CPU-tier policy, if vLLM's offloading runs one
         reload = settings.host_reload_s_per_token if tier is not None else 0.0
@@ -284,6 +289,7 @@ class ResidencyMixin:
         try:
             now = self._clock()
             plan = controller.plan(view, now, len(self.running))
+            publish_residency(controller.following_model)
             for key in plan.demoted:
                 self._demote(key)
             if self.prefetcher is not None:

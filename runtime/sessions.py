@@ -18,7 +18,11 @@ Model:
 * *live* requests (arrived, not finished), of which *waiting* ones were never scheduled;
 * when no request is live the session is *idle since* its last finish, with the
   :class:`Forecast` of its return made at that finish (None: no prediction);
-* ``resident`` / ``demoted`` flags are written by the residency controller only.
+* ``resident`` / ``demoted`` flags are written by the residency controller only;
+* :attr:`SessionView.trusted`: whether the model's forecasts may be acted on now -- the
+  online guard's verdict (:mod:`cachewise.runtime.guard`), read live from the ``verdict``
+  the view was built with (the GPU pool's :attr:`~cachewise.runtime.block_pool.ScoredBlockPool.serves_learned`),
+  never copied; every reader of forecasts (residency controller, host-tier policy) asks it.
 
 Write events: :meth:`on_arrival`, :meth:`on_scheduled`, :meth:`on_forecast`,
 :meth:`on_finished`, :meth:`on_aborted`, :meth:`set_residency`, :meth:`forget`. Everything
@@ -44,7 +48,7 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Hashable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 FORECAST_LEVELS: tuple[float, ...] = tuple(i / 20 for i in range(21))
@@ -245,10 +249,11 @@ class SessionState:
 class SessionView:
     """Sessions, threads, live requests and forecasts of one engine (module doc)."""
 
-    def __init__(self, block_size: int) -> None:
+    def __init__(self, block_size: int, verdict: Callable[[], bool] | None = None) -> None:
         if block_size < 1:
             raise ValueError("block_size must be >= 1")
         self.block_size = block_size
+        self._verdict = verdict
         self._sessions: dict[str, SessionState] = {}
         self._requests: dict[str, LiveRequest] = {}
         self._hash_refs: dict[Hashable, int] = {}
@@ -346,6 +351,11 @@ class SessionView:
         return gone
 
     # ---------------------------------------------------------------- queries
+    @property
+    def trusted(self) -> bool:
+        """Whether the model's forecasts may be acted on now: the guard's verdict (True without one)."""
+        return self._verdict is None or self._verdict()
+
     def get(self, key: str) -> SessionState | None:
         return self._sessions.get(key)
 

@@ -93,6 +93,27 @@ def test_evicts_the_session_predicted_back_last_and_keeps_live_ones() -> None:
     assert policy.owner_of(key(5)) == "live" and policy.stats.predicted_evictions == 3
 
 
+def test_a_distrusting_guard_verdict_gives_vllms_lru_order() -> None:
+    """The same set-up as above, but the view's verdict (the GPU pool's guard) distrusts the model:
+    the host tier evicts in vLLM's LRU order; trusted again, it evicts by the forecasts."""
+    m = manager(6)
+    policy = m._policy
+    verdict = [False]
+    view, clock = SessionView(16, lambda: verdict[0]), Clock()
+    policy.attach(view, clock)
+    for rid, session, gap in (("a", "soon", 5.0), ("b", "late", 500.0)):
+        session_call(view, clock, rid, session, flat(gap))
+        store(m, rid, {"a": [1, 2], "b": [3, 4]}[rid])
+        finish(view, clock, rid)
+    clock.now = 1.0
+    session_call(view, clock, "d", "new", None)
+    assert store(m, "d", [7, 8, 9]) == [key(2)]  # vLLM's LRU victim (tail before head), not "late"'s blocks
+    assert policy.stats.fallbacks["distrusted"] == 1 and policy.stats.predicted_evictions == 0
+    verdict[0] = True
+    assert store(m, "d", [10]) == [key(4)]  # by the forecasts: "late" first, tail before head
+    assert policy.stats.predicted_evictions == 1
+
+
 def test_ended_and_unknown_sessions_go_first() -> None:
     m, policy, view, clock = setup(3)
     session_call(view, clock, "a", "idle", flat(100.0))

@@ -44,6 +44,27 @@ def test_admits_while_working_sets_fit_then_holds_in_fcfs_order() -> None:
     assert ctl.plan(view, 4.0, running=1).held == ["B", "C"]  # A is live: nothing to demote
 
 
+def test_a_distrusting_guard_verdict_passes_every_session_through(caplog: pytest.LogCaptureFixture) -> None:
+    """Rule 5: the same queue as above under a distrusting verdict: all admitted, nothing held or
+    demoted; one log line per change; trusted again, the controller holds as before."""
+    verdict = [False]
+    view, ctl = SessionView(BLOCK, lambda: verdict[0]), _controller(100)
+    _run_and_finish(view, "z", "Z", 60, 0.0, FAR)
+    view.set_residency("Z", True)  # idle, far: the trusting controller would demote it
+    view.on_arrival("a", "A", "t", 60 * BLOCK, 0.0)
+    view.on_arrival("b", "B", "t", 50 * BLOCK, 1.0)
+    with caplog.at_level("INFO", logger="vllm.cachewise"):
+        for now in (3.0, 4.0):
+            plan = ctl.plan(view, now, running=0)
+            assert plan.admitted == {"A", "B"} and plan.held == [] and plan.demoted == []
+    assert ctl.passthrough_steps == 2 and not ctl.following_model and ctl.demotions == 0
+    assert sum("passing every request through" in r.message for r in caplog.records) == 1
+    view.on_arrival("c", "C", "t", 10 * BLOCK, 5.0)
+    verdict[0] = True
+    plan = ctl.plan(view, 6.0, running=1)
+    assert ctl.following_model and "Z" in plan.demoted  # resumed: A, B, Z resident over budget -> shedding
+
+
 def test_demotes_a_far_idle_session_only_when_another_waits() -> None:
     view, ctl = SessionView(BLOCK), _controller(100)
     _run_and_finish(view, "a", "A", 60, 0.0, FAR)

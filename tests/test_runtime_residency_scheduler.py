@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cachewise.runtime.block_pool import ScoredBlockPool
-from cachewise.runtime.config import ResidencySettings
+from cachewise.runtime.config import GuardConfig, PoolConfig, ResidencySettings
 from cachewise.runtime.cpu_engine import export_tiny_model, make_request, make_scheduler, make_vllm_config, step
 from cachewise.runtime.eviction_order import EvictionOrder
 from cachewise.runtime.hooks import use_policy
@@ -39,11 +39,18 @@ class Forecaster:
         return ReusePrediction(now + forecast.median, now + 1e6)
 
 
-def _scheduler(num_blocks: int, forecasts: dict[str, Forecast], clock: ManualClock, **residency: float):
-    """A residency scheduler (settings as the class attribute, so no plugin binding interferes) on a scored pool."""
+UNGUARDED = PoolConfig(guard=GuardConfig(enabled=False))
+
+
+def _scheduler(
+    num_blocks: int, forecasts: dict[str, Forecast], clock: ManualClock, pool: PoolConfig = UNGUARDED, **residency: float
+):
+    """A residency scheduler (settings as the class attribute, so no plugin binding interferes) on a scored pool.
+    The controller's mechanics are tested with the guard off (it would pass through until the guard trusts
+    the forecasts: tests/test_runtime_residency_guard.py)."""
     settings_ = ResidencySettings(**{"headroom": 0.0, **residency})
     cls = type("TestResidencyScheduler", (ResidencyScheduler,), {"residency_settings": settings_})
-    with use_policy(Forecaster(forecasts), clock=clock):
+    with use_policy(Forecaster(forecasts), clock=clock, config=pool):
         return make_scheduler(make_vllm_config(num_blocks, BLOCK, scheduler_cls=cls, max_num_seqs=8, max_num_batched_tokens=4096))
 
 
