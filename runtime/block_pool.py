@@ -60,6 +60,7 @@ from vllm.v1.request import Request
 from cachewise.runtime.config import PoolConfig
 from cachewise.runtime.eviction_order import EvictionOrder
 from cachewise.runtime.guard import Guard
+from cachewise.runtime.kv_blocks import cached_key, is_being_reused, is_free
 from cachewise.runtime.metrics import PoolStats, Publisher, observe_latency
 from cachewise.runtime.policy import InvalidPrediction, ReusePredictor, checked, engine_clock
 
@@ -180,7 +181,7 @@ class ScoredBlockPool(BlockPool):
                 found = BlockPool.get_cached_block(self, block_hash, [group_id])
                 if found is None:
                     break
-                if found[0].ref_cnt == 0:
+                if is_free(found[0]):
                     free.append(found[0])
             if free:
                 yield free
@@ -196,7 +197,7 @@ class ScoredBlockPool(BlockPool):
         for block_hash in block_hashes:
             for group_id in group_ids:
                 found = BlockPool.get_cached_block(self, block_hash, [group_id])
-                if found is not None and found[0].ref_cnt == 0:
+                if found is not None and is_free(found[0]):
                     free.append(found[0])
         order.on_demote(free, self.clock())
         return len(free)
@@ -294,7 +295,7 @@ class ScoredBlockPool(BlockPool):
         blocks = list(ordered_blocks)
         super().free_blocks(blocks)
         now = self.clock()
-        freed = [b for b in blocks if b.ref_cnt == 0 and b.prev_free_block is not None and b.pool is self]
+        freed = [b for b in blocks if b.pool is self and is_free(b)]
         order.on_free(freed, now)
         if self._guard is not None:
             self._guard.on_free(freed, now)
@@ -318,18 +319,18 @@ class ScoredBlockPool(BlockPool):
         # Blocks evicted by get_new_blocks (popped: ref count 0, out of the queue) were
         # unlinked when taken; every other hash drop (connector eviction, promotion, copy)
         # is reported to the order here.
-        if self._order is None or (block.ref_cnt == 0 and block.prev_free_block is None):
+        if self._order is None or is_being_reused(block):
             return super()._remove_cached_block_hashes(block)
-        had_hash = block._block_hash is not None
+        had_hash = cached_key(block) is not None
         removed = super()._remove_cached_block_hashes(block)
         if had_hash and self._order is not None:
             self._order.on_drop(block)
-            if block.ref_cnt == 0:  # dropped while free: now an unhashed candidate
+            if is_free(block):  # dropped while free: now an unhashed candidate
                 self._order.on_free([block], self.clock())
         return removed
 
     def _maybe_evict_cached_block(self, block: KVCacheBlock) -> bool:
-        key = block._block_hash
+        key = cached_key(block)
         if key is None:
             return super()._maybe_evict_cached_block(block)
         evicted = super()._maybe_evict_cached_block(block)
@@ -345,10 +346,11 @@ class ScoredBlockPool(BlockPool):
 
     def _insert_block_hash(self, block_hash_with_group_id: bytes, block: KVCacheBlock, num_tokens: int | None) -> None:
         # A block computed and cached: for the guard, a real miss on its hash.
-        had = block._block_hash
+        had = cached_key(block)
         super()._insert_block_hash(block_hash_with_group_id, block, num_tokens)
-        if self._guard is not None and had is None and block._block_hash is not None:
-            self._guard.on_cached(block._block_hash)
+        key = cached_key(block)
+        if self._guard is not None and had is None and key is not None:
+            self._guard.on_cached(key)
 
     def get_cached_block(self, block_hash: BlockHash, kv_cache_group_ids: list[int]) -> list[KVCacheBlock] | None:
         """vLLM's lookup; a miss on a recently evicted hash counts one harmful eviction."""

@@ -103,6 +103,7 @@ from collections.abc import Callable, Iterable, Sequence
 from vllm.v1.core.kv_cache_utils import KVCacheBlock, make_block_hash_with_group_id
 
 from cachewise.runtime.config import GuardConfig
+from cachewise.runtime.kv_blocks import cached_key, is_free
 from cachewise.runtime.metrics import PoolStats
 
 logger = logging.getLogger("vllm.cachewise")
@@ -298,7 +299,7 @@ class Guard:
         """A request released ``chain`` with this prediction: remembered for its sampled blocks."""
         threshold, pending = self._threshold, self._pending
         for blk in chain:
-            key = blk._block_hash
+            key = cached_key(blk)
             if key is None or ((key[0] << 8) | key[1]) >= threshold:
                 continue
             old = pending.get(key)
@@ -313,7 +314,7 @@ class Guard:
         """``blocks`` reached ref count 0: their sampled hashes join both shadows' free sets."""
         threshold = self._threshold
         for blk in blocks:
-            key = blk._block_hash
+            key = cached_key(blk)
             if key is None or ((key[0] << 8) | key[1]) >= threshold:
                 continue
             self._seq += 1
@@ -340,10 +341,10 @@ class Guard:
 
     def on_touch(self, block: KVCacheBlock) -> None:
         """``block`` is about to be touched by a new request (a real prefix-cache hit)."""
-        key = block._block_hash
+        key = cached_key(block)
         if key is None or ((key[0] << 8) | key[1]) >= self._threshold:
             return
-        if block.ref_cnt == 0:
+        if is_free(block):
             self._access(key, True, self._clock())
         else:  # held by another request: no eviction choice involved; its prediction is consumed
             self._pending.pop(key, None)
