@@ -12,11 +12,11 @@ it to validate its own entries. Order of candidates (first = evicted first):
 
 Time rule. A block's reuse key starts as the predicted ``reuse_at``. When ``now`` passes the
 key without a reuse, the block is *overdue* and is re-keyed to
-``now + max(now - freed_at, MIN_OVERDUE_STEP_S)``: a prefix already idle ``e`` seconds past
-its prediction is expected to stay idle about as long again (the Pareto-tail rule of
-:mod:`cachewise.scoring.idle`), so it sinks steadily instead of keeping a stale, already passed
-reuse time; each re-key at least doubles its idle horizon, so a block is re-keyed
-O(log(max_idle / MIN_OVERDUE_STEP_S)) times per free period. At ``expire_at`` it is
+``now + overdue_remaining(now - freed_at)``, the one overdue rule of
+:mod:`cachewise.scoring.overdue` ("idle as long again", at least ``MIN_OVERDUE_STEP_S``), so
+it sinks steadily instead of keeping a stale, already passed reuse time; each re-key at least
+doubles its idle horizon, so a block is re-keyed O(log(max_idle / MIN_OVERDUE_STEP_S)) times
+per free period. At ``expire_at`` it is
 evicted before every predicted block. Re-keys and expiries are driven lazily by a timer
 heap keyed by the time of the next change, processed at eviction time only.
 
@@ -68,9 +68,7 @@ from collections.abc import Iterable, Sequence
 from vllm.v1.core.kv_cache_utils import FreeKVCacheBlockQueue, KVCacheBlock
 
 from cachewise.runtime.kv_blocks import cached_key, is_free, is_free_cached, is_free_uncached
-
-MIN_OVERDUE_STEP_S = 1.0
-"""Smallest re-key step (s) of an overdue block (one freed and predicted back at once)."""
+from cachewise.scoring.overdue import overdue_remaining
 
 _INF = math.inf
 _NEG_INF = -math.inf
@@ -320,8 +318,7 @@ class EvictionOrder:
                 continue
             if self._expire[b] <= now:
                 return blk
-            idle = now - self._freed_at[b]
-            self._reuse[b] = now + (idle if idle > MIN_OVERDUE_STEP_S else MIN_OVERDUE_STEP_S)
+            self._reuse[b] = now + overdue_remaining(now - self._freed_at[b])
             self.rekeys += 1
             self._push(b)
         heap = self._heap

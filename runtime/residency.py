@@ -30,7 +30,8 @@ Rule, evaluated once per scheduler step (:meth:`ResidencyController.plan`):
 
 Cost trade-off for demoting an idle resident session ``j`` with ``W_j`` blocks, idle ``e``
 seconds, return forecast ``F_j`` (quantiles of its gap; remaining gap ``R_j`` = the
-quantiles above ``e`` minus ``e``; no forecast = "idle as long again"), while a session waits:
+quantiles above ``e`` minus ``e``; no forecast: ``overdue_remaining(e)``, the one overdue rule of
+:mod:`cachewise.scoring.overdue`), while a session waits:
 
     keep_j = E[min(R_j, H)]                 # seconds the waiting head is held by j's room
     drop_j = P(R_j <= H) * (prefill_s(W_j) * (1 + n_run) + Q)
@@ -57,6 +58,7 @@ from dataclasses import dataclass, field
 
 from cachewise.runtime.config import ResidencySettings
 from cachewise.runtime.sessions import SessionState, SessionView
+from cachewise.scoring.overdue import overdue_remaining
 
 
 QUEUE_WINDOW = 32
@@ -120,7 +122,7 @@ class ResidencyController:
         forecast = state.forecast
         h = self.settings.horizon_s
         if forecast is None:
-            rest = max(elapsed, 1.0)
+            rest = overdue_remaining(elapsed)
             keep, p_back = min(rest, h), 1.0 if rest <= h else 0.0
         else:
             keep, p_back = forecast.expected_hold(elapsed, h), forecast.p_back_within(elapsed, h)

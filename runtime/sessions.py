@@ -47,6 +47,8 @@ import math
 from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
 
+from cachewise.scoring.overdue import overdue_remaining
+
 FORECAST_LEVELS: tuple[float, ...] = tuple(i / 20 for i in range(21))
 """Quantile levels a :class:`Forecast` is stored at (0, 0.05, ..., 1)."""
 
@@ -114,11 +116,11 @@ class Forecast:
 
     def remaining(self, elapsed: float) -> list[float]:
         """Quantile sample of the *remaining* gap given the session stayed idle ``elapsed`` s:
-        the stored quantiles above ``elapsed``, minus it; ``[2 * elapsed]`` (as long again,
-        the tail rule of :mod:`cachewise.scoring.idle`) when every quantile has passed."""
+        the stored quantiles above ``elapsed``, minus it; ``[overdue_remaining(elapsed)]`` (the
+        one overdue rule, :mod:`cachewise.scoring.overdue`) when every quantile has passed."""
         i = bisect.bisect_right(self.gaps, elapsed)
         rest = [g - elapsed for g in self.gaps[i:]]
-        return rest if rest else [max(elapsed, 1.0)]
+        return rest if rest else [overdue_remaining(elapsed)]
 
     def p_back_within(self, elapsed: float, window: float) -> float:
         """P(next request within ``window`` s | idle ``elapsed`` s so far)."""
