@@ -36,7 +36,10 @@ vLLM's LRU would each do, and makes ``get_new_blocks`` take vLLM's order while t
 one is measurably worse; the eviction order keeps being maintained, so it can switch back. A pool starts in fallback when built without a predictor (e.g. the
 model failed to load) and switches to fallback for good after
 ``config.max_consecutive_failures`` predictor failures in a row. Metrics (evictions,
-harmful evictions, fallbacks) are kept in both modes.
+ghost hits, fallbacks) are kept in both modes. A *ghost hit* is a prefix-cache lookup that
+misses on a hash the pool evicted within its last ``config.ghost_window`` evictions (the
+replay's *harmful eviction*, an evicted hash a later prompt contains, is a different count:
+:mod:`cachewise.replay.metrics`).
 
 Failure behaviour: predictor exceptions and invalid predictions (NaN, -inf) are caught,
 counted (``fallbacks``), and warned about once per pool; the request's blocks then carry
@@ -98,7 +101,7 @@ class ScoredBlockPool(BlockPool):
         self._order: EvictionOrder | None = EvictionOrder(self.blocks) if predictor is not None and enable_caching else None
         self._consecutive_failures = 0
         self._warned = False
-        window = self.config.harmful_window
+        window = self.config.ghost_window
         self._window = num_gpu_blocks if window is None else window
         self._recently_evicted: OrderedDict[bytes, None] = OrderedDict()
         guarded = self._order is not None and self.config.guard.enabled
@@ -167,7 +170,7 @@ class ScoredBlockPool(BlockPool):
     ) -> Iterable[list[KVCacheBlock]]:
         """Per chained group, the free blocks of ``request``'s cached prefix, looked up as vLLM's
         full-attention ``find_longest_cache_hit`` does (in order, at most ``num_tokens - 1``
-        tokens, stopping at the first miss; vLLM's lookup, so no harmful eviction is counted).
+        tokens, stopping at the first miss; vLLM's lookup, so no ghost hit is counted).
         With ``guard_now`` the guard's shadow caches see the request arrive at that time."""
         for group_id, block_size in groups:
             hashes = resolve_block_hashes(request.block_hashes, self.hash_block_size, block_size)
@@ -353,13 +356,13 @@ class ScoredBlockPool(BlockPool):
             self._guard.on_cached(key)
 
     def get_cached_block(self, block_hash: BlockHash, kv_cache_group_ids: list[int]) -> list[KVCacheBlock] | None:
-        """vLLM's lookup; a miss on a recently evicted hash counts one harmful eviction."""
+        """vLLM's lookup; a miss on a recently evicted hash counts one ghost hit."""
         found = super().get_cached_block(block_hash, kv_cache_group_ids)
         if found is None and self._recently_evicted and kv_cache_group_ids:
             key = make_block_hash_with_group_id(block_hash, kv_cache_group_ids[0])
             if key in self._recently_evicted:
                 del self._recently_evicted[key]  # count each eviction at most once
-                self.stats.harmful_evictions += 1
+                self.stats.ghost_hits += 1
         return found
 
     def reset_prefix_cache(self) -> bool:
