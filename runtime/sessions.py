@@ -9,7 +9,8 @@ Model:
 
 * a *session* (program) has a key: the client's ``session_id`` (vLLM's
   ``Request.session_id`` or the hint ``extra_args["cachewise"]["session_id"]``), else the
-  session the runtime's thread inference assigns (:mod:`cachewise.runtime.request_calls`);
+  session the runtime's thread inference assigns (:mod:`cachewise.runtime.request_calls`,
+  which owns the block-hash -> thread index; the view never infers threads itself);
   a request whose session is not known at arrival gets a *provisional* session
   (``"?" + request_id``) that is merged into the real one when the predictor names it;
 * a session has *threads* (the growing prompts of the main agent and its sub-agents), each
