@@ -36,7 +36,10 @@ vLLM's LRU would each do, and makes ``get_new_blocks`` take vLLM's order while t
 one is measurably worse; the eviction order keeps being maintained, so it can switch back. A pool starts in fallback when built without a predictor (e.g. the
 model failed to load) and switches to fallback for good after
 ``config.max_consecutive_failures`` predictor failures in a row. Metrics (evictions,
-harmful evictions, fallbacks) are kept in both modes.
+ghost hits, fallbacks) are kept in both modes. A *ghost hit* is a prefix-cache lookup that
+misses on a hash the pool evicted within its last ``config.ghost_window`` evictions (the
+replay's *harmful eviction*, an evicted hash a later prompt contains, is a different count:
+:mod:`cachewise.replay.metrics`).
 
 Failure behaviour: predictor exceptions and invalid predictions (NaN, -inf) are caught,
 counted (``fallbacks``), and warned about once per pool; the request's blocks then carry
@@ -60,6 +63,7 @@ from vllm.v1.request import Request
 from cachewise.runtime.config import PoolConfig
 from cachewise.runtime.eviction_order import EvictionOrder
 from cachewise.runtime.guard import Guard
+from cachewise.runtime.kv_blocks import cached_key, is_being_reused, is_free
 from cachewise.runtime.metrics import PoolStats, Publisher, observe_latency
 from cachewise.runtime.policy import InvalidPrediction, ReusePredictor, checked, engine_clock
 
@@ -98,7 +102,7 @@ class ScoredBlockPool(BlockPool):
         self._consecutive_failures = 0
         self._warned = False
         self._expected: dict[str, tuple[float, float]] = {}  # request id -> prediction set by expect()
-        window = self.config.harmful_window
+        window = self.config.ghost_window
         self._window = num_gpu_blocks if window is None else window
         self._recently_evicted: OrderedDict[bytes, None] = OrderedDict()
         guarded = self._order is not None and self.config.guard.enabled
@@ -182,7 +186,7 @@ class ScoredBlockPool(BlockPool):
     ) -> Iterable[list[KVCacheBlock]]:
         """Per chained group, the free blocks of ``request``'s cached prefix, looked up as vLLM's
         full-attention ``find_longest_cache_hit`` does (in order, at most ``num_tokens - 1``
-        tokens, stopping at the first miss; vLLM's lookup, so no harmful eviction is counted).
+        tokens, stopping at the first miss; vLLM's lookup, so no ghost hit is counted).
         With ``guard_now`` the guard's shadow caches see the request arrive at that time."""
         for group_id, block_size in groups:
             hashes = resolve_block_hashes(request.block_hashes, self.hash_block_size, block_size)
@@ -196,7 +200,7 @@ class ScoredBlockPool(BlockPool):
                 found = BlockPool.get_cached_block(self, block_hash, [group_id])
                 if found is None:
                     break
-                if found[0].ref_cnt == 0:
+                if is_free(found[0]):
                     free.append(found[0])
             if free:
                 yield free
@@ -212,7 +216,7 @@ class ScoredBlockPool(BlockPool):
         for block_hash in block_hashes:
             for group_id in group_ids:
                 found = BlockPool.get_cached_block(self, block_hash, [group_id])
-                if found is not None and found[0].ref_cnt == 0:
+                if found is not None and is_free(found[0]):
                     free.append(found[0])
         order.on_demote(free, self.clock())
         return len(free)
@@ -310,7 +314,7 @@ class ScoredBlockPool(BlockPool):
         blocks = list(ordered_blocks)
         super().free_blocks(blocks)
         now = self.clock()
-        freed = [b for b in blocks if b.ref_cnt == 0 and b.prev_free_block is not None and b.pool is self]
+        freed = [b for b in blocks if b.pool is self and is_free(b)]
         order.on_free(freed, now)
         if self._guard is not None:
             self._guard.on_free(freed, now)
@@ -334,18 +338,18 @@ class ScoredBlockPool(BlockPool):
         # Blocks evicted by get_new_blocks (popped: ref count 0, out of the queue) were
         # unlinked when taken; every other hash drop (connector eviction, promotion, copy)
         # is reported to the order here.
-        if self._order is None or (block.ref_cnt == 0 and block.prev_free_block is None):
+        if self._order is None or is_being_reused(block):
             return super()._remove_cached_block_hashes(block)
-        had_hash = block._block_hash is not None
+        had_hash = cached_key(block) is not None
         removed = super()._remove_cached_block_hashes(block)
         if had_hash and self._order is not None:
             self._order.on_drop(block)
-            if block.ref_cnt == 0:  # dropped while free: now an unhashed candidate
+            if is_free(block):  # dropped while free: now an unhashed candidate
                 self._order.on_free([block], self.clock())
         return removed
 
     def _maybe_evict_cached_block(self, block: KVCacheBlock) -> bool:
-        key = block._block_hash
+        key = cached_key(block)
         if key is None:
             return super()._maybe_evict_cached_block(block)
         evicted = super()._maybe_evict_cached_block(block)
@@ -361,19 +365,20 @@ class ScoredBlockPool(BlockPool):
 
     def _insert_block_hash(self, block_hash_with_group_id: bytes, block: KVCacheBlock, num_tokens: int | None) -> None:
         # A block computed and cached: for the guard, a real miss on its hash.
-        had = block._block_hash
+        had = cached_key(block)
         super()._insert_block_hash(block_hash_with_group_id, block, num_tokens)
-        if self._guard is not None and had is None and block._block_hash is not None:
-            self._guard.on_cached(block._block_hash)
+        key = cached_key(block)
+        if self._guard is not None and had is None and key is not None:
+            self._guard.on_cached(key)
 
     def get_cached_block(self, block_hash: BlockHash, kv_cache_group_ids: list[int]) -> list[KVCacheBlock] | None:
-        """vLLM's lookup; a miss on a recently evicted hash counts one harmful eviction."""
+        """vLLM's lookup; a miss on a recently evicted hash counts one ghost hit."""
         found = super().get_cached_block(block_hash, kv_cache_group_ids)
         if found is None and self._recently_evicted and kv_cache_group_ids:
             key = make_block_hash_with_group_id(block_hash, kv_cache_group_ids[0])
             if key in self._recently_evicted:
                 del self._recently_evicted[key]  # count each eviction at most once
-                self.stats.harmful_evictions += 1
+                self.stats.ghost_hits += 1
         return found
 
     def reset_prefix_cache(self) -> bool:

@@ -14,12 +14,16 @@ order with one warning (a typo must not take the server down, but must be visibl
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 CONFIG_KEY = "cachewise"
+DEPRECATED_KEYS = {"harmful_window": "ghost_window"}
+"""Old top-level key -> its new name: still read (the new name wins when both are given), with one warning."""
+logger = logging.getLogger("vllm.cachewise")
 MODES = ("learned", "fallback")
 MAX_PORT = 65535
 
@@ -81,8 +85,9 @@ class PoolConfig:
     """Settings of one :class:`~cachewise.runtime.block_pool.ScoredBlockPool`.
 
     ``max_idle_s``: cap on any prediction's ``expire_at - now`` (no prefix is immortal).
-    ``harmful_window``: how many recently evicted block hashes are remembered to count
-    harmful evictions (None: the pool's number of blocks).
+    ``ghost_window``: how many recently evicted block hashes are remembered to count ghost
+    hits, lookup misses on one of them (None: the pool's number of blocks). The old name
+    ``harmful_window`` is still accepted, with a deprecation warning.
     ``max_consecutive_failures``: after this many predictor failures in a row the pool
     switches to vLLM's order for good (one warning).
     ``log_interval_s``: seconds (wall clock) between stat log lines; 0 disables them.
@@ -90,7 +95,7 @@ class PoolConfig:
     """
 
     max_idle_s: float = 3600.0
-    harmful_window: int | None = None
+    ghost_window: int | None = None
     max_consecutive_failures: int = 64
     log_interval_s: float = 60.0
     guard: GuardConfig = field(default_factory=GuardConfig)
@@ -98,8 +103,8 @@ class PoolConfig:
     def __post_init__(self) -> None:
         if not (0 < self.max_idle_s < math.inf):
             raise ConfigError(f"max_idle_s must be a finite number > 0, got {self.max_idle_s}")
-        if self.harmful_window is not None and self.harmful_window < 0:
-            raise ConfigError(f"harmful_window must be >= 0, got {self.harmful_window}")
+        if self.ghost_window is not None and self.ghost_window < 0:
+            raise ConfigError(f"ghost_window must be >= 0, got {self.ghost_window}")
         if self.max_consecutive_failures < 1:
             raise ConfigError("max_consecutive_failures must be >= 1")
         if not (self.log_interval_s >= 0) or math.isinf(self.log_interval_s):
@@ -241,6 +246,10 @@ class CacheWiseSettings:
         if not isinstance(raw, Mapping):
             raise ConfigError(f"additional_config.cachewise must be a JSON object, got {type(raw).__name__}")
         raw = dict(raw)
+        for old, new in DEPRECATED_KEYS.items():
+            if old in raw:
+                logger.warning("CacheWise: additional-config key %r is deprecated; use %r", old, new)
+                raw.setdefault(new, raw.pop(old))
         pool_keys = {f.name for f in fields(PoolConfig)} - {"guard"}
         own_keys = {
             "mode", "model", "tool_parser", "metrics_port", "registry_timeout_s", "log_dir", "scheduler", "residency", "guard",

@@ -20,7 +20,7 @@ Eviction order (first = evicted first), among evictable (``ref_cnt == 0``), unpr
 2. chunks of idle sessions, by predicted time to the next request, farthest first:
    the median of the forecast's remaining gap (:meth:`Forecast.remaining_quantile`), ``inf`` for
    "does not come back"; an idle session without a forecast is expected back after
-   "as long again" as it has been idle (the tail rule of :mod:`cachewise.scoring.idle`);
+   ``overdue_remaining(idle)`` (the one overdue rule, :mod:`cachewise.scoring.overdue`);
 3. chunks of sessions with a live request (in use now), last.
 
 Ties, and the chunks within one session, go in vLLM's LRU order (its ranks: older request
@@ -51,6 +51,7 @@ from vllm.v1.kv_offload.cpu.policies.base import ChunkStatus
 from vllm.v1.kv_offload.cpu.policies.lru import LRUCachePolicy
 
 from cachewise.runtime.sessions import SessionView
+from cachewise.scoring.overdue import overdue_remaining
 
 logger = logging.getLogger("vllm.cachewise")
 
@@ -217,7 +218,7 @@ class CacheWiseCachePolicy(LRUCachePolicy):
         elapsed = now - (state.idle_since if state.idle_since is not None else now)
         forecast = state.forecast
         if forecast is None:
-            return max(elapsed, 1.0), False
+            return overdue_remaining(elapsed), False
         if state.expired(now):
             return ENDED, True
         return forecast.remaining_quantile(elapsed, 0.5), True

@@ -12,11 +12,11 @@ it to validate its own entries. Order of candidates (first = evicted first):
 
 Time rule. A block's reuse key starts as the predicted ``reuse_at``. When ``now`` passes the
 key without a reuse, the block is *overdue* and is re-keyed to
-``now + max(now - freed_at, MIN_OVERDUE_STEP_S)``: a prefix already idle ``e`` seconds past
-its prediction is expected to stay idle about as long again (the Pareto-tail rule of
-:mod:`cachewise.scoring.idle`), so it sinks steadily instead of keeping a stale, already passed
-reuse time; each re-key at least doubles its idle horizon, so a block is re-keyed
-O(log(max_idle / MIN_OVERDUE_STEP_S)) times per free period. At ``expire_at`` it is
+``now + overdue_remaining(now - freed_at)``, the one overdue rule of
+:mod:`cachewise.scoring.overdue` ("idle as long again", at least ``MIN_OVERDUE_STEP_S``), so
+it sinks steadily instead of keeping a stale, already passed reuse time; each re-key at least
+doubles its idle horizon, so a block is re-keyed O(log(max_idle / MIN_OVERDUE_STEP_S)) times
+per free period. At ``expire_at`` it is
 evicted before every predicted block. Re-keys and expiries are driven lazily by a timer
 heap keyed by the time of the next change, processed at eviction time only.
 
@@ -67,8 +67,8 @@ from collections.abc import Iterable, Sequence
 
 from vllm.v1.core.kv_cache_utils import FreeKVCacheBlockQueue, KVCacheBlock
 
-MIN_OVERDUE_STEP_S = 1.0
-"""Smallest re-key step (s) of an overdue block (one freed and predicted back at once)."""
+from cachewise.runtime.kv_blocks import cached_key, is_free, is_free_cached, is_free_uncached
+from cachewise.scoring.overdue import overdue_remaining
 
 _INF = math.inf
 _NEG_INF = -math.inf
@@ -84,8 +84,7 @@ class EvictionOrder:
     """Candidate structures and per-block prediction state for ``blocks`` (block_id = index).
 
     Per-block state lives in flat arrays (8 bytes or less per field and block, no boxed
-    objects). Hot loops read ``KVCacheBlock._block_hash`` directly: the ``block_hash``
-    property is a Python call that only returns that slot.
+    objects). vLLM's block state (free, cached) is read through :mod:`cachewise.runtime.kv_blocks`.
     """
 
     def __init__(self, blocks: Sequence[KVCacheBlock]) -> None:
@@ -109,7 +108,7 @@ class EvictionOrder:
         self._next_token = 1
         self._heap: list[tuple[float, int]] = []
         self._timers: list[tuple[float, int]] = []
-        self._unhashed: list[int] = [b.block_id for b in reversed(blocks) if self._is_free(b)]
+        self._unhashed: list[int] = [b.block_id for b in reversed(blocks) if is_free(b)]
         self._compact_at = 3 * n + 1024
         self.rekeys = 0  # overdue re-keys done so far
 
@@ -139,7 +138,7 @@ class EvictionOrder:
         prev = -1
         for i, blk in enumerate(chain):
             b = blk.block_id
-            if blk._block_hash is None or b < 0 or b >= n or blocks[b] is not blk:
+            if cached_key(blk) is None or b < 0 or b >= n or blocks[b] is not blk:
                 prev = -1  # null, unhashed or foreign block: the chain is broken here
                 continue
             if chained:
@@ -165,7 +164,7 @@ class EvictionOrder:
         next_seq = self._next_seq
         for blk in blocks:
             b = blk.block_id
-            if blk._block_hash is None:
+            if cached_key(blk) is None:
                 unhashed.append(b)
                 continue
             seq[b] = next_seq
@@ -210,7 +209,7 @@ class EvictionOrder:
             requesters[b] -= 1
             if requesters[b] == 0 and requested[b]:
                 requested[b] = 0
-                if children[b] == 0 and self._is_free(blk) and blk._block_hash is not None:
+                if children[b] == 0 and is_free_cached(blk):
                     self._push(b)
 
     def on_demote(self, blocks: Iterable[KVCacheBlock], now: float) -> None:
@@ -258,7 +257,7 @@ class EvictionOrder:
             blk = None
             while unhashed:
                 cand = blocks[unhashed.pop()]
-                if cand.ref_cnt == 0 and cand.prev_free_block is not None and cand._block_hash is None:
+                if is_free_uncached(cand):
                     blk = cand
                     break
             if blk is None:
@@ -308,10 +307,6 @@ class EvictionOrder:
         return self._compact_at + 1
 
     # --------------------------------------------------------------- internals
-    @staticmethod
-    def _is_free(block: KVCacheBlock) -> bool:
-        return block.ref_cnt == 0 and block.prev_free_block is not None and not block.is_null
-
     def _next_hashed(self, now: float) -> KVCacheBlock | None:
         """The best hashed candidate: an expired one, else the heap top (re-keying overdue ones)."""
         blocks, token = self._blocks, self._token
@@ -319,17 +314,11 @@ class EvictionOrder:
             _, packed = heapq.heappop(self._timers)
             b = packed & _ID_MASK
             blk = blocks[b]
-            if not (
-                token[b] == (packed >> _ID_BITS) & _WORD_MASK
-                and blk.ref_cnt == 0
-                and blk.prev_free_block is not None
-                and blk._block_hash is not None
-            ):
+            if not (token[b] == (packed >> _ID_BITS) & _WORD_MASK and is_free_cached(blk)):
                 continue
             if self._expire[b] <= now:
                 return blk
-            idle = now - self._freed_at[b]
-            self._reuse[b] = now + (idle if idle > MIN_OVERDUE_STEP_S else MIN_OVERDUE_STEP_S)
+            self._reuse[b] = now + overdue_remaining(now - self._freed_at[b])
             self.rekeys += 1
             self._push(b)
         heap = self._heap
@@ -337,12 +326,7 @@ class EvictionOrder:
             _, packed = heapq.heappop(heap)
             b = packed & _ID_MASK
             blk = blocks[b]
-            if (
-                token[b] == (packed >> _ID_BITS) & _WORD_MASK
-                and blk.ref_cnt == 0
-                and blk.prev_free_block is not None
-                and blk._block_hash is not None
-            ):
+            if token[b] == (packed >> _ID_BITS) & _WORD_MASK and is_free_cached(blk):
                 return blk
         return None
 
@@ -361,8 +345,7 @@ class EvictionOrder:
                 if self._keyed[b]:
                     self._fold(b, p)
                 if left == 0:
-                    pblk = self._blocks[p]
-                    if pblk.ref_cnt == 0 and pblk.prev_free_block is not None and pblk._block_hash is not None:
+                    if is_free_cached(self._blocks[p]):
                         freed_parent = p
             self._parent[b] = -1
         self._epoch[b] += 1
@@ -440,12 +423,9 @@ class EvictionOrder:
     def _live(self, packed: int) -> bool:
         """Whether a heap entry still describes a candidate."""
         b = packed & _ID_MASK
-        blk = self._blocks[b]
         return (
             self._token[b] == (packed >> _ID_BITS) & _WORD_MASK
-            and blk.ref_cnt == 0
-            and blk.prev_free_block is not None
-            and blk._block_hash is not None
+            and is_free_cached(self._blocks[b])
             and self._children[b] == 0
         )
 
@@ -460,7 +440,7 @@ class EvictionOrder:
         kept: list[int] = []
         for b in reversed(self._unhashed):  # keep each block's most recent entry
             blk = blocks[b]
-            if b not in seen and self._is_free(blk) and blk._block_hash is None:
+            if b not in seen and is_free_uncached(blk):
                 seen.add(b)
                 kept.append(b)
         kept.reverse()

@@ -25,8 +25,8 @@ for the same evidence) is simulated under each expert, fed the very stream the p
 
 The learned shadow evicts as the real order does, minus chain structure (sampled blocks
 are not chained): expired first, then unpredicted in LRU order, then the farthest key,
-an overdue prefix keyed ``now + max(idle, 1 s)`` (the pool re-keys in steps; the shadow
-continuously), a requested one keyed at its arrival (evicted last).
+an overdue prefix keyed ``now + overdue_remaining(idle)`` (the one rule of
+:mod:`cachewise.scoring.overdue`; the pool re-keys in steps, the shadow continuously), a requested one keyed at its arrival (evicted last).
 
 Decision: a **switch with hysteresis**, not LeCaR/CACHEUS expert weights. Sampling one
 expert per eviction mixes two orders inside one cache state, and a cache's hit rate is
@@ -110,12 +110,13 @@ from collections.abc import Callable, Iterable, Sequence
 from vllm.v1.core.kv_cache_utils import KVCacheBlock, make_block_hash_with_group_id
 
 from cachewise.runtime.config import GuardConfig
+from cachewise.runtime.kv_blocks import cached_key, is_free
 from cachewise.runtime.metrics import PoolStats
+from cachewise.scoring.overdue import overdue_remaining
 
 logger = logging.getLogger("vllm.cachewise")
 
 _INF = math.inf
-MIN_OVERDUE_STEP_S = 1.0  # as the pool's re-key rule
 
 # Fields of a learned-shadow entry (a list, mutated in place).
 _TOKEN, _SEQ, _FREED, _REUSE, _EXPIRE, _REQUESTED = range(6)
@@ -202,7 +203,7 @@ class LearnedShadow:
         far, overdue = self._top(self._far, 2), self._top(self._overdue, 2)
         if far is None and overdue is None:
             return None
-        if overdue is not None and (far is None or now + max(now - overdue[0], MIN_OVERDUE_STEP_S) >= -far[0]):
+        if overdue is not None and (far is None or now + overdue_remaining(now - overdue[0]) >= -far[0]):
             heapq.heappop(self._overdue)
             key = overdue[3]
         else:
@@ -305,7 +306,7 @@ class Guard:
         """A request released ``chain`` with this prediction: remembered for its sampled blocks."""
         threshold, pending = self._threshold, self._pending
         for blk in chain:
-            key = blk._block_hash
+            key = cached_key(blk)
             if key is None or ((key[0] << 8) | key[1]) >= threshold:
                 continue
             old = pending.get(key)
@@ -320,7 +321,7 @@ class Guard:
         """``blocks`` reached ref count 0: their sampled hashes join both shadows' free sets."""
         threshold = self._threshold
         for blk in blocks:
-            key = blk._block_hash
+            key = cached_key(blk)
             if key is None or ((key[0] << 8) | key[1]) >= threshold:
                 continue
             self._seq += 1
@@ -347,10 +348,10 @@ class Guard:
 
     def on_touch(self, block: KVCacheBlock) -> None:
         """``block`` is about to be touched by a new request (a real prefix-cache hit)."""
-        key = block._block_hash
+        key = cached_key(block)
         if key is None or ((key[0] << 8) | key[1]) >= self._threshold:
             return
-        if block.ref_cnt == 0:
+        if is_free(block):
             self._access(key, True, self._clock())
         else:  # held by another request: no eviction choice involved; its prediction is consumed
             self._pending.pop(key, None)

@@ -10,7 +10,7 @@ shared with the API server: in-process engines, or any setup with
 otherwise set ``metrics_port`` in the cachewise settings to serve them from the engine
 process (:func:`serve_metrics`).
 
-Exported names: ``cachewise_evictions_total``, ``cachewise_harmful_evictions_total``,
+Exported names: ``cachewise_evictions_total``, ``cachewise_ghost_hits_total``,
 ``cachewise_predictions_total``, ``cachewise_fallbacks_total{reason}``,
 ``cachewise_order_fallback_blocks_total``, ``cachewise_scorer_latency_seconds``, and for the
 online guard (:mod:`cachewise.runtime.guard`): ``cachewise_guard_learned_order`` (1 while the
@@ -46,7 +46,7 @@ class PoolStats:
 
     released: int = 0  # requests whose blocks were handed back through the release hook
     evictions: int = 0  # cached blocks whose hash was dropped to reuse the block
-    harmful_evictions: int = 0  # evicted hashes that a later request looked up again
+    ghost_hits: int = 0  # lookup misses on a hash evicted within the last ghost_window evictions
     predictions: int = 0  # predictor calls that returned a usable prediction
     no_opinion: int = 0  # predictor calls that returned None
     held: int = 0  # requests released unfinished (preempted), kept as imminent
@@ -74,9 +74,9 @@ def _metrics() -> dict[str, Counter | Gauge | Histogram]:
     with _lock:
         if not _prom:
             _prom["evictions"] = Counter("cachewise_evictions", "Cached KV blocks evicted by CacheWise pools")
-            _prom["harmful_evictions"] = Counter(
-                "cachewise_harmful_evictions",
-                "Evicted KV block hashes that a later request looked up again (within the pool's window)",
+            _prom["ghost_hits"] = Counter(
+                "cachewise_ghost_hits",
+                "Prefix-cache lookup misses on a block hash the pool evicted within its last ghost_window evictions",
             )
             _prom["predictions"] = Counter("cachewise_predictions", "Reuse predictions made (one per finished request)")
             _prom["fallbacks"] = Counter(
@@ -133,7 +133,7 @@ def publish_residency(following_model: bool) -> None:
 class Publisher:
     """Pushes a pool's :class:`PoolStats` deltas to Prometheus; logs a stat line periodically."""
 
-    _SCALARS = ("evictions", "harmful_evictions", "predictions", "order_fallback_blocks", "guard_switches")
+    _SCALARS = ("evictions", "ghost_hits", "predictions", "order_fallback_blocks", "guard_switches")
 
     def __init__(self, stats: PoolStats, log_interval_s: float, label: str) -> None:
         self._stats = stats
@@ -172,13 +172,13 @@ class Publisher:
         calls = s.predictions + s.no_opinion - last.predictions - last.no_opinion
         mean_us = (s.scorer_seconds - last.scorer_seconds) / calls * 1e6 if calls else 0.0
         logger.info(
-            "CacheWise %s: evictions=%d (+%d) harmful=%d (+%d) predictions=%d (+%d) "
+            "CacheWise %s: evictions=%d (+%d) ghost_hits=%d (+%d) predictions=%d (+%d) "
             "no_opinion=%d held=%d fallbacks=%d order_fallback_blocks=%d scorer_mean=%.1fus%s",
             self.label,
             s.evictions,
             s.evictions - last.evictions,
-            s.harmful_evictions,
-            s.harmful_evictions - last.harmful_evictions,
+            s.ghost_hits,
+            s.ghost_hits - last.ghost_hits,
             s.predictions,
             s.predictions - last.predictions,
             s.no_opinion,

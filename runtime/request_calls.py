@@ -21,6 +21,14 @@ Client hints: ``SamplingParams.extra_args = {"cachewise": {"tool": ..., "argumen
 "tool_calls": [...], "session_id": ..., "thread_id": ..., "is_sidechain": bool}}`` (all
 optional; with the OpenAI server pass them as ``vllm_xargs: {"cachewise": "<the dict as JSON>"}``).
 
+Ownership: this builder is the only place threads are inferred; it owns the block-hash ->
+(thread, session) index. The session view (:mod:`cachewise.runtime.sessions`) infers
+nothing: it is told each call's (session, thread) by the predictor at finish
+(``SessionView.on_forecast``) and asks :meth:`CallBuilder.lookup` (read-only) at arrival, so
+its session and thread keys are this builder's answers. What the view keeps per thread (blocks, growth,
+all full-block hashes for working sets and exclusive hashes) is not kept here, and the two
+tip hashes kept here are not kept there.
+
 Memory is bounded: at most ``max_hashes`` registered hashes (least recently used dropped);
 each thread keeps at most two (its last call's last full prompt block and last full block),
 so the default 131072 covers the 65536 threads that

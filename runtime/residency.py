@@ -46,8 +46,9 @@ Rule, evaluated once per scheduler step (:meth:`ResidencyController.plan`):
 Cost trade-off for demoting an idle resident session ``j`` with ``W_j`` blocks, idle ``e``
 seconds, return forecast ``F_j`` (quantiles of its gap, read as a piecewise-linear quantile
 function; remaining gap ``R_j`` = the gap minus ``e`` given it exceeds ``e``, see
-:meth:`~cachewise.runtime.sessions.Forecast.expected_hold`; no forecast = "idle as long
-again"), while a session waits:
+:meth:`~cachewise.runtime.sessions.Forecast.expected_hold`; no forecast:
+``overdue_remaining(e)``, the one overdue rule of :mod:`cachewise.scoring.overdue`), while a
+session waits:
 
     keep_j = E[min(R_j, H)]                 # seconds the waiting head is held by j's room
     drop_j = P(R_j <= H) * (prefill_s(W_j) * (1 + n_run) + Q)
@@ -75,6 +76,7 @@ from dataclasses import dataclass, field
 
 from cachewise.runtime.config import ResidencySettings
 from cachewise.runtime.sessions import SessionState, SessionView
+from cachewise.scoring.overdue import overdue_remaining
 
 
 logger = logging.getLogger("vllm.cachewise")
@@ -143,7 +145,7 @@ class ResidencyController:
         forecast = state.forecast
         h = self.settings.horizon_s
         if forecast is None:
-            rest = max(elapsed, 1.0)
+            rest = overdue_remaining(elapsed)
             keep, p_back = min(rest, h), 1.0 if rest <= h else 0.0
         else:
             keep, p_back = forecast.expected_hold(elapsed, h), forecast.p_back_within(elapsed, h)

@@ -9,7 +9,8 @@ Model:
 
 * a *session* (program) has a key: the client's ``session_id`` (vLLM's
   ``Request.session_id`` or the hint ``extra_args["cachewise"]["session_id"]``), else the
-  session the runtime's thread inference assigns (:mod:`cachewise.runtime.request_calls`);
+  session the runtime's thread inference assigns (:mod:`cachewise.runtime.request_calls`,
+  which owns the block-hash -> thread index; the view never infers threads itself);
   a request whose session is not known at arrival gets a *provisional* session
   (``"?" + request_id``) that is merged into the real one when the predictor names it;
 * a session has *threads* (the growing prompts of the main agent and its sub-agents), each
@@ -50,6 +51,8 @@ import bisect
 import math
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
+
+from cachewise.scoring.overdue import overdue_remaining
 
 FORECAST_LEVELS: tuple[float, ...] = tuple(i / 20 for i in range(21))
 """Quantile levels a :class:`Forecast` is stored at (0, 0.05, ..., 1)."""
@@ -150,18 +153,18 @@ class Forecast:
 
     def remaining_quantile(self, elapsed: float, level: float) -> float:
         """``level`` quantile of the *remaining* gap given the session stayed idle ``elapsed`` s:
-        ``Q(F(e) + level (1 - F(e))) - e``; ``max(e, 1)`` (as long again, the tail rule of
-        :mod:`cachewise.scoring.idle`) when every quantile has passed."""
+        ``Q(F(e) + level (1 - F(e))) - e``; ``overdue_remaining(e)`` (the one overdue rule,
+        :mod:`cachewise.scoring.overdue`) when every quantile has passed."""
         p0 = self._past(elapsed)
         if p0 is None:
-            return max(elapsed, 1.0)
+            return overdue_remaining(elapsed)
         return max(self.quantile(p0 + level * (1.0 - p0)) - elapsed, 0.0)
 
     def p_back_within(self, elapsed: float, window: float) -> float:
         """P(next request within ``window`` s | idle ``elapsed`` s so far) = ``(F(e + w) - F(e)) / (1 - F(e))``."""
         p0 = self._past(elapsed)
         if p0 is None:
-            return 1.0 if max(elapsed, 1.0) <= window else 0.0
+            return 1.0 if overdue_remaining(elapsed) <= window else 0.0
         return (self.cdf(elapsed + window) - p0) / (1.0 - p0)
 
     def expected_hold(self, elapsed: float, cap: float) -> float:
@@ -171,7 +174,7 @@ class Forecast:
         only their share of the distribution, not one sample's worth each."""
         p0 = self._past(elapsed)
         if p0 is None:
-            return min(max(elapsed, 1.0), cap)
+            return min(overdue_remaining(elapsed), cap)
         g, u = self.gaps, FORECAST_LEVELS
         total = 0.0
         for i in range(len(g) - 1):

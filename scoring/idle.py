@@ -10,9 +10,10 @@ median of ``g`` given ``g > e``:
     g(e) = expm1(mu + Q((1 + F) / 2))
 
 At ``e = 0`` this is ``expm1(mu + median residual)``. A prefix idle past the whole residual
-range (``F = 1``) gets ``g(e) = 2 e``: the median of a Pareto tail with index 1, so an
-overdue prefix is expected to stay idle as long again and sinks steadily in priority
-instead of keeping a stale, already passed next-use time. ``g(e) >= e`` always.
+range (``F = 1``) gets ``g(e) = e + overdue_remaining(e)``, the one overdue rule of
+:mod:`cachewise.scoring.overdue` (idle as long again, at least 1 s more), so an overdue
+prefix sinks steadily in priority instead of keeping a stale, already passed next-use
+time. ``g(e) >= e`` always.
 
 The evictor ranks an idle prefix by its predicted next-use time ``last_use + g(e)``.
 :meth:`IdleConditioner.expected_gap` is vectorised (metrics); :meth:`expected_gap_one` is
@@ -26,6 +27,8 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+
+from cachewise.scoring.overdue import overdue_remaining
 
 N_LEVELS = 101
 LEVELS = np.linspace(0.0, 1.0, N_LEVELS)
@@ -61,8 +64,12 @@ class IdleConditioner:
         mu = np.asarray(pred_label, dtype="float64")
         e = np.maximum(np.asarray(elapsed_s, dtype="float64"), 0.0)
         f = np.interp(np.log1p(e) - mu, q, LEVELS, left=0.0, right=1.0)
-        g = np.expm1(mu + np.interp((1.0 + f) / 2.0, LEVELS, q))
-        return np.where(f >= 1.0, 2.0 * e, np.maximum(g, e))
+        g = np.array(np.maximum(np.expm1(mu + np.interp((1.0 + f) / 2.0, LEVELS, q)), e))
+        tail = f >= 1.0
+        if tail.any():
+            e = np.broadcast_to(e, g.shape)
+            g[tail] = [x + overdue_remaining(x) for x in e[tail].tolist()]
+        return g
 
     def expected_gap_one(self, pred_label: float, elapsed_s: float) -> float:
         """Scalar :meth:`expected_gap` (same result up to float rounding)."""
@@ -71,7 +78,7 @@ class IdleConditioner:
         x = math.log1p(e) - pred_label
         f = _interp(x, q, _LEVELS_LIST)
         if f >= 1.0:
-            return 2.0 * e
+            return e + overdue_remaining(e)
         g = math.expm1(pred_label + _interp((1.0 + f) / 2.0, _LEVELS_LIST, q))
         return g if g > e else e
 

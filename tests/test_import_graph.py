@@ -31,7 +31,7 @@ FORBIDDEN_THIRD_PARTY = ("pandas", "matplotlib")
 LOADED = (
     "plugin", "hooks", "block_pool", "eviction_order", "scheduler", "residency", "sessions",
     "learned", "request_calls", "tool_calls", "guard", "serving_log", "metrics", "config",
-    "policy", "vllm_compat",
+    "policy", "vllm_compat", "kv_blocks",
 )
 
 PROBE = r"""

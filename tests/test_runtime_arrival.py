@@ -87,10 +87,10 @@ def test_queued_request_keeps_its_prefix(a_queued_during_eviction: bool) -> None
     run_to_completion(scheduler)
     assert pool.stats.held == 0, "no preemption muddles the order"
     if a_queued_during_eviction:
-        assert pool.stats.harmful_evictions == 0, "A's queued request must find its whole prefix"
+        assert pool.stats.ghost_hits == 0, "A's queued request must find its whole prefix"
         assert _cached_tokens(scheduler, B_PROMPT) < 4 * BLOCK, "B's prefix (back at 400) lost its tail instead"
     else:
-        assert pool.stats.harmful_evictions == 1, "A's overdue prefix lost its tail before A's request arrived"
+        assert pool.stats.ghost_hits == 1, "A's overdue prefix lost its tail before A's request arrived"
         assert _cached_tokens(scheduler, B_PROMPT) == 4 * BLOCK
     assert pool.stats.fallbacks["hook_error"] == 0
 
@@ -132,7 +132,7 @@ def test_arrival_in_fallback_mode_and_failing_hook_leave_vllm_untouched(monkeypa
     scheduler.add_request(a2)
     assert pool.stats.fallbacks["hook_error"] == 1 and scheduler.requests["a2"] is a2
     run_to_completion(scheduler)
-    assert pool.stats.harmful_evictions == 0
+    assert pool.stats.ghost_hits == 0
 
 
 @pytest.mark.parametrize("another_waiter", [False, True])

@@ -11,13 +11,24 @@ from cachewise.runtime.config import CacheWiseSettings, ConfigError, PoolConfig,
 
 def test_full_settings_parse() -> None:
     s = CacheWiseSettings.from_mapping(
-        {"model": "models:/cachewise-reuse@champion", "tool_parser": "hermes", "max_idle_s": 900, "harmful_window": 10,
+        {"model": "models:/cachewise-reuse@champion", "tool_parser": "hermes", "max_idle_s": 900, "ghost_window": 10,
          "metrics_port": "9400", "scheduler": {"max_passes": 2, "max_wait_s": 5}}
     )
     assert s.mode == "learned" and s.model == "models:/cachewise-reuse@champion" and s.tool_parser == "hermes"
-    assert s.pool == PoolConfig(max_idle_s=900.0, harmful_window=10) and s.metrics_port == 9400
+    assert s.pool == PoolConfig(max_idle_s=900.0, ghost_window=10) and s.metrics_port == 9400
     assert s.scheduler == SchedulerSettings(max_passes=2, max_wait_s=5.0)
     assert CacheWiseSettings.from_mapping({"mode": "fallback"}).model is None
+
+
+def test_old_harmful_window_key_is_read_as_ghost_window_with_one_warning(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("WARNING", logger="vllm.cachewise"):
+        s = CacheWiseSettings.from_mapping({"model": "m", "harmful_window": 7})
+    assert s.pool.ghost_window == 7
+    assert [r.getMessage() for r in caplog.records] == [
+        "CacheWise: additional-config key 'harmful_window' is deprecated; use 'ghost_window'"
+    ]
+    both = CacheWiseSettings.from_mapping({"model": "m", "harmful_window": 7, "ghost_window": 3})
+    assert both.pool.ghost_window == 3  # the new name wins
 
 
 def test_json_1e400_is_rejected_not_read_as_infinity() -> None:
@@ -38,7 +49,8 @@ def test_json_1e400_is_rejected_not_read_as_infinity() -> None:
         ({"model": "m", "metrics_port": 99999}, "metrics_port must be 1..65535, got 99999"),
         ({"model": "m", "metrics_port": 0}, "metrics_port must be 1..65535"),
         ({"model": "m", "metrics_port": 80.5}, "metrics_port must be an integer"),
-        ({"model": "m", "harmful_window": 1e400}, "harmful_window must be a finite number"),
+        ({"model": "m", "ghost_window": 1e400}, "ghost_window must be a finite number"),
+        ({"model": "m", "harmful_window": -1}, "ghost_window must be >= 0"),  # the old name, checked as the new
         ({"model": "m", "registry_timeout_s": 0}, "registry_timeout_s must be a finite number > 0"),
         ({"model": "m", "scheduler": {"max_wait_s": float("inf")}}, "max_wait_s must be a finite number"),
         ({"model": "m", "scheduler": {"passes": 1}}, "unknown cachewise.scheduler keys ['passes']"),

@@ -242,18 +242,18 @@ def test_metrics_are_exported_and_stat_lines_logged(logs: Records) -> None:
         scheduler = make_scheduler(make_vllm_config(24, BLOCK))
     pool = scheduler.kv_cache_manager.block_pool
     _serve(scheduler)
-    # ask again for a prefix that lost blocks: a harmful eviction
+    # ask again for a prefix that lost blocks: a ghost hit
     prompts = [make_request(f"p{i}", range(1000 * i, 1000 * i + 4 * BLOCK), BLOCK) for i in range(6)]
     cached = pool.cached_block_hash_to_block  # looked up directly: a lookup through the pool would count
     victim = next(p for p in prompts if any(cached.get_one_block(make_block_hash_with_group_id(h, 0)) is None for h in p.block_hashes))
-    assert pool.stats.harmful_evictions == 0
+    assert pool.stats.ghost_hits == 0
     scheduler.add_request(make_request("again", victim.prompt_token_ids, BLOCK, 3))
     run_to_completion(scheduler)
-    assert pool.stats.harmful_evictions >= 1
+    assert pool.stats.ghost_hits >= 1
     assert REGISTRY.get_sample_value("cachewise_evictions_total") == before["cachewise_evictions_total"] + pool.stats.evictions
     assert REGISTRY.get_sample_value("cachewise_predictions_total") == before["cachewise_predictions_total"] + 7
     assert REGISTRY.get_sample_value("cachewise_scorer_latency_seconds_count") >= 7
-    assert REGISTRY.get_sample_value("cachewise_harmful_evictions_total") >= 1
+    assert REGISTRY.get_sample_value("cachewise_ghost_hits_total") >= 1
     lines = [m for m in logs.at(logging.INFO) if m.startswith("CacheWise pool[24 blocks]: evictions=")]
     assert lines and f"predictions={pool.stats.predictions}" in lines[-1]
 

@@ -43,9 +43,10 @@ from cachewise.replay.driver import ArrivalParams
 from cachewise.replay.workload import Dependency, Workload
 
 LIVE = {"vllm order (fallback mode)": {"mode": "fallback"}, "cachewise learned": None}
-# Remember every evicted hash, so a live harmful eviction is, as in the replay, an evicted
-# block that any later request asked for (the pool's default window is its block count).
-HARMFUL_WINDOW = 10_000_000
+# Remember every evicted hash, so the pool's ghost hits approximate the replay's harmful
+# evictions: an evicted block that any later request asked for (the pool's default window is
+# its block count).
+GHOST_WINDOW = 10_000_000
 
 
 def scaled_idle(workload: Workload, time_scale: float) -> Workload:
@@ -69,7 +70,7 @@ def live_run(workload: Workload, settings: dict, blocks: int, block_size: int, a
     # max_model_len beyond the KV budget (less vLLM's null block), so the budget caps it.
     max_len = min(block_size * math.ceil((workload.max_request_tokens() * 1.2 + 256) / block_size), (blocks - 1) * block_size)
     spec = ServerSpec(
-        additional_config={"cachewise": {**settings, "log_interval_s": 0, "harmful_window": HARMFUL_WINDOW}},
+        additional_config={"cachewise": {**settings, "log_interval_s": 0, "ghost_window": GHOST_WINDOW}},
         num_gpu_blocks_override=blocks,
         max_model_len=max_len,
         max_num_seqs=max(args.concurrency * 2, 8),
@@ -83,7 +84,7 @@ def live_run(workload: Workload, settings: dict, blocks: int, block_size: int, a
     counters = summary["cachewise"] or {}
     return {
         "hit_rate": summary["server_prefix_hit_rate"],
-        "harmful_evictions": counters.get("cachewise_harmful_evictions_total"),
+        "harmful_evictions": counters.get("cachewise_ghost_hits_total"),
         "evictions": counters.get("cachewise_evictions_total"),
         "jct_s_mean": summary["jct_mean_s"],
         "jct_p95_s": summary["jct_p95_s"],
