@@ -13,7 +13,10 @@ shows the traceback instead. SIGTERM is turned into ``SystemExit(143)`` so that 
 ``finally`` runs: staged outputs are removed and an MLflow run ends ``KILLED``. A library
 may catch that ``SystemExit`` and raise its own error instead (MLflow wraps exceptions
 raised inside its calls); once SIGTERM has arrived (:func:`terminated`), the command still
-exits 143.
+exits 143. Python drops an exception raised while it runs a weakref callback or ``__del__``
+(the signal can land there), so a command calls :func:`stop_if_terminated` before it commits
+anything (ends an MLflow run FINISHED, swaps outputs in); and a command that returns after a
+SIGTERM still exits 143.
 """
 
 from __future__ import annotations
@@ -52,6 +55,12 @@ def terminated() -> bool:
     return _SIGTERM.is_set()
 
 
+def stop_if_terminated() -> None:
+    """Raise ``SystemExit(143)`` if SIGTERM arrived, even if its first ``SystemExit`` was swallowed."""
+    if terminated():
+        raise SystemExit(TERMINATED)
+
+
 def _terminate(signum: int, frame: FrameType | None) -> None:
     _SIGTERM.set()
     raise SystemExit(TERMINATED)
@@ -74,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     _SIGTERM.clear()
     previous = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
     try:
-        return int(importlib.import_module(SUBCOMMANDS[args.command][0]).run(args) or 0)
+        status = int(importlib.import_module(SUBCOMMANDS[args.command][0]).run(args) or 0)
+        return TERMINATED if terminated() else status
     except Exception as exc:
         if args.debug:
             raise

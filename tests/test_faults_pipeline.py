@@ -180,3 +180,34 @@ def test_a_champion_without_checksum_is_replaced(pipeline, capsys) -> None:
     capsys.readouterr()
     assert main(["export", "--params", str(p), "--run", str(out / "run.json")]) == 0
     assert "@champion moved to version 2: @champion version 1 has no model checksum" in capsys.readouterr().out
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_sigterm_swallowed_inside_a_weakref_callback_still_exits_143(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Python drops the handler's SystemExit when SIGTERM lands in a weakref callback (seen in CI,
+    inside SQLAlchemy's cleanup); the command must still stop before committing and exit 143."""
+    import types
+    import weakref
+
+    from cachewise import cli
+
+    committed: list[bool] = []
+
+    class Thing:
+        pass
+
+    def run(args) -> int:
+        thing = Thing()
+        ref = weakref.ref(thing, lambda _: signal.raise_signal(signal.SIGTERM))  # noqa: F841
+        del thing  # the callback runs, the handler raises inside it, Python ignores that
+        cli.stop_if_terminated()
+        committed.append(True)
+        return 0
+
+    fake = types.SimpleNamespace(configure=lambda parser: None, run=run)
+    monkeypatch.setitem(sys.modules, "cachewise_fake_command", fake)
+    monkeypatch.setitem(cli.SUBCOMMANDS, "fake", ("cachewise_fake_command", "a command that gets SIGTERM"))
+    with pytest.raises(SystemExit) as stop:  # as in the real command: it leaves main, exit status 143
+        cli.main(["fake"])
+    assert stop.value.code == 128 + signal.SIGTERM
+    assert not committed

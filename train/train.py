@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 
 from cachewise.atomic_write import replace_folder, staging_folder, write_text
-from cachewise.cli import terminated
+from cachewise.cli import stop_if_terminated, terminated
 from cachewise.features.dask_cluster import backend_of
 from cachewise.features.featurize import read_features
 from cachewise.features.params import ParamsError, load_section, param_path, require
@@ -233,6 +233,7 @@ def log_to_mlflow(result: TrainResult, out: Path, plot_files: list[Path], extra_
             extra_files=[str(out / SPEC_FILE)],
             pip_requirements=[f"lightgbm=={lgb.__version__}"],
         )
+        stop_if_terminated()
     except (KeyboardInterrupt, SystemExit):
         mlflow.end_run("KILLED")
         raise
@@ -293,6 +294,7 @@ def run(args: argparse.Namespace) -> int:
         write_json(record, staged / RUN_FILE)
         for path in kept:
             shutil.copy2(path, staged / path.name)
+        stop_if_terminated()
         replace_folder(staged, out)
     finally:
         shutil.rmtree(staged, ignore_errors=True)
