@@ -1,7 +1,7 @@
 """Fetch vLLM 0.33.0's own test suite (from its PyPI sdist) into a cache outside the repo.
 
 vLLM's tests are not shipped in the wheel, and they must never be committed here; this
-script (also imported by ``test_vllm_prefix_caching.py``) puts the sdist's ``tests/`` tree
+script (also loaded by ``conftest.py`` beside it) puts the sdist's ``tests/`` tree
 under ``<cache>/vllm-0.33.0/`` and returns that folder.
 
 Source, in order: the tarball named by ``CACHEWISE_VLLM_SDIST`` (a local copy, for offline

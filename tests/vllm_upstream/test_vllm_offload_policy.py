@@ -20,51 +20,38 @@ Select with ``pytest tests/vllm_upstream -k offload``.
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 
-HERE = Path(__file__).resolve().parent
-_spec = importlib.util.spec_from_file_location("cachewise_fetch_vllm_tests", HERE / "fetch_vllm_tests.py")
-fetch = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(fetch)
-_spec = importlib.util.spec_from_file_location("cachewise_upstream_runner", HERE / "upstream_runner.py")
-runner = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(runner)
-
 pytestmark = pytest.mark.vllm
 
 FILES = [Path("tests/v1/kv_offload/cpu/policies/test_factory.py"), Path("tests/v1/kv_offload/cpu/test_manager.py")]
-EXPECTED = HERE / "expected_differences_offload.yaml"
+EXPECTED = Path(__file__).resolve().parent / "expected_differences_offload.yaml"
 PLUGIN = "cachewise_cpu_policy_plugin"
 
 
 @pytest.fixture(scope="module")
-def offload_tests_root() -> Path:
-    try:
-        root = fetch.ensure_vllm_tests()
-    except fetch.FetchError as exc:
-        pytest.skip(f"vLLM {fetch.VLLM_VERSION} sdist tests unavailable: {exc}")
-    missing = [str(f) for f in FILES if not (root / f).is_file()]
+def offload_tests_root(vllm_tests_root: Path, fetch) -> Path:
+    missing = [str(f) for f in FILES if not (vllm_tests_root / f).is_file()]
     assert not missing, f"vLLM {fetch.VLLM_VERSION} sdist has no {missing}"
-    return root
+    return vllm_tests_root
 
 
 @pytest.fixture(scope="module")
-def offload_baseline(offload_tests_root: Path, tmp_path_factory) -> dict[str, str]:
-    outcomes, _ = runner.run_vllm_tests(offload_tests_root, FILES, tmp_path_factory.mktemp("offload-vllm"), None, None)
+def offload_baseline(offload_tests_root: Path, upstream, tmp_path_factory) -> dict[str, str]:
+    outcomes, _ = upstream.run_vllm_tests(offload_tests_root, FILES, tmp_path_factory.mktemp("offload-vllm"), None, None)
     assert sum(o == "passed" for o in outcomes.values()) >= 50, f"too few vLLM offload tests passed on plain vLLM: {outcomes}"
     return outcomes
 
 
 @pytest.mark.parametrize("mode", ["fallback", "random:0"])
 def test_vllm_offload_tests_with_cachewise_cpu_policy(
-    offload_tests_root: Path, offload_baseline: dict[str, str], mode: str, tmp_path: Path
+    offload_tests_root: Path, offload_baseline: dict[str, str], upstream, mode: str, tmp_path: Path
 ) -> None:
-    with_cw, report = runner.run_vllm_tests(offload_tests_root, FILES, tmp_path, PLUGIN, mode)
+    with_cw, report = upstream.run_vllm_tests(offload_tests_root, FILES, tmp_path, PLUGIN, mode)
     kind = mode.partition(":")[0]
-    ok, n_passed, n_differ = runner.compare(offload_baseline, with_cw, runner.expected_differences(EXPECTED, kind), EXPECTED)
+    ok, n_passed, n_differ = upstream.compare(offload_baseline, with_cw, upstream.expected_differences(EXPECTED, kind), EXPECTED)
     print(f"\nupstream[offload:{kind}]: passed={ok} baseline_passed={n_passed} expected_differences={n_differ}"
           f" policies={report['policies']} predicted_evictions={report['predicted_evictions']}"
           f" lru_evictions={report['lru_evictions']} fallbacks={report['fallbacks']}")

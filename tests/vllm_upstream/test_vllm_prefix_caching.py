@@ -23,56 +23,32 @@ both runs use ``--noconftest``; ``test_prefix_caching.py`` uses no fixture from 
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 
-HERE = Path(__file__).resolve().parent
-_spec = importlib.util.spec_from_file_location("cachewise_fetch_vllm_tests", HERE / "fetch_vllm_tests.py")
-fetch = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(fetch)
-_spec = importlib.util.spec_from_file_location("cachewise_upstream_runner", HERE / "upstream_runner.py")
-_runner = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_runner)
-run_vllm_tests, read_expected, compare = _runner.run_vllm_tests, _runner.expected_differences, _runner.compare
-
 pytestmark = pytest.mark.vllm
 
 
-EXPECTED = HERE / "expected_differences.yaml"
+EXPECTED = Path(__file__).resolve().parent / "expected_differences.yaml"
 
 
 @pytest.fixture(scope="module")
-def vllm_tests_root() -> Path:
-    try:
-        return fetch.ensure_vllm_tests()
-    except fetch.FetchError as exc:
-        pytest.skip(f"vLLM {fetch.VLLM_VERSION} sdist tests unavailable: {exc}")
-
-
-def _run(root: Path, out: Path, mode: str | None) -> tuple[dict[str, str], dict]:
-    """Outcomes of vLLM's test file, plain (``mode`` None) or with the plugin in ``mode``, and its report."""
-    return run_vllm_tests(root, [fetch.TEST_FILE], out, "cachewise_fallback_plugin", mode)
+def run(vllm_tests_root: Path, fetch, upstream):
+    """``run(out, mode)``: outcomes of vLLM's test file, plain (``mode`` None) or with the plugin in ``mode``, and its report."""
+    return lambda out, mode: upstream.run_vllm_tests(vllm_tests_root, [fetch.TEST_FILE], out, "cachewise_fallback_plugin", mode)
 
 
 @pytest.fixture(scope="module")
-def baseline(vllm_tests_root: Path, tmp_path_factory) -> dict[str, str]:
+def baseline(run, tmp_path_factory) -> dict[str, str]:
     """Outcomes on plain vLLM (shared by every mode)."""
-    outcomes, _ = _run(vllm_tests_root, tmp_path_factory.mktemp("upstream-vllm"), None)
+    outcomes, _ = run(tmp_path_factory.mktemp("upstream-vllm"), None)
     assert any(o == "passed" for o in outcomes.values()), f"no vLLM test passed even without CacheWise: {outcomes}"
     return outcomes
 
 
-def expected_differences(mode: str) -> dict[str, str]:
-    """Test name -> reason, of ``expected_differences.yaml`` entries listing ``mode``."""
-    return read_expected(EXPECTED, mode)
-
-
-def test_vllm_prefix_caching_passes_with_cachewise_fallback(
-    vllm_tests_root: Path, baseline: dict[str, str], tmp_path: Path
-) -> None:
-    with_cw, report = _run(vllm_tests_root, tmp_path, "fallback")
+def test_vllm_prefix_caching_passes_with_cachewise_fallback(run, baseline: dict[str, str], tmp_path: Path) -> None:
+    with_cw, report = run(tmp_path, "fallback")
     passed = sorted(t for t, o in baseline.items() if o == "passed")
     broken = {t: with_cw.get(t, "missing") for t in passed if with_cw.get(t) != "passed"}
     print(f"vLLM tests passed: {len(passed)} of {len(baseline)} without CacheWise; "
@@ -84,11 +60,12 @@ def test_vllm_prefix_caching_passes_with_cachewise_fallback(
 
 @pytest.mark.parametrize("predictor", ["model", "random"])
 def test_vllm_prefix_caching_with_learned_order(
-    vllm_tests_root: Path, baseline: dict[str, str], synthetic_model: dict, predictor: str, tmp_path: Path
+    run, baseline: dict[str, str], upstream, synthetic_model: dict, predictor: str, tmp_path: Path
 ) -> None:
     mode = f"model:{synthetic_model['model']}" if predictor == "model" else "random:0"
-    with_cw, report = _run(vllm_tests_root, tmp_path, mode)
-    ok, n_passed, n_differ = compare(baseline, with_cw, expected_differences(predictor), EXPECTED)
+    with_cw, report = run(tmp_path, mode)
+    expected = upstream.expected_differences(EXPECTED, predictor)  # test name -> reason, entries listing this predictor
+    ok, n_passed, n_differ = upstream.compare(baseline, with_cw, expected, EXPECTED)
     print(f"\nupstream[learned]: passed={ok} baseline_passed={n_passed} expected_differences={n_differ}"
           f" active_pools={report['active_pools']} (predictor={predictor}; plugin report {report})")
     assert report["active_pools"] > 0 and report["released"] > 0, report
