@@ -7,9 +7,10 @@ temporary file):
   same sessions; harmful evictions in trace tokens (blocks x tokens per block), hit rate and
   mean session time, with their relative difference;
 * replay speed: LLM calls replayed per second and vLLM steps per second, per policy;
-* the full sweep (capacity fractions 0.1 ... 1.0 x concurrency 8, 16, 32, 48, every policy),
-  written like ``cachewise replay --sweep`` (results.csv, plots, report.md) under ``--out``,
-  and its headline tables.
+* the full sweep (capacity fractions 0.1 ... 1.0 x concurrency 8, 16, 32, 48, every policy of
+  ``replay.policies`` plus the hand-written orders the ``evaluate`` stage leaves out for time,
+  :data:`HAND_WRITTEN`), written like ``cachewise replay --sweep`` (results.csv, plots,
+  report.md) under ``--out``, and its headline tables.
 
 * with ``--block-check``: block-size fidelity instead. vLLM's blocks are 16 tokens; the replay's
   are 16 replay tokens = 256 trace tokens at ``token_scale`` 16. On a subset (8 sessions,
@@ -130,6 +131,10 @@ def block_check(config, scales: tuple[int, ...], seeds: int, n_sessions: int = 8
               f" cost {wall[scale] / wall[1]:.2f}x of token_scale 1\n")
 
 
+HAND_WRITTEN = ("per_tool_mean", "ttl", "heuristic")
+"""Every hand-written eviction order: the sweep's "best hand-written" is chosen among all of them."""
+
+
 def speed(config, n_sessions: int = 16) -> None:
     """Calls and engine steps per second of wall time, per policy, at capacity 0.5."""
     print(f"\n== replay speed ({n_sessions} sessions, token_scale {config.workload.token_scale}, concurrency 16) ==")
@@ -167,6 +172,7 @@ def main() -> None:
         if args.block_check:
             block_check(config, tuple(int(x) for x in args.scales.split(",")), args.seeds)
             return
+        config = replace(config, policies=tuple(dict.fromkeys(("lru", "lru_arrival", *HAND_WRITTEN, *config.policies))))
         fidelity(config)
         speed(config)
         grid = SweepSettings((0.3, 0.7), (32,)) if args.quick else SweepSettings(FULL_FRACS, FULL_CONCURRENCY)
