@@ -14,9 +14,12 @@ shows the traceback instead. SIGTERM is turned into ``SystemExit(143)`` so that 
 may catch that ``SystemExit`` and raise its own error instead (MLflow wraps exceptions
 raised inside its calls); once SIGTERM has arrived (:func:`terminated`), the command still
 exits 143. Python drops an exception raised while it runs a weakref callback or ``__del__``
-(the signal can land there), so a command calls :func:`stop_if_terminated` before it commits
-anything (ends an MLflow run FINISHED, swaps outputs in); and a command that returns after a
-SIGTERM still exits 143.
+(the signal can land there), and an exception raised half-way through a state change (an
+MLflow run being created or ended) leaves that state half-changed. So a command calls
+:func:`stop_if_terminated` before it commits (a swallowed SIGTERM stops it there) and wraps
+each state change in :func:`sigterm_deferred`: inside, SIGTERM is recorded, not raised (the
+change completes: a run exists or has ended, outputs are swapped in), and it is raised at
+the exit. A command that returns after a SIGTERM still exits 143.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ import importlib
 import signal
 import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import FrameType
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -55,15 +60,30 @@ def terminated() -> bool:
     return _SIGTERM.is_set()
 
 
+_DEFERRED = threading.Event()
+
+
 def stop_if_terminated() -> None:
     """Raise ``SystemExit(143)`` if SIGTERM arrived, even if its first ``SystemExit`` was swallowed."""
     if terminated():
         raise SystemExit(TERMINATED)
 
 
+@contextmanager
+def sigterm_deferred() -> Iterator[None]:
+    """A state change that SIGTERM never interrupts half-way (module doc); not reentrant."""
+    _DEFERRED.set()
+    try:
+        yield
+    finally:
+        _DEFERRED.clear()
+    stop_if_terminated()
+
+
 def _terminate(signum: int, frame: FrameType | None) -> None:
     _SIGTERM.set()
-    raise SystemExit(TERMINATED)
+    if not _DEFERRED.is_set():
+        raise SystemExit(TERMINATED)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     in_main_thread = threading.current_thread() is threading.main_thread()
     _SIGTERM.clear()
+    _DEFERRED.clear()
     previous = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
     try:
         status = int(importlib.import_module(SUBCOMMANDS[args.command][0]).run(args) or 0)

@@ -13,11 +13,12 @@ Steps, each reproducible from ``params.yaml`` (``train`` and ``features`` sectio
 6. log params, metrics, plots, spec and the model (``mlflow.lightgbm`` flavor, spec as an
    extra file) to the MLflow experiment ``cachewise`` (:mod:`cachewise.train.tracking`),
    then write ``run.json`` (the MLflow run and model URI, read by ``cachewise export``);
-7. swap the staging folder into ``<out>`` (:func:`cachewise.atomic_write.replace_folder`).
+7. swap the staging folder into ``<out>`` (:func:`cachewise.atomic_write.replace_folder`) and
+   end the run ``FINISHED``, as one step that SIGTERM does not interrupt (:mod:`cachewise.cli`).
 
 So ``<out>`` only ever holds the complete outputs of one run: a failure or a kill before
 step 7 leaves the previous outputs as they were (and the MLflow run, if started, ends
-``FAILED`` or ``KILLED``, never ``RUNNING``). A model whose predictions are not finite is
+``FAILED`` or ``KILLED``, never ``RUNNING``); a kill during step 7 lets it complete and exits 143. A model whose predictions are not finite is
 refused before anything is written.
 
 With ``train.backend: dask`` steps 1-2 run on a Dask cluster (:mod:`cachewise.train.dask_backend`);
@@ -29,7 +30,9 @@ from __future__ import annotations
 import argparse
 import shutil
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import lightgbm as lgb
@@ -37,7 +40,7 @@ import numpy as np
 import pandas as pd
 
 from cachewise.atomic_write import replace_folder, staging_folder, write_text
-from cachewise.cli import stop_if_terminated, terminated
+from cachewise.cli import sigterm_deferred, stop_if_terminated, terminated
 from cachewise.features.dask_cluster import backend_of
 from cachewise.features.featurize import read_features
 from cachewise.features.params import ParamsError, load_section, param_path, require
@@ -207,47 +210,62 @@ def _end_started_run(experiment_id: str, attempt: dict[str, str], status: str) -
         client.set_terminated(run.info.run_id, status)
 
 
-def log_to_mlflow(result: TrainResult, out: Path, plot_files: list[Path], extra_params: dict) -> dict:
-    """Step 6 of the module doc; returns the run record written to ``run.json``."""
+def log_to_mlflow(result: TrainResult, out: Path, plot_files: list[Path], extra_params: dict, commit: Callable[[dict], None]) -> dict:
+    """Step 6 of the module doc: log a run, then ``commit(record)`` (step 7) and end the run FINISHED.
+
+    SIGTERM never interrupts an MLflow call half-way (an interrupted SQLAlchemy transaction
+    can leave the run RUNNING and the store unusable for ending it): the whole logging is
+    :func:`~cachewise.cli.sigterm_deferred` and a SIGTERM is acted on between calls. So it
+    leaves either a KILLED run and no outputs, or -- when it lands in the last step -- a
+    FINISHED run and its outputs; never a RUNNING run. Returns the run record written to ``run.json``.
+    """
     import mlflow  # noqa: PLC0415 - keep `cachewise featurize` & co. free of MLflow
 
     from cachewise.train.tracking import tracking_uri, use_tracking  # noqa: PLC0415
 
     experiment_id = use_tracking()
-    attempt = {"cachewise.attempt": uuid.uuid4().hex}  # finds the run if start_run itself is interrupted
-    try:
-        run = mlflow.start_run(experiment_id=experiment_id, tags=attempt)
-    except BaseException as exc:  # SIGTERM inside start_run: its run row may already exist, RUNNING
-        _end_started_run(experiment_id, attempt, "FAILED" if isinstance(exc, Exception) and not terminated() else "KILLED")
-        raise
-    try:
-        mlflow.log_params({**{f"lightgbm.{k}": v for k, v in result.lightgbm_params.items()}, **extra_params})
-        mlflow.log_metrics(_flat_metrics(result.metrics))
-        mlflow.set_tags({"feature_set_version": FEATURE_SET_VERSION, "events_sha256": result.spec["training_data"]["events_sha256"]})
-        for path in plot_files:
-            mlflow.log_artifact(str(path), artifact_path="plots")
-        mlflow.log_artifact(str(out / "metrics.json"))
-        info = mlflow.lightgbm.log_model(
-            result.booster,
-            name="model",
-            extra_files=[str(out / SPEC_FILE)],
-            pip_requirements=[f"lightgbm=={lgb.__version__}"],
-        )
-        stop_if_terminated()
-    except (KeyboardInterrupt, SystemExit):
-        mlflow.end_run("KILLED")
-        raise
-    except BaseException:
-        mlflow.end_run("KILLED" if terminated() else "FAILED")  # SIGTERM wrapped by a library: still a kill
-        raise
-    mlflow.end_run()
-    return {
-        "tracking_uri": tracking_uri(),
-        "experiment_id": experiment_id,
-        "run_id": run.info.run_id,
-        "model_uri": info.model_uri,
-        "pairwise_accuracy": result.metrics["model"]["pairwise_accuracy"],
-    }
+    attempt = {"cachewise.attempt": uuid.uuid4().hex}  # finds the run if start_run itself fails
+    with sigterm_deferred():
+        try:
+            run = mlflow.start_run(experiment_id=experiment_id, tags=attempt)
+        except BaseException:  # start_run failed half-way: its row may exist, RUNNING
+            _end_started_run(experiment_id, attempt, "FAILED")
+            raise
+        steps: list[Callable[[], object]] = [
+            lambda: mlflow.log_params({**{f"lightgbm.{k}": v for k, v in result.lightgbm_params.items()}, **extra_params}),
+            lambda: mlflow.log_metrics(_flat_metrics(result.metrics)),
+            lambda: mlflow.set_tags({"feature_set_version": FEATURE_SET_VERSION, "events_sha256": result.spec["training_data"]["events_sha256"]}),
+            *(partial(mlflow.log_artifact, str(path), artifact_path="plots") for path in plot_files),
+            lambda: mlflow.log_artifact(str(out / "metrics.json")),
+        ]
+        try:
+            for step in steps:
+                stop_if_terminated()
+                step()
+            stop_if_terminated()
+            info = mlflow.lightgbm.log_model(
+                result.booster,
+                name="model",
+                extra_files=[str(out / SPEC_FILE)],
+                pip_requirements=[f"lightgbm=={lgb.__version__}"],
+            )
+            record = {
+                "tracking_uri": tracking_uri(),
+                "experiment_id": experiment_id,
+                "run_id": run.info.run_id,
+                "model_uri": info.model_uri,
+                "pairwise_accuracy": result.metrics["model"]["pairwise_accuracy"],
+            }
+            stop_if_terminated()
+            commit(record)
+            mlflow.end_run()
+        except (KeyboardInterrupt, SystemExit):
+            mlflow.end_run("KILLED")
+            raise
+        except BaseException:
+            mlflow.end_run("KILLED" if terminated() else "FAILED")  # SIGTERM wrapped by a library: still a kill
+            raise
+    return record
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -290,12 +308,14 @@ def run(args: argparse.Namespace) -> int:
     staged = staging_folder(out)
     try:
         plot_files = write_outputs(result, staged)
-        record = log_to_mlflow(result, staged, plot_files, extra)
-        write_json(record, staged / RUN_FILE)
-        for path in kept:
-            shutil.copy2(path, staged / path.name)
-        stop_if_terminated()
-        replace_folder(staged, out)
+
+        def commit(record: dict) -> None:
+            write_json(record, staged / RUN_FILE)
+            for path in kept:
+                shutil.copy2(path, staged / path.name)
+            replace_folder(staged, out)
+
+        record = log_to_mlflow(result, staged, plot_files, extra, commit)
     finally:
         shutil.rmtree(staged, ignore_errors=True)
 
