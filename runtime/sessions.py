@@ -525,8 +525,16 @@ class SessionView:
         return None
 
     def _set_hashes(self, t: ThreadState, hashes: tuple[Hashable, ...]) -> None:
+        """``t`` holds ``hashes`` now: ``hash_refs`` drop its old hashes and count the new ones
+        (a grown prompt, whose old hashes are a prefix of the new, only counts its new suffix)."""
         refs = self._hash_refs
-        for h in t.hashes:
+        old = t.hashes
+        if old and hashes[: len(old)] == old:
+            for h in hashes[len(old) :]:
+                refs[h] = refs.get(h, 0) + 1
+            t.hashes = hashes
+            return
+        for h in old:
             n = refs[h] - 1
             if n:
                 refs[h] = n
