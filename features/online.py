@@ -15,6 +15,16 @@ Invariants:
   back starts a fresh history); per-session signature statistics hold at most
   ``MAX_SIGNATURES`` entries, oldest dropped first.
 * Deterministic: equal call sequences give equal vectors.
+
+Identities: the per-thread and per-session tables here are *feature histories* keyed by the
+call's ``thread_key`` / ``session_key``, never identities of their own. Offline those keys come
+from the transcripts (ingest), online from the engine's session view
+(:class:`~cachewise.runtime.sessions.SessionView`, through the runtime's call builder), which
+alone decides which thread and session a request belongs to. They stay separate from the view
+because this class is the one feature computer shared with training (which has no engine and
+no view), and because their lifetimes differ: a history outlives a session the view has
+dropped (gaps of a session that comes back are still features), and the view's state
+(blocks, hashes, live requests, forecasts) is none of the features'.
 """
 
 from __future__ import annotations

@@ -39,8 +39,8 @@ when named (:func:`register_caps`; :func:`cap_policies` for ``--admission-caps``
 report through the replay's usual metrics (JCT from submission included).
 
 Every residency policy reports each finished call's (session, thread, forecast) to the
-scheduler's :class:`~cachewise.runtime.sessions.SessionView` through the predictor's
-``sessions`` attribute, as the served runtime's learned predictor does.
+engine's :class:`~cachewise.runtime.sessions.SessionView` through the predictor's
+``sessions`` attribute (set by the plugin's wiring), as the served runtime's learned predictor does.
 """
 
 from __future__ import annotations

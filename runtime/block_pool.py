@@ -66,6 +66,7 @@ from cachewise.runtime.guard import Guard
 from cachewise.runtime.kv_blocks import cached_key, is_being_reused, is_free
 from cachewise.runtime.metrics import PoolStats, Publisher, observe_latency
 from cachewise.runtime.policy import InvalidPrediction, ReusePredictor, checked, engine_clock
+from cachewise.runtime.sessions import SessionView
 
 logger = logging.getLogger("vllm.cachewise")
 
@@ -77,7 +78,9 @@ class ScoredBlockPool(BlockPool):
     unchanged) plus the keywords ``predictor`` (None = fallback mode),
     ``clock`` (the time base of predictions; seconds) and ``config``.
     ``fallback_reason`` marks a pool built without a predictor because of a failure (it is
-    counted once in ``stats.fallbacks``).
+    counted once in ``stats.fallbacks``). ``sessions``: the engine's one
+    :class:`~cachewise.runtime.sessions.SessionView` (the plugin's wiring creates it); the pool
+    only holds it for the engine's schedulers and makes it follow its guard's verdict.
     """
 
     def __init__(
@@ -87,6 +90,7 @@ class ScoredBlockPool(BlockPool):
         clock: Callable[[], float] = engine_clock,
         config: PoolConfig | None = None,
         fallback_reason: str | None = None,
+        sessions: SessionView | None = None,
         **kwargs: Any,
     ) -> None:
         # vLLM's arguments pass through as given: BlockPool's signature differs between
@@ -108,6 +112,9 @@ class ScoredBlockPool(BlockPool):
         guarded = self._order is not None and self.config.guard.enabled
         label = self._publisher.label
         self._guard = Guard(self.config.guard, self.stats, label, clock, num_gpu_blocks) if guarded else None
+        self.sessions = sessions
+        if sessions is not None:
+            sessions.follow(self.serves_learned)
         if fallback_reason is not None:
             self.stats.fallbacks["load"] += 1
             self._publisher.publish()
@@ -156,6 +163,10 @@ class ScoredBlockPool(BlockPool):
         :mod:`cachewise.runtime.prefetch`). Forgotten when the request is released. O(1)."""
         checked((reuse_at, expire_at), reuse_at, self.config.max_idle_s)  # raises InvalidPrediction on NaN / -inf
         self._expected[request_id] = (reuse_at, expire_at)
+
+    def expects(self, request_id: str) -> bool:
+        """Whether ``request_id`` is an internal request given to :meth:`expect` (not yet released). O(1)."""
+        return request_id in self._expected
 
     def on_request_arrived(self, request: Request, groups: Sequence[tuple[int, int]]) -> None:
         """``request`` entered the waiting queue; ``groups`` = (group id, block size) per chained group.

@@ -10,8 +10,10 @@ through its ``cache_policy_module_path`` extension point, no fork or patch::
 :class:`CacheWiseCachePolicy` *is* vLLM's :class:`LRUCachePolicy` (same chunk table, ranks,
 lazy heap, pinning) plus an owner per chunk: the session of the last request that stored,
 read or touched it (``ReqContext.req_id`` looked up in the engine's one
-:class:`~cachewise.runtime.sessions.SessionView`, attached by the residency scheduler with
-:func:`attach_to_scheduler`; the policy keeps no copy of sessions or predictions).
+:class:`~cachewise.runtime.sessions.SessionView`, which the policy attaches when vLLM builds it
+inside the plugin's wiring -- the view and clock of the binding then active
+(:func:`~cachewise.runtime.hooks.current_binding`), whatever the scheduler class; the policy
+keeps no copy of sessions or predictions).
 
 Eviction order (first = evicted first), among evictable (``ref_cnt == 0``), unprotected chunks:
 
@@ -50,6 +52,7 @@ from vllm.v1.kv_offload.base import OffloadKey, ReqContext
 from vllm.v1.kv_offload.cpu.policies.base import ChunkStatus
 from vllm.v1.kv_offload.cpu.policies.lru import LRUCachePolicy
 
+from cachewise.runtime.hooks import current_binding
 from cachewise.runtime.sessions import SessionView
 from cachewise.scoring.overdue import overdue_remaining
 
@@ -93,6 +96,10 @@ class CacheWiseCachePolicy(LRUCachePolicy):
         self.clock: Callable[[], float] = time.monotonic
         self.stats = CpuPolicyStats()
         _POLICIES.add(self)
+        binding = current_binding()
+        if binding is not None and binding.sessions is not None:
+            self.attach(binding.sessions, binding.clock)
+            logger.info("CacheWise CPU-tier policy on: host chunks evicted by predicted next use (%d chunks)", cache_capacity)
 
     # ------------------------------------------------------------- attachment
     def attach(self, view: SessionView | None, clock: Callable[[], float]) -> None:
@@ -285,14 +292,3 @@ def find_policy(scheduler: object) -> CacheWiseCachePolicy | None:
         stack.extend(getattr(obj, "_connectors", None) or ())
     return None
 
-
-def attach_to_scheduler(
-    scheduler: object, view: SessionView | None, clock: Callable[[], float]
-) -> CacheWiseCachePolicy | None:
-    """Attach ``view`` (None: detach) to the scheduler's CacheWise CPU policy, if it runs one; the policy or None."""
-    policy = find_policy(scheduler)
-    if policy is not None:
-        policy.attach(view, clock)
-    if policy is not None and view is not None:
-        logger.info("CacheWise CPU-tier policy on: host chunks evicted by predicted next use (%d chunks)", policy.cache_capacity)
-    return policy

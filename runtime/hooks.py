@@ -1,6 +1,6 @@
 """How a ``ScoredBlockPool`` gets into vLLM's real KV-cache manager, without a fork.
 
-Three patches, installed once per process by :func:`install_hooks` (idempotent, re-entrant):
+Patches, installed once per process by :func:`install_hooks` (idempotent, re-entrant):
 
 1. ``vllm.v1.core.kv_cache_coordinator.BlockPool`` -- the name ``KVCacheCoordinator.__init__``
    calls to build the pool that all KV-cache groups share -- becomes :func:`_build_pool`.
@@ -19,6 +19,16 @@ Three patches, installed once per process by :func:`install_hooks` (idempotent, 
    ``ScoredBlockPool.on_request_withdrawn(request, groups)`` for every request it finished
    that was still waiting (never served), so the requested marks of point 3 do not outlive
    the request. Failures are counted and ignored; the requests are always finished.
+
+The same scheduler hooks are the one writer of the request lifecycle into the engine's
+session view (the pool's ``sessions``, :mod:`cachewise.runtime.sessions`), in every engine
+built with a binding, whatever the scheduler class: ``add_request`` -> ``on_arrival`` (keys:
+:func:`~cachewise.runtime.request_calls.arrival_keys`; an internal request the pool
+:meth:`~cachewise.runtime.block_pool.ScoredBlockPool.expects`, a prefetch, is no session's
+request), ``schedule`` -> ``on_scheduled`` (its newly scheduled requests),
+``update_from_output`` -> ``on_finished`` (the step's requests that finished, then the
+scheduler's ``session_finished(key, request)`` if it has one) and ``finish_requests`` ->
+``on_aborted``. Failures are counted like the pool hooks' and never stop vLLM.
 
 A binding becomes active through :func:`use_policy` (a context manager, for the replay
 benchmark and tests) or, in a served engine, through the plugin's ``Scheduler.__init__``
@@ -52,6 +62,8 @@ from vllm.v1.request import Request, RequestStatus
 from cachewise.runtime.block_pool import ScoredBlockPool
 from cachewise.runtime.config import PoolConfig
 from cachewise.runtime.policy import ReusePredictor, engine_clock
+from cachewise.runtime.request_calls import arrival_keys
+from cachewise.runtime.sessions import SessionView
 from cachewise.runtime.vllm_compat import keep_vllm_classes, vllm_version
 
 _VLLM_BLOCK_POOL = BlockPool
@@ -64,7 +76,8 @@ class PolicyBinding:
 
     ``predictor`` None = fallback mode (vLLM's order, CacheWise metrics on);
     ``fallback_reason`` says why, when that is the result of a failure;
-    ``on_pool`` is called with every pool built under the binding.
+    ``on_pool`` is called with every pool built under the binding;
+    ``sessions``: the engine's session view (set by the plugin's wiring).
     """
 
     predictor: ReusePredictor | None
@@ -72,6 +85,7 @@ class PolicyBinding:
     config: PoolConfig = field(default_factory=PoolConfig)
     fallback_reason: str | None = None
     on_pool: Callable[[ScoredBlockPool], None] | None = None
+    sessions: SessionView | None = None
 
 
 _binding: ContextVar[PolicyBinding | None] = ContextVar("cachewise_policy_binding", default=None)
@@ -124,6 +138,7 @@ def _build_pool(*args: Any, **kwargs: Any) -> BlockPool:
             clock=binding.clock,
             config=binding.config,
             fallback_reason=binding.fallback_reason,
+            sessions=binding.sessions,
             **kwargs,
         )
     except Exception as exc:  # noqa: BLE001 - a pool CacheWise cannot build must not stop vLLM
@@ -167,15 +182,73 @@ def _release(manager: KVCacheManager, request: Request) -> None:
         pool.record_hook_error(exc)
 
 
+def _scored_pool(scheduler: Any) -> ScoredBlockPool | None:
+    pool = getattr(getattr(scheduler, "kv_cache_manager", None), "block_pool", None)
+    return pool if isinstance(pool, ScoredBlockPool) else None
+
+
 def _arrive(scheduler: Any, request: Request) -> None:
-    manager = getattr(scheduler, "kv_cache_manager", None)
-    pool = getattr(manager, "block_pool", None)
-    if not isinstance(pool, ScoredBlockPool):
+    pool = _scored_pool(scheduler)
+    if pool is None:
         return
     try:
-        pool.on_request_arrived(request, chained_groups(manager))
+        pool.on_request_arrived(request, chained_groups(scheduler.kv_cache_manager))
     except Exception as exc:  # noqa: BLE001 - never let CacheWise break an arrival
         pool.record_hook_error(exc)
+    view = pool.sessions
+    if view is None or pool.expects(request.request_id):
+        return
+    try:
+        session, thread = arrival_keys(view, request)
+        view.on_arrival(request.request_id, session, thread, request.num_prompt_tokens, pool.clock())
+    except Exception as exc:  # noqa: BLE001
+        pool.record_hook_error(exc)
+
+
+def _wrap_schedule(original: Callable[..., Any]) -> Callable[..., Any]:
+    """``Scheduler.schedule`` followed by ``on_scheduled`` of its newly scheduled requests."""
+
+    def schedule(self: Any, *args: Any, **kwargs: Any) -> Any:
+        out = original(self, *args, **kwargs)
+        pool = _scored_pool(self)
+        view = pool.sessions if pool is not None else None
+        if view is not None:
+            try:
+                for new in out.scheduled_new_reqs:
+                    view.on_scheduled(new.req_id)
+            except Exception as exc:  # noqa: BLE001
+                pool.record_hook_error(exc)
+        return out
+
+    return _mark_hook(schedule, original)
+
+
+def _wrap_update(original: Callable[..., Any]) -> Callable[..., Any]:
+    """``Scheduler.update_from_output`` followed by ``on_finished`` of the step's requests that
+    finished (looked up before the call, which drops them), each then shown to the scheduler's
+    ``session_finished(key, request)`` when it has one."""
+
+    def update_from_output(self: Any, scheduler_output: Any, model_runner_output: Any) -> Any:
+        pool = _scored_pool(self)
+        view = pool.sessions if pool is not None else None
+        if view is None:
+            return original(self, scheduler_output, model_runner_output)
+        scheduled = [self.requests.get(rid) for rid in scheduler_output.num_scheduled_tokens]
+        outputs = original(self, scheduler_output, model_runner_output)
+        try:
+            now = pool.clock()
+            notify = getattr(self, "session_finished", None)
+            for req in scheduled:
+                if req is None or not req.is_finished():
+                    continue
+                key = view.on_finished(req.request_id, req.num_tokens, req.block_hashes, now)
+                if key is not None and notify is not None:
+                    notify(key, req)
+        except Exception as exc:  # noqa: BLE001
+            pool.record_hook_error(exc)
+        return outputs
+
+    return _mark_hook(update_from_output, original)
 
 
 def _withdraw(scheduler: Any, requests: Sequence[Request]) -> None:
@@ -208,6 +281,14 @@ def _wrap_finish(original: Callable[..., Any]) -> Callable[..., Any]:
         ]
         result = original(self, request_ids, finished_status)
         _withdraw(self, [r for r in waiting if r.is_finished()])
+        pool = _scored_pool(self)
+        if pool is not None and pool.sessions is not None and result:
+            try:
+                now = pool.clock()
+                for req in result:
+                    pool.sessions.on_aborted(req.request_id, now)
+            except Exception as exc:  # noqa: BLE001
+                pool.record_hook_error(exc)
         return result
 
     return _mark_hook(finish_requests, original)
@@ -233,7 +314,7 @@ def _wrap(original: Callable[..., Any], hook: Callable[[Any, Request], None]) ->
 
 
 def install_hooks() -> None:
-    """Install the pool factory, the release, arrival and withdrawal hooks (no-op when already installed).
+    """Install the pool factory, the release, arrival, withdrawal and session-view hooks (no-op when already installed).
 
     All targets are looked up before any is replaced, so a vLLM lacking one of them
     raises here (``AttributeError``) with nothing patched.
@@ -248,14 +329,18 @@ def install_hooks() -> None:
             (Scheduler, "add_request", _arrive),
         )
     ]
-    finish = Scheduler.finish_requests
+    wrapped = [
+        (name, getattr(Scheduler, name), wrap)
+        for name, wrap in (("finish_requests", _wrap_finish), ("schedule", _wrap_schedule), ("update_from_output", _wrap_update))
+    ]
     if kv_cache_coordinator.BlockPool is not _build_pool:
         kv_cache_coordinator.BlockPool = _build_pool  # type: ignore[assignment, misc]
     for owner, name, method, hook in targets:
         if not getattr(method, "_cachewise_hook", False):
             setattr(owner, name, _wrap(method, hook))
-    if not getattr(finish, "_cachewise_hook", False):
-        Scheduler.finish_requests = _wrap_finish(finish)  # type: ignore[method-assign]
+    for name, method, wrap in wrapped:
+        if not getattr(method, "_cachewise_hook", False):
+            setattr(Scheduler, name, wrap(method))
 
 
 def hooks_installed() -> bool:

@@ -16,9 +16,10 @@ the two the pool re-keys an overdue prefix to "idle as long again" (the tail rul
 :mod:`cachewise.scoring.idle`; :mod:`cachewise.runtime.eviction_order`), and caps
 ``expire_at`` at ``now + max_idle_s``. A NaN / inf model output raises
 :class:`~cachewise.runtime.policy.InvalidPrediction`, which the pool counts as an invalid
-score (no prediction for that request). With a session view attached (``sessions``, by the
-residency scheduler) each prediction is also reported to it as the call's (session,
-thread) and a :class:`~cachewise.runtime.sessions.Forecast` of the whole gap distribution.
+score (no prediction for that request). Each prediction is also reported to the engine's
+session view (``sessions``, the call builder's: attached by the plugin's wiring) as the
+call's (session, thread) and a :class:`~cachewise.runtime.sessions.Forecast` of the whole
+gap distribution.
 """
 
 from __future__ import annotations
@@ -61,12 +62,19 @@ class LearnedPredictor:
         self._features = features or FeatureState()
         self._on_call = on_call
         self._expiry_residual = float(model.conditioner.residual_quantiles[_EXPIRY_INDEX])
-        self.sessions: SessionView | None = None  # set by the residency scheduler: gets each forecast
 
     @property
     def calls(self) -> CallBuilder:
-        """The call builder (its read-only :meth:`CallBuilder.lookup` names sessions at arrival)."""
         return self._calls
+
+    @property
+    def sessions(self) -> SessionView:
+        """The session view calls are named in and forecasts reported to (the call builder's)."""
+        return self._calls.sessions
+
+    @sessions.setter
+    def sessions(self, view: SessionView) -> None:
+        self._calls.sessions = view
 
     def on_request_finished(self, request: Request, now: float) -> ReusePrediction:
         call = self._calls.build(request, now)
@@ -75,9 +83,8 @@ class LearnedPredictor:
         label = float(self.model.predict_one(self._features.observe(call)))
         if not math.isfinite(label):
             raise InvalidPrediction(f"model returned {label} for thread {call.thread_key}")
-        if self.sessions is not None:
-            forecast = Forecast.from_log_model(label, self.model.conditioner.residual_quantiles)
-            self.sessions.on_forecast(request.request_id, call.session_key, call.thread_key, forecast)
+        forecast = Forecast.from_log_model(label, self.model.conditioner.residual_quantiles)
+        self._calls.sessions.on_forecast(request.request_id, call.session_key, call.thread_key, forecast)
         gap = self.model.expected_gap_one(label, 0.0)
         horizon = math.expm1(label + self._expiry_residual)
         return ReusePrediction(now + gap, now + max(horizon, gap))

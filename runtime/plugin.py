@@ -34,14 +34,16 @@ import logging
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from contextvars import ContextVar
+from dataclasses import replace
 from typing import Any
 
 from cachewise.runtime.config import CONFIG_KEY, CacheWiseSettings, ConfigError
 from cachewise.runtime.metrics import serve_metrics
+from cachewise.runtime.sessions import SessionView
 from cachewise.runtime.vllm_compat import bound_argument, keep_vllm_classes, untested_reason, vllm_version
 
 try:  # imports vLLM internals: a vLLM that lacks them must still start (without CacheWise)
-    from cachewise.runtime.hooks import PolicyBinding, bound, install_hooks
+    from cachewise.runtime.hooks import PolicyBinding, bound, current_binding, install_hooks
 except Exception as exc:  # noqa: BLE001
     _HOOKS_IMPORT_ERROR: str | None = f"cannot import CacheWise's hooks ({type(exc).__name__}: {exc})"
 else:
@@ -93,12 +95,16 @@ def wired(vllm_config: Any, binding: PolicyBinding | None = None) -> Iterator[No
     """The one place an engine's CacheWise components are wired: a scheduler of any class
     built inside the block gets the pool (and, through it, the predictor) of ``binding`` when
     given -- the replay's policy on its clock, a test's predictor -- else of the config's
-    ``additional_config["cachewise"]`` (:func:`binding_for`), else vLLM's own. Scheduler
-    settings (``scheduler``, ``residency``) are read from ``additional_config`` by the
-    scheduler classes themselves, whoever wires. Used by the ``Scheduler.__init__`` wrapper
-    (serving) and by :func:`cachewise.runtime.cpu_engine.make_scheduler` (tests, replay);
-    re-entrant: a wrapper running inside an explicit wiring adds nothing. Never raises for
-    CacheWise's own failures: they leave vLLM's classes (one warning, one count).
+    ``additional_config["cachewise"]`` (:func:`binding_for`), else of a binding already
+    active (:func:`~cachewise.runtime.hooks.use_policy`), else vLLM's own. Every wired engine
+    gets its one :class:`~cachewise.runtime.sessions.SessionView`, created here
+    (:func:`with_sessions`) and shared by the pool, the predictor, the schedulers and the
+    CPU-tier policy. Scheduler settings (``scheduler``, ``residency``) are read from
+    ``additional_config`` by the scheduler classes themselves, whoever wires. Used by the
+    ``Scheduler.__init__`` wrapper (serving) and by
+    :func:`cachewise.runtime.cpu_engine.make_scheduler` (tests, replay); re-entrant: a wrapper
+    running inside an explicit wiring adds nothing. Never raises for CacheWise's own
+    failures: they leave vLLM's classes (one warning, one count).
     """
     if _wiring.get():
         yield
@@ -107,11 +113,15 @@ def wired(vllm_config: Any, binding: PolicyBinding | None = None) -> Iterator[No
     try:
         with ExitStack() as stack:
             raw = settings_of(vllm_config) if binding is None else None
-            if binding is not None or raw is not None:
+            outer = current_binding() if binding is None and raw is None and _HOOKS_IMPORT_ERROR is None else None
+            if outer is not None and outer.sessions is None:
+                stack.enter_context(bound(with_sessions(outer, vllm_config)))
+            elif binding is not None or raw is not None:
                 problem = _problem or untested_reason() or _HOOKS_IMPORT_ERROR
                 try:
                     if problem is None:
-                        stack.enter_context(bound(binding if binding is not None else binding_for(raw, vllm_config)))
+                        chosen = binding if binding is not None else binding_for(raw, vllm_config)
+                        stack.enter_context(bound(with_sessions(chosen, vllm_config)))
                 except Exception as exc:  # noqa: BLE001 - e.g. hooks that cannot be installed
                     problem = f"cannot set CacheWise up on vLLM {vllm_version()} ({type(exc).__name__}: {exc})"
                 if problem is not None:
@@ -119,6 +129,16 @@ def wired(vllm_config: Any, binding: PolicyBinding | None = None) -> Iterator[No
             yield
     finally:
         _wiring.reset(token)
+
+
+def with_sessions(binding: PolicyBinding, vllm_config: Any) -> PolicyBinding:
+    """``binding`` with the engine's new session view (block size: the config's cache block
+    size), which the binding's predictor also reports to when it has a ``sessions`` attribute
+    (the learned predictor and its call builder; the replay's forecasting predictors)."""
+    view = SessionView(vllm_config.cache_config.block_size)
+    if hasattr(binding.predictor, "sessions"):
+        binding.predictor.sessions = view
+    return replace(binding, sessions=view)
 
 
 def _wrap_scheduler_init(original: Callable[..., None]) -> Callable[..., None]:

@@ -10,29 +10,23 @@ what the engine core knows when a request finishes, with no client changes:
 * tool calls: the client's explicit hint if any, else the output token ids decoded with
   the model's tokenizer and parsed (:mod:`cachewise.runtime.tool_calls`); no tokenizer
   means no tool calls (non-tool features only);
-* thread: the growing prompt this call extends. A call's thread is found by its prompt's
-  block hashes: every finished call registers the hash of its last full prompt block and
-  of its last full block overall, and a new call belongs to the thread of the latest such
-  hash found in its own hash chain (searched from the end); no match starts a new thread;
-* session: vLLM's ``Request.session_id`` when the client sent one, else the hint's
-  ``session_id``, else the session of the thread found above, else the thread itself.
+* thread and session: named by the engine's session view
+  (:meth:`~cachewise.runtime.sessions.SessionView.on_call`), which owns the block-hash ->
+  thread index: the client's ``thread_id`` hint, else the thread of the latest registered
+  hash in the call's own prompt chain, else a new thread; the session is vLLM's
+  ``Request.session_id`` when the client sent one, else the hint's ``session_id``, else the
+  session of the thread found, else the thread itself.
 
 Client hints: ``SamplingParams.extra_args = {"cachewise": {"tool": ..., "arguments": ...,
 "tool_calls": [...], "session_id": ..., "thread_id": ..., "is_sidechain": bool}}`` (all
 optional; with the OpenAI server pass them as ``vllm_xargs: {"cachewise": "<the dict as JSON>"}``).
 
-Ownership: this builder is the only place threads are inferred; it owns the block-hash ->
-(thread, session) index. The session view (:mod:`cachewise.runtime.sessions`) infers
-nothing: it is told each call's (session, thread) by the predictor at finish
-(``SessionView.on_forecast``) and asks :meth:`CallBuilder.lookup` (read-only) at arrival, so
-its session and thread keys are this builder's answers. What the view keeps per thread (blocks, growth,
-all full-block hashes for working sets and exclusive hashes) is not kept here, and the two
-tip hashes kept here are not kept there.
-
-Memory is bounded: at most ``max_hashes`` registered hashes (least recently used dropped);
-each thread keeps at most two (its last call's last full prompt block and last full block),
-so the default 131072 covers the 65536 threads that
-:class:`~cachewise.features.online.FeatureState` keeps (``max_threads`` counts threads only).
+Ownership: this module keeps no thread or session state. It reads the client's hints
+(:func:`hint_of`, :func:`client_ids`) and asks the session view: :meth:`CallBuilder.build`
+writes through ``SessionView.on_call``, :func:`arrival_keys` (the scheduler hooks' keys of an
+arriving request) reads ``SessionView.known_thread``. The builder's view is the engine's one
+view once the plugin's wiring attaches it (``sessions``); a builder used on its own (tests,
+offline checks) starts with a view of its own.
 """
 
 from __future__ import annotations
@@ -40,13 +34,13 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from vllm.v1.request import Request
 
 from cachewise.features.record import FinishedCall, ToolCallInfo
+from cachewise.runtime.sessions import SessionView
 from cachewise.runtime.tool_calls import ToolCallParser, calls_from_hint
 
 logger = logging.getLogger("vllm.cachewise")
@@ -95,8 +89,32 @@ def hint_of(request: Request) -> Mapping[str, Any]:
     return hint if isinstance(hint, Mapping) else {}
 
 
+def client_ids(request: Request, hint: Mapping[str, Any]) -> tuple[str | None, str | None]:
+    """(thread, session) the client named: the hint's ``thread_id`` (any string) and vLLM's
+    ``Request.session_id`` or the hint's ``session_id`` (non-empty strings); None where absent."""
+    thread = hint.get("thread_id")
+    session = request.session_id or hint.get("session_id")
+    return (thread if isinstance(thread, str) else None), (session if isinstance(session, str) and session else None)
+
+
+def prompt_blocks(request: Request, block_size: int) -> int:
+    """Full prompt blocks of ``request`` that have a block hash."""
+    return min(request.num_prompt_tokens // block_size, len(request.block_hashes))
+
+
+def arrival_keys(view: SessionView, request: Request) -> tuple[str | None, str | None]:
+    """(session, thread) of an arriving request, for ``SessionView.on_arrival``: the client's
+    ids, else the view's thread index (read-only); None where not known yet."""
+    thread, session = client_ids(request, hint_of(request))
+    found = view.known_thread(request.block_hashes, prompt_blocks(request, view.block_size), thread, session)
+    if found is not None:
+        return found[1], found[0]
+    return session, None
+
+
 class CallBuilder:
-    """Builds the :class:`FinishedCall` of each finished request (module doc); keeps thread state."""
+    """Builds the :class:`FinishedCall` of each finished request (module doc); its thread and
+    session are named by the session view ``sessions``."""
 
     def __init__(
         self,
@@ -105,28 +123,24 @@ class CallBuilder:
         parser: ToolCallParser,
         tokenizer: LazyTokenizer | None = None,
         arrival_clock: Callable[[], float] = time.time,
-        max_hashes: int = 131072,
+        sessions: SessionView | None = None,
     ) -> None:
-        if hash_block_size < 1 or max_hashes < 1:
-            raise ValueError("hash_block_size and max_hashes must be positive")
+        if hash_block_size < 1:
+            raise ValueError("hash_block_size must be positive")
         self._model = model
         self._block = hash_block_size
         self._parser = parser
         self._tokenizer = tokenizer
         self._arrival_clock = arrival_clock
-        self._max = max_hashes
-        self._threads: OrderedDict[bytes, tuple[str, str]] = OrderedDict()  # hash -> (thread, session)
-        self._next_thread = 0
+        self.sessions = sessions or SessionView(hash_block_size)
 
     def build(self, request: Request, now: float) -> FinishedCall:
-        """The call ``request`` was, finishing at ``now`` (pool clock); records its thread."""
+        """The call ``request`` was, finishing at ``now`` (pool clock); names its thread in the view."""
         hint = hint_of(request)
-        hashes = request.block_hashes
-        prompt_blocks = min(request.num_prompt_tokens // self._block, len(hashes))
-        thread, session = self._thread_of(request, hint, hashes, prompt_blocks)
+        thread, session = self.sessions.on_call(request.block_hashes, prompt_blocks(request, self._block), *client_ids(request, hint))
         tool_calls = self._tool_calls(request, hint)
         age = max(self._arrival_clock() - request.arrival_time, 0.0)
-        call = FinishedCall(
+        return FinishedCall(
             thread_key=thread,
             session_key=session,
             request_time=now - age,
@@ -138,59 +152,6 @@ class CallBuilder:
             model=self._model,
             is_sidechain=bool(hint.get("is_sidechain", False)),
         )
-        for idx in {prompt_blocks - 1, len(hashes) - 1}:
-            if idx >= 0:
-                self._remember(hashes[idx], thread, session)
-        return call
-
-    def lookup(self, request: Request) -> tuple[str | None, str] | None:
-        """(thread, session) the request would be assigned if it finished now, when known
-        without a new thread: explicit hints, else the prefix-chain match. Read-only."""
-        hint = hint_of(request)
-        hashes = request.block_hashes
-        prompt_blocks = min(request.num_prompt_tokens // self._block, len(hashes))
-        found = self._known_thread(hint, hashes, prompt_blocks, touch=False)
-        explicit = request.session_id or hint.get("session_id")
-        if isinstance(explicit, str) and explicit:
-            return (found[0] if found else None), explicit
-        if found is None:
-            return None
-        return found[0], found[1] or found[0]
-
-    def _known_thread(
-        self, hint: Mapping[str, Any], hashes: list[bytes], prompt_blocks: int, touch: bool
-    ) -> tuple[str, str] | None:
-        """The (thread, session) of a hinted thread id or of the latest registered hash in the chain."""
-        if isinstance(hint.get("thread_id"), str):
-            return (hint["thread_id"], "")
-        threads = self._threads
-        for i in range(prompt_blocks - 1, -1, -1):
-            entry = threads.get(hashes[i])
-            if entry is not None:
-                if touch:
-                    threads.move_to_end(hashes[i])
-                return entry
-        return None
-
-    def _thread_of(
-        self, request: Request, hint: Mapping[str, Any], hashes: list[bytes], prompt_blocks: int
-    ) -> tuple[str, str]:
-        """(thread key, session key) of ``request`` (module doc)."""
-        found = self._known_thread(hint, hashes, prompt_blocks, touch=True)
-        if found is None:
-            self._next_thread += 1
-            found = (f"t{self._next_thread}", "")
-        thread, session = found
-        explicit = request.session_id or hint.get("session_id")
-        if isinstance(explicit, str) and explicit:
-            session = explicit
-        return thread, session or thread
-
-    def _remember(self, block_hash: bytes, thread: str, session: str) -> None:
-        self._threads[block_hash] = (thread, session)
-        self._threads.move_to_end(block_hash)
-        if len(self._threads) > self._max:
-            self._threads.popitem(last=False)
 
     def _tool_calls(self, request: Request, hint: Mapping[str, Any]) -> tuple[ToolCallInfo, ...]:
         stated = calls_from_hint(hint)

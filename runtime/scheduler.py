@@ -3,10 +3,11 @@
 Residency (``--scheduler-cls cachewise.runtime.scheduler.ResidencyAsyncScheduler``, or
 ``ResidencyScheduler`` with async scheduling off; settings
 ``additional_config["cachewise"]["residency"]``, :class:`~cachewise.runtime.config.ResidencySettings`):
-the scheduler keeps the engine's :class:`~cachewise.runtime.sessions.SessionView` (request
-arrived, first scheduled, finished, aborted; the learned predictor adds each finished
-call's session, thread and return forecast) and, before each of vLLM's ``schedule()``
-calls, asks the :class:`~cachewise.runtime.residency.ResidencyController` for a plan:
+the scheduler reads the engine's one :class:`~cachewise.runtime.sessions.SessionView` (its
+pool's ``sessions``: created by the plugin's wiring, written by the plugin's scheduler hooks
+-- request arrived, first scheduled, finished, aborted -- and by the predictor -- each
+finished call's session, thread and return forecast) and, before each of vLLM's
+``schedule()`` calls, asks the :class:`~cachewise.runtime.residency.ResidencyController` for a plan:
 never-scheduled waiting requests of held sessions are taken out of the waiting queue for
 that call and put back in their places after it (preempted requests are never held);
 demoted sessions' exclusive cached blocks become the pool's first evicted
@@ -14,10 +15,12 @@ demoted sessions' exclusive cached blocks become the pool's first evicted
 online guard (:meth:`~cachewise.runtime.block_pool.ScoredBlockPool.serves_learned`): while
 the guard serves vLLM's order the controller holds and demotes nothing, so the step is
 vLLM's scheduling (Prometheus ``cachewise_residency_following_model``). Sessions are keyed by the
-client's ``session_id`` (``Request.session_id`` or the hint), else by the runtime's thread
-inference (:meth:`~cachewise.runtime.request_calls.CallBuilder.lookup`). Any exception in
+client's ``session_id`` (``Request.session_id`` or the hint), else by the view's thread
+index (:func:`~cachewise.runtime.request_calls.arrival_keys`). Any exception in
 this logic logs one warning and turns residency off for good: the scheduler is vLLM's
-from then on (held requests are restored first). Residency applies to the FCFS policy.
+from then on (held requests are restored first; the view stays, written by the hooks, for
+the CPU-tier policy). Residency applies to the FCFS policy and needs CacheWise's pool
+(``additional_config["cachewise"]`` or a binding).
 With vLLM's offloading connector running the CacheWise CPU-tier policy, the same step may
 prefetch demoted sessions' prefixes from the host (settings
 ``additional_config["cachewise"]["prefetch"]``, :mod:`cachewise.runtime.prefetch`): internal
@@ -63,12 +66,11 @@ from vllm.v1.request import Request, RequestStatus
 
 from cachewise.runtime.block_pool import ScoredBlockPool
 from cachewise.runtime.config import CONFIG_KEY, ConfigError, PrefetchSettings, ResidencySettings, SchedulerSettings
-from cachewise.runtime.cpu_policy import attach_to_scheduler
+from cachewise.runtime.cpu_policy import find_policy
 from cachewise.runtime.hooks import chained_groups
 from cachewise.runtime.metrics import publish_residency
 from cachewise.runtime.policy import engine_clock
 from cachewise.runtime.prefetch import PREFIX, Inflight, Prefetcher, PrefetchStats
-from cachewise.runtime.request_calls import hint_of
 from cachewise.runtime.residency import ResidencyController, prefill_seconds
 from cachewise.runtime.sessions import SessionView
 
@@ -214,20 +216,17 @@ class ResidencyMixin:
             raise ConfigError("residency applies to the fcfs scheduling policy only")
         settings = self.residency_settings or _section(self.vllm_config, "residency", ResidencySettings)
         pool = self.kv_cache_manager.block_pool
-        # One guard, one verdict: the view reads the pool's guard live (residency rule 5).
-        self.sessions = SessionView(self.block_size, pool.serves_learned if isinstance(pool, ScoredBlockPool) else None)
+        if not isinstance(pool, ScoredBlockPool) or pool.sessions is None:
+            raise ConfigError("residency needs CacheWise's pool and its session view (additional_config cachewise)")
+        # One view, one guard verdict: the pool's (residency rule 5).
+        self.sessions = pool.sessions
         self._clock: Callable[[], float] = scheduler_clock(pool)
-        tier = attach_to_scheduler(self, self.sessions, self._clock)  # the CacheWise CPU-tier policy, if vLLM's offloading runs one
-        reload = settings.host_reload_s_per_token if tier is not None else 0.0
+        tier = find_policy(self)  # the CacheWise CPU-tier policy, if vLLM's offloading runs one
+        reload = settings.host_reload_s_per_token if tier is not None and tier.view is self.sessions else 0.0
         self.residency = self.controller_cls(
             settings, pool.num_gpu_blocks - 1, self.block_size,
             (lambda n: min(prefill_seconds(settings, n), n * reload)) if reload > 0 else None,
         )  # fmt: skip
-        predictor = getattr(pool, "predictor", None)
-        if predictor is not None and hasattr(predictor, "sessions"):
-            predictor.sessions = self.sessions  # the predictor reports each call's session and forecast
-        calls = getattr(predictor, "calls", None)
-        self._lookup = getattr(calls, "lookup", None)
         logger.info("CacheWise residency on: %s, capacity %d blocks", settings, self.residency.capacity)
         prefetch = self.prefetch_settings or _section(self.vllm_config, "prefetch", PrefetchSettings)
         if prefetch.enabled and reload > 0:
@@ -240,45 +239,17 @@ class ResidencyMixin:
         if not getattr(self, "_residency_off", False):
             logger.warning("CacheWise residency off, vLLM's scheduling continues: %s: %s", type(exc).__name__, exc)
         self._residency_off = True
-        attach_to_scheduler(self, None, time.monotonic)  # the CPU-tier policy back to vLLM's LRU order
         self.sessions = None
         self.residency = None
         self.prefetcher = None  # prefetches in flight run to their end (outputs still hidden)
 
-    def _keys(self, request: Request) -> tuple[str | None, str | None]:
-        """(session, thread) of an arriving request: the client's session id, else thread inference."""
-        found = self._lookup(request) if self._lookup is not None else None
-        if found is not None:
-            return found[1], found[0]
-        explicit = request.session_id or hint_of(request).get("session_id")
-        return (explicit if isinstance(explicit, str) and explicit else None), None
-
-    def add_request(self, request: Request) -> None:
-        super().add_request(request)
-        view = self.sessions
-        if view is None:
-            return
-        try:
-            session, thread = self._keys(request)
-            view.on_arrival(request.request_id, session, thread, request.num_prompt_tokens, self._clock())
-        except Exception as exc:  # noqa: BLE001
-            self._residency_failed(exc)
-
     def schedule(self, *args: Any, **kwargs: Any) -> Any:
         snapshot, held = self._hold()
         try:
-            out = super().schedule(*args, **kwargs)
+            return super().schedule(*args, **kwargs)
         finally:
             if held:
                 self._restore(snapshot, held)
-        view = self.sessions
-        if view is not None:
-            try:
-                for new in out.scheduled_new_reqs:
-                    view.on_scheduled(new.req_id)
-            except Exception as exc:  # noqa: BLE001
-                self._residency_failed(exc)
-        return out
 
     def _hold(self) -> tuple[list[Request], list[Request]]:
         """Apply this step's plan; returns (waiting queue before, requests taken out of it)."""
@@ -338,7 +309,7 @@ class ResidencyMixin:
                     if isinstance(pool, ScoredBlockPool):
                         pool.expect(request.request_id, due.reuse_at, due.expire_at)
                     view.set_residency(key, True)
-                    super().add_request(request)  # vLLM's add_request (and the pool's arrival hook), not the view's
+                    super().add_request(request)  # an expected request: the hooks keep it out of the view
                     used, free = used + due.blocks, free - need
                     if len(pf.inflight) >= pf.settings.max_inflight:
                         break
@@ -375,39 +346,22 @@ class ResidencyMixin:
             groups = [gid for gid, size in chained_groups(manager) if size == pool.hash_block_size]
             pool.demote(self.sessions.exclusive_hashes(key), groups)
 
+    def session_finished(self, key: str, request: Request) -> None:
+        """Called by the view's writer (the ``update_from_output`` hook) after a user request of
+        session ``key`` finished: the request a prefetch would mirror."""
+        if self.prefetcher is not None and self.sessions is not None:
+            self.prefetcher.on_finished(key, request)
+
     def update_from_output(self, scheduler_output: Any, model_runner_output: Any) -> Any:
-        scheduled = [self.requests.get(rid) for rid in scheduler_output.num_scheduled_tokens]
+        pf = self.prefetcher
+        scheduled = [self.requests.get(rid) for rid in scheduler_output.num_scheduled_tokens] if pf is not None else []
         outputs = super().update_from_output(scheduler_output, model_runner_output)
-        view, pf = self.sessions, self.prefetcher
-        if view is not None:
-            try:
-                now = self._clock()
-                for req in scheduled:
-                    if req is None or not req.is_finished():
-                        continue
-                    if pf is not None and pf.finished(req.request_id) is not None:
-                        pf.stats.completed += 1
-                        continue
-                    key = view.on_finished(req.request_id, req.num_tokens, req.block_hashes, now)
-                    if pf is not None and key is not None:
-                        pf.on_finished(key, req)
-            except Exception as exc:  # noqa: BLE001
-                self._residency_failed(exc)
+        for req in scheduled:
+            if req is not None and req.is_finished() and pf.finished(req.request_id) is not None:
+                pf.stats.completed += 1
         if self.prefetch_stats.issued:
             _hide_prefetches(outputs)
         return outputs
-
-    def finish_requests(self, request_ids: Any, finished_status: Any) -> list[Request]:
-        done = super().finish_requests(request_ids, finished_status)
-        view = self.sessions
-        if view is not None:
-            try:
-                now = self._clock()
-                for req in done:
-                    view.on_aborted(req.request_id, now)
-            except Exception as exc:  # noqa: BLE001
-                self._residency_failed(exc)
-        return done
 
 
 def _hide_prefetches(outputs: dict[int, Any]) -> None:

@@ -1,54 +1,85 @@
 """The shared session view: what the engine knows about each agent session, in one place.
 
-One :class:`SessionView` per engine is written by the scheduler (request lifecycle) and
-the predictor (forecasts), and read by the residency controller
-(:mod:`cachewise.runtime.residency`) and the GPU pool (which blocks a demoted session
-owns). Nothing else keeps a copy of per-session state.
+One :class:`SessionView` per engine, created by the plugin's wiring
+(:func:`cachewise.runtime.plugin.wired`) for every engine it builds and handed to the GPU
+pool (``ScoredBlockPool.sessions``), the predictor (``sessions`` attribute, and through it
+the :class:`~cachewise.runtime.request_calls.CallBuilder`), the schedulers (which read it
+from their pool) and the CPU-tier policy (attached at construction). Nothing else keeps a
+copy of sessions, their threads or the block-hash -> thread index.
+
+Writers (each event has one writer):
+
+* the plugin's scheduler hooks (:mod:`cachewise.runtime.hooks`), in every engine:
+  :meth:`on_arrival`, :meth:`on_scheduled`, :meth:`on_finished`, :meth:`on_aborted`;
+* the :class:`~cachewise.runtime.request_calls.CallBuilder` (thread inference):
+  :meth:`on_call` (names a finished call's thread and registers its tip hashes);
+* the predictor: :meth:`on_forecast`;
+* the residency controller and the prefetcher: :meth:`set_residency`; the residency
+  scheduler: :meth:`forget`.
+
+Readers (queries only): the residency controller, the prefetcher, the CPU-tier policy, the
+hooks' arrival keys (:func:`~cachewise.runtime.request_calls.arrival_keys`, through
+:meth:`known_thread`).
 
 Model:
 
 * a *session* (program) has a key: the client's ``session_id`` (vLLM's
   ``Request.session_id`` or the hint ``extra_args["cachewise"]["session_id"]``), else the
-  session the runtime's thread inference assigns (:mod:`cachewise.runtime.request_calls`,
-  which owns the block-hash -> thread index; the view never infers threads itself);
+  session of the thread the request's block hashes extend (the *thread index* below);
   a request whose session is not known at arrival gets a *provisional* session
   (``"?" + request_id``) that is merged into the real one when the predictor names it;
+* the *thread index* maps a block hash to the (thread, session) of the call that registered
+  it: every finished call registers its last full prompt block and its last full block
+  (:meth:`on_call`); a call belongs to the thread of the latest registered hash of its own
+  prompt chain (searched from the end), else to a new thread ``"t<n>"``; at most
+  ``max_hashes`` entries, least recently used dropped (entries outlive :meth:`forget`, so
+  a session that comes back after its expiry keeps its thread keys);
 * a session has *threads* (the growing prompts of the main agent and its sub-agents), each
   with the blocks of its latest request (prompt + output) and its last growth in blocks,
   and the full-block hashes of that request;
 * *live* requests (arrived, not finished), of which *waiting* ones were never scheduled;
 * when no request is live the session is *idle since* its last finish, with the
   :class:`Forecast` of its return made at that finish (None: no prediction);
-* ``resident`` / ``demoted`` flags are written by the residency controller only;
+* ``resident`` / ``demoted`` flags are written by the residency controller and the prefetcher only;
 * :attr:`SessionView.trusted`: whether the model's forecasts may be acted on now -- the
   online guard's verdict (:mod:`cachewise.runtime.guard`), read live from the ``verdict``
-  the view was built with (the GPU pool's :attr:`~cachewise.runtime.block_pool.ScoredBlockPool.serves_learned`),
-  never copied; every reader of forecasts (residency controller, host-tier policy) asks it.
+  the GPU pool gave the view (:meth:`follow`: its
+  :attr:`~cachewise.runtime.block_pool.ScoredBlockPool.serves_learned`), never copied;
+  every reader of forecasts (residency controller, host-tier policy) asks it.
 
-Write events: :meth:`on_arrival`, :meth:`on_scheduled`, :meth:`on_forecast`,
-:meth:`on_finished`, :meth:`on_aborted`, :meth:`set_residency`, :meth:`forget`. Everything
-else is a read-only query.
+Write events: :meth:`on_arrival`, :meth:`on_scheduled`, :meth:`on_call`, :meth:`on_forecast`,
+:meth:`on_finished`, :meth:`on_aborted`, :meth:`set_residency`, :meth:`forget` (and
+:meth:`follow`, once, by the pool). Everything else is a read-only query.
 
 Invariants (checked by the property tests):
 
 * every live request belongs to exactly one session, and ``waiting ⊆ live``;
-* ``idle_since`` is None iff the session has a live request;
+* ``idle_since`` is None iff the session has a live request; the idle sessions are kept in
+  the order they went idle; at most ``max(max_sessions, sessions with a live request)``
+  sessions are known: past ``max_sessions`` the longest idle are dropped (live sessions never);
 * ``working_set(s) = Σ_threads (blocks + growth - shared)``, plus what live requests need
   beyond that; ``shared`` = ``Σ_h (1 - 1/refs[h])`` over the thread's hashes as of its last
   finish, so a prefix held by ``n`` threads (a common system prompt) counts ``1/n`` in each
   and the sum over sessions approximates the distinct blocks they hold;
 * ``hash_refs[h]`` = the number of threads (over all sessions) whose latest hashes hold
-  ``h``; a hash is *exclusive* to a session when all its references come from it.
+  ``h``; a hash is *exclusive* to a session when all its references come from it;
+* the thread index holds at most ``max_hashes`` entries, each naming a thread whose id was
+  issued by :meth:`on_call` or given by the client; :meth:`known_thread` never changes it.
 
 Complexity: arrival, scheduling and abort O(1); a finish O(hashes of the request) (like
-vLLM's own free); :meth:`exclusive_hashes` O(hashes of the session). Memory: O(sessions +
-their latest hashes); :meth:`forget` drops sessions idle past their forecast's expiry.
+vLLM's own free); :meth:`on_call` and :meth:`known_thread` O(prompt blocks) at worst (the
+chain searched from its end); :meth:`exclusive_hashes` O(hashes of the session). Memory:
+O(sessions + their latest hashes + max_hashes); :meth:`forget` drops sessions idle past
+their forecast's expiry, ``max_sessions`` bounds the idle ones in every engine (the residency
+controller's engine forgets by expiry as well). The defaults hold two index entries for each of
+the 65536 threads :class:`~cachewise.features.online.FeatureState` keeps.
 """
 
 from __future__ import annotations
 
 import bisect
 import math
+from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -252,16 +283,56 @@ class SessionState:
 class SessionView:
     """Sessions, threads, live requests and forecasts of one engine (module doc)."""
 
-    def __init__(self, block_size: int, verdict: Callable[[], bool] | None = None) -> None:
-        if block_size < 1:
-            raise ValueError("block_size must be >= 1")
+    def __init__(
+        self,
+        block_size: int,
+        verdict: Callable[[], bool] | None = None,
+        max_hashes: int = 131072,
+        max_sessions: int = 16384,
+    ) -> None:
+        if block_size < 1 or max_hashes < 1 or max_sessions < 1:
+            raise ValueError("block_size, max_hashes and max_sessions must be >= 1")
         self.block_size = block_size
         self._verdict = verdict
+        self._max_hashes = max_hashes
+        self._max_sessions = max_sessions
         self._sessions: dict[str, SessionState] = {}
+        self._idle: OrderedDict[str, None] = OrderedDict()  # sessions with no live request, longest idle first
         self._requests: dict[str, LiveRequest] = {}
         self._hash_refs: dict[Hashable, int] = {}
+        self._tips: OrderedDict[Hashable, tuple[str, str]] = OrderedDict()  # hash -> (thread, session or "")
+        self._next_thread = 0
 
     # ----------------------------------------------------------- write events
+    def follow(self, verdict: Callable[[], bool]) -> None:
+        """Read :attr:`trusted` from ``verdict`` (the GPU pool's guard, set once when the pool is built)."""
+        self._verdict = verdict
+
+    def on_call(
+        self, hashes: Sequence[Hashable], prompt_blocks: int, thread: str | None, session: str | None
+    ) -> tuple[str, str]:
+        """A call finished with full-block ``hashes`` (the first ``prompt_blocks`` its prompt's):
+        its (thread, session), registered in the thread index (module doc).
+
+        ``thread``: the client's thread id (no index search), else the thread of the latest
+        registered hash of the prompt chain, else a new one; ``session``: the client's session
+        id, else the found thread's session, else the thread itself.
+        """
+        found = (thread, "") if thread is not None else self._search(hashes, prompt_blocks, touch=True)
+        if found is None:
+            self._next_thread += 1
+            found = (f"t{self._next_thread}", "")
+        name, owner = found
+        key = session or owner or name
+        tips = self._tips
+        for idx in {prompt_blocks - 1, len(hashes) - 1}:
+            if idx >= 0:
+                tips[hashes[idx]] = (name, key)
+                tips.move_to_end(hashes[idx])
+                if len(tips) > self._max_hashes:
+                    tips.popitem(last=False)
+        return name, key
+
     def on_arrival(self, request_id: str, session: str | None, thread: str | None, num_tokens: int, now: float) -> str:
         """A request of ``num_tokens`` prompt tokens entered the queue; returns its session key.
 
@@ -274,10 +345,12 @@ class SessionView:
         state = self._sessions.get(key)
         if state is None:
             state = self._sessions[key] = SessionState(key, now)
+            self._trim()
         self._requests[request_id] = LiveRequest(key, thread, -(-num_tokens // self.block_size), now)
         state.live.add(request_id)
         state.waiting.add(request_id)
         state.idle_since = None
+        self._idle.pop(key, None)
         return key
 
     def on_scheduled(self, request_id: str) -> None:
@@ -325,7 +398,7 @@ class SessionView:
         if req.forecast is not None:
             state.forecast = req.forecast
         if not state.live:
-            state.idle_since = now
+            self._went_idle(state, now)
         return key
 
     def on_aborted(self, request_id: str, now: float) -> None:
@@ -337,7 +410,7 @@ class SessionView:
         state.live.discard(request_id)
         state.waiting.discard(request_id)
         if not state.live:
-            state.idle_since = now
+            self._went_idle(state, now)
 
     def set_residency(self, key: str, resident: bool, demoted: bool = False) -> None:
         """Written by the residency controller only."""
@@ -349,8 +422,7 @@ class SessionView:
         """Drop sessions with no live request that are idle past their forecast's expiry; their keys."""
         gone = [k for k, s in self._sessions.items() if not s.live and s.expired(now)]
         for key in gone:
-            for t in self._sessions.pop(key).threads.values():
-                self._set_hashes(t, ())
+            self._drop(key)
         return gone
 
     # ---------------------------------------------------------------- queries
@@ -407,10 +479,62 @@ class SessionView:
     def hash_refs(self, block_hash: Hashable) -> int:
         return self._hash_refs.get(block_hash, 0)
 
+    def known_thread(
+        self, hashes: Sequence[Hashable], prompt_blocks: int, thread: str | None, session: str | None
+    ) -> tuple[str | None, str] | None:
+        """(thread, session) :meth:`on_call` would give a call with this prompt now, when known
+        without issuing a new thread (the client's ids, else the index); None otherwise. Read-only."""
+        found = (thread, "") if thread is not None else self._search(hashes, prompt_blocks, touch=False)
+        if session:
+            return (found[0] if found else None), session
+        if found is None:
+            return None
+        return found[0], found[1] or found[0]
+
+    def indexed_hashes(self) -> int:
+        """Entries of the thread index (at most ``max_hashes``)."""
+        return len(self._tips)
+
     # --------------------------------------------------------------- internals
+    def _went_idle(self, state: SessionState, now: float) -> None:
+        """``state`` has no live request since ``now`` (it joins the idle order's end)."""
+        state.idle_since = now
+        self._idle[state.key] = None
+        self._idle.move_to_end(state.key)
+        self._trim()
+
+    def _trim(self) -> None:
+        """Drop the longest idle sessions while more than ``max_sessions`` are known."""
+        while len(self._sessions) > self._max_sessions and self._idle:
+            self._drop(next(iter(self._idle)))
+
+    def _drop(self, key: str) -> None:
+        self._idle.pop(key, None)
+        for t in self._sessions.pop(key).threads.values():
+            self._set_hashes(t, ())
+
+    def _search(self, hashes: Sequence[Hashable], prompt_blocks: int, touch: bool) -> tuple[str, str] | None:
+        """The index entry of the latest registered hash among the first ``prompt_blocks``."""
+        tips = self._tips
+        for i in range(min(prompt_blocks, len(hashes)) - 1, -1, -1):
+            entry = tips.get(hashes[i])
+            if entry is not None:
+                if touch:
+                    tips.move_to_end(hashes[i])
+                return entry
+        return None
+
     def _set_hashes(self, t: ThreadState, hashes: tuple[Hashable, ...]) -> None:
+        """``t`` holds ``hashes`` now: ``hash_refs`` drop its old hashes and count the new ones
+        (a grown prompt, whose old hashes are a prefix of the new, only counts its new suffix)."""
         refs = self._hash_refs
-        for h in t.hashes:
+        old = t.hashes
+        if old and hashes[: len(old)] == old:
+            for h in hashes[len(old) :]:
+                refs[h] = refs.get(h, 0) + 1
+            t.hashes = hashes
+            return
+        for h in old:
             n = refs[h] - 1
             if n:
                 refs[h] = n
@@ -423,6 +547,7 @@ class SessionView:
     def _merge(self, provisional: str, key: str) -> str:
         """Move provisional session ``provisional`` into ``key`` (created if new); returns ``key``."""
         src = self._sessions.pop(provisional)
+        self._idle.pop(provisional, None)
         dst = self._sessions.get(key)
         if dst is None:
             src.key = key
@@ -440,6 +565,7 @@ class SessionView:
             dst.resident = dst.resident or src.resident
             if dst.live:
                 dst.idle_since = None
+                self._idle.pop(key, None)
         for rid in dst.live:
             self._requests[rid].session = key
         return key

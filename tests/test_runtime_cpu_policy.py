@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 from vllm.v1.kv_offload.base import ReqContext, make_offload_key
 from vllm.v1.kv_offload.cpu.manager import CPUOffloadingManager
 
-from cachewise.runtime.cpu_policy import MODULE_PATH, POLICY_NAME, CacheWiseCachePolicy, attach_to_scheduler
+from cachewise.runtime.cpu_policy import MODULE_PATH, POLICY_NAME, CacheWiseCachePolicy, find_policy
+from cachewise.runtime.hooks import PolicyBinding, bound
 from cachewise.runtime.sessions import FORECAST_LEVELS, Forecast, SessionView
 
 
@@ -162,7 +163,7 @@ def test_pinned_and_protected_chunks_are_not_evicted_and_failure_is_atomic() -> 
     assert m.prepare_store([key(3)], ReqContext(req_id="z")).evicted_keys in ([key(1)], [key(2)])
 
 
-def test_attach_to_scheduler_finds_the_policy_behind_vllms_connector() -> None:
+def test_find_policy_finds_the_policy_behind_vllms_connector() -> None:
     class Manager:
         def __init__(self, policy: CacheWiseCachePolicy) -> None:
             self._policy = policy
@@ -172,9 +173,16 @@ def test_attach_to_scheduler_finds_the_policy_behind_vllms_connector() -> None:
     connector.connector_scheduler = type("S", (), {})()
     connector.connector_scheduler.manager = Manager(policy)
     scheduler = type("Sch", (), {"connector": connector})()
-    view = SessionView(16)
-    assert attach_to_scheduler(scheduler, view, Clock()) is policy and policy.view is view
-    assert attach_to_scheduler(type("Sch", (), {"connector": None})(), view, Clock()) is None
+    assert find_policy(scheduler) is policy
+    assert find_policy(type("Sch", (), {"connector": None})()) is None
+
+
+def test_a_policy_built_inside_a_binding_attaches_its_view_and_clock() -> None:
+    view, clock = SessionView(16), Clock()
+    assert CacheWiseCachePolicy(4).view is None  # no binding: vLLM's LRU order
+    with bound(PolicyBinding(None, clock, sessions=view)):
+        policy = CacheWiseCachePolicy(4)
+    assert policy.view is view and policy.clock is clock
 
 
 ops = st.lists(

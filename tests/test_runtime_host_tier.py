@@ -29,10 +29,13 @@ pytestmark = pytest.mark.vllm
 BS = 16
 
 
-def build(num_blocks: int, host_chunks: int, policy: str = "cachewise", residency: dict | None = None):
+def build(
+    num_blocks: int, host_chunks: int, policy: str = "cachewise", residency: dict | None = None,
+    scheduler_cls: str | None = "cachewise.runtime.scheduler.ResidencyScheduler",
+):  # fmt: skip
     config = cpu_engine.make_vllm_config(
-        num_blocks, BS, scheduler_cls="cachewise.runtime.scheduler.ResidencyScheduler", max_model_len=2048,
-        additional_config={"cachewise": {"residency": residency}} if residency else None,
+        num_blocks, BS, scheduler_cls=scheduler_cls, max_model_len=2048,
+        additional_config={"cachewise": {"mode": "fallback", "residency": residency}},  # residency needs CacheWise's wiring
     )
     page = cpu_engine.make_kv_cache_config(num_blocks, BS).kv_cache_groups[0].kv_cache_spec.page_size_bytes
     config.kv_transfer_config = offload_transfer_config(host_chunks, page, policy)
@@ -126,3 +129,18 @@ def test_residency_prices_a_demotion_as_a_reload_with_the_cachewise_host_tier() 
     assert tiered.residency._recompute(20000) < prefill_seconds(settings, 20000)
     lru_tier = build(num_blocks=40, host_chunks=64, policy="lru", residency={"host_reload_s_per_token": 1e-6})
     assert lru_tier.residency._recompute(20000) == prefill_seconds(settings, 20000)  # no CacheWise policy: recompute
+
+
+def test_the_cpu_policy_reads_the_engine_view_with_vllms_own_scheduler() -> None:
+    """No residency scheduler: the policy still orders by the one view the hooks write."""
+    scheduler = build(num_blocks=40, host_chunks=400, scheduler_cls=None)
+    policy = scheduler.connector.connector_scheduler.manager._policy
+    view = scheduler.kv_cache_manager.block_pool.sessions
+    assert isinstance(policy, CacheWiseCachePolicy) and view is not None and policy.view is view
+    worker = TransferWorker(TransferModel(LinkCost(1e-5, 50.0, 3e-6), LinkCost(1e-5, 50.0, 2e-6)), chunk_bytes=BS * 131072)
+    rng = random.Random(0)
+    for s in range(3):
+        scheduler.add_request(cpu_engine.make_request(f"a{s}", [rng.randrange(1000, 30000) for _ in range(160)], BS, 4, session_id=f"s{s}"))
+    assert len(run(scheduler, worker)) == 3
+    assert sorted(st.key for st in view) == ["s0", "s1", "s2"] and all(st.finished_calls == 1 for st in view)
+    assert worker.store_jobs > 0 and all(owner in ("s0", "s1", "s2") for owner in policy._owner.values())

@@ -48,7 +48,8 @@ class Clocked:
     def __init__(self, scheduler) -> None:
         self.s = scheduler
         self.now = 0.0
-        self.s._clock = lambda: self.now  # the residency scheduler's clock (engine clock in serving)
+        # the engine's one clock, read by the pool (and the view's writers) and the residency scheduler
+        self.s._clock = self.s.kv_cache_manager.block_pool.clock = lambda: self.now
         self.worker = TransferWorker(TransferModel(LinkCost(1e-5, 50.0, 3e-6), LinkCost(1e-5, 50.0, 2e-6)), chunk_bytes=BS * 131072)
         self.output_ids: set[str] = set()
         self.computed: dict[str, int] = {}

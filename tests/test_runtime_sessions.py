@@ -111,12 +111,14 @@ events = st.lists(
 
 
 @settings(max_examples=150, deadline=None)
-@given(events)
-def test_invariants_hold_under_random_events(seq: list) -> None:
-    view = SessionView(block_size=16)
+@given(events, st.integers(1, 4))
+def test_invariants_hold_under_random_events(seq: list, max_sessions: int) -> None:
+    view = SessionView(block_size=16, max_sessions=max_sessions)
     live: set[str] = set()
+    used: set[bytes] = set()
     now = 0.0
     for kind, req, session, tokens in seq:
+        before = {s.key: (bool(s.live), s.idle_since) for s in view}
         rid = f"r{req}"
         now += 1.0
         if kind == "arrive":
@@ -127,7 +129,10 @@ def test_invariants_hold_under_random_events(seq: list) -> None:
         elif kind == "forecast":
             view.on_forecast(rid, session or "s0", "t", Forecast.from_samples([1.0, float(tokens)]))
         elif kind == "finish":
-            view.on_finished(rid, tokens, [b"sys", rid.encode(), bytes([tokens % 3])], now)
+            grown = [b"sys", *(bytes([i]) for i in range(tokens % 7))]  # a thread's chains often extend each other
+            hashes = grown if tokens % 2 else [*grown, rid.encode()]
+            used.update(hashes)
+            view.on_finished(rid, tokens, hashes, now)
             live.discard(rid)
         else:
             view.on_aborted(rid, now)
@@ -146,4 +151,67 @@ def test_invariants_hold_under_random_events(seq: list) -> None:
             for t in s.threads.values():
                 for h in t.hashes:
                     refs[h] = refs.get(h, 0) + 1
-        assert all(view.hash_refs(h) == n for h, n in refs.items())
+        assert all(view.hash_refs(h) == refs.get(h, 0) for h in used)
+        # bounded: past max_sessions only sessions with a live request are kept ...
+        assert len(view) <= max(max_sessions, sum(1 for s in view if s.live))
+        # ... and what went (other than a provisional session merged into its name; its live
+        # requests, if any, would have failed the ownership check above) was idle no shorter than
+        # any idle session still kept (idle since now if this event's finish or abort made it idle)
+        gone = [k for k in before if view.get(k) is None and not k.startswith(PROVISIONAL)]
+        for k in gone:
+            since = before[k][1] if not before[k][0] else now
+            assert all(since <= s.idle_since for s in view if s.idle_since is not None)
+
+
+agents = st.lists(  # calls: (agent, new prompt blocks, output blocks, client session id or None)
+    st.tuples(st.integers(0, 3), st.integers(0, 3), st.integers(0, 2), st.sampled_from([None, None, "client"])),
+    min_size=1,
+    max_size=40,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(agents)
+def test_thread_index_gives_each_growing_prompt_one_thread(calls: list) -> None:
+    """Agents share a system prompt block and each grows its own chain: every call of an agent
+    gets the thread of its first call, no two agents share one; :meth:`known_thread` predicts
+    :meth:`on_call` without changing anything (a twin view never asked agrees on every call)."""
+    view, twin = SessionView(16), SessionView(16)
+    chains: dict[int, list] = {}
+    thread_of: dict[int, str] = {}
+    for agent, grow, out, client in calls:
+        chain = chains.setdefault(agent, [b"sys", (agent, 0)])
+        prompt = len(chain) + grow
+        chain.extend((agent, len(chain) + i) for i in range(grow + out))
+        hashes = chain[: prompt + out]
+        known = view.known_thread(hashes, prompt, None, client)
+        size = view.indexed_hashes()
+        assert view.known_thread(hashes, prompt, None, client) == known and view.indexed_hashes() == size
+        named = view.on_call(hashes, prompt, None, client)
+        assert twin.on_call(hashes, prompt, None, client) == named
+        if agent in thread_of:
+            assert known is not None and known[0] == named[0] == thread_of[agent]
+        else:
+            assert (known is None) if client is None else (known == (None, client))
+            assert named[0] not in thread_of.values()
+            thread_of[agent] = named[0]
+        assert named[1] == (client or view.known_thread(hashes, prompt, None, None)[1])
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.lists(st.integers(0, 30), min_size=1, max_size=8), max_size=30), st.integers(1, 6))
+def test_thread_index_stays_within_max_hashes(chains: list, max_hashes: int) -> None:
+    view = SessionView(16, max_hashes=max_hashes)
+    for chain in chains:
+        view.on_call(chain, len(chain), None, None)
+        assert view.indexed_hashes() <= max_hashes
+    if chains:  # the last call's tips are the most recently used: never the ones dropped
+        last = chains[-1]
+        assert view.known_thread(last, len(last), None, None) is not None
+
+
+def test_client_thread_id_skips_the_index_search() -> None:
+    view = SessionView(16)
+    assert view.on_call([b"a", b"b"], 2, None, None) == ("t1", "t1")
+    assert view.on_call([b"a", b"b", b"c"], 3, "sub", None) == ("sub", "sub")  # the client's thread wins
+    assert view.on_call([b"a", b"b", b"c", b"d"], 4, None, "S") == ("sub", "S")  # latest tip b"c" is sub's

@@ -24,6 +24,7 @@ from cachewise.runtime.hooks import PolicyBinding
 from cachewise.runtime.plugin import register
 from cachewise.runtime.policy import ManualClock, ReusePrediction
 from cachewise.runtime.scheduler import PrefixAwareScheduler
+from cachewise.runtime.sessions import SessionView
 
 PREFIX_AWARE = "cachewise.runtime.scheduler.PrefixAwareScheduler"
 BLOCK = 16
@@ -55,6 +56,28 @@ def test_the_wrapper_inside_an_explicit_wiring_adds_nothing(tmp_path: Path, capl
         scheduler = make_scheduler(config)
     assert isinstance(scheduler.kv_cache_manager.block_pool, ScoredBlockPool)
     assert sum("CacheWise active" in r.getMessage() for r in caplog.records) == 1
+
+
+@pytest.mark.parametrize("scheduler_cls", [None, PREFIX_AWARE, "cachewise.runtime.scheduler.ResidencyScheduler"])
+def test_every_wired_engine_has_one_session_view_written_by_the_hooks(tmp_path: Path, scheduler_cls: str | None) -> None:
+    """vLLM's scheduler, the prefix-aware one and the residency one: one view, created by the
+    wiring, shared by pool, predictor (and its call builder) and scheduler, written by the hooks."""
+    model = export_tiny_model(tmp_path / "m")
+    config = make_vllm_config(64, BLOCK, scheduler_cls=scheduler_cls, additional_config={"cachewise": {"model": str(model)}})
+    scheduler = make_scheduler(config)
+    pool = scheduler.kv_cache_manager.block_pool
+    view = pool.sessions
+    assert isinstance(view, SessionView) and pool.predictor.sessions is view and pool.predictor.calls.sessions is view
+    assert getattr(scheduler, "sessions", view) is view
+    scheduler.add_request(make_request("a", range(4 * BLOCK), BLOCK, 2))
+    assert view.session_of("a") == "?a"  # no client id, no thread known yet: provisional
+    (first,) = run_to_completion(scheduler)
+    (key,) = [s.key for s in view]
+    assert not key.startswith("?") and view.get(key).idle_since is not None and view.get(key).forecast is not None
+    scheduler.add_request(make_request("b", [*first.all_token_ids, *range(900, 900 + 2 * BLOCK)], BLOCK, 2))
+    assert view.session_of("b") == key and view.get(key).idle_since is None  # the thread index named it at arrival
+    run_to_completion(scheduler)
+    assert len(view) == 1 and view.get(key).finished_calls == 2 and not view.get(key).live
 
 
 def test_without_binding_or_settings_vllm_pool_stays() -> None:

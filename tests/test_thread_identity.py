@@ -61,6 +61,14 @@ class _Recorder:
         self.calls = CallBuilder(model="", hash_block_size=block_size, parser=get_parser("none"), arrival_clock=clock)
         self.keys: dict[str, tuple[str, str]] = {}
 
+    @property
+    def sessions(self):
+        return self.calls.sessions
+
+    @sessions.setter
+    def sessions(self, view) -> None:  # the plugin's wiring gives the builder the engine's one view
+        self.calls.sessions = view
+
     def on_request_finished(self, request, now: float) -> None:
         call = self.calls.build(request, now)
         self.keys[request.request_id] = (call.thread_key, call.session_key)
