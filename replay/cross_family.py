@@ -243,14 +243,20 @@ def _ratio(guarded: float, lru: float) -> float:
 
 def _cell_figures(cell: pd.DataFrame) -> dict[str, tuple[float, float]]:
     """Mean and 95% half-width over the cell's seeds, paired per seed: ``ratio`` (guarded /
-    LRU harmful evictions), ``hit`` (guarded - LRU hit rate, points) and, with ``cachewise``,
-    ``jct`` (its mean JCT - LRU's, s); keys absent where a policy is missing."""
+    LRU harmful evictions), ``hit`` (guarded - LRU hit rate, points), ``kept`` (the share of
+    the unguarded order's fewer harmful evictions the guarded one keeps, over the seeds where
+    there was a gain) and, with ``cachewise``, ``jct`` (its mean JCT - LRU's, s); keys absent
+    where a policy is missing."""
     harm, hit = _per_seed(cell, "harmful_evictions"), _per_seed(cell, "hit_rate")
     out: dict[str, tuple[float, float]] = {}
     if {"lru", "learned"} <= set(harm.columns):
         both = harm[["lru", "learned"]].dropna()
         out["ratio"] = interval([_ratio(g, v) for v, g in both.itertuples(index=False)])
         out["hit"] = interval(100 * (hit["learned"] - hit["lru"]).dropna())
+        if "learned_unguarded" in harm.columns:
+            gain = (harm["lru"] - harm["learned_unguarded"]).dropna()
+            gain = gain[gain > 0]
+            out["kept"] = interval(100 * (harm["lru"] - harm["learned"])[gain.index] / gain)
     if "cachewise" in harm.columns and "lru" in harm.columns and "jct_s_mean" in cell.columns:
         jct = _per_seed(cell, "jct_s_mean")
         out["jct"] = interval((jct["cachewise"] - jct["lru"]).dropna())
@@ -286,7 +292,9 @@ def report(
     lines += [
         "Harmful evictions / hit rate per policy (means over seeds); `guard/LRU` = guarded harmful "
         f"evictions over LRU's per seed (target <= {HARMFUL_RATIO_TARGET}), `hit diff` = guarded minus LRU "
-        f"hit rate in points per seed (target >= {-100 * HIT_RATE_SLACK:.1f}): mean ± 95% t interval over "
+        f"hit rate in points per seed (target >= {-100 * HIT_RATE_SLACK:.1f}), `gain kept` = share of the "
+        "unguarded order's fewer harmful evictions the guarded one keeps (seeds where it had a gain; –: none); "
+        "mean ± 95% t interval over "
         "the seeds (none with one seed); `met`: both targets on the mean. `others`: model trained on the other "
         "families, all sessions of the family replayed; `all`: model trained on every family, the family's "
         "held-out tasks replayed."
@@ -294,8 +302,9 @@ def report(
            if residency else ""),
         "",
         "| family | trained on | capacity | seeds | LRU | LRU + arrival | learned (no guard) | learned + guard "
-        "| guard/LRU | hit diff | switches | met |" + (" cachewise | cachewise − LRU JCT (s) |" if residency else ""),
-        "|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|---|" if residency else ""),
+        "| guard/LRU | hit diff | gain kept (%) | switches | met |"
+        + (" cachewise | cachewise − LRU JCT (s) |" if residency else ""),
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|---|" if residency else ""),
     ]
     keys = ["family", "trained_on", "capacity_frac", "concurrency"]
     for (family, trained_on, frac, _), cell in table.groupby(keys, sort=False):
@@ -311,9 +320,11 @@ def report(
             ratio, diff = figures["ratio"][0], figures["hit"][0]
             met = "yes" if ratio <= HARMFUL_RATIO_TARGET and diff >= -100 * HIT_RATE_SLACK else "**no**"
             switches = f"{by.at['learned', 'guard_switches']:.1f}" if "guard_switches" in by.columns else "n/a"
-            tail = f"{_pm(figures['ratio'], '.3f')} | {_pm(figures['hit'], '+.2f')} | {switches} | {met}"
+            has_gain = "kept" in figures and not math.isnan(figures["kept"][0])
+            kept = _pm(figures["kept"], ".0f") if has_gain else "–"
+            tail = f"{_pm(figures['ratio'], '.3f')} | {_pm(figures['hit'], '+.2f')} | {kept} | {switches} | {met}"
         else:
-            tail = "n/a | n/a | n/a | n/a"
+            tail = "n/a | n/a | n/a | n/a | n/a"
         seeds = cell["seed"].nunique() if "seed" in cell.columns else 1
         line = (
             f"| {family} | {trained_on} | {frac:.0%} | {seeds} | {fmt('lru')} | {fmt('lru_arrival')} | "
