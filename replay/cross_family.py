@@ -18,23 +18,27 @@ family's events, the cell's model, ``policies`` and ``max_sessions`` (sweep on: 
 ``replay.sweep`` capacities). Output under ``out``: one folder per cell (the replay's own
 report), ``results.csv`` (every row with ``family`` and ``trained_on``) and ``report.md``
 (the table: per cell and capacity, harmful evictions and hit rate of vLLM's LRU, the
-unguarded and the guarded learned order, and the guarded/LRU ratios the issue targets).
+unguarded and the guarded learned order, the guarded/LRU ratio and hit-rate difference the
+issue targets, each paired per seed with a 95% t interval over the seeds; with ``cachewise``
+among the policies, the residency controller's mean JCT minus LRU's, paired the same way).
 
 Cost: one training per family plus one, and one replay sweep per cell; ``max_sessions``
 bounds each replay. Two sizings: the wide one (``python -m cachewise.replay.cross_family``,
-the section's keys) and the ``dvc repro`` stage (``--stage``: ``cross_family.stage`` over
-them: fewer sessions, one seed, one capacity, cheaper training), which must stay within
-~2.5 minutes on 2 cores. With one family (a fresh clone: the synthetic corpus only) only
-its ``all`` cell runs; the report names the families found and those skipped.
+the section's keys: 3 seeds, 25-100%, ``cachewise`` included; ~50 min on 2 cores at load ~6-7)
+and the ``dvc repro`` stage (``--stage``: ``cross_family.stage`` over them: fewer sessions,
+one seed, one capacity, cheaper training), which must stay within ~2.5 minutes on 2 cores
+and is too small for the targets' verdicts. With one family (a fresh clone: the synthetic
+corpus only) only its ``all`` cell runs; the report names the families found and those
+skipped.
 """
 
 from __future__ import annotations
 
 import argparse
-from dataclasses import replace
+import math
 import sys
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pandas as pd
@@ -46,6 +50,7 @@ from cachewise.data.synthetic import generate_corpus
 from cachewise.features.featurize import featurize
 from cachewise.replay.cli import replay
 from cachewise.replay.config import load_config
+from cachewise.replay.stats import interval
 from cachewise.train.split import split_by_task
 from cachewise.train.train import train_model, write_outputs
 
@@ -226,10 +231,47 @@ def run_cross_family(params: str, stage: bool = False) -> Path:
     return path
 
 
+def _per_seed(cell: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """``metric`` per seed (rows) and policy (columns) of one cell (no ``seed`` column: seed 0)."""
+    cell = cell if "seed" in cell.columns else cell.assign(seed=0)
+    return cell.assign(seed=cell["seed"].fillna(0)).pivot_table(index="seed", columns="policy", values=metric)
+
+
+def _ratio(guarded: float, lru: float) -> float:
+    return guarded / lru if lru else (math.inf if guarded else 1.0)
+
+
+def _cell_figures(cell: pd.DataFrame) -> dict[str, tuple[float, float]]:
+    """Mean and 95% half-width over the cell's seeds, paired per seed: ``ratio`` (guarded /
+    LRU harmful evictions), ``hit`` (guarded - LRU hit rate, points), ``kept`` (the share of
+    the unguarded order's fewer harmful evictions the guarded one keeps, over the seeds where
+    there was a gain) and, with ``cachewise``, ``jct`` (its mean JCT - LRU's, s); keys absent
+    where a policy is missing."""
+    harm, hit = _per_seed(cell, "harmful_evictions"), _per_seed(cell, "hit_rate")
+    out: dict[str, tuple[float, float]] = {}
+    if {"lru", "learned"} <= set(harm.columns):
+        both = harm[["lru", "learned"]].dropna()
+        out["ratio"] = interval([_ratio(g, v) for v, g in both.itertuples(index=False)])
+        out["hit"] = interval(100 * (hit["learned"] - hit["lru"]).dropna())
+        if "learned_unguarded" in harm.columns:
+            gain = (harm["lru"] - harm["learned_unguarded"]).dropna()
+            gain = gain[gain > 0]
+            out["kept"] = interval(100 * (harm["lru"] - harm["learned"])[gain.index] / gain)
+    if "cachewise" in harm.columns and "lru" in harm.columns and "jct_s_mean" in cell.columns:
+        jct = _per_seed(cell, "jct_s_mean")
+        out["jct"] = interval((jct["cachewise"] - jct["lru"]).dropna())
+    return out
+
+
+def _pm(figure: tuple[float, float], fmt: str) -> str:
+    mean, half = figure
+    return format(mean, fmt) if math.isnan(half) else f"{format(mean, fmt)} ± {abs(half):{fmt.lstrip('+')}}"
+
+
 def report(
     table: pd.DataFrame, found: list[str] | None = None, missing: list[str] | None = None, settings: Settings | None = None
 ) -> str:
-    """The cross-family table (markdown): guarded vs LRU per cell and capacity."""
+    """The cross-family table (markdown): guarded vs LRU per cell and capacity, paired over seeds."""
     lines = ["# Cross-family replay: learned order with and without the guard vs vLLM's LRU", ""]
     if found is not None:
         lines.append(f"Families with traces: {', '.join(found) or 'none'}.")
@@ -246,37 +288,52 @@ def report(
             + (f", training overrides {settings.train}" if settings.train else "") + ".",
             "",
         ]
+    residency = "cachewise" in set(table.get("policy", ()))
     lines += [
-        "Harmful evictions / hit rate per policy; `guard/LRU` = guarded harmful evictions over LRU's "
-        f"(target <= {HARMFUL_RATIO_TARGET}), `hit diff` = guarded minus LRU hit rate in points "
-        f"(target >= {-100 * HIT_RATE_SLACK:.1f}). `others`: model trained on the other families, all sessions "
-        "of the family replayed; `all`: model trained on every family, the family's held-out tasks replayed.",
+        "Harmful evictions / hit rate per policy (means over seeds); `guard/LRU` = guarded harmful "
+        f"evictions over LRU's per seed (target <= {HARMFUL_RATIO_TARGET}), `hit diff` = guarded minus LRU "
+        f"hit rate in points per seed (target >= {-100 * HIT_RATE_SLACK:.1f}), `gain kept` = share of the "
+        "unguarded order's fewer harmful evictions the guarded one keeps (seeds where it had a gain; –: none); "
+        "mean ± 95% t interval over "
+        "the seeds (none with one seed); `met`: both targets on the mean. `others`: model trained on the other "
+        "families, all sessions of the family replayed; `all`: model trained on every family, the family's "
+        "held-out tasks replayed."
+        + (" `cachewise − LRU`: the residency controller (under the guard), mean JCT minus LRU's per seed (s)."
+           if residency else ""),
         "",
-        "| family | trained on | capacity | LRU | LRU + arrival | learned (no guard) | learned + guard | guard/LRU | hit diff | switches | met |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| family | trained on | capacity | seeds | LRU | LRU + arrival | learned (no guard) | learned + guard "
+        "| guard/LRU | hit diff | gain kept (%) | switches | met |"
+        + (" cachewise | cachewise − LRU JCT (s) |" if residency else ""),
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|---|" if residency else ""),
     ]
     keys = ["family", "trained_on", "capacity_frac", "concurrency"]
     for (family, trained_on, frac, _), cell in table.groupby(keys, sort=False):
         by = cell.groupby("policy").mean(numeric_only=True)  # mean over seeds
+        figures = _cell_figures(cell)
 
         def fmt(policy: str) -> str:
             if policy not in by.index:
                 return "n/a"
             return f"{int(by.at[policy, 'harmful_evictions']):,} / {100 * by.at[policy, 'hit_rate']:.1f}%"
 
-        if "lru" in by.index and "learned" in by.index:
-            lru_h, g_h = by.at["lru", "harmful_evictions"], by.at["learned", "harmful_evictions"]
-            ratio = g_h / lru_h if lru_h else float("inf") if g_h else 1.0
-            diff = 100 * (by.at["learned", "hit_rate"] - by.at["lru", "hit_rate"])
+        if "ratio" in figures:
+            ratio, diff = figures["ratio"][0], figures["hit"][0]
             met = "yes" if ratio <= HARMFUL_RATIO_TARGET and diff >= -100 * HIT_RATE_SLACK else "**no**"
-            switches = int(by.at["learned", "guard_switches"]) if "guard_switches" in by.columns else "n/a"
-            tail = f"{ratio:.3f} | {diff:+.2f} | {switches} | {met}"
+            switches = f"{by.at['learned', 'guard_switches']:.1f}" if "guard_switches" in by.columns else "n/a"
+            has_gain = "kept" in figures and not math.isnan(figures["kept"][0])
+            kept = _pm(figures["kept"], ".0f") if has_gain else "–"
+            tail = f"{_pm(figures['ratio'], '.3f')} | {_pm(figures['hit'], '+.2f')} | {kept} | {switches} | {met}"
         else:
-            tail = "n/a | n/a | n/a | n/a"
-        lines.append(
-            f"| {family} | {trained_on} | {frac:.0%} | {fmt('lru')} | {fmt('lru_arrival')} | "
+            tail = "n/a | n/a | n/a | n/a | n/a"
+        seeds = cell["seed"].nunique() if "seed" in cell.columns else 1
+        line = (
+            f"| {family} | {trained_on} | {frac:.0%} | {seeds} | {fmt('lru')} | {fmt('lru_arrival')} | "
             f"{fmt('learned_unguarded')} | {fmt('learned')} | {tail} |"
         )
+        if residency:
+            jct = _pm(figures["jct"], "+.1f") if "jct" in figures else "n/a"
+            line += f" {fmt('cachewise')} | {jct} |"
+        lines.append(line)
     return "\n".join(lines) + "\n"
 
 

@@ -34,7 +34,7 @@ def test_report_states_the_targets_per_cell() -> None:
     table = pd.DataFrame([_row("lru", 1000, 0.20), _row("learned_unguarded", 1400, 0.12), _row("learned", 1010, 0.198, 1)])
     text = report(table)
     line = next(row for row in text.splitlines() if row.startswith("| mooncake"))
-    assert "1.010" in line and "-0.20" in line and "| 1 | yes |" in line
+    assert "| 1.010 | -0.20 | – | 1.0 | yes |" in line  # one seed: no interval; unguarded had no gain
     worse = pd.DataFrame([_row("lru", 1000, 0.20), _row("learned", 1100, 0.19, 1)])
     assert "**no**" in report(worse)
 
@@ -72,4 +72,22 @@ def test_report_names_families_found_and_skipped_and_averages_seeds() -> None:
     assert "Families with traces: mooncake." in text and "Skipped (no traces here): claude_code." in text
     assert "only `all` cells" in text
     line = next(row for row in text.splitlines() if row.startswith("| mooncake"))
-    assert "1,100 / 20.0%" in line and "| 1.000 |" in line  # LRU: mean of 1,000 and 1,200
+    assert "1,100 / 20.0%" in line  # LRU: mean of 1,000 and 1,200
+    assert "| 1.100 |" in line  # the ratio is paired by seed: learned ran on seed 0 only
+
+
+def test_report_gives_seed_intervals_and_the_residency_column() -> None:
+    rows = []
+    for seed, (lru, guarded, jct_lru, jct_cw) in enumerate([(1000, 1000, 300.0, 290.0), (800, 840, 310.0, 300.0),
+                                                            (900, 918, 320.0, 316.0)]):
+        for policy, harmful, jct in (("lru", lru, jct_lru), ("learned", guarded, jct_lru), ("cachewise", guarded, jct_cw),
+                                     ("learned_unguarded", lru - 100, jct_lru)):
+            rows.append({**_row(policy, harmful, 0.5), "seed": seed, "jct_s_mean": jct})
+    line = next(row for row in report(pd.DataFrame(rows)).splitlines() if row.startswith("| mooncake"))
+    cells = [c.strip() for c in line.split("|")]
+    ratios = [1.0, 1.05, 1.02]
+    half = 4.303 * np.std(ratios, ddof=1) / np.sqrt(3)  # t(0.975, 2)
+    assert cells[4] == "3" and cells[9] == f"{np.mean(ratios):.3f} ± {half:.3f}"
+    assert cells[11].startswith("-19 ± ")  # gain kept: 0, -40, -18% of the unguarded order's 100 fewer
+    assert cells[13] == "**no**"  # mean ratio 1.023 > 1.02
+    assert cells[15].startswith("-8.0 ± ")  # cachewise - LRU JCT: -10, -10, -4
