@@ -221,6 +221,15 @@ class ScoredBlockPool(BlockPool):
         order.on_demote(free, self.clock())
         return len(free)
 
+    def eviction_pressure(self) -> tuple[int, int]:
+        """``(evictions so far, demoted free blocks)``: the cumulative count of cached blocks evicted
+        (``stats.evictions``) and the free cached blocks in the eviction order's demoted state
+        (:attr:`~cachewise.runtime.eviction_order.EvictionOrder.demoted_free`: evicted before a block
+        demoted now; 0 in fallback mode). Read live by the session view
+        (:attr:`~cachewise.runtime.sessions.SessionView.pressure`) for the residency controller. O(1)."""
+        order = self._order
+        return self.stats.evictions, (order.demoted_free if order is not None else 0)
+
     def _predict(self, request: Request, now: float) -> tuple[float, float] | None:
         """The predictor's checked answer for ``request``, or None (no opinion or failure)."""
         assert self.predictor is not None

@@ -215,7 +215,8 @@ class ResidencyMixin:
         settings = self.residency_settings or _section(self.vllm_config, "residency", ResidencySettings)
         pool = self.kv_cache_manager.block_pool
         # One guard, one verdict: the view reads the pool's guard live (residency rule 5).
-        self.sessions = SessionView(self.block_size, pool.serves_learned if isinstance(pool, ScoredBlockPool) else None)
+        scored = isinstance(pool, ScoredBlockPool)  # its eviction pressure prices demotions (residency cost rule)
+        self.sessions = SessionView(self.block_size, pool.serves_learned if scored else None, pool.eviction_pressure if scored else None)
         self._clock: Callable[[], float] = scheduler_clock(pool)
         tier = attach_to_scheduler(self, self.sessions, self._clock)  # the CacheWise CPU-tier policy, if vLLM's offloading runs one
         reload = settings.host_reload_s_per_token if tier is not None else 0.0
