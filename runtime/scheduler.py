@@ -13,7 +13,9 @@ demoted sessions' exclusive cached blocks become the pool's first evicted
 (:meth:`~cachewise.runtime.block_pool.ScoredBlockPool.demote`). The view reads the pool's
 online guard (:meth:`~cachewise.runtime.block_pool.ScoredBlockPool.serves_learned`): while
 the guard serves vLLM's order the controller holds and demotes nothing, so the step is
-vLLM's scheduling (Prometheus ``cachewise_residency_following_model``). Sessions are keyed by the
+vLLM's scheduling (Prometheus ``cachewise_residency_following_model``), and the pool's eviction
+pressure (:meth:`~cachewise.runtime.block_pool.ScoredBlockPool.eviction_pressure`), by which the
+controller prices a demotion. Sessions are keyed by the
 client's ``session_id`` (``Request.session_id`` or the hint), else by the runtime's thread
 inference (:meth:`~cachewise.runtime.request_calls.CallBuilder.lookup`). Any exception in
 this logic logs one warning and turns residency off for good: the scheduler is vLLM's
