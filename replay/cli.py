@@ -187,7 +187,9 @@ def make_replayer(
     tier = None
     if any(p in HOST_TIER_POLICIES for p in config.policies):
         tier = HostTierSettings(config.host_kv_frac, load_transfer_model(config.transfer_coefficients))
-    return Replayer(workload, cost, engine, ctx, seed=seed, scheduler_cls=config.scheduler_cls, host_tier=tier)
+    return Replayer(
+        workload, cost, engine, ctx, seed=seed, residency=config.residency, scheduler_cls=config.scheduler_cls, host_tier=tier
+    )
 
 
 def replay(config: ReplayConfig, params_path: str, sweep: bool, progress: bool) -> Path:

@@ -6,6 +6,9 @@ not silently change a benchmark). ``engine.max_num_batched_tokens`` is in *trace
 engine sees it divided by ``workload.token_scale``); ``engine.block_size`` is in *replay*
 tokens, so a block stands for ``block_size x token_scale`` trace tokens (256 by default; the
 benchmark ``tests/benchmarks/bench_replay.py --block-check`` compares against token_scale 1).
+``residency`` holds the residency controller's settings
+(:class:`~cachewise.runtime.config.ResidencySettings`, the served ``cachewise.residency``) but
+for its cost coefficients, which the replay sets from its measured models (naming one is an error).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
+from cachewise.runtime.config import ResidencySettings
 from cachewise.replay.driver import ArrivalParams
 from cachewise.replay.engine import EngineParams
 from cachewise.replay import host_tier_policies  # noqa: F401 - registers vllm_offload, cachewise_offload, ...
@@ -86,6 +90,7 @@ class ReplayConfig:
     workload: WorkloadParams = field(default_factory=lambda: WorkloadParams(token_scale=16))
     engine: EngineSettings = field(default_factory=EngineSettings)
     sweep: SweepSettings = field(default_factory=SweepSettings)
+    residency: ResidencySettings = field(default_factory=ResidencySettings)
 
     def __post_init__(self) -> None:
         register_caps(self.policies)  # capN: a fixed admission cap of N sessions
@@ -124,7 +129,9 @@ def _check_scheduler_cls(name: str) -> None:
         raise ReplayConfigError(f"scheduler_cls: {name!r} is not a subclass of vLLM's Scheduler")
 
 
-_NESTED = {"workload": WorkloadParams, "engine": EngineSettings, "sweep": SweepSettings}
+_NESTED = {"workload": WorkloadParams, "engine": EngineSettings, "sweep": SweepSettings, "residency": ResidencySettings}
+COST_MODEL_KEYS = frozenset({"prefill_a0", "prefill_a_tok", "prefill_a_ctx", "host_reload_s_per_token"})
+"""``replay.residency`` keys the replay sets itself from its measured cost and transfer models."""
 _TUPLES = {"policies", "capacity_fracs", "concurrency", "sources"}
 
 
@@ -173,6 +180,11 @@ def load_config(params_path: str | Path | None, overrides: dict[str, Any]) -> Re
     defaults = ReplayConfig()
     for key, cls in _NESTED.items():
         if key in values:
+            if key == "residency" and isinstance(values[key], dict) and COST_MODEL_KEYS & set(values[key]):
+                raise ReplayConfigError(
+                    f"{where}.residency: {sorted(COST_MODEL_KEYS & set(values[key]))} come from the replay's "
+                    "cost_coefficients / transfer_coefficients, not from this section"
+                )
             values[key] = _replace(
                 getattr(defaults, key), _values(cls, values[key], f"{where}.{key}"), f"{where}.{key}"
             )

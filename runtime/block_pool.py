@@ -114,7 +114,7 @@ class ScoredBlockPool(BlockPool):
         self._guard = Guard(self.config.guard, self.stats, label, clock, num_gpu_blocks) if guarded else None
         self.sessions = sessions
         if sessions is not None:
-            sessions.follow(self.serves_learned)
+            sessions.follow(self.serves_learned, self.eviction_pressure)
         if fallback_reason is not None:
             self.stats.fallbacks["load"] += 1
             self._publisher.publish()
@@ -231,6 +231,15 @@ class ScoredBlockPool(BlockPool):
                     free.append(found[0])
         order.on_demote(free, self.clock())
         return len(free)
+
+    def eviction_pressure(self) -> tuple[int, int]:
+        """``(evictions so far, demoted free blocks)``: the cumulative count of cached blocks evicted
+        (``stats.evictions``) and the free cached blocks in the eviction order's demoted state
+        (:attr:`~cachewise.runtime.eviction_order.EvictionOrder.demoted_free`: evicted before a block
+        demoted now; 0 in fallback mode). Read live by the session view
+        (:attr:`~cachewise.runtime.sessions.SessionView.pressure`) for the residency controller. O(1)."""
+        order = self._order
+        return self.stats.evictions, (order.demoted_free if order is not None else 0)
 
     def _predict(self, request: Request, now: float) -> tuple[float, float] | None:
         """The predictor's checked answer for ``request``, or None (no opinion or failure)."""

@@ -149,7 +149,11 @@ class ResidencySettings:
     the CacheWise CPU policy, a demoted session's prefix is loaded back, not recomputed: the
     cost rule's recompute time becomes ``min(prefill, n * host_reload_s_per_token)``
     (Llama-3.1-8B bf16 on the H200's PCIe Gen5: 128 KiB / 54.8 GB/s = 2.4e-6 s/token,
-    ``replay/transfer_coefficients.json``); 0: no tier (recompute).
+    ``replay/transfer_coefficients.json``); 0: no tier (recompute). ``pressure_window_s``: the
+    cost rule prices a demotion by the chance the pool evicts the session's blocks before it is
+    back, from the pool's eviction rate over this many seconds (:mod:`cachewise.runtime.residency`;
+    default 10 s: several of an agent's typical ~1 s return gaps, so the rate follows bursts of
+    admissions without resting on one step).
     """
 
     headroom: float = 0.1
@@ -160,6 +164,7 @@ class ResidencySettings:
     prefill_a_tok: float = 2.038725126120883e-05
     prefill_a_ctx: float = 1.4758954005404623e-09
     host_reload_s_per_token: float = 0.0  # host tier: seconds per token to load a dropped prefix back (0: recompute)
+    pressure_window_s: float = 10.0
 
     @classmethod
     def from_mapping(cls, raw: Mapping[str, Any]) -> ResidencySettings:
@@ -167,7 +172,8 @@ class ResidencySettings:
         return cls(**_sub_mapping(cls, raw, "residency"))
 
     def __post_init__(self) -> None:
-        if not (0 <= self.headroom < 1) or not (0 <= self.max_wait_s < math.inf) or self.max_passes < 0 or not (0 < self.horizon_s < math.inf):
+        finite_positive = 0 < self.horizon_s < math.inf and 0 < self.pressure_window_s < math.inf
+        if not (0 <= self.headroom < 1) or not (0 <= self.max_wait_s < math.inf) or self.max_passes < 0 or not finite_positive:
             raise ConfigError(f"invalid residency settings {self}")
         if min(self.prefill_a0, self.prefill_a_tok, self.prefill_a_ctx, self.host_reload_s_per_token) < 0:
             raise ConfigError("residency prefill and reload cost coefficients must be >= 0")

@@ -31,6 +31,13 @@ descendant, including descendants freed while the parent was still in use elsewh
 A block's prediction is consumed by its next reuse: :meth:`on_touch` clears it, and the
 request that reused it sets a new one when it is released.
 
+Demoted blocks (:meth:`on_demote`, a session demoted by the residency controller) are keyed
+"never reused, expired at the demotion time", so they are evicted before every predicted and
+no-opinion block, earlier demotions first. :attr:`EvictionOrder.demoted_free` counts the free
+cached blocks in that state (a flag per block, cleared when the block is reused, its hash
+dropped, or a later prediction or request mark merged into it): the hashed blocks a block
+demoted now would wait behind (the residency controller's eviction-chance estimate).
+
 Requested blocks: when a request arrives, the free cached blocks of its prefix are
 *requested* (:meth:`on_request`): their key becomes ``min(key, arrival time)`` and they are
 never re-keyed as overdue (their only timer is their expiry), so while the request waits
@@ -97,6 +104,8 @@ class EvictionOrder:
         self._keyed = bytearray(n)  # 1 iff the block carries a prediction since its last reuse
         self._requested = bytearray(n)  # 1 iff keyed by a queued request's arrival: no overdue re-key
         self._requesters = array("i", [0]) * n  # waiting requests that marked the block (see on_withdraw)
+        self._demoted = bytearray(n)  # 1 iff in the demoted state (module doc); counted in demoted_free
+        self.demoted_free = 0
         self._depth = array("i", [0]) * n
         self._parent = array("i", [-1]) * n
         self._parent_epoch = array("q", [0]) * n
@@ -217,15 +226,19 @@ class EvictionOrder:
         "ended" (never reused, expired now), overriding the merge rule, so they are evicted
         before every predicted block; leaves are re-pushed (their old entries die)."""
         keyed, requested, requesters = self._keyed, self._requested, self._requesters
-        reuse, expire, children = self._reuse, self._expire, self._children
+        reuse, expire, children, demoted = self._reuse, self._expire, self._children, self._demoted
         for blk in blocks:
             b = blk.block_id
             keyed[b], requested[b], requesters[b], reuse[b], expire[b] = 1, 0, 0, _INF, now
+            if not demoted[b]:
+                demoted[b] = 1
+                self.demoted_free += 1
             if children[b] == 0:
                 self._push(b)
 
     def on_touch(self, block: KVCacheBlock) -> None:
         """``block`` was hit by a new request: its prediction is consumed, its entries die."""
+        self._undemote(block.block_id)
         self._keyed[block.block_id] = 0
         self._requested[block.block_id] = 0
         self._requesters[block.block_id] = 0
@@ -350,6 +363,7 @@ class EvictionOrder:
             self._parent[b] = -1
         self._epoch[b] += 1
         self._children[b] = 0
+        self._undemote(b)
         self._keyed[b] = 0
         self._requested[b] = 0
         self._requesters[b] = 0
@@ -369,7 +383,11 @@ class EvictionOrder:
 
         A block without a prediction takes it as is. Leaves the requested mark alone (a
         block without a prediction is never requested: marks are cleared with predictions).
+        A demoted block leaves the demoted state unless the merge keeps its key (another
+        demotion's "never reused" with no later expiry).
         """
+        if self._demoted[b] and (reuse_at < _INF or expire_at > self._expire[b]):
+            self._undemote(b)
         if self._keyed[b]:
             if reuse_at < self._reuse[b]:
                 self._reuse[b] = reuse_at
@@ -379,6 +397,12 @@ class EvictionOrder:
             self._keyed[b] = 1
             self._reuse[b] = reuse_at
             self._expire[b] = expire_at
+
+    def _undemote(self, b: int) -> None:
+        """Block ``b`` leaves the demoted state (no-op if not in it)."""
+        if self._demoted[b]:
+            self._demoted[b] = 0
+            self.demoted_free -= 1
 
     def _entry(self, b: int) -> tuple[tuple[float, int], float]:
         """Heap entry of block ``b`` under its current key (with a new token) and its due time."""

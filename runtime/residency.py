@@ -51,20 +51,56 @@ function; remaining gap ``R_j`` = the gap minus ``e`` given it exceeds ``e``, se
 session waits:
 
     keep_j = E[min(R_j, H)]                 # seconds the waiting head is held by j's room
-    drop_j = P(R_j <= H) * (prefill_s(W_j) * (1 + n_run) + Q)
+    drop_j = P(R_j <= H) * Q  +  (1 + n_run) * E[1{R_j <= H} * lost_j(R_j)]
+    lost_j(r) = c(W_j) - c(W_j - m_j(r)),   m_j(r) = min(max(eps * r - A, 0), W_j)
     demote j  iff  keep_j > drop_j
 
-with ``H = horizon_s``, ``prefill_s(n tokens) = a0 + a_tok n + a_ctx n^2 / 2`` (the measured
-cost model, no cached context), ``n_run`` the requests running now (a recompute stalls j
-and every request batched with it) and ``Q`` the queueing delay j meets when it is back
-and no longer resident: the mean admission wait of the last :data:`QUEUE_WINDOW` admitted
-sessions (the "queueing delay induced by eviction" of Continuum, measured, not assumed). Candidates are
-taken in decreasing ``keep_j - drop_j``. The whole distribution is used: a session
-predicted back in 2 s with a 10% chance of a 10-minute test run has a small ``keep``;
-one whose turn ended (the model predicts a long gap) has ``keep ≈ H`` and ``P(back) ≈ 0``.
+with ``H = horizon_s`` and ``c(n tokens) = a0 + a_tok n + a_ctx n^2 / 2`` the measured prefill
+cost model (no cached context; blocks count ``block_tokens`` tokens each). ``n_run`` is the
+number of requests running now (a recompute stalls j and every request batched with it).
 
-Complexity per step: O(S log S) in the sessions known to the view plus O(sum of live
-requests); memory O(sessions) (pass counts are dropped when a session is admitted).
+*What a demotion loses.* Demoting j does not evict its blocks, it makes them the pool's first
+evicted (:meth:`ScoredBlockPool.demote <cachewise.runtime.block_pool.ScoredBlockPool.demote>`:
+"never reused, expired now" in :mod:`cachewise.runtime.eviction_order`, which evicts cached
+blocks earliest expiry first, a chain deepest block first). They are lost only as far as the
+pool evicts cached blocks before j is back. A block demoted now waits behind ``A`` cached
+blocks: the free blocks already in the demoted state
+(:attr:`EvictionOrder.demoted_free <cachewise.runtime.eviction_order.EvictionOrder.demoted_free>`).
+The pool evicts ``eps`` cached blocks per second: its eviction count over the last
+``pressure_window_s`` seconds (``ScoredBlockPool.eviction_pressure``, read live through
+:attr:`SessionView.pressure <cachewise.runtime.sessions.SessionView.pressure>`). Taking the
+recent rate as the rate of the next ``r`` seconds (a fluid approximation), ``eps r`` blocks
+are evicted by then, so ``m_j(r)`` of j's blocks, its tail: recomputing a tail of ``m`` blocks
+behind a cached prefix of ``W - m`` costs ``c(W) - c(W - m)`` (exact under the cost model:
+``a_tok m + a_ctx m (2W - m) / 2``, plus ``a0`` when nothing is left). So the eviction chance
+is the forecast's mass beyond ``A / eps`` (nil while the pool evicts nothing, ``eps = 0``), and
+the whole recompute is charged only to returns later than ``(A + W_j) / eps``. The
+expectation is the mean over :data:`RETURN_POINTS` equal-mass points of ``R_j``
+(:meth:`~cachewise.runtime.sessions.Forecast.remaining_points`). Without a pool reader (a
+pool that is not a ``ScoredBlockPool``: demotion reorders nothing) ``m_j = W_j``: every return
+recomputes the whole working set. The estimate errs toward keeping: ``A`` leaves out the
+blocks also evicted before j's (unhashed free blocks, expired predictions) and, for a step's
+second and later demotions, the blocks demoted earlier in the same step; ``W_j`` counts the
+prefix j shares with other sessions, whose blocks are not demoted.
+
+*What a demotion delays.* ``Q`` is the admission wait j meets when it is back, no longer
+resident, whether or not its blocks survived: the mean admission wait of the last
+:data:`QUEUE_WINDOW` admissions of *returning* sessions (sessions that finished a call before:
+the "queueing delay induced by eviction" of Continuum, measured, not assumed). New sessions'
+waits are left out: program-level FCFS puts a returning session ahead of every session that
+started after it, so the waits of newly started sessions, which queue behind all of them,
+are not what a demoted session meets.
+
+Candidates are taken in decreasing ``keep_j - drop_j``. The whole distribution is used: a
+session predicted back in 2 s with a 10% chance of a 10-minute test run has a small ``keep``
+and, under pressure, a ``drop`` from that 10% only if the pool would have evicted its blocks
+in 2 s; one whose turn ended (the model predicts a long gap) has ``keep ≈ H`` and
+``P(back) ≈ 0``.
+
+Complexity per step: O(S (log S + RETURN_POINTS)) in the sessions known to the view plus
+O(sum of live requests); memory O(sessions + pressure samples of one window) (pass counts
+are dropped when a session is admitted; one pressure sample per step, those older than the
+window dropped but the newest of them).
 """
 
 from __future__ import annotations
@@ -82,7 +118,11 @@ from cachewise.scoring.overdue import overdue_remaining
 logger = logging.getLogger("vllm.cachewise")
 
 QUEUE_WINDOW = 32
-"""Admissions over which the queueing delay ``Q`` of the cost rule is averaged."""
+"""Admissions of returning sessions over which the queueing delay ``Q`` of the cost rule is averaged."""
+
+RETURN_POINTS = 20
+"""Equal-mass points of a forecast's remaining gap over which ``E[lost_j]`` is averaged (one per
+5% of probability, the stored forecast's resolution: :data:`~cachewise.runtime.sessions.FORECAST_LEVELS`)."""
 
 
 @dataclass
@@ -129,17 +169,47 @@ class ResidencyController:
         self.forced = 0
         self.longest_wait_s = 0.0
         self._recent_waits: deque[float] = deque(maxlen=QUEUE_WINDOW)
+        self._pressure_samples: deque[tuple[float, int]] = deque()  # (time, evictions so far), one per step
+        self.eviction_rate = 0.0  # eps: cached blocks evicted per second over the last pressure window
+        self.demoted_ahead: float | None = None  # A: demoted free blocks now; None: no pool reader (m_j = W_j)
         self.following_model = True  # False while the guard's verdict makes the controller pass through
         self.passthrough_steps = 0
 
     @property
     def queueing_delay_s(self) -> float:
-        """``Q``: mean admission wait of the last :data:`QUEUE_WINDOW` admitted sessions (0 before any)."""
+        """``Q``: mean admission wait of the last :data:`QUEUE_WINDOW` admissions of returning sessions (0 before any)."""
         waits = self._recent_waits
         return sum(waits) / len(waits) if waits else 0.0
 
+    def observe_pressure(self, view: SessionView, now: float) -> None:
+        """Read the pool's eviction pressure (module doc): ``A`` now and ``eps`` over the last
+        ``pressure_window_s`` (from the newest sample at least that old, or the oldest kept). O(1) amortised."""
+        pressure = view.pressure
+        if pressure is None:
+            self.demoted_ahead, self.eviction_rate = None, 0.0
+            return
+        evicted, ahead = pressure
+        self.demoted_ahead = float(ahead)
+        samples = self._pressure_samples
+        samples.append((now, evicted))
+        start = now - self.settings.pressure_window_s
+        while len(samples) > 2 and samples[1][0] <= start:
+            samples.popleft()
+        t0, e0 = samples[0]
+        self.eviction_rate = (evicted - e0) / (now - t0) if now > t0 else 0.0
+
+    def lost_s(self, blocks: float, gap: float, ahead: float) -> float:
+        """``lost_j(gap)``: recompute seconds of the tail of ``blocks`` evicted ``gap`` s after a
+        demotion behind ``ahead`` blocks, at the last observed eviction rate (module doc)."""
+        lost = min(max(self.eviction_rate * gap - ahead, 0.0), blocks)
+        if lost <= 0.0:
+            return 0.0
+        tokens = int(blocks * self.block_tokens)
+        return self._recompute(tokens) - self._recompute(tokens - int(lost * self.block_tokens))
+
     def keep_and_drop(self, state: SessionState, blocks: float, now: float, running: int) -> tuple[float, float]:
-        """``(keep_j, drop_j)`` of the module doc for idle session ``state`` holding ``blocks``."""
+        """``(keep_j, drop_j)`` of the module doc for idle session ``state`` holding ``blocks``, under
+        the pressure last read by :meth:`observe_pressure` (none read: every return recomputes all)."""
         assert state.idle_since is not None
         elapsed = now - state.idle_since
         forecast = state.forecast
@@ -147,10 +217,21 @@ class ResidencyController:
         if forecast is None:
             rest = overdue_remaining(elapsed)
             keep, p_back = min(rest, h), 1.0 if rest <= h else 0.0
+            points = [rest]
         else:
             keep, p_back = forecast.expected_hold(elapsed, h), forecast.p_back_within(elapsed, h)
-        drop = p_back * (self._recompute(int(blocks * self.block_tokens)) * (1 + running) + self.queueing_delay_s)
-        return keep, drop
+            points = None
+        ahead = self.demoted_ahead
+        if ahead is None:  # no pool reader: every return recomputes the whole working set
+            lost = p_back * self._recompute(int(blocks * self.block_tokens))
+        elif self.eviction_rate * h <= ahead:
+            lost = 0.0  # nothing of j's is evicted within the horizon
+        else:
+            if points is None:
+                assert forecast is not None
+                points = forecast.remaining_points(elapsed, RETURN_POINTS)
+            lost = sum(self.lost_s(blocks, r, ahead) for r in points if r <= h) / len(points)
+        return keep, p_back * self.queueing_delay_s + (1 + running) * lost
 
     def plan(self, view: SessionView, now: float, running: int) -> Plan:
         """Decide this step's admissions and demotions; updates the view's residency flags."""
@@ -177,6 +258,7 @@ class ResidencyController:
                     plan.admitted.add(state.key)
                     self._passes.pop(state.key, None)
             return plan
+        self.observe_pressure(view, now)
         used = 0.0
         active = False
         idle: list[tuple[SessionState, float]] = []
@@ -239,7 +321,8 @@ class ResidencyController:
                     active = True
                     self._passes.pop(key, None)
                     self.longest_wait_s = max(self.longest_wait_s, waited[key])
-                    self._recent_waits.append(waited[key])
+                    if state.finished_calls:  # a returning session: its wait is what a demoted one meets (Q)
+                        self._recent_waits.append(waited[key])
                     continue
                 blocked = True
             plan.held.append(key)

@@ -14,7 +14,9 @@ demoted sessions' exclusive cached blocks become the pool's first evicted
 (:meth:`~cachewise.runtime.block_pool.ScoredBlockPool.demote`). The view reads the pool's
 online guard (:meth:`~cachewise.runtime.block_pool.ScoredBlockPool.serves_learned`): while
 the guard serves vLLM's order the controller holds and demotes nothing, so the step is
-vLLM's scheduling (Prometheus ``cachewise_residency_following_model``). Sessions are keyed by the
+vLLM's scheduling (Prometheus ``cachewise_residency_following_model``), and the pool's eviction
+pressure (:meth:`~cachewise.runtime.block_pool.ScoredBlockPool.eviction_pressure`), by which the
+controller prices a demotion. Sessions are keyed by the
 client's ``session_id`` (``Request.session_id`` or the hint), else by the view's thread
 index (:func:`~cachewise.runtime.request_calls.arrival_keys`). Any exception in
 this logic logs one warning and turns residency off for good: the scheduler is vLLM's
@@ -218,7 +220,7 @@ class ResidencyMixin:
         pool = self.kv_cache_manager.block_pool
         if not isinstance(pool, ScoredBlockPool) or pool.sessions is None:
             raise ConfigError("residency needs CacheWise's pool and its session view (additional_config cachewise)")
-        # One view, one guard verdict: the pool's (residency rule 5).
+        # One view, one guard verdict and one eviction pressure: the pool's (residency rule 5, cost rule).
         self.sessions = pool.sessions
         self._clock: Callable[[], float] = scheduler_clock(pool)
         tier = find_policy(self)  # the CacheWise CPU-tier policy, if vLLM's offloading runs one

@@ -45,7 +45,11 @@ Model:
   online guard's verdict (:mod:`cachewise.runtime.guard`), read live from the ``verdict``
   the GPU pool gave the view (:meth:`follow`: its
   :attr:`~cachewise.runtime.block_pool.ScoredBlockPool.serves_learned`), never copied;
-  every reader of forecasts (residency controller, host-tier policy) asks it.
+  every reader of forecasts (residency controller, host-tier policy) asks it;
+* :attr:`SessionView.pressure`: the GPU pool's eviction pressure, read live from the
+  ``pressure`` reader the view was built with or the pool gave it (:meth:`follow`:
+  :meth:`~cachewise.runtime.block_pool.ScoredBlockPool.eviction_pressure`: cumulative evicted
+  blocks, demoted free blocks), None without a pool; the residency controller prices demotions by it.
 
 Write events: :meth:`on_arrival`, :meth:`on_scheduled`, :meth:`on_call`, :meth:`on_forecast`,
 :meth:`on_finished`, :meth:`on_aborted`, :meth:`set_residency`, :meth:`forget` (and
@@ -191,6 +195,16 @@ class Forecast:
             return overdue_remaining(elapsed)
         return max(self.quantile(p0 + level * (1.0 - p0)) - elapsed, 0.0)
 
+    def remaining_points(self, elapsed: float, k: int) -> list[float]:
+        """``k`` equal-mass points of the remaining gap given ``elapsed`` s idle: its quantiles at the
+        levels ``(i + 1/2) / k`` (midpoints of ``k`` bins of probability ``1/k``), for expectations
+        ``E[f(R)] ≈ mean f(points)``; ``k`` copies of ``overdue_remaining(e)`` when every quantile
+        has passed. O(k + log levels)."""
+        p0 = self._past(elapsed)
+        if p0 is None:
+            return [overdue_remaining(elapsed)] * k
+        return [max(self.quantile(p0 + (i + 0.5) / k * (1.0 - p0)) - elapsed, 0.0) for i in range(k)]
+
     def p_back_within(self, elapsed: float, window: float) -> float:
         """P(next request within ``window`` s | idle ``elapsed`` s so far) = ``(F(e + w) - F(e)) / (1 - F(e))``."""
         p0 = self._past(elapsed)
@@ -289,11 +303,13 @@ class SessionView:
         verdict: Callable[[], bool] | None = None,
         max_hashes: int = 131072,
         max_sessions: int = 16384,
+        pressure: Callable[[], tuple[int, int]] | None = None,
     ) -> None:
         if block_size < 1 or max_hashes < 1 or max_sessions < 1:
             raise ValueError("block_size, max_hashes and max_sessions must be >= 1")
         self.block_size = block_size
         self._verdict = verdict
+        self._pressure = pressure
         self._max_hashes = max_hashes
         self._max_sessions = max_sessions
         self._sessions: dict[str, SessionState] = {}
@@ -304,9 +320,11 @@ class SessionView:
         self._next_thread = 0
 
     # ----------------------------------------------------------- write events
-    def follow(self, verdict: Callable[[], bool]) -> None:
-        """Read :attr:`trusted` from ``verdict`` (the GPU pool's guard, set once when the pool is built)."""
+    def follow(self, verdict: Callable[[], bool], pressure: Callable[[], tuple[int, int]] | None = None) -> None:
+        """Read :attr:`trusted` from ``verdict`` (the GPU pool's guard) and :attr:`pressure` from
+        ``pressure`` (its eviction counts); set once, when the pool is built."""
         self._verdict = verdict
+        self._pressure = pressure
 
     def on_call(
         self, hashes: Sequence[Hashable], prompt_blocks: int, thread: str | None, session: str | None
@@ -430,6 +448,11 @@ class SessionView:
     def trusted(self) -> bool:
         """Whether the model's forecasts may be acted on now: the guard's verdict (True without one)."""
         return self._verdict is None or self._verdict()
+
+    @property
+    def pressure(self) -> tuple[int, int] | None:
+        """The pool's ``(evictions so far, demoted free blocks)`` now (module doc); None without a pool reader."""
+        return None if self._pressure is None else self._pressure()
 
     def get(self, key: str) -> SessionState | None:
         return self._sessions.get(key)

@@ -91,6 +91,10 @@ def test_a_session_is_demoted_only_when_another_waits_and_then_its_blocks_go_fir
     _drain(scheduler, clock)
     assert scheduler.residency.demotions == 1 and scheduler.sessions.get("far").demoted
     assert _cached(scheduler, far) < 10 and _cached(scheduler, near) == 10  # the demoted session's blocks went first
+    # The controller reads the pool's pressure live: evictions so far, and the demoted blocks still cached.
+    pool = scheduler.kv_cache_manager.block_pool
+    assert scheduler.sessions.pressure == pool.eviction_pressure() == (pool.stats.evictions, _cached(scheduler, far))
+    assert pool.stats.evictions > 0
 
 
 def test_starvation_bound_admits_a_held_session_within_max_passes() -> None:
