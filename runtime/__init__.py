@@ -10,6 +10,7 @@ Modules (import what you need; this package imports nothing so that ``replay`` s
 ``plugin``          ``register``, ``wired``: the entry point and the one place an engine is wired
                     (it creates the engine's one ``SessionView``)
 ``sessions``        ``SessionView``: sessions, threads, the block-hash -> thread index, forecasts
+``host_sets``       ``HostSets``: the view's host-tier working sets (which CPU chunks are whose)
 ``learned``         ``LearnedPredictor``: the exported LightGBM scorer as a predictor
 ``request_calls``   a finished ``Request`` as a ``FinishedCall`` (hints; threads named by the view)
 ``tool_calls``      tool-call parsers for decoded output (Hermes/Qwen, OpenAI JSON)

@@ -12,8 +12,14 @@ lazy heap, pinning) plus an owner per chunk: the session of the last request tha
 read or touched it (``ReqContext.req_id`` looked up in the engine's one
 :class:`~cachewise.runtime.sessions.SessionView`, which the policy attaches when vLLM builds it
 inside the plugin's wiring -- the view and clock of the binding then active
-(:func:`~cachewise.runtime.hooks.current_binding`), whatever the scheduler class; the policy
-keeps no copy of sessions or predictions).
+(:func:`~cachewise.runtime.hooks.current_binding`), whatever the scheduler class). The
+chunk <-> session relation lives in the view (its host-tier working sets,
+:class:`~cachewise.runtime.host_sets.HostSets`, under this policy's own tier id, so two
+policies on one view never mix their chunks): the policy writes it on every insert, access,
+touch, finish, removal and eviction and reads it to order victims; it keeps no copy of
+sessions, predictions or owners. Invariant: while attached, the view's groups for the policy's
+tier partition exactly :attr:`chunks` (chunks held before :meth:`attach` start unowned).
+Detached (no view), the policy records no owners and is vLLM's LRU.
 
 Eviction order (first = evicted first), among evictable (``ref_cnt == 0``), unprotected chunks:
 
@@ -34,9 +40,9 @@ eviction is vLLM's LRU :meth:`LRUCachePolicy.evict` unchanged; each fallback is 
 :attr:`CacheWiseCachePolicy.stats`. Both paths are atomic: nothing changes unless ``n``
 chunks can be evicted.
 
-Complexity: insert/remove/touch/access O(1) per key more than LRU; a predicted eviction
-O(S log S + Σ K_s log K_s) for S owners and the K_s chunks of the owners it takes victims
-from; memory O(chunks).
+Complexity: insert/remove/touch/access O(1) per key more than LRU (one view event per key);
+a predicted eviction O(S log S + Σ K_s log K_s) for S owners and the K_s chunks of the owners
+it takes victims from; memory O(chunks), the owner tables counted in the view's.
 """
 
 from __future__ import annotations
@@ -53,6 +59,7 @@ from vllm.v1.kv_offload.cpu.policies.base import ChunkStatus
 from vllm.v1.kv_offload.cpu.policies.lru import LRUCachePolicy
 
 from cachewise.runtime.hooks import current_binding
+from cachewise.runtime.host_sets import UNOWNED
 from cachewise.runtime.sessions import SessionView
 from cachewise.scoring.overdue import overdue_remaining
 
@@ -60,8 +67,6 @@ logger = logging.getLogger("vllm.cachewise")
 
 POLICY_NAME = "CacheWiseCachePolicy"
 MODULE_PATH = "cachewise.runtime.cpu_policy"
-UNOWNED = ""
-"""Owner of chunks whose request's session is not known (never a view key: the view maps "" to None)."""
 ENDED = math.inf
 """Score of a chunk whose session is unknown or ended: evicted before any predicted one."""
 
@@ -90,9 +95,8 @@ class CacheWiseCachePolicy(LRUCachePolicy):
 
     def __init__(self, cache_capacity: int) -> None:
         super().__init__(cache_capacity)
-        self._owner: dict[OffloadKey, str] = {}
-        self._keys_of: dict[str, set[OffloadKey]] = {}
         self.view: SessionView | None = None
+        self.tier = 0  # this policy's tier id in the view's host-tier working sets
         self.clock: Callable[[], float] = time.monotonic
         self.stats = CpuPolicyStats()
         _POLICIES.add(self)
@@ -104,9 +108,15 @@ class CacheWiseCachePolicy(LRUCachePolicy):
     # ------------------------------------------------------------- attachment
     def attach(self, view: SessionView | None, clock: Callable[[], float]) -> None:
         """Read sessions and forecasts from ``view`` (the engine's one view), times from ``clock``;
-        ``view`` None: detached (vLLM's LRU order from now on)."""
+        ``view`` None: detached (vLLM's LRU order from now on). The chunks held now join the new
+        view's working sets unowned; the old view drops this policy's tier."""
+        if self.view is not None:
+            self.view.host.release(self.tier)
         self.view = view
         self.clock = clock
+        if view is not None:
+            self.tier = view.host.tier()
+            view.host.stored(self.tier, self.chunks, None)
 
     # ------------------------------------------------------------- ownership
     def _session(self, req_context: ReqContext) -> str | None:
@@ -120,35 +130,18 @@ class CacheWiseCachePolicy(LRUCachePolicy):
         return state.session
 
     def _own(self, keys: Iterable[OffloadKey], req_context: ReqContext) -> None:
-        session = self._session(req_context) or UNOWNED
-        owner, keys_of = self._owner, self._keys_of
-        mine = keys_of.setdefault(session, set())
-        for key in keys:
-            if key not in self.chunks:
-                continue
-            old = owner.get(key)
-            if old == session or (session == UNOWNED and old is not None):
-                continue
-            if old is not None:
-                self._disown(key, old)
-            owner[key] = session
-            mine.add(key)
-
-    def _disown(self, key: OffloadKey, session: str) -> None:
-        keys = self._keys_of.get(session)
-        if keys is not None:
-            keys.discard(key)
-            if not keys:
-                del self._keys_of[session]
+        view = self.view
+        if view is not None:
+            chunks = self.chunks
+            view.host.stored(self.tier, (k for k in keys if k in chunks), self._session(req_context))
 
     def _drop(self, key: OffloadKey) -> None:
-        session = self._owner.pop(key, None)
-        if session is not None:
-            self._disown(key, session)
+        if self.view is not None:
+            self.view.host.dropped(self.tier, key)
 
     def owner_of(self, key: OffloadKey) -> str | None:
-        """The session that last stored, read or touched ``key`` (None: unknown)."""
-        return self._owner.get(key) or None
+        """The session that last stored, read or touched ``key``, as the view records it (None: unknown)."""
+        return None if self.view is None else self.view.host.owner(self.tier, key)
 
     # --------------------------------------------------- CachePolicy interface
     def insert(self, key: OffloadKey, chunk: ChunkStatus, req_context: ReqContext) -> None:
@@ -182,8 +175,8 @@ class CacheWiseCachePolicy(LRUCachePolicy):
 
     def clear(self) -> None:
         super().clear()
-        self._owner.clear()
-        self._keys_of.clear()
+        if self.view is not None:
+            self.view.host.cleared(self.tier)
 
     def evict(self, n: int, protected: set[OffloadKey]) -> list[tuple[OffloadKey, ChunkStatus]] | None:
         if n == 0:
@@ -193,7 +186,7 @@ class CacheWiseCachePolicy(LRUCachePolicy):
             reason = "distrusted"  # the GPU pool's guard serves vLLM's order: so does the host tier
         elif self.view is not None:
             try:
-                chosen = self._predicted_victims(n, protected)
+                chosen = self._predicted_victims(self.view, n, protected)
             except Exception as exc:  # noqa: BLE001 - never stop vLLM: its LRU takes over
                 logger.warning("CacheWise CPU policy: %s: %s; vLLM's LRU order for this eviction", type(exc).__name__, exc)
                 chosen, reason = None, "error"
@@ -230,13 +223,14 @@ class CacheWiseCachePolicy(LRUCachePolicy):
             return ENDED, True
         return forecast.remaining_quantile(elapsed, 0.5), True
 
-    def _predicted_victims(self, n: int, protected: set[OffloadKey]) -> list[OffloadKey] | None:
+    def _predicted_victims(self, view: SessionView, n: int, protected: set[OffloadKey]) -> list[OffloadKey] | None:
         """``n`` victims in the module's order (fewer if not enough); None: no forecast to go by."""
         now = self.clock()
+        host = view.host
         evictable, ranks = self._evictable, self._ranks
         order: list[tuple[float, bool, int, str]] = []
         informed = False
-        for i, session in enumerate(self._keys_of):
+        for i, (session, _) in enumerate(host.groups(self.tier)):
             score, forecast = self.session_score(session, now)
             informed = informed or forecast
             order.append((-score, session != UNOWNED, i, session))
@@ -245,7 +239,7 @@ class CacheWiseCachePolicy(LRUCachePolicy):
         order.sort()
         chosen: list[OffloadKey] = []
         for _, _, _, session in order:
-            keys = [k for k in self._keys_of[session] if k in evictable and k not in protected]
+            keys = [k for k in host.keys(self.tier, session) if k in evictable and k not in protected]
             keys.sort(key=ranks.__getitem__)
             chosen.extend(keys[: n - len(chosen)])
             if len(chosen) == n:

@@ -5,7 +5,8 @@ One :class:`SessionView` per engine, created by the plugin's wiring
 pool (``ScoredBlockPool.sessions``), the predictor (``sessions`` attribute, and through it
 the :class:`~cachewise.runtime.request_calls.CallBuilder`), the schedulers (which read it
 from their pool) and the CPU-tier policy (attached at construction). Nothing else keeps a
-copy of sessions, their threads or the block-hash -> thread index.
+copy of sessions, their threads, the block-hash -> thread index or which host-tier chunks
+belong to which session.
 
 Writers (each event has one writer):
 
@@ -15,7 +16,9 @@ Writers (each event has one writer):
   :meth:`on_call` (names a finished call's thread and registers its tip hashes);
 * the predictor: :meth:`on_forecast`;
 * the residency controller and the prefetcher: :meth:`set_residency`; the residency
-  scheduler: :meth:`forget`.
+  scheduler: :meth:`forget`;
+* the CPU-tier policy: the host-tier working sets, ``host``
+  (:class:`~cachewise.runtime.host_sets.HostSets`: ``stored`` / ``dropped`` / ``cleared``).
 
 Readers (queries only): the residency controller, the prefetcher, the CPU-tier policy, the
 hooks' arrival keys (:func:`~cachewise.runtime.request_calls.arrival_keys`, through
@@ -41,6 +44,11 @@ Model:
 * when no request is live the session is *idle since* its last finish, with the
   :class:`Forecast` of its return made at that finish (None: no prediction);
 * ``resident`` / ``demoted`` flags are written by the residency controller and the prefetcher only;
+* the *host-tier working set* of a session: the CPU-tier chunks it last stored, read or
+  touched, per CPU policy (tier), kept in ``host`` (:mod:`cachewise.runtime.host_sets`, its
+  invariants there); a session the view drops (:meth:`forget`, the idle cap) hands its host
+  chunks to "no known session" (they stay cached, first to go), a provisional session
+  merged into its real one hands them to it;
 * :attr:`SessionView.trusted`: whether the model's forecasts may be acted on now -- the
   online guard's verdict (:mod:`cachewise.runtime.guard`), read live from the ``verdict``
   the GPU pool gave the view (:meth:`follow`: its
@@ -53,7 +61,7 @@ Model:
 
 Write events: :meth:`on_arrival`, :meth:`on_scheduled`, :meth:`on_call`, :meth:`on_forecast`,
 :meth:`on_finished`, :meth:`on_aborted`, :meth:`set_residency`, :meth:`forget` (and
-:meth:`follow`, once, by the pool). Everything else is a read-only query.
+:meth:`follow`, once, by the pool), and ``host``'s events. Everything else is a read-only query.
 
 Invariants (checked by the property tests):
 
@@ -72,8 +80,9 @@ Invariants (checked by the property tests):
 
 Complexity: arrival, scheduling and abort O(1); a finish O(hashes of the request) (like
 vLLM's own free); :meth:`on_call` and :meth:`known_thread` O(prompt blocks) at worst (the
-chain searched from its end); :meth:`exclusive_hashes` O(hashes of the session). Memory:
-O(sessions + their latest hashes + max_hashes); :meth:`forget` drops sessions idle past
+chain searched from its end); :meth:`exclusive_hashes` O(hashes of the session); a host-tier
+event O(1) per chunk, dropping or merging a session O(its host chunks) more. Memory:
+O(sessions + their latest hashes + max_hashes + host chunks); :meth:`forget` drops sessions idle past
 their forecast's expiry, ``max_sessions`` bounds the idle ones in every engine (the residency
 controller's engine forgets by expiry as well). The defaults hold two index entries for each of
 the 65536 threads :class:`~cachewise.features.online.FeatureState` keeps.
@@ -87,6 +96,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
 
+from cachewise.runtime.host_sets import HostSets
 from cachewise.scoring.overdue import overdue_remaining
 
 FORECAST_LEVELS: tuple[float, ...] = tuple(i / 20 for i in range(21))
@@ -318,6 +328,7 @@ class SessionView:
         self._hash_refs: dict[Hashable, int] = {}
         self._tips: OrderedDict[Hashable, tuple[str, str]] = OrderedDict()  # hash -> (thread, session or "")
         self._next_thread = 0
+        self.host = HostSets(self._sessions.__contains__)
 
     # ----------------------------------------------------------- write events
     def follow(self, verdict: Callable[[], bool], pressure: Callable[[], tuple[int, int]] | None = None) -> None:
@@ -535,6 +546,7 @@ class SessionView:
         self._idle.pop(key, None)
         for t in self._sessions.pop(key).threads.values():
             self._set_hashes(t, ())
+        self.host.forget(key)
 
     def _search(self, hashes: Sequence[Hashable], prompt_blocks: int, touch: bool) -> tuple[str, str] | None:
         """The index entry of the latest registered hash among the first ``prompt_blocks``."""
@@ -591,4 +603,5 @@ class SessionView:
                 self._idle.pop(key, None)
         for rid in dst.live:
             self._requests[rid].session = key
+        self.host.merge(provisional, key)
         return key

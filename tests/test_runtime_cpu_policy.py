@@ -238,3 +238,37 @@ def test_property_manager_invariants_and_lru_equivalence_without_forecasts(ops, 
         finish(view, clock, rid)
         assert set(ours._policy.chunks) == set(ref._policy.chunks) or forecasts
         assert ours._num_evictable_cache_chunks == len(ours._policy._evictable)
+        # the view holds the chunk <-> session relation: its groups partition exactly the policy's chunks
+        groups = dict(view.host.groups(ours._policy.tier))
+        assert sorted(k for keys in groups.values() for k in keys) == sorted(ours._policy.chunks)
+        assert set(groups) <= {s.key for s in view} | {""}
+
+
+def test_two_policies_on_one_view_keep_their_chunks_apart_and_detach_cleanly() -> None:
+    """Two CPU tiers (e.g. two offloading connectors) on one view, the same chunk ids in both:
+    each has its own tier id, so dropping a chunk in one leaves the other's owner in place."""
+    m1, p1, view, clock = setup(4)
+    m2 = manager(4)
+    p2 = m2._policy
+    p2.attach(view, clock)
+    assert p1.tier != p2.tier
+    session_call(view, clock, "a", "s", flat(10.0))
+    store(m1, "a", [1, 2])
+    store(m2, "a", [1, 2])
+    p1.remove(key(1))
+    assert p1.owner_of(key(1)) is None and p2.owner_of(key(1)) == "s" and view.host.blocks("s") == 3
+    p2.attach(None, clock)  # detached: the view drops its tier, the policy is vLLM's LRU
+    assert view.host.blocks("s") == 1 and p2.owner_of(key(2)) is None
+
+
+def test_a_forgotten_sessions_chunks_stay_cached_unowned_and_go_first() -> None:
+    m, policy, view, clock = setup(3)
+    for rid, session, gap in (("a", "gone", 1.0), ("b", "idle", 100.0)):
+        session_call(view, clock, rid, session, flat(gap))
+        store(m, rid, [ord(rid)])
+        finish(view, clock, rid)
+    clock.now = 5.0
+    assert view.forget(clock.now) == ["gone"]  # past its expiry: the view drops it ...
+    assert policy.owner_of(key(ord("a"))) is None and key(ord("a")) in view.host.keys(policy.tier, "")  # ... its chunk is unowned
+    session_call(view, clock, "c", "new", None)
+    assert store(m, "c", [1, 2]) == [key(ord("a"))]

@@ -143,4 +143,6 @@ def test_the_cpu_policy_reads_the_engine_view_with_vllms_own_scheduler() -> None
         scheduler.add_request(cpu_engine.make_request(f"a{s}", [rng.randrange(1000, 30000) for _ in range(160)], BS, 4, session_id=f"s{s}"))
     assert len(run(scheduler, worker)) == 3
     assert sorted(st.key for st in view) == ["s0", "s1", "s2"] and all(st.finished_calls == 1 for st in view)
-    assert worker.store_jobs > 0 and all(owner in ("s0", "s1", "s2") for owner in policy._owner.values())
+    assert worker.store_jobs > 0 and all(policy.owner_of(k) in ("s0", "s1", "s2") for k in policy.chunks)
+    assert view.host.held(policy.tier) == len(policy.chunks) > 0  # the view holds the relation, one entry per chunk
+    assert sum(view.host.blocks(s) for s in ("s0", "s1", "s2")) == len(policy.chunks)

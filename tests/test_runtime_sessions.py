@@ -215,3 +215,75 @@ def test_client_thread_id_skips_the_index_search() -> None:
     assert view.on_call([b"a", b"b"], 2, None, None) == ("t1", "t1")
     assert view.on_call([b"a", b"b", b"c"], 3, "sub", None) == ("sub", "sub")  # the client's thread wins
     assert view.on_call([b"a", b"b", b"c", b"d"], 4, None, "S") == ("sub", "S")  # latest tip b"c" is sub's
+
+
+host_events = st.lists(
+    st.tuples(
+        st.sampled_from(["arrive", "arrive", "forecast", "finish", "abort", "forget", *["store"] * 4, "drop", "clear"]),
+        st.integers(0, 3),  # request
+        st.sampled_from(["s0", "s1", None]),  # session named at arrival / by the predictor
+        st.integers(0, 5),  # chunk (tier = chunk % 2: the same chunk ids in two tiers)
+    ),
+    max_size=60,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(host_events, st.integers(1, 3))
+def test_host_working_sets_partition_each_tiers_chunks_under_random_events(seq: list, max_sessions: int) -> None:
+    """The view's host-tier relation against a model of what each tier holds and who last used it:
+    per tier the owner groups partition the held chunks; every owner is a session the view knows
+    (forgotten ones hand theirs to "unowned", merged provisional ones to their real session); an
+    unknown session never takes a chunk from a known owner; two tiers never mix."""
+    view = SessionView(block_size=16, max_sessions=max_sessions)
+    host = view.host
+    tiers = (host.tier(), host.tier())
+    held: list[dict[int, str]] = [{}, {}]  # per tier: chunk -> owner the model expects ("" = unowned)
+    now = 0.0
+    for kind, req, session, chunk in seq:
+        rid = f"r{req}"
+        now += 1.0
+        before = {s.key for s in view}
+        if kind == "arrive":
+            view.on_arrival(rid, session, None, 16, now)
+        elif kind == "forecast":
+            view.on_forecast(rid, session or "s0", "t", Forecast.from_samples([0.5, 1.0]))
+        elif kind == "finish":
+            view.on_finished(rid, 16, [rid.encode()], now)
+        elif kind == "abort":
+            view.on_aborted(rid, now)
+        elif kind == "forget":
+            view.forget(now)
+        elif kind in ("store", "drop", "clear"):
+            i = chunk % 2
+            if kind == "store":
+                owner = view.session_of(rid)  # as the CPU policy asks: the session of a live request, if any
+                host.stored(tiers[i], [chunk], owner)
+                old = held[i].get(chunk)
+                if owner is not None and (old != owner):
+                    held[i][chunk] = owner
+                elif old is None:
+                    held[i][chunk] = ""
+            elif kind == "drop":
+                host.dropped(tiers[i], chunk)
+                held[i].pop(chunk, None)
+            else:
+                host.cleared(tiers[i])
+                held[i].clear()
+        gone = before - {s.key for s in view}
+        known = {s.key for s in view}
+        for i, tier in enumerate(tiers):
+            for k, owner in held[i].items():
+                if owner in gone:  # forgotten: unowned; a merged provisional session: its real one
+                    got = host.owner(tier, k) or ""
+                    assert got == "" or (owner.startswith(PROVISIONAL) and got in known and not got.startswith(PROVISIONAL))
+                    held[i][k] = got
+            groups = dict(host.groups(tier))
+            assert all(groups.values())  # no empty group
+            assert sorted(k for keys in groups.values() for k in keys) == sorted(held[i])  # a partition of the held chunks
+            assert set(groups) <= known | {""}
+            for owner, keys in groups.items():
+                assert all(held[i][k] == owner and (host.owner(tier, k) or "") == owner for k in keys)
+            assert host.held(tier) == len(held[i])
+        for key in known:
+            assert host.blocks(key) == sum(owner == key for h in held for owner in h.values())
