@@ -274,22 +274,25 @@ def _download(uri: str, store: str, dst: str, timeout_s: float, outcome: dict[st
     """Thread body of :func:`download_model`: MLflow's HTTP retries cut to fit ``timeout_s``."""
     import mlflow  # noqa: PLC0415 - only MLflow URIs need it
 
-    # The store is passed to MLflow explicitly, never set globally: a download given up after
-    # ``timeout_s`` runs on, abandoned, and must not change the process's MLflow state (or resolve
-    # against a default store in the working folder) while the caller goes on. The HTTP retry
-    # budget is read from the environment per request: set it, and restore it afterwards.
+    # MLflow resolves ``models:/`` through its global registry URI, whatever download_artifacts
+    # is told: set it (and the HTTP retry budget, read per request) and restore afterwards.
     budget = {
         "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
         "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
         "MLFLOW_HTTP_REQUEST_TIMEOUT": str(max(1, math.ceil(timeout_s / 2))),
     }
     saved_env = {k: os.environ.get(k) for k in budget}
+    previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
     os.environ.update(budget)
     try:
-        outcome["path"] = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=dst, tracking_uri=store, registry_uri=store))
+        mlflow.set_tracking_uri(store)
+        mlflow.set_registry_uri(store)
+        outcome["path"] = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=dst))
     except Exception as exc:  # noqa: BLE001 - MLflow raises many types for a bad URI or store
         outcome["error"] = exc
     finally:
+        mlflow.set_tracking_uri(previous[0])
+        mlflow.set_registry_uri(previous[1])
         for key, value in saved_env.items():
             if value is None:
                 os.environ.pop(key, None)
