@@ -19,7 +19,8 @@ MLflow run being created or ended) leaves that state half-changed. So a command 
 :func:`stop_if_terminated` before it commits (a swallowed SIGTERM stops it there) and wraps
 each state change in :func:`sigterm_deferred`: inside, SIGTERM is recorded, not raised (the
 change completes: a run exists or has ended, outputs are swapped in), and it is raised at
-the exit. A command that returns after a SIGTERM still exits 143.
+the exit; a second SIGTERM is raised at once (a step hung on an unreachable store can still be
+stopped). A command that returns after a SIGTERM still exits 143.
 """
 
 from __future__ import annotations
@@ -81,8 +82,9 @@ def sigterm_deferred() -> Iterator[None]:
 
 
 def _terminate(signum: int, frame: FrameType | None) -> None:
+    again = _SIGTERM.is_set()  # a second SIGTERM stops even a deferred step (one that hangs on a dead store)
     _SIGTERM.set()
-    if not _DEFERRED.is_set():
+    if again or not _DEFERRED.is_set():
         raise SystemExit(TERMINATED)
 
 

@@ -216,6 +216,13 @@ def test_sigterm_swallowed_in_a_weakref_callback_or_deferred_still_exits_143(mon
         committed.append(False)  # never reached
         return 0
 
+    def run_twice(args) -> int:  # a second SIGTERM stops a deferred step at once
+        with cli.sigterm_deferred():
+            signal.raise_signal(signal.SIGTERM)
+            signal.raise_signal(signal.SIGTERM)
+            committed.append(False)  # never reached
+        return 0
+
     fake = types.SimpleNamespace(configure=lambda parser: None, run=run)
     monkeypatch.setitem(sys.modules, "cachewise_fake_command", fake)
     monkeypatch.setitem(cli.SUBCOMMANDS, "fake", ("cachewise_fake_command", "a command that gets SIGTERM"))
@@ -224,6 +231,11 @@ def test_sigterm_swallowed_in_a_weakref_callback_or_deferred_still_exits_143(mon
     assert stop.value.code == 128 + signal.SIGTERM
     assert not committed
     monkeypatch.setattr(fake, "run", run_deferred)
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["fake"])
+    assert stop.value.code == 128 + signal.SIGTERM
+    assert committed == [True]
+    monkeypatch.setattr(fake, "run", run_twice)
     with pytest.raises(SystemExit) as stop:
         cli.main(["fake"])
     assert stop.value.code == 128 + signal.SIGTERM
