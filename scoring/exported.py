@@ -270,30 +270,75 @@ def _sqlite_file(uri: str) -> Path | None:
     return Path(uri[len(prefix):]) if uri.startswith(prefix) else None
 
 
+_BUDGET_LOCK = threading.Lock()
+_budget_saved: dict[str, str | None] = {}  # the values the first download in flight found (restored by the last)
+_budget_users = 0  # downloads in flight
+
+
 def _download(uri: str, store: str, dst: str, timeout_s: float, outcome: dict[str, Any]) -> None:
-    """Thread body of :func:`download_model`: MLflow's HTTP retries cut to fit ``timeout_s``."""
+    """Thread body of :func:`download_model`: resolve ``uri`` in ``store`` and download it.
+
+    Touches no MLflow global: ``models:/`` is resolved by a client bound to ``store``
+    (:func:`_artifact_location`), and ``download_artifacts`` is given the store, so a
+    download abandoned after its budget changes nothing another thread relies on. The only
+    process state it sets is MLflow's HTTP retry budget (environment variables MLflow reads
+    per request), reference-counted: set by the first download in flight, restored by the last.
+    """
     import mlflow  # noqa: PLC0415 - only MLflow URIs need it
 
-    # MLflow resolves ``models:/`` through its global registry URI, whatever download_artifacts
-    # is told: set it (and the HTTP retry budget, read per request) and restore afterwards.
+    _budget_enter(timeout_s)
+    try:
+        location = _artifact_location(uri, store) if uri.startswith("models:/") else uri
+        outcome["path"] = Path(
+            mlflow.artifacts.download_artifacts(artifact_uri=location, dst_path=dst, tracking_uri=store, registry_uri=store)
+        )
+    except Exception as exc:  # noqa: BLE001 - MLflow raises many types for a bad URI or store
+        outcome["error"] = exc
+    finally:
+        _budget_exit()
+
+
+def _artifact_location(uri: str, store: str) -> str:
+    """Where ``store`` keeps the artifacts of the ``models:/`` URI ``uri`` (name@alias, name/version,
+    name/stage, or a logged model id), resolved by a client bound to ``store``.
+
+    MLflow's own ``models:/`` resolution reads the *global* registry URI whatever
+    ``download_artifacts`` is told, so it is done here with MLflow's parser and a bound client.
+    """
+    from mlflow import MlflowClient  # noqa: PLC0415
+    from mlflow.store.artifact.utils.models import get_model_name_and_version  # noqa: PLC0415
+
+    client = MlflowClient(tracking_uri=store, registry_uri=store)
+    found = get_model_name_and_version(client, uri)
+    if len(found) == 1:
+        return str(client.get_logged_model(found[0]).artifact_location)
+    name, version = found
+    return str(client.get_model_version_download_uri(name, str(version)))
+
+
+def _budget_enter(timeout_s: float) -> None:
+    """Cut MLflow's HTTP retries to fit ``timeout_s`` while this download runs (see :func:`_download`)."""
     budget = {
         "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
         "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
         "MLFLOW_HTTP_REQUEST_TIMEOUT": str(max(1, math.ceil(timeout_s / 2))),
     }
-    saved_env = {k: os.environ.get(k) for k in budget}
-    previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
-    os.environ.update(budget)
-    try:
-        mlflow.set_tracking_uri(store)
-        mlflow.set_registry_uri(store)
-        outcome["path"] = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=dst))
-    except Exception as exc:  # noqa: BLE001 - MLflow raises many types for a bad URI or store
-        outcome["error"] = exc
-    finally:
-        mlflow.set_tracking_uri(previous[0])
-        mlflow.set_registry_uri(previous[1])
-        for key, value in saved_env.items():
+    global _budget_users, _budget_saved  # noqa: PLW0603 - process-wide, like the variables it guards
+    with _BUDGET_LOCK:
+        if _budget_users == 0:
+            _budget_saved = {key: os.environ.get(key) for key in budget}
+        _budget_users += 1
+        os.environ.update(budget)
+
+
+def _budget_exit() -> None:
+    """End one download's budget; the last one in flight restores the values the first one found."""
+    global _budget_users  # noqa: PLW0603
+    with _BUDGET_LOCK:
+        _budget_users -= 1
+        if _budget_users:
+            return
+        for key, value in _budget_saved.items():
             if value is None:
                 os.environ.pop(key, None)
             else:

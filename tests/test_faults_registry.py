@@ -29,8 +29,8 @@ def silent_registry(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
     yield url
     server.close()
-    # A download given up after its budget runs on and, when it ends, puts MLflow's tracking URI
-    # (and so MLFLOW_TRACKING_URI) back as it found it: let it end here, not during the next test.
+    # A download given up after its budget runs on and, when it ends, puts MLflow's HTTP retry
+    # budget (environment variables) back as it found it: let it end here, not during the next test.
     for thread in [t for t in threading.enumerate() if t.name == "cachewise-registry"]:
         thread.join(60)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -80,6 +81,40 @@ def test_train_register_champion_export_round_trip(workspace, capsys):
     # Exporting the same run again registers nothing new.
     _cli("export", "--params", p, "--run", str(root / "out2" / "run.json"))
     assert "registered cachewise-reuse version 2;" in capsys.readouterr().out
+
+
+def test_registry_download_touches_no_mlflow_global(workspace, monkeypatch):
+    """A download resolves ``models:/`` in the configured store with MLflow's global URIs left as
+    they are, during the download too: a download abandoned after its budget must not restore
+    them over a change made meanwhile (it used to set and restore them)."""
+    export_dir = workspace / "models" / "cachewise-reuse"
+    if not export_dir.is_dir():
+        pytest.skip("needs the export of test_train_register_champion_export_round_trip")
+    import mlflow
+
+    other = f"sqlite:///{workspace / 'elsewhere.db'}"  # MLflow's global registry points elsewhere
+    previous_registry = mlflow.get_registry_uri()
+    retries = os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES")
+    mlflow.set_registry_uri(other)
+    seen: list[tuple[str, str]] = []
+    real = mlflow.artifacts.download_artifacts
+
+    def spy(*args, **kwargs):
+        seen.append((mlflow.get_tracking_uri(), mlflow.get_registry_uri()))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(mlflow.artifacts, "download_artifacts", spy)
+    before = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    try:
+        model = load_exported(URI)
+        after = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    finally:
+        mlflow.set_registry_uri(previous_registry)
+    assert model.source == URI
+    assert before[1] == other
+    assert seen == [before]  # unchanged while downloading
+    assert after == before
+    assert os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES") == retries  # the retry budget is put back
 
 
 def test_score_cli_on_exported_and_registered_model(workspace, capsys):
