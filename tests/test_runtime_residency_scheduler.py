@@ -123,6 +123,32 @@ def test_resuming_from_pass_through_restores_the_budget_on_the_real_scheduler() 
     assert [r.request_id for r in finished + _drain(scheduler, clock)] == ["near1"]  # a resident's request is never held
 
 
+def test_a_held_sessions_prefix_is_announced_to_the_pool_only_when_it_is_admitted() -> None:
+    """A demoted session comes back while there is no room in the budget: its request is held,
+    and the pool is not told of it yet, so its cached blocks stay in the demoted state (first
+    evicted) instead of being kept as a queued request's prefix for the whole wait; once
+    admitted, the request is announced and served."""
+    clock = ManualClock()
+    scheduler = _scheduler(60, {"far": FAR}, clock, headroom=0.6)  # budget 23.6 blocks, room for all
+    pool, view = scheduler.kv_cache_manager.block_pool, scheduler.sessions
+    far = _prompt(0, 10)
+    scheduler.add_request(make_request("f0", far, BLOCK, 1, session_id="far"))
+    _drain(scheduler, clock)
+    scheduler.add_request(make_request("w0", _prompt(2, 14), BLOCK, 20, session_id="new"))  # long-running
+    clock.now += 1.0
+    step(scheduler)
+    assert view.get("far").demoted and view.get("new").live
+    assert pool.eviction_pressure()[1] == _cached(scheduler, far) == 10  # demoted, still cached
+    scheduler.add_request(make_request("f1", far + [7] * 3 * BLOCK, BLOCK, 1, session_id="far"))  # 14 + 15 > 23.6
+    clock.now += 1.0
+    step(scheduler)
+    assert not view.get("far").resident  # held
+    assert pool.eviction_pressure()[1] == 10  # still first evicted (announced, they would leave that state)
+    assert "f1" in scheduler.withheld_arrivals
+    finished = _drain(scheduler, clock)
+    assert {r.request_id for r in finished} == {"w0", "f1"} and scheduler.withheld_arrivals == {}
+
+
 def test_starvation_bound_admits_a_held_session_within_max_passes() -> None:
     clock = ManualClock()
     scheduler = _scheduler(36, {}, clock, max_passes=3, max_wait_s=1e9)  # A (30 blocks) + B (8) > 35
