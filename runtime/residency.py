@@ -15,7 +15,11 @@ Rule, evaluated once per scheduler step (:meth:`ResidencyController.plan`):
    ``Σ resident working sets + its working set <= (1 - headroom) * capacity``. Otherwise
    idle resident sessions are *demoted* — best first, and only those whose demotion pays
    (below) — when, and only when, that makes the head fit; else the head and every later
-   session wait (strict FCFS: a later session never overtakes).
+   session wait (strict FCFS: a later session never overtakes). The pool learns of a
+   non-resident session's request only when its session is admitted (the scheduler withholds
+   it from the arrival rule, :meth:`ResidencyMixin.withhold_arrival
+   <cachewise.runtime.scheduler.ResidencyMixin.withhold_arrival>`), so a held session's prefix
+   is not kept as a queued request's while it waits.
 3. Shedding: sessions are admitted at their working set *of the moment*, and an agent's
    prompt grows several-fold over its session, so the resident sessions outgrow the cache
    (thrashing: every resident session's prefix is evicted while it waits on a tool, as if
