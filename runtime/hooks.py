@@ -13,12 +13,16 @@ Patches, installed once per process by :func:`install_hooks` (idempotent, re-ent
    scored one. A failure in that call is counted and ignored; the free always happens.
 3. ``Scheduler.add_request`` (hence every subclass) first calls
    ``ScoredBlockPool.on_request_arrived(request, groups)`` when the scheduler's pool is a
-   scored one, so the free cached prefix of a queued request is kept while it waits.
-   Failures are counted and ignored the same way; the request is always added.
+   scored one, so the free cached prefix of a queued request is kept while it waits --
+   unless the scheduler has a ``withhold_arrival(request)`` that returns True (the residency
+   scheduler: a request its controller will hold announces its prefix when admitted, and
+   sits in its ``withheld_arrivals`` until then). Failures are counted and ignored the same
+   way; the request is always added.
 4. ``Scheduler.finish_requests`` (the abort / external finish path) then calls
    ``ScoredBlockPool.on_request_withdrawn(request, groups)`` for every request it finished
-   that was still waiting (never served), so the requested marks of point 3 do not outlive
-   the request. Failures are counted and ignored; the requests are always finished.
+   that was still waiting (never served) and was announced (not in ``withheld_arrivals``),
+   so the requested marks of point 3 do not outlive the request. Failures are counted and
+   ignored; the requests are always finished.
 
 The same scheduler hooks are the one writer of the request lifecycle into the engine's
 session view (the pool's ``sessions``, :mod:`cachewise.runtime.sessions`), in every engine
@@ -192,7 +196,9 @@ def _arrive(scheduler: Any, request: Request) -> None:
     if pool is None:
         return
     try:
-        pool.on_request_arrived(request, chained_groups(scheduler.kv_cache_manager))
+        withhold = getattr(scheduler, "withhold_arrival", None)
+        if withhold is None or not withhold(request):
+            pool.on_request_arrived(request, chained_groups(scheduler.kv_cache_manager))
     except Exception as exc:  # noqa: BLE001 - never let CacheWise break an arrival
         pool.record_hook_error(exc)
     view = pool.sessions
@@ -258,8 +264,10 @@ def _withdraw(scheduler: Any, requests: Sequence[Request]) -> None:
         return
     try:
         groups = chained_groups(manager)
+        withheld = getattr(scheduler, "withheld_arrivals", {})
         for request in requests:
-            pool.on_request_withdrawn(request, groups)
+            if request.request_id not in withheld:  # never announced: nothing to withdraw
+                pool.on_request_withdrawn(request, groups)
     except Exception as exc:  # noqa: BLE001 - never let CacheWise break an abort
         pool.record_hook_error(exc)
 

@@ -15,7 +15,11 @@ Rule, evaluated once per scheduler step (:meth:`ResidencyController.plan`):
    ``Σ resident working sets + its working set <= (1 - headroom) * capacity``. Otherwise
    idle resident sessions are *demoted* — best first, and only those whose demotion pays
    (below) — when, and only when, that makes the head fit; else the head and every later
-   session wait (strict FCFS: a later session never overtakes).
+   session wait (strict FCFS: a later session never overtakes). The pool learns of a
+   non-resident session's request only when its session is admitted (the scheduler withholds
+   it from the arrival rule, :meth:`ResidencyMixin.withhold_arrival
+   <cachewise.runtime.scheduler.ResidencyMixin.withhold_arrival>`), so a held session's prefix
+   is not kept as a queued request's while it waits.
 3. Shedding: sessions are admitted at their working set *of the moment*, and an agent's
    prompt grows several-fold over its session, so the resident sessions outgrow the cache
    (thrashing: every resident session's prefix is evicted while it waits on a tool, as if
@@ -39,9 +43,22 @@ Rule, evaluated once per scheduler step (:meth:`ResidencyController.plan`):
    session is admitted (marked resident), nothing is held or demoted, so the step is vLLM's
    own ``schedule()`` on vLLM's own eviction order -- identical to vLLM's scheduling, not
    merely no-model forecasts, because holding itself is what can lose on traffic the model
-   does not know (README, "Never worse than vLLM"). When the guard trusts the model again the
-   controller resumes from the sessions as they are (shedding first if they outgrew the
-   budget). Each change is logged once and counted (:attr:`ResidencyController.passthrough_steps`).
+   does not know (README, "Never worse than vLLM"). Each change is logged once and counted
+   (:attr:`ResidencyController.passthrough_steps`).
+
+   *Restoring.* When the guard trusts the model again, the resident sessions are the ones vLLM's
+   scheduling admitted -- every session that arrived -- not ones the budget admitted. Measured
+   (README, "Session residency": Claude Code held-out, C=32, 50% capacity, seed 2): the guard
+   first trusted the model at t = 81 s, when all 48 sessions had started and were resident
+   with working sets of 1.5x the capacity; no session was ever non-resident again, so rule 3
+   (which sheds only while a session waits) never ran: 0 demotions, the residents grew to 3.4x
+   the capacity, and the run was vLLM's scheduling with the learned eviction order to its end.
+   So on resuming the controller is *restoring* until ``Σ resident working sets <= (1 -
+   headroom) * capacity``: at every step, idle resident sessions are demoted best first (the
+   order of rule 3), whether or not a session waits and whether or not their demotion pays;
+   a session with a live request is not demoted, so while those alone exceed the budget
+   restoring goes on and each is demoted at the first step it is idle. Once the residents
+   fit, restoring ends and a demotion is again only for a session that waits (rules 2-3).
 
 Cost trade-off for demoting an idle resident session ``j`` with ``W_j`` blocks, idle ``e``
 seconds, return forecast ``F_j`` (quantiles of its gap, read as a piecewise-linear quantile
@@ -174,6 +191,7 @@ class ResidencyController:
         self.demoted_ahead: float | None = None  # A: demoted free blocks now; None: no pool reader (m_j = W_j)
         self.following_model = True  # False while the guard's verdict makes the controller pass through
         self.passthrough_steps = 0
+        self.restoring = False  # resumed from pass-through, the residents not yet within the budget (rule 5)
 
     @property
     def queueing_delay_s(self) -> float:
@@ -244,6 +262,7 @@ class ResidencyController:
         trusted = view.trusted
         if trusted != self.following_model:
             self.following_model = trusted
+            self.restoring = trusted  # the residents are what vLLM's scheduling admitted, not the budget
             logger.info(
                 "CacheWise residency: %s",
                 "the guard trusts the model again: admission and demotion resume"
@@ -281,13 +300,16 @@ class ResidencyController:
             waited[s.key] = 0.0 if since is None else now - since
         waiting.sort(key=lambda s: (not self._aged(s.key, waited[s.key]), s.first_arrival, s.key))
         candidates: list[tuple[float, SessionState, float]] | None = None
-        if waiting and used > self.budget:  # rule 3: the resident sessions outgrew the cache
+        restoring = self.restoring and used > self.budget
+        if (waiting or restoring) and used > self.budget:  # rule 3 (and rule 5's restoring)
             ranked = self._candidates(idle, now, running)
-            while ranked and (used > self.capacity or (used > self.budget and ranked[0][0] > 0)):
+            while ranked and (used > self.capacity or restoring or (used > self.budget and ranked[0][0] > 0)):
                 _, cand, blocks = ranked.pop(0)
                 self._demote(view, cand.key, plan)
                 used -= blocks
+                restoring = restoring and used > self.budget
             candidates = [c for c in ranked if c[0] > 0]
+        self.restoring = self.restoring and used > self.budget
         blocked = False
         for state in waiting:
             key = state.key

@@ -11,7 +11,14 @@ finished call's session, thread and return forecast) and, before each of vLLM's
 never-scheduled waiting requests of held sessions are taken out of the waiting queue for
 that call and put back in their places after it (preempted requests are never held);
 demoted sessions' exclusive cached blocks become the pool's first evicted
-(:meth:`~cachewise.runtime.block_pool.ScoredBlockPool.demote`). The view reads the pool's
+(:meth:`~cachewise.runtime.block_pool.ScoredBlockPool.demote`). A request that arrives for a
+session that is not resident while the controller acts is *withheld* from the pool's arrival
+rule (:meth:`ResidencyMixin.withhold_arrival`; the rule keeps a queued request's cached prefix
+until it is served) and announced when its session is admitted: held, a session may wait
+minutes, and marked at arrival its prefix was evicted last that whole time (a demoted
+session's blocks left the demoted state) at the resident sessions' expense; the guard's
+learned shadow, fed by the same arrival, then lost to LRU's and the guard switched back and
+forth (7 switches in one replay, README "Session residency"). The view reads the pool's
 online guard (:meth:`~cachewise.runtime.block_pool.ScoredBlockPool.serves_learned`): while
 the guard serves vLLM's order the controller holds and demotes nothing, so the step is
 vLLM's scheduling (Prometheus ``cachewise_residency_following_model``), and the pool's eviction
@@ -73,6 +80,7 @@ from cachewise.runtime.hooks import chained_groups
 from cachewise.runtime.metrics import publish_residency
 from cachewise.runtime.policy import engine_clock
 from cachewise.runtime.prefetch import PREFIX, Inflight, Prefetcher, PrefetchStats
+from cachewise.runtime.request_calls import arrival_keys
 from cachewise.runtime.residency import ResidencyController, prefill_seconds
 from cachewise.runtime.sessions import SessionView
 
@@ -203,6 +211,7 @@ class ResidencyMixin:
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.prefetcher: Prefetcher | None = None
         self.prefetch_stats = PrefetchStats()
+        self.withheld_arrivals: dict[str, Request] = {}  # requests whose arrival the pool has not seen yet
         super().__init__(*args, **kwargs)
         self.sessions: SessionView | None = None
         self.residency: ResidencyController | None = None
@@ -237,10 +246,42 @@ class ResidencyMixin:
         elif prefetch.enabled:
             logger.warning("CacheWise prefetch off: it needs the CacheWise CPU-tier policy and residency.host_reload_s_per_token > 0")
 
+    def withhold_arrival(self, request: Request) -> bool:
+        """Asked by the arrival hook (:mod:`cachewise.runtime.hooks`) before the pool marks
+        ``request``'s cached prefix *requested* (kept until it is served): True -- the pool is
+        told when the controller admits the request's session, not now -- when the controller
+        acts on the model (the guard trusts it) and the session is not resident, so its request
+        will be held. A held session may wait minutes; marked at arrival, its prefix would be
+        evicted last all that time, and a demoted session's blocks would leave the demoted
+        state, at the cost of the resident sessions' blocks (module doc). O(prefix blocks)."""
+        view, pool = self.sessions, self.kv_cache_manager.block_pool
+        if view is None or self.residency is None or not view.trusted or pool.expects(request.request_id):
+            return False
+        session, _ = arrival_keys(view, request)
+        state = view.get(session) if session is not None else None
+        if state is not None and state.resident:
+            return False
+        self.withheld_arrivals[request.request_id] = request
+        return True
+
+    def _announce_admitted(self, view: SessionView) -> None:
+        """Tell the pool of the withheld requests whose sessions are resident now (admitted by
+        this step's plan); forget those that finished unserved. O(withheld requests)."""
+        pool, manager = self.kv_cache_manager.block_pool, self.kv_cache_manager
+        for rid, request in list(self.withheld_arrivals.items()):
+            key = view.session_of(rid)
+            state = view.get(key) if key is not None else None
+            if request.is_finished() or state is None:
+                del self.withheld_arrivals[rid]
+            elif state.resident:
+                del self.withheld_arrivals[rid]
+                pool.on_request_arrived(request, chained_groups(manager))
+
     def _residency_failed(self, exc: BaseException) -> None:
         if not getattr(self, "_residency_off", False):
             logger.warning("CacheWise residency off, vLLM's scheduling continues: %s: %s", type(exc).__name__, exc)
         self._residency_off = True
+        self.withheld_arrivals.clear()  # unannounced: their prefixes are kept by the eviction order alone
         self.sessions = None
         self.residency = None
         self.prefetcher = None  # prefetches in flight run to their end (outputs still hidden)
@@ -265,6 +306,8 @@ class ResidencyMixin:
             publish_residency(controller.following_model)
             for key in plan.demoted:
                 self._demote(key)
+            if self.withheld_arrivals:
+                self._announce_admitted(view)
             if self.prefetcher is not None:
                 self._prefetch(view, controller, plan, now)
             held_sessions = set(plan.held)

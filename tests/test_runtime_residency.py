@@ -65,6 +65,62 @@ def test_a_distrusting_guard_verdict_passes_every_session_through(caplog: pytest
     assert ctl.following_model and "Z" in plan.demoted  # resumed: A, B, Z resident over budget -> shedding
 
 
+def _pass_through(view: SessionView, ctl: ResidencyController, idle: dict[str, tuple[int, Forecast]], live: dict[str, int]) -> None:
+    """Sessions admitted while the guard distrusts the model: ``idle`` ones ran a call and wait on a
+    tool (blocks, forecast), ``live`` ones have a request running (blocks)."""
+    for key, (blocks, forecast) in idle.items():
+        _run_and_finish(view, key.lower(), key, blocks, 0.0, forecast)
+        view.on_arrival(f"{key.lower()}2", key, "t", blocks * BLOCK, 0.5)  # back: a new request queues...
+        plan = ctl.plan(view, 0.5, running=1)
+        assert plan.admitted == {key} and not ctl.following_model  # ...and passes through
+        view.on_scheduled(f"{key.lower()}2")
+        view.on_finished(f"{key.lower()}2", blocks * BLOCK, [f"{key}{i}".encode() for i in range(blocks)], 1.0)
+        view.on_forecast(f"{key.lower()}2", key, "t", forecast)
+    for key, blocks in live.items():
+        view.on_arrival(key.lower(), key, "t", blocks * BLOCK, 1.0)
+        assert key in ctl.plan(view, 1.0, running=1).admitted
+        view.on_scheduled(key.lower())
+
+
+def test_resuming_from_pass_through_restores_the_budget_even_when_nobody_waits() -> None:
+    """Rule 5, restoring: pass-through admitted every session (120 blocks in a budget of 80). Trusted
+    again, idle residents are demoted best first -- the far one, then the near one although its
+    demotion does not pay -- until the rest fit, with no session waiting; then restoring ends."""
+    verdict = [False]
+    view = SessionView(BLOCK, lambda: verdict[0])
+    ctl = ResidencyController(ResidencySettings(headroom=0.2), 100, BLOCK_TOKENS)
+    _pass_through(view, ctl, {"F": (30, FAR), "N": (30, NEAR)}, {"X": 30, "Y": 30})
+    assert sum(view.working_set(s.key) for s in view if s.resident) == 120
+    keep, drop = ctl.keep_and_drop(view.get("N"), 30, 2.0, running=8)
+    assert keep < drop  # by the cost rule alone N would stay
+    verdict[0] = True
+    plan = ctl.plan(view, 2.0, running=8)
+    assert plan.demoted == ["F", "N"] and plan.held == [] and plan.admitted == set()
+    assert sum(view.working_set(s.key) for s in view if s.resident) == 60 <= ctl.budget
+    assert not ctl.restoring and ctl.following_model
+
+
+def test_restoring_waits_for_live_residents_to_go_idle_then_ends() -> None:
+    """Live residents are never demoted: while they alone exceed the budget restoring goes on, and
+    each is demoted at the first step it is idle; once the rest fit, a session that goes idle keeps
+    its room again unless another waits (rules 2-3)."""
+    verdict = [False]
+    view = SessionView(BLOCK, lambda: verdict[0])
+    ctl = ResidencyController(ResidencySettings(headroom=0.2), 100, BLOCK_TOKENS)
+    _pass_through(view, ctl, {"F": (30, FAR)}, {"X": 30, "Y": 30, "Z": 30})
+    verdict[0] = True
+    assert ctl.plan(view, 2.0, running=3).demoted == ["F"]
+    assert ctl.restoring  # X, Y, Z: 90 live blocks in a budget of 80
+    assert ctl.plan(view, 3.0, running=3).demoted == []
+    view.on_finished("x", 30 * BLOCK, [f"X{i}".encode() for i in range(30)], 4.0)
+    view.on_forecast("x", "X", "t", NEAR)
+    assert ctl.plan(view, 4.0, running=2).demoted == ["X"]  # idle now: demoted, nobody waits
+    assert not ctl.restoring
+    view.on_finished("y", 30 * BLOCK, [f"Y{i}".encode() for i in range(30)], 5.0)
+    view.on_forecast("y", "Y", "t", FAR)
+    assert ctl.plan(view, 5.0, running=1).demoted == [] and view.get("Y").resident  # restored: nobody waits
+
+
 def test_demotes_a_far_idle_session_only_when_another_waits() -> None:
     view, ctl = SessionView(BLOCK), _controller(100)
     _run_and_finish(view, "a", "A", 60, 0.0, FAR)

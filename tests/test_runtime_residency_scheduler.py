@@ -97,6 +97,58 @@ def test_a_session_is_demoted_only_when_another_waits_and_then_its_blocks_go_fir
     assert pool.stats.evictions > 0
 
 
+def test_resuming_from_pass_through_restores_the_budget_on_the_real_scheduler() -> None:
+    """Rule 5, restoring: while the guard distrusts the model every session is admitted (vLLM's
+    scheduling), here three of 11 blocks in a budget of 25. When it trusts the model again, the
+    next step demotes the far idle session, though no session waits for admission (the queued
+    request is a resident session's); the residents then fit the budget."""
+    clock = ManualClock()
+    scheduler = _scheduler(26, {"far": FAR}, clock)
+    pool, view = scheduler.kv_cache_manager.block_pool, scheduler.sessions
+    verdict = [False]
+    view.follow(lambda: verdict[0], pool.eviction_pressure)  # the guard's verdict, driven by the test
+    prompts = {key: _prompt(i, 10) for i, key in enumerate(("far", "near", "other"))}
+    for key, prompt in prompts.items():
+        scheduler.add_request(make_request(f"{key}0", prompt, BLOCK, 1, session_id=key))
+    _drain(scheduler, clock)
+    assert all(view.get(key).resident for key in prompts) and scheduler.residency.demotions == 0
+    assert sum(view.working_set(key) for key in prompts) > scheduler.residency.budget
+    verdict[0] = True
+    scheduler.add_request(make_request("near1", prompts["near"] + [7] * BLOCK, BLOCK, 1, session_id="near"))
+    clock.now += 1.0
+    finished = list(step(scheduler))
+    assert scheduler.residency.demotions == 1 and view.get("far").demoted
+    assert sum(view.working_set(s.key) for s in view if s.resident) <= scheduler.residency.budget
+    assert not scheduler.residency.restoring
+    assert [r.request_id for r in finished + _drain(scheduler, clock)] == ["near1"]  # a resident's request is never held
+
+
+def test_a_held_sessions_prefix_is_announced_to_the_pool_only_when_it_is_admitted() -> None:
+    """A demoted session comes back while there is no room in the budget: its request is held,
+    and the pool is not told of it yet, so its cached blocks stay in the demoted state (first
+    evicted) instead of being kept as a queued request's prefix for the whole wait; once
+    admitted, the request is announced and served."""
+    clock = ManualClock()
+    scheduler = _scheduler(60, {"far": FAR}, clock, headroom=0.6)  # budget 23.6 blocks, room for all
+    pool, view = scheduler.kv_cache_manager.block_pool, scheduler.sessions
+    far = _prompt(0, 10)
+    scheduler.add_request(make_request("f0", far, BLOCK, 1, session_id="far"))
+    _drain(scheduler, clock)
+    scheduler.add_request(make_request("w0", _prompt(2, 14), BLOCK, 20, session_id="new"))  # long-running
+    clock.now += 1.0
+    step(scheduler)
+    assert view.get("far").demoted and view.get("new").live
+    assert pool.eviction_pressure()[1] == _cached(scheduler, far) == 10  # demoted, still cached
+    scheduler.add_request(make_request("f1", far + [7] * 3 * BLOCK, BLOCK, 1, session_id="far"))  # 14 + 15 > 23.6
+    clock.now += 1.0
+    step(scheduler)
+    assert not view.get("far").resident  # held
+    assert pool.eviction_pressure()[1] == 10  # still first evicted (announced, they would leave that state)
+    assert "f1" in scheduler.withheld_arrivals
+    finished = _drain(scheduler, clock)
+    assert {r.request_id for r in finished} == {"w0", "f1"} and scheduler.withheld_arrivals == {}
+
+
 def test_starvation_bound_admits_a_held_session_within_max_passes() -> None:
     clock = ManualClock()
     scheduler = _scheduler(36, {}, clock, max_passes=3, max_wait_s=1e9)  # A (30 blocks) + B (8) > 35
