@@ -192,10 +192,11 @@ def test_settings_parse_and_reject() -> None:
         ResidencySettings.from_mapping({"headroom": 1.5})
 
 
+@pytest.mark.parametrize("host", [0, 60])
 @settings(max_examples=100, deadline=None)
 @given(st.lists(st.tuples(st.integers(1, 60), st.sampled_from([NEAR, FAR, None])), min_size=1, max_size=8))
-def test_demotion_happens_only_when_a_session_waits_and_then_it_fits(sessions: list) -> None:
-    view, ctl = SessionView(BLOCK), _controller(100)
+def test_demotion_happens_only_when_a_session_waits_and_then_it_fits(host: int, sessions: list) -> None:
+    view, ctl = SessionView(BLOCK), ResidencyController(ResidencySettings(headroom=0.0), 100, BLOCK_TOKENS, host_blocks=host)
     for i, (blocks, forecast) in enumerate(sessions):
         _run_and_finish(view, f"r{i}", f"S{i}", blocks, 0.0, forecast)
         view.set_residency(f"S{i}", True)
@@ -206,10 +207,59 @@ def test_demotion_happens_only_when_a_session_waits_and_then_it_fits(sessions: l
     before = sum(view.working_set(s.key) for s in view if s.resident)
     plan = ctl.plan(view, 200.0, running=1)
     resident = sum(view.working_set(s.key) for s in view if s.resident)
+    assert plan.used == pytest.approx(resident) and plan.gpu <= plan.used
     if plan.demoted:  # to make the waiting session fit, or because the resident sessions outgrew the cache
-        assert ("W" in plan.admitted and resident <= ctl.budget) or before > ctl.budget
+        assert ("W" in plan.admitted and resident <= ctl.admitted_budget) or before > ctl.admitted_budget
         for key in plan.demoted:
             keep, drop = ctl.keep_and_drop(view.get(key), view.working_set(key), 200.0, running=1)
-            assert keep > drop or before > ctl.capacity  # past the whole capacity the best go regardless
+            assert keep > drop or before > ctl.admitted_capacity  # past the whole capacity the best go regardless
     if "W" in plan.admitted and "W" not in plan.forced:
-        assert resident <= ctl.budget
+        assert resident <= ctl.admitted_budget and plan.gpu <= ctl.budget
+    if host:  # rule 6: W needs only the GPU room the live X leaves, and room on GPU + host for all
+        assert ("W" in plan.admitted) == (before + 40 <= 160 or bool(plan.demoted)) and plan.gpu == (41 if "W" in plan.admitted else 1)
+
+
+def _tiered(host: int) -> ResidencyController:
+    return ResidencyController(ResidencySettings(headroom=0.0), 100, BLOCK_TOKENS, host_blocks=host)
+
+
+def test_host_tier_admits_beside_idle_residents_that_the_gpu_alone_would_hold_for() -> None:
+    """Rule 6: A (idle, back soon) keeps its admission but needs no GPU room; B is admitted at once.
+    Without the tier (the old rule) B waits for A's room (test_keeps_a_session_that_is_back_soon)."""
+    for host, admitted in ((0, False), (100, True)):
+        view, ctl = SessionView(BLOCK), _tiered(host)
+        _run_and_finish(view, "a", "A", 60, 0.0, NEAR)
+        view.set_residency("A", True)
+        view.on_arrival("x", "X", "t", 10 * BLOCK, 0.0)
+        view.set_residency("X", True)
+        view.on_arrival("b", "B", "t", 50 * BLOCK, 0.0)
+        plan = ctl.plan(view, 0.5, running=8)
+        assert plan.demoted == [] and view.get("A").resident
+        assert ("B" in plan.admitted) == admitted and plan.held == ([] if admitted else ["B"])
+        assert (plan.used, plan.gpu) == ((120, 60) if admitted else (70, 10))
+
+
+def test_host_tier_holds_while_the_sessions_that_need_the_gpu_fill_it() -> None:
+    """The GPU check: live sessions and prefetches in flight count; demoting idle ones frees nothing there."""
+    view, ctl = SessionView(BLOCK), _tiered(1000)
+    _run_and_finish(view, "a", "A", 10, 0.0, FAR)
+    view.set_residency("A", True)
+    view.on_arrival("x", "X", "t", 40 * BLOCK, 0.0)
+    view.set_residency("X", True)
+    view.on_arrival("b", "B", "t", 55 * BLOCK, 0.0)
+    plan = ctl.plan(view, 1.0, running=1, loading={"A"})  # A's prefetch in flight: 10 + 40 + 55 > 100
+    assert plan.held == ["B"] and plan.demoted == [] and plan.gpu == 50
+    plan = ctl.plan(view, 1.5, running=1)  # the prefetch ended: 40 + 55 <= 100
+    assert "B" in plan.admitted and plan.demoted == [] and plan.gpu == 95 and plan.used == 105
+
+
+def test_host_tier_admitted_budget_demotes_by_the_cost_rule_as_without_a_tier() -> None:
+    """The admitted set against GPU + host: past it, idle sessions whose demotion pays go, as in rule 2."""
+    view, ctl = SessionView(BLOCK), _tiered(20)
+    _run_and_finish(view, "a", "A", 60, 0.0, FAR)
+    view.set_residency("A", True)
+    view.on_arrival("x", "X", "t", 10 * BLOCK, 0.0)
+    view.set_residency("X", True)
+    view.on_arrival("b", "B", "t", 55 * BLOCK, 1.0)
+    plan = ctl.plan(view, 2.0, running=1)  # GPU: 10 + 55 fits; admitted: 70 + 55 > 120 -> A (far) is demoted
+    assert plan.demoted == ["A"] and "B" in plan.admitted and (plan.used, plan.gpu) == (65, 65)
