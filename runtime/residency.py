@@ -9,7 +9,7 @@ Rule, evaluated once per scheduler step (:meth:`ResidencyController.plan`):
 
 1. A session whose request is admitted becomes *resident*; it stays resident while it has
    live requests and, when idle, until it is demoted or idle past its forecast's expiry.
-   Waiting requests of resident sessions are never held.
+   Waiting requests of resident sessions are never held (with a host tier, see rule 6).
 2. Non-resident sessions with waiting requests are considered in *program-level FCFS*
    order (first arrival of the session, then key). The head is admitted when
    ``Σ resident working sets + its working set <= (1 - headroom) * capacity``. Otherwise
@@ -59,7 +59,11 @@ Rule, evaluated once per scheduler step (:meth:`ResidencyController.plan`):
    (:mod:`cachewise.runtime.prefetch`) loads them back before their predicted return. A
    demotion (leaving the admitted set) still costs what the cost rule below says, with the
    recompute priced as a host reload. A session whose head fails only the GPU check waits:
-   demoting idle sessions frees no GPU room the live ones need.
+   demoting idle sessions frees no GPU room the live ones need. An admitted session that comes
+   back (live, none of its requests scheduled yet) needs GPU room too: it takes its place in
+   the FCFS order of rule 2 and passes on the GPU check alone (it is admitted already) --
+   otherwise the admitted set, up to GPU + host, could crowd into the GPU at once and vLLM
+   would preempt (recompute) running requests.
    Invariants: after a plan, unless a session was forced (rule 4), ``plan.gpu <= (1 - headroom)
    * capacity`` whenever it held before the plan (only live sessions' growth raises it) and
    ``plan.used <= (1 - headroom) * capacity + host_blocks`` whenever some session waited (rule 3);
@@ -300,7 +304,9 @@ class ResidencyController:
             if state.resident:
                 blocks = view.working_set(state.key)
                 used += blocks
-                if state.live:
+                if self.host_blocks and state.live and state.waiting == state.live:
+                    waiting.append(state)  # rule 6: admitted, back, nothing of it on the GPU yet
+                elif state.live:
                     active = True
                     gpu += blocks
                     if state.waiting:
@@ -326,12 +332,12 @@ class ResidencyController:
             candidates = [c for c in ranked if c[0] > 0]
         blocked = False
         for state in waiting:
-            key = state.key
+            key, admitted = state.key, state.resident  # admitted: rule 6's returning admitted session
             need = view.working_set(key)
             if not blocked:
                 aged = self._aged(key, waited[key])
                 gpu_fits = gpu + need <= self.budget  # implied by the admitted check without a tier
-                fits = gpu_fits and used + need <= budget
+                fits = gpu_fits and (admitted or used + need <= budget)
                 if gpu_fits and not fits:
                     if candidates is None:
                         candidates = [c for c in self._candidates(idle, now, running) if c[0] > 0]
@@ -352,14 +358,15 @@ class ResidencyController:
                     if not fits:
                         plan.forced.append(key)
                         self.forced += 1
-                    view.set_residency(key, True)
+                    if not admitted:
+                        view.set_residency(key, True)
+                        used += need
                     plan.admitted.add(key)
-                    used += need
                     gpu += need
                     active = True
                     self._passes.pop(key, None)
                     self.longest_wait_s = max(self.longest_wait_s, waited[key])
-                    if state.finished_calls:  # a returning session: its wait is what a demoted one meets (Q)
+                    if state.finished_calls and not admitted:  # a returning session: its wait is what a demoted one meets (Q)
                         self._recent_waits.append(waited[key])
                     continue
                 blocked = True

@@ -202,6 +202,7 @@ def test_demotion_happens_only_when_a_session_waits_and_then_it_fits(host: int, 
         view.set_residency(f"S{i}", True)
     view.on_arrival("x", "X", "t", BLOCK, 0.0)
     view.set_residency("X", True)
+    view.on_scheduled("x")
     assert ctl.plan(view, 100.0, running=1).demoted == []  # nobody waits
     view.on_arrival("w", "W", "t", 40 * BLOCK, 100.0)
     before = sum(view.working_set(s.key) for s in view if s.resident)
@@ -232,6 +233,7 @@ def test_host_tier_admits_beside_idle_residents_that_the_gpu_alone_would_hold_fo
         view.set_residency("A", True)
         view.on_arrival("x", "X", "t", 10 * BLOCK, 0.0)
         view.set_residency("X", True)
+        view.on_scheduled("x")
         view.on_arrival("b", "B", "t", 50 * BLOCK, 0.0)
         plan = ctl.plan(view, 0.5, running=8)
         assert plan.demoted == [] and view.get("A").resident
@@ -246,6 +248,7 @@ def test_host_tier_holds_while_the_sessions_that_need_the_gpu_fill_it() -> None:
     view.set_residency("A", True)
     view.on_arrival("x", "X", "t", 40 * BLOCK, 0.0)
     view.set_residency("X", True)
+    view.on_scheduled("x")
     view.on_arrival("b", "B", "t", 55 * BLOCK, 0.0)
     plan = ctl.plan(view, 1.0, running=1, loading={"A"})  # A's prefetch in flight: 10 + 40 + 55 > 100
     assert plan.held == ["B"] and plan.demoted == [] and plan.gpu == 50
@@ -260,6 +263,32 @@ def test_host_tier_admitted_budget_demotes_by_the_cost_rule_as_without_a_tier() 
     view.set_residency("A", True)
     view.on_arrival("x", "X", "t", 10 * BLOCK, 0.0)
     view.set_residency("X", True)
+    view.on_scheduled("x")
     view.on_arrival("b", "B", "t", 55 * BLOCK, 1.0)
     plan = ctl.plan(view, 2.0, running=1)  # GPU: 10 + 55 fits; admitted: 70 + 55 > 120 -> A (far) is demoted
     assert plan.demoted == ["A"] and "B" in plan.admitted and (plan.used, plan.gpu) == (65, 65)
+
+
+def test_host_tier_an_admitted_session_that_comes_back_waits_for_gpu_room() -> None:
+    """Rule 6: A (admitted, idle on the host) is back while X fills the GPU: A waits for GPU room (with
+    no tier a resident session's requests are never held); when X is done A goes first, ahead of a
+    later session B, without being admitted again."""
+    for host in (0, 200):
+        view, ctl = SessionView(BLOCK), _tiered(host)
+        _run_and_finish(view, "a", "A", 50, 0.0, NEAR)
+        view.set_residency("A", True)
+        view.on_arrival("x", "X", "t", 60 * BLOCK, 0.5)
+        view.set_residency("X", True)
+        view.on_scheduled("x")
+        view.on_arrival("a2", "A", "t", 51 * BLOCK, 1.0)  # A is back
+        view.on_arrival("b", "B", "t", 10 * BLOCK, 1.5)
+        plan = ctl.plan(view, 2.0, running=1)
+        if host:
+            assert plan.held == ["A", "B"] and plan.admitted == set() and plan.gpu == 60 and view.get("A").resident
+        else:
+            assert plan.admitted == {"A"} and plan.held == ["B"]  # the old rule: A is resident, never held
+        view.on_finished("x", 60 * BLOCK, [], 3.0)
+        plan = ctl.plan(view, 3.5, running=0)
+        assert "A" in plan.admitted
+        if host:  # A was never out: no sample of Q; nobody demoted (without a tier, X, idle now, is shed: 111 > 100)
+            assert plan.demoted == [] and plan.gpu == 61 and "B" in plan.admitted and ctl.queueing_delay_s == 0.0
