@@ -19,6 +19,8 @@ Mechanism, and the vLLM hook each part uses:
   full blocks are not all cached on the GPU (``cached_blocks``: vLLM's read-only
   ``find_longest_cache_hit``, asked only of sessions that passed the other tests: the GPU
   pool evicted some of them);
+* **trust**: nothing is added while the guard distrusts the model (the residency controller
+  passes through, rule 5; prefetches in flight run to their end);
 * **room**: no session waits for admission (the plan holds none: prefetch never overtakes a
   waiting session), the session's working set fits the GPU budget next to the sessions that
   need the GPU now (the plan's ``gpu``: live ones and prefetches in flight, rule 6) and, if

@@ -271,7 +271,7 @@ class ResidencyMixin:
             publish_residency(controller.following_model)
             for key in plan.demoted:
                 self._demote(key)
-            if self.prefetcher is not None:
+            if self.prefetcher is not None and controller.following_model:  # prefetch acts on forecasts: not while distrusted
                 self._prefetch(view, controller, plan, now)
             held_sessions = set(plan.held)
             snapshot = list(waiting)

@@ -1,13 +1,16 @@
 """Prefetch (runtime/prefetch.py) on vLLM's real Scheduler with its OffloadingConnector on the CPU
-and the CacheWise CPU-tier policy, configured through ``--additional-config`` as served.
+and the CacheWise CPU-tier policy (the residency scheduler on a scored pool with a fixed-forecast
+predictor; the served ``--additional-config`` settings are parsed in the settings test).
 
 Checked: a demoted session predicted back soon gets its prefix loaded from the host by an
 internal request before its own request arrives (a load job, the prefix cached on the GPU
 afterwards, the request then computes only its new tail and loads nothing); the internal
 request never appears in ``update_from_output``'s outputs and the session view never sees it
 as a request; no prefetch for a session predicted back late, nor while a session waits for
-admission; a prefetch that cannot start is aborted when the session's request arrives;
-prefetch settings parse and reject bad values; off without the CacheWise tier.
+admission, nor while the guard distrusts the model; a prefetch that cannot start is aborted
+when the session's request arrives; prefetch settings parse and reject bad values; off without
+the CacheWise tier. With the tier, admission counts GPU + host (residency rule 6) and an
+admitted idle session whose blocks the GPU pool evicted is prefetched.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from vllm.v1.request import RequestStatus
 
 from cachewise.replay.host_tier import LinkCost, TransferModel, TransferWorker, offload_transfer_config
 from cachewise.runtime import cpu_engine
-from cachewise.runtime.config import CacheWiseSettings, ConfigError, PrefetchSettings, ResidencySettings
+from cachewise.runtime.config import CacheWiseSettings, ConfigError, PoolConfig, PrefetchSettings, ResidencySettings
 from cachewise.runtime.hooks import use_policy
 from cachewise.runtime.policy import ManualClock
 from cachewise.runtime.prefetch import PREFIX, Prefetcher
@@ -36,30 +39,24 @@ BS = 16
 RESIDENCY = {"host_reload_s_per_token": 1e-6}
 
 
-def build(num_blocks: int = 40, host_chunks: int = 400, policy: str = "cachewise", prefetch: dict | None = None):
-    extra = {"mode": "fallback", "residency": RESIDENCY, "prefetch": {"enabled": True, **(prefetch or {})}}
-    config = cpu_engine.make_vllm_config(
-        num_blocks, BS, scheduler_cls="cachewise.runtime.scheduler.ResidencyScheduler", max_model_len=2048,
-        additional_config={"cachewise": extra},
-    )  # fmt: skip
-    page = cpu_engine.make_kv_cache_config(num_blocks, BS).kv_cache_groups[0].kv_cache_spec.page_size_bytes
-    config.kv_transfer_config = offload_transfer_config(host_chunks, page, policy)
-    return cpu_engine.make_scheduler(config)
-
-
-def build_acting(forecasts: dict[str, float]):
-    """As :func:`build`, but with a predictor (``forecasts``: each session's gap, default 500 s) and the
-    guard off, so the residency controller acts on the forecasts from the first step (in ``build``'s
-    fallback mode there is no model and it passes every session through, residency rule 5)."""
+def build(
+    num_blocks: int = 40, host_chunks: int = 400, policy: str = "cachewise", forecasts: dict[str, float] | None = None,
+    pool: PoolConfig = UNGUARDED,
+):  # fmt: skip
+    """The residency scheduler with prefetch on vLLM's scheduler with its offloading connector, on a scored
+    pool whose predictor reports ``forecasts`` (each session's gap; default 500 s), the guard off so the
+    controller and the prefetcher act on them from the first step (the guard's own gating: residency
+    rule 5, tests/test_runtime_residency_guard.py). Prefetch settings as parsed from ``--additional-config``
+    are tested below."""
     cls = type(
         "PrefetchingResidencyScheduler", (ResidencyScheduler,),
         {"residency_settings": ResidencySettings(**RESIDENCY), "prefetch_settings": PrefetchSettings(enabled=True)},
     )  # fmt: skip
-    config = cpu_engine.make_vllm_config(40, BS, scheduler_cls=cls, max_model_len=2048)
-    page = cpu_engine.make_kv_cache_config(40, BS).kv_cache_groups[0].kv_cache_spec.page_size_bytes
-    config.kv_transfer_config = offload_transfer_config(400, page, "cachewise")
-    gaps = {key: forecast(gap) for key, gap in forecasts.items()}
-    with use_policy(Forecaster(gaps, forecast(500.0)), clock=ManualClock(), config=UNGUARDED):
+    config = cpu_engine.make_vllm_config(num_blocks, BS, scheduler_cls=cls, max_model_len=2048)
+    page = cpu_engine.make_kv_cache_config(num_blocks, BS).kv_cache_groups[0].kv_cache_spec.page_size_bytes
+    config.kv_transfer_config = offload_transfer_config(host_chunks, page, policy)
+    gaps = {key: forecast(gap) for key, gap in (forecasts or {}).items()}
+    with use_policy(Forecaster(gaps, forecast(500.0)), clock=ManualClock(), config=pool):
         return cpu_engine.make_scheduler(config)
 
 
@@ -265,7 +262,7 @@ def test_with_the_host_tier_admission_counts_gpu_plus_host_and_idle_residents_ke
     """Residency rule 6 on vLLM's scheduler: 4 idle admitted sessions (~44 blocks) exceed the GPU
     budget (0.9 x 39); a new session is admitted at once beside them, nobody is demoted. The old
     rule (GPU budget only) had to demote: the residents exceeded even the whole GPU (rule 3)."""
-    run = Clocked(build_acting({}))
+    run = Clocked(build())
     ctl = run.s.residency
     first_round(run)
     view = run.s.sessions
@@ -284,7 +281,7 @@ def test_with_the_host_tier_admission_counts_gpu_plus_host_and_idle_residents_ke
 def test_an_admitted_idle_session_whose_blocks_the_gpu_pool_evicted_is_prefetched() -> None:
     """The reloads left at 50%: s0 stays admitted (not demoted), a filler pushes its prefix off the
     GPU (to the host only); predicted back soon, it is loaded back before its request."""
-    run = Clocked(build_acting({"s0": 0.9, "s1": 0.5, "s2": 0.5}))  # s0 back last: the learned order evicts it first
+    run = Clocked(build(forecasts={"s0": 0.9, "s1": 0.5, "s2": 0.5}))  # s0 back last: the learned order evicts it first
     pf = run.s.prefetcher
     prompts = first_round(run, sessions=3)  # 3 x 11 blocks: all cached on the GPU
     assert run.s.sessions.get("s0").resident and not run.s.sessions.get("s0").demoted
@@ -306,3 +303,14 @@ def test_an_admitted_idle_session_whose_blocks_the_gpu_pool_evicted_is_prefetche
     run.until_idle()
     assert pf.stats.issued == pf.stats.completed >= 1, pf.stats  # s0, and s1 / s2 where the filler evicted some of theirs
     assert pf.inflight == {} and run.s.sessions.get("s0").resident and not any(r.startswith(PREFIX) for r in run.output_ids)
+
+
+def test_no_prefetch_while_the_guard_distrusts_the_model() -> None:
+    """Prefetch acts on forecasts: with the guard on and no evidence yet (it starts serving vLLM's
+    order) the residency controller passes through and nothing is prefetched, as due as s0 is."""
+    run = Clocked(build(pool=PoolConfig()))
+    first_round(run)
+    demote_all(run, {"s0": 0.9, "s1": 500.0, "s2": 500.0, "s3": 500.0})
+    run.s.add_request(cpu_engine.make_request("f", list(range(1000, 1300)), BS, max_tokens=30, session_id="f"))
+    run.until_idle()
+    assert not run.s.residency.following_model and run.s.prefetcher.stats.issued == 0
