@@ -292,3 +292,17 @@ def test_host_tier_an_admitted_session_that_comes_back_waits_for_gpu_room() -> N
         assert "A" in plan.admitted
         if host:  # A was never out: no sample of Q; nobody demoted (without a tier, X, idle now, is shed: 111 > 100)
             assert plan.demoted == [] and plan.gpu == 61 and "B" in plan.admitted and ctl.queueing_delay_s == 0.0
+
+
+def test_host_tier_a_returning_admitted_session_may_use_the_headroom_a_new_one_may_not() -> None:
+    view = SessionView(BLOCK)
+    ctl = ResidencyController(ResidencySettings(headroom=0.2), 100, BLOCK_TOKENS, host_blocks=200)  # GPU budget 80
+    _run_and_finish(view, "a", "A", 29, 0.0, NEAR)
+    view.set_residency("A", True)
+    view.on_arrival("x", "X", "t", 60 * BLOCK, 0.5)
+    view.set_residency("X", True)
+    view.on_scheduled("x")
+    view.on_arrival("a2", "A", "t", 30 * BLOCK, 1.0)  # back: 60 + 30 <= capacity 100, not <= budget 80
+    view.on_arrival("b", "B", "t", 5 * BLOCK, 1.5)  # new: 90 + 5 > 80
+    plan = ctl.plan(view, 2.0, running=1)
+    assert "A" in plan.admitted and plan.held == ["B"] and plan.gpu == 90
