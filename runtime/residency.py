@@ -46,8 +46,9 @@ Rule, evaluated once per scheduler step (:meth:`ResidencyController.plan`):
 6. Host tier (``host_blocks`` > 0: vLLM's offloading connector runs the CacheWise CPU-tier
    policy on this view, :func:`~cachewise.runtime.cpu_policy.host_capacity_blocks`). Admission
    counts two sets: the *admitted* sessions (all resident ones) and those that *need the GPU
-   now*: resident sessions with a live request (running, or waiting with their session
-   admitted) plus the sessions whose prefetch is in flight (``loading``). The head is admitted
+   now*: resident sessions with a request scheduled by vLLM (all their live requests counted),
+   returning admitted sessions once they pass (below), and the sessions whose prefetch is in
+   flight (``loading``). The head is admitted
    when ``Σ GPU-set working sets + its working set <= (1 - headroom) * capacity`` *and*
    ``Σ admitted working sets + its working set <= (1 - headroom) * capacity + host_blocks``;
    rules 2-4 apply unchanged to the admitted set against that second budget (demotion makes
