@@ -271,18 +271,32 @@ def find_policy(scheduler: object) -> CacheWiseCachePolicy | None:
     Follows vLLM's own attributes: ``Scheduler.connector`` (an ``OffloadingConnector``, or a
     ``MultiConnector`` holding one) → ``connector_scheduler.manager`` (the
     ``CPUOffloadingManager``, or a tiering manager's primary) → its ``_policy``."""
-    connector = getattr(scheduler, "connector", None)
-    stack = [connector]
+    found = _find_tier(scheduler)
+    return None if found is None else found[0]
+
+
+def host_capacity_blocks(scheduler: object) -> int:
+    """The host tier's capacity in GPU blocks: the CacheWise policy's chunks (``cache_capacity``)
+    times the GPU blocks per chunk of its ``OffloadingConnectorScheduler`` (``config.blocks_per_chunk``);
+    0 without the CacheWise policy."""
+    found = _find_tier(scheduler)
+    return 0 if found is None else found[0].cache_capacity * found[1]
+
+
+def _find_tier(scheduler: object) -> tuple[CacheWiseCachePolicy, int] | None:
+    """(the CacheWise policy, GPU blocks per host chunk of the connector scheduler above it)."""
+    stack: list[tuple[object, int]] = [(getattr(scheduler, "connector", None), 1)]
     seen: set[int] = set()
     while stack:
-        obj = stack.pop()
+        obj, per_chunk = stack.pop()
         if obj is None or id(obj) in seen:
             continue
         seen.add(id(obj))
         if isinstance(obj, CacheWiseCachePolicy):
-            return obj
+            return obj, per_chunk
+        per_chunk = getattr(getattr(obj, "config", None), "blocks_per_chunk", per_chunk)
         for name in ("_policy", "manager", "connector_scheduler", "primary", "_primary"):
-            stack.append(getattr(obj, name, None))
-        stack.extend(getattr(obj, "_connectors", None) or ())
+            stack.append((getattr(obj, name, None), per_chunk))
+        stack.extend((c, per_chunk) for c in getattr(obj, "_connectors", None) or ())
     return None
 

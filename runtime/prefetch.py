@@ -1,4 +1,4 @@
-"""Prefetch: a demoted session's prefix comes back from the host tier before its predicted return.
+"""Prefetch: an idle session's prefix comes back from the host tier before its predicted return.
 
 vLLM's ``OffloadingConnector`` loads host blocks only *for a request*: its scheduler side finds
 a request's host hit (``get_num_new_matched_tokens``), queues the load when the blocks are
@@ -10,15 +10,22 @@ the request itself, without a fork: the residency scheduler (``--scheduler-cls``
 Mechanism, and the vLLM hook each part uses:
 
 * **decide** (``ResidencyMixin.schedule``, before vLLM's ``schedule()``, after the residency
-  plan): a session is due when it is idle, was demoted by the residency controller, has a
-  forecast, was not prefetched since its last request, and
+  plan): a session is due when it is idle, admitted (resident: with the host tier, idle
+  admitted sessions beyond the GPU room live on the host, residency rule 6) or demoted by the
+  residency controller, has a forecast, was not prefetched since its last request,
   ``P(back within load_s + lead_s | idle so far) >= min_p_back`` (the forecast's remaining-gap
   quantiles, :meth:`~cachewise.runtime.sessions.Forecast.p_back_within`; ``load_s`` = its
-  working set's tokens x the measured host reload seconds per token);
+  working set's tokens x the measured host reload seconds per token), and its last request's
+  full blocks are not all cached on the GPU (``cached_blocks``: vLLM's read-only
+  ``find_longest_cache_hit``, asked only of sessions that passed the other tests: the GPU
+  pool evicted some of them);
+* **trust**: nothing is added while the guard distrusts the model (the residency controller
+  passes through, rule 5; prefetches in flight run to their end);
 * **room**: no session waits for admission (the plan holds none: prefetch never overtakes a
-  waiting session), the session's working set fits the residency budget next to the
-  resident ones (it becomes resident), and vLLM's pool has the free blocks; else it is
-  skipped this step (counted);
+  waiting session), the session's working set fits the GPU budget next to the sessions that
+  need the GPU now (the plan's ``gpu``: live ones and prefetches in flight, rule 6) and, if
+  it was not admitted, the admitted budget next to the admitted ones (it becomes resident),
+  and vLLM's pool has the free blocks; else it is skipped this step (counted);
 * **inject** (``Scheduler.add_request`` of vLLM, not the view's arrival: a prefetch is no
   user request): prompt = the session's last finished request's full computed blocks plus
   one token (its tokens, LoRA, cache salt and vLLM's block hasher, so the block hashes are the
@@ -33,7 +40,8 @@ Mechanism, and the vLLM hook each part uses:
   ``EngineCoreOutputs`` (no client sees it; vLLM's output processor drops unknown ids anyway);
 * **abort** (``Scheduler.finish_requests``, ``FINISHED_ABORTED``): a prefetch that has not
   started (no blocks, not loading) is aborted when its session's request arrives first (that
-  request loads the prefix itself) or after ``max_wait_s``; while a prefetch is loading, vLLM's
+  request loads the prefix itself) or after ``max_wait_s`` (the session's residency then goes
+  back to what it was before: admitted, or demoted); while a prefetch is loading, vLLM's
   connector itself delays a request whose host chunks are being loaded
   (``get_num_new_matched_tokens`` returns None), so the session's request waits for that load
   instead of loading the same blocks again;
@@ -46,12 +54,14 @@ module keeps, per idle session, a reference to its last finished vLLM ``Request`
 dropped when the session leaves the view, and the prefetch requests in flight.
 
 Only runs while vLLM calls ``schedule()`` (the engine has requests): an idle engine does not
-prefetch. Complexity per step: O(S) over the sessions of the view plus O(prefetches in flight).
+prefetch. Complexity per step: O(S) over the sessions of the view plus O(prefetches in flight)
+plus O(blocks of the last request) for each session that passes the forecast test.
 """
 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -86,6 +96,7 @@ class Inflight:
     session: str
     request: Request
     issued_at: float
+    was_resident: bool  # the session's residency before the prefetch (restored if it is aborted unstarted)
 
 
 @dataclass
@@ -104,12 +115,14 @@ class Prefetcher:
     """Decides and builds prefetch requests (module doc); the scheduler adds and aborts them.
 
     ``reload_s_per_token``: host→GPU seconds per token (the residency settings' measured
-    ``host_reload_s_per_token``); ``block_size``: tokens per block.
+    ``host_reload_s_per_token``); ``block_size``: tokens per block; ``cached_blocks``: how many
+    leading full blocks of a request vLLM's GPU prefix cache holds now (read-only).
     """
 
     settings: PrefetchSettings
     reload_s_per_token: float
     block_size: int
+    cached_blocks: Callable[[Request], int]
     stats: PrefetchStats = field(default_factory=PrefetchStats)
     inflight: dict[str, Inflight] = field(default_factory=dict)  # request id -> prefetch
     _last: dict[str, Request] = field(default_factory=dict)  # session -> its last finished request
@@ -162,7 +175,7 @@ class Prefetcher:
         for state in view:
             key = state.key
             if (
-                state.live or state.resident or not state.demoted or state.forecast is None or state.idle_since is None
+                state.live or not (state.resident or state.demoted) or state.forecast is None or state.idle_since is None
                 or key in busy or key in self._done or key not in self._last or state.expired(now)
             ):  # fmt: skip
                 continue
@@ -172,6 +185,9 @@ class Prefetcher:
             p_back = state.forecast.p_back_within(elapsed, load_s + s.lead_s)
             if p_back < s.min_p_back:
                 continue
+            last = self._last[key]
+            if self.cached_blocks(last) >= (last.num_tokens - 1) // self.block_size:
+                continue  # its prefix is on the GPU: nothing to load
             reuse_at = now + state.forecast.remaining_quantile(elapsed, 0.5)
             out.append(Due(state, blocks, p_back, reuse_at, max(reuse_at, state.idle_since + state.forecast.expiry)))
         out.sort(key=lambda d: (-d.p_back, d.reuse_at, d.state.key))
@@ -190,7 +206,7 @@ class Prefetcher:
         """GPU blocks ``key``'s prefetch request allocates: its full blocks and one for the extra token."""
         return (self._last[key].num_tokens - 1) // self.block_size + 1
 
-    def build(self, key: str, now: float) -> Request | None:
+    def build(self, key: str, now: float, was_resident: bool) -> Request | None:
         """The prefetch request mirroring ``key``'s last finished request (None: unsupported, counted)."""
         last = self._last[key]
         bs = self.block_size
@@ -210,7 +226,7 @@ class Prefetcher:
             cache_salt=last.cache_salt,
             block_hasher=last._block_hasher,
         )
-        self.inflight[request.request_id] = Inflight(key, request, now)
+        self.inflight[request.request_id] = Inflight(key, request, now, was_resident)
         self._done.add(key)
         self.stats.issued += 1
         return request

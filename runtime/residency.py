@@ -9,7 +9,7 @@ Rule, evaluated once per scheduler step (:meth:`ResidencyController.plan`):
 
 1. A session whose request is admitted becomes *resident*; it stays resident while it has
    live requests and, when idle, until it is demoted or idle past its forecast's expiry.
-   Waiting requests of resident sessions are never held.
+   Waiting requests of resident sessions are never held (with a host tier, see rule 6).
 2. Non-resident sessions with waiting requests are considered in *program-level FCFS*
    order (first arrival of the session, then key). The head is admitted when
    ``Σ resident working sets + its working set <= (1 - headroom) * capacity``. Otherwise
@@ -59,6 +59,37 @@ Rule, evaluated once per scheduler step (:meth:`ResidencyController.plan`):
    a session with a live request is not demoted, so while those alone exceed the budget
    restoring goes on and each is demoted at the first step it is idle. Once the residents
    fit, restoring ends and a demotion is again only for a session that waits (rules 2-3).
+
+6. Host tier (``host_blocks`` > 0: vLLM's offloading connector runs the CacheWise CPU-tier
+   policy on this view, :func:`~cachewise.runtime.cpu_policy.host_capacity_blocks`). Admission
+   counts two sets: the *admitted* sessions (all resident ones) and those that *need the GPU
+   now*: resident sessions with a request scheduled by vLLM (all their live requests counted),
+   returning admitted sessions once they pass (below), and the sessions whose prefetch is in
+   flight (``loading``). The head is admitted
+   when ``Σ GPU-set working sets + its working set <= (1 - headroom) * capacity`` *and*
+   ``Σ admitted working sets + its working set <= (1 - headroom) * capacity + host_blocks``;
+   rules 2-4 apply unchanged to the admitted set against that second budget (demotion makes
+   room in it; shedding starts past it and, regardless of pay, past ``capacity +
+   host_blocks``). Idle resident sessions are in the admitted set but not in the GPU set: the
+   ones beyond the GPU room live on the host -- vLLM's connector stored their blocks as they
+   were computed, and the GPU pool's learned order evicts idle sessions' blocks, predicted
+   back last first, when live requests need the room -- and the prefetcher
+   (:mod:`cachewise.runtime.prefetch`) loads them back before their predicted return. A
+   demotion (leaving the admitted set) still costs what the cost rule below says, with the
+   recompute priced as a host reload. A session whose head fails only the GPU check waits:
+   demoting idle sessions frees no GPU room the live ones need. An admitted session that comes
+   back (live, none of its requests scheduled yet) needs GPU room too: it takes its place in
+   the FCFS order of rule 2 and passes when ``Σ GPU set + its working set <= capacity`` (it
+   is admitted already; the headroom, kept for the growth of new admissions, is its to use)
+   -- otherwise the admitted set, up to GPU + host, would crowd into the GPU at once and the
+   pool would evict running sessions' prefixes (measured: 795 s mean JCT instead of 543 s at
+   25% GPU; with the budget instead of the capacity here, 543 s instead of 502 s).
+   Invariants: after a plan, unless a session was forced (rule 4), ``plan.gpu <= capacity``
+   whenever it held before the plan (only live sessions' growth raises it) and
+   ``plan.used <= (1 - headroom) * capacity + host_blocks`` whenever some session waited (rule 3);
+   ``plan.gpu <= plan.used`` (every GPU-set session is admitted). With ``host_blocks`` 0 (no
+   tier) the GPU check is implied by the admitted one (the GPU set is a subset of the admitted
+   set) and both budgets are the GPU's, so the rule *is* rules 1-5: the same plans, step for step.
 
 Cost trade-off for demoting an idle resident session ``j`` with ``W_j`` blocks, idle ``e``
 seconds, return forecast ``F_j`` (quantiles of its gap, read as a piecewise-linear quantile
@@ -124,7 +155,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 from cachewise.runtime.config import ResidencySettings
@@ -150,7 +181,8 @@ class Plan:
     held: list[str] = field(default_factory=list)  # FCFS order
     demoted: list[str] = field(default_factory=list)
     forced: list[str] = field(default_factory=list)  # admitted by the starvation bound or to avoid idling
-    used: float = 0.0  # Σ working sets of the resident sessions after this plan (blocks)
+    used: float = 0.0  # Σ working sets of the resident (admitted) sessions after this plan (blocks)
+    gpu: float = 0.0  # Σ working sets of the sessions that need the GPU now: live ones, prefetches in flight (rule 6)
 
 
 def prefill_seconds(settings: ResidencySettings, tokens: int) -> float:
@@ -164,7 +196,8 @@ class ResidencyController:
     """Admission and demotion over a :class:`SessionView` (module doc).
 
     ``capacity_blocks``: KV blocks of the GPU pool; ``block_tokens``: tokens per block (for
-    the cost model; pass trace tokens per block when blocks stand for scaled tokens).
+    the cost model; pass trace tokens per block when blocks stand for scaled tokens);
+    ``host_blocks``: the host tier's capacity in GPU blocks (rule 6; 0: no tier).
     """
 
     def __init__(
@@ -173,12 +206,16 @@ class ResidencyController:
         capacity_blocks: int,
         block_tokens: int,
         recompute_s: Callable[[int], float] | None = None,
+        host_blocks: int = 0,
     ) -> None:
-        if capacity_blocks < 1 or block_tokens < 1:
-            raise ValueError("capacity_blocks and block_tokens must be >= 1")
+        if capacity_blocks < 1 or block_tokens < 1 or host_blocks < 0:
+            raise ValueError("capacity_blocks and block_tokens must be >= 1, host_blocks >= 0")
         self.settings = settings
         self.capacity = capacity_blocks
-        self.budget = (1.0 - settings.headroom) * capacity_blocks
+        self.budget = (1.0 - settings.headroom) * capacity_blocks  # the GPU set's budget
+        self.host_blocks = host_blocks
+        self.admitted_capacity = capacity_blocks + host_blocks
+        self.admitted_budget = self.budget + host_blocks  # the admitted set's budget (rule 6; no tier: = budget)
         self.block_tokens = block_tokens
         self._recompute = recompute_s or (lambda tokens: prefill_seconds(settings, tokens))
         self._passes: dict[str, int] = {}
@@ -251,8 +288,9 @@ class ResidencyController:
             lost = sum(self.lost_s(blocks, r, ahead) for r in points if r <= h) / len(points)
         return keep, p_back * self.queueing_delay_s + (1 + running) * lost
 
-    def plan(self, view: SessionView, now: float, running: int) -> Plan:
-        """Decide this step's admissions and demotions; updates the view's residency flags."""
+    def plan(self, view: SessionView, now: float, running: int, loading: Collection[str] = ()) -> Plan:
+        """Decide this step's admissions and demotions; updates the view's residency flags.
+        ``loading``: sessions whose prefetch is in flight (rule 6; they need the GPU now)."""
         plan = Plan()
         for state in view:  # idle past the forecast's expiry: no longer resident
             if state.resident and not state.live and state.expired(now):
@@ -278,7 +316,9 @@ class ResidencyController:
                     self._passes.pop(state.key, None)
             return plan
         self.observe_pressure(view, now)
-        used = 0.0
+        budget, capacity = self.admitted_budget, self.admitted_capacity
+        used = 0.0  # admitted set
+        gpu = 0.0  # GPU set (rule 6)
         active = False
         idle: list[tuple[SessionState, float]] = []
         waiting: list[SessionState] = []
@@ -286,10 +326,15 @@ class ResidencyController:
             if state.resident:
                 blocks = view.working_set(state.key)
                 used += blocks
-                if state.live:
+                if self.host_blocks and state.live and state.waiting == state.live:
+                    waiting.append(state)  # rule 6: admitted, back, nothing of it on the GPU yet
+                elif state.live:
                     active = True
+                    gpu += blocks
                     if state.waiting:
                         plan.admitted.add(state.key)
+                elif state.key in loading:  # its prefetch is in flight: it needs the GPU, it is no candidate
+                    gpu += blocks
                 else:
                     idle.append((state, blocks))
             elif state.waiting:
@@ -300,33 +345,36 @@ class ResidencyController:
             waited[s.key] = 0.0 if since is None else now - since
         waiting.sort(key=lambda s: (not self._aged(s.key, waited[s.key]), s.first_arrival, s.key))
         candidates: list[tuple[float, SessionState, float]] | None = None
-        restoring = self.restoring and used > self.budget
-        if (waiting or restoring) and used > self.budget:  # rule 3 (and rule 5's restoring)
+        restoring = self.restoring and used > budget
+        if (waiting or restoring) and used > budget:  # rule 3 (and rule 5's restoring; rule 6: the admitted budget)
             ranked = self._candidates(idle, now, running)
-            while ranked and (used > self.capacity or restoring or (used > self.budget and ranked[0][0] > 0)):
+            while ranked and (used > capacity or restoring or (used > budget and ranked[0][0] > 0)):
                 _, cand, blocks = ranked.pop(0)
                 self._demote(view, cand.key, plan)
                 used -= blocks
-                restoring = restoring and used > self.budget
+                restoring = restoring and used > budget
             candidates = [c for c in ranked if c[0] > 0]
-        self.restoring = self.restoring and used > self.budget
+        self.restoring = self.restoring and used > budget
         blocked = False
         for state in waiting:
-            key = state.key
+            key, admitted = state.key, state.resident  # admitted: rule 6's returning admitted session
             need = view.working_set(key)
             if not blocked:
                 aged = self._aged(key, waited[key])
-                fits = used + need <= self.budget
-                if not fits:
+                # a returning admitted session may use the headroom, kept for new admissions' growth;
+                # without a tier no session is both admitted and waiting here, and this is implied by the admitted check
+                gpu_fits = gpu + need <= (self.capacity if admitted else self.budget)
+                fits = gpu_fits and (admitted or used + need <= budget)
+                if gpu_fits and not fits:
                     if candidates is None:
                         candidates = [c for c in self._candidates(idle, now, running) if c[0] > 0]
                     freed, chosen = 0.0, []
                     for _, cand, blocks in candidates:
-                        if used - freed + need <= self.budget:
+                        if used - freed + need <= budget:
                             break
                         freed += blocks
                         chosen.append(cand)
-                    if used - freed + need <= self.budget:
+                    if used - freed + need <= budget:
                         for cand in chosen:
                             self._demote(view, cand.key, plan)
                         gone = {id(c) for c in chosen}
@@ -337,19 +385,21 @@ class ResidencyController:
                     if not fits:
                         plan.forced.append(key)
                         self.forced += 1
-                    view.set_residency(key, True)
+                    if not admitted:
+                        view.set_residency(key, True)
+                        used += need
                     plan.admitted.add(key)
-                    used += need
+                    gpu += need
                     active = True
                     self._passes.pop(key, None)
                     self.longest_wait_s = max(self.longest_wait_s, waited[key])
-                    if state.finished_calls:  # a returning session: its wait is what a demoted one meets (Q)
+                    if state.finished_calls and not admitted:  # a returning session: its wait is what a demoted one meets (Q)
                         self._recent_waits.append(waited[key])
                     continue
                 blocked = True
             plan.held.append(key)
             self._passes[key] = self._passes.get(key, 0) + 1
-        plan.used = used
+        plan.used, plan.gpu = used, gpu
         return plan
 
     def _demote(self, view: SessionView, key: str, plan: Plan) -> None:

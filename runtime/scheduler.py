@@ -30,8 +30,9 @@ this logic logs one warning and turns residency off for good: the scheduler is v
 from then on (held requests are restored first; the view stays, written by the hooks, for
 the CPU-tier policy). Residency applies to the FCFS policy and needs CacheWise's pool
 (``additional_config["cachewise"]`` or a binding).
-With vLLM's offloading connector running the CacheWise CPU-tier policy, the same step may
-prefetch demoted sessions' prefixes from the host (settings
+With vLLM's offloading connector running the CacheWise CPU-tier policy, admission counts the
+host tier (residency rule 6: idle admitted sessions beyond the GPU room live on the host), and
+the same step may prefetch idle sessions' prefixes from the host (settings
 ``additional_config["cachewise"]["prefetch"]``, :mod:`cachewise.runtime.prefetch`): internal
 requests added here, hidden from ``update_from_output``'s outputs; any error turns prefetch
 off only.
@@ -75,7 +76,7 @@ from vllm.v1.request import Request, RequestStatus
 
 from cachewise.runtime.block_pool import ScoredBlockPool
 from cachewise.runtime.config import CONFIG_KEY, ConfigError, PrefetchSettings, ResidencySettings, SchedulerSettings
-from cachewise.runtime.cpu_policy import find_policy
+from cachewise.runtime.cpu_policy import find_policy, host_capacity_blocks
 from cachewise.runtime.hooks import chained_groups
 from cachewise.runtime.metrics import publish_residency
 from cachewise.runtime.policy import engine_clock
@@ -237,11 +238,15 @@ class ResidencyMixin:
         self.residency = self.controller_cls(
             settings, pool.num_gpu_blocks - 1, self.block_size,
             (lambda n: min(prefill_seconds(settings, n), n * reload)) if reload > 0 else None,
+            host_capacity_blocks(self) if reload > 0 else 0,
         )  # fmt: skip
-        logger.info("CacheWise residency on: %s, capacity %d blocks", settings, self.residency.capacity)
+        logger.info(
+            "CacheWise residency on: %s, capacity %d blocks, host tier %d blocks",
+            settings, self.residency.capacity, self.residency.host_blocks,
+        )  # fmt: skip
         prefetch = self.prefetch_settings or _section(self.vllm_config, "prefetch", PrefetchSettings)
         if prefetch.enabled and reload > 0:
-            self.prefetcher = Prefetcher(prefetch, reload, self.block_size, self.prefetch_stats)
+            self.prefetcher = Prefetcher(prefetch, reload, self.block_size, self._gpu_cached_blocks, self.prefetch_stats)
             logger.info("CacheWise prefetch on: %s", prefetch)
         elif prefetch.enabled:
             logger.warning("CacheWise prefetch off: it needs the CacheWise CPU-tier policy and residency.host_reload_s_per_token > 0")
@@ -297,18 +302,19 @@ class ResidencyMixin:
     def _hold(self) -> tuple[list[Request], list[Request]]:
         """Apply this step's plan; returns (waiting queue before, requests taken out of it)."""
         view, controller, waiting = self.sessions, self.residency, self.waiting
-        if view is None or controller is None or (not waiting and self.prefetcher is None):
+        if view is None or controller is None or (not waiting and self.prefetcher is None and not controller.restoring):
             return [], []
         start = time.perf_counter()
         try:
             now = self._clock()
-            plan = controller.plan(view, now, len(self.running))
+            loading = {p.session for p in self.prefetcher.inflight.values()} if self.prefetcher is not None else ()
+            plan = controller.plan(view, now, len(self.running), loading)
             publish_residency(controller.following_model)
             for key in plan.demoted:
                 self._demote(key)
             if self.withheld_arrivals:
                 self._announce_admitted(view)
-            if self.prefetcher is not None:
+            if self.prefetcher is not None and controller.following_model:  # prefetch acts on forecasts: not while distrusted
                 self._prefetch(view, controller, plan, now)
             held_sessions = set(plan.held)
             snapshot = list(waiting)
@@ -338,24 +344,25 @@ class ResidencyMixin:
             pf.forget(view)
             if len(pf.inflight) < pf.settings.max_inflight:
                 pool = self.kv_cache_manager.block_pool
-                used, free = plan.used, pool.get_num_free_blocks()
+                used, gpu, free = plan.used, plan.gpu, pool.get_num_free_blocks()
                 for due in pf.due(view, now):
-                    key = due.state.key
+                    key, resident = due.state.key, due.state.resident
                     if plan.held:
                         pf.skipped(key, "waiting")
                         continue
                     need = pf.blocks_needed(key)
-                    if used + due.blocks > controller.budget or need > free:
+                    admitted = resident or used + due.blocks <= controller.admitted_budget
+                    if gpu + due.blocks > controller.budget or not admitted or need > free:
                         pf.skipped(key, "no_room")
                         continue
-                    request = pf.build(key, now)
+                    request = pf.build(key, now, resident)
                     if request is None:
                         continue
                     if isinstance(pool, ScoredBlockPool):
                         pool.expect(request.request_id, due.reuse_at, due.expire_at)
                     view.set_residency(key, True)
                     super().add_request(request)  # an expected request: the hooks keep it out of the view
-                    used, free = used + due.blocks, free - need
+                    used, gpu, free = used + (0 if resident else due.blocks), gpu + due.blocks, free - need
                     if len(pf.inflight) >= pf.settings.max_inflight:
                         break
         except Exception as exc:  # noqa: BLE001 - prefetch is optional; residency and vLLM go on
@@ -373,8 +380,8 @@ class ResidencyMixin:
         else:
             pf.stats.aborted_waited += 1
             state = self.sessions.get(inflight.session)
-            if state is not None and not state.live:
-                self.sessions.set_residency(inflight.session, False, demoted=True)
+            if state is not None and not state.live:  # back to its residency before the prefetch
+                self.sessions.set_residency(inflight.session, inflight.was_resident, demoted=not inflight.was_resident)
 
     def _restore(self, snapshot: list[Request], held: list[Request]) -> None:
         """Put ``held`` back into the waiting queue at their places of ``snapshot`` (new entries first)."""
@@ -382,6 +389,11 @@ class ResidencyMixin:
         merged = sorted([*held, *self.waiting], key=lambda r: pos.get(id(r), -1))
         self.waiting.clear()
         self.waiting.extend(merged)
+
+    def _gpu_cached_blocks(self, request: Request) -> int:
+        """Leading full blocks of ``request`` vLLM's GPU prefix cache holds now (read-only lookup)."""
+        _, tokens, _ = self.kv_cache_manager.coordinator.find_longest_cache_hit(request.block_hashes, request.num_tokens - 1)
+        return tokens // self.block_size
 
     def _demote(self, key: str) -> None:
         """The demoted session's exclusive cached blocks become the pool's first evicted."""

@@ -44,6 +44,9 @@ Model:
 * when no request is live the session is *idle since* its last finish, with the
   :class:`Forecast` of its return made at that finish (None: no prediction);
 * ``resident`` / ``demoted`` flags are written by the residency controller and the prefetcher only;
+  ``resident`` means *admitted* (:mod:`cachewise.runtime.residency`): without a host tier its
+  working set is counted in the GPU's room, with one (residency rule 6) an idle admitted
+  session's blocks may live on the host only;
 * the *host-tier working set* of a session: the CPU-tier chunks it last stored, read or
   touched, per CPU policy (tier), kept in ``host`` (:mod:`cachewise.runtime.host_sets`, its
   invariants there); a session the view drops (:meth:`forget`, the idle cap) hands its host

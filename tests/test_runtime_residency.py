@@ -248,24 +248,117 @@ def test_settings_parse_and_reject() -> None:
         ResidencySettings.from_mapping({"headroom": 1.5})
 
 
+@pytest.mark.parametrize("host", [0, 60])
 @settings(max_examples=100, deadline=None)
 @given(st.lists(st.tuples(st.integers(1, 60), st.sampled_from([NEAR, FAR, None])), min_size=1, max_size=8))
-def test_demotion_happens_only_when_a_session_waits_and_then_it_fits(sessions: list) -> None:
-    view, ctl = SessionView(BLOCK), _controller(100)
+def test_demotion_happens_only_when_a_session_waits_and_then_it_fits(host: int, sessions: list) -> None:
+    view, ctl = SessionView(BLOCK), ResidencyController(ResidencySettings(headroom=0.0), 100, BLOCK_TOKENS, host_blocks=host)
     for i, (blocks, forecast) in enumerate(sessions):
         _run_and_finish(view, f"r{i}", f"S{i}", blocks, 0.0, forecast)
         view.set_residency(f"S{i}", True)
     view.on_arrival("x", "X", "t", BLOCK, 0.0)
     view.set_residency("X", True)
+    view.on_scheduled("x")
     assert ctl.plan(view, 100.0, running=1).demoted == []  # nobody waits
     view.on_arrival("w", "W", "t", 40 * BLOCK, 100.0)
     before = sum(view.working_set(s.key) for s in view if s.resident)
     plan = ctl.plan(view, 200.0, running=1)
     resident = sum(view.working_set(s.key) for s in view if s.resident)
+    assert plan.used == pytest.approx(resident) and plan.gpu <= plan.used
     if plan.demoted:  # to make the waiting session fit, or because the resident sessions outgrew the cache
-        assert ("W" in plan.admitted and resident <= ctl.budget) or before > ctl.budget
+        assert ("W" in plan.admitted and resident <= ctl.admitted_budget) or before > ctl.admitted_budget
         for key in plan.demoted:
             keep, drop = ctl.keep_and_drop(view.get(key), view.working_set(key), 200.0, running=1)
-            assert keep > drop or before > ctl.capacity  # past the whole capacity the best go regardless
+            assert keep > drop or before > ctl.admitted_capacity  # past the whole capacity the best go regardless
     if "W" in plan.admitted and "W" not in plan.forced:
-        assert resident <= ctl.budget
+        assert resident <= ctl.admitted_budget and plan.gpu <= ctl.budget
+    if host:  # rule 6: W needs only the GPU room the live X leaves, and room on GPU + host for all
+        assert ("W" in plan.admitted) == (before + 40 <= 160 or bool(plan.demoted)) and plan.gpu == (41 if "W" in plan.admitted else 1)
+
+
+def _tiered(host: int) -> ResidencyController:
+    return ResidencyController(ResidencySettings(headroom=0.0), 100, BLOCK_TOKENS, host_blocks=host)
+
+
+def test_host_tier_admits_beside_idle_residents_that_the_gpu_alone_would_hold_for() -> None:
+    """Rule 6: A (idle, back soon) keeps its admission but needs no GPU room; B is admitted at once.
+    Without the tier (the old rule) B waits for A's room (test_keeps_a_session_that_is_back_soon)."""
+    for host, admitted in ((0, False), (100, True)):
+        view, ctl = SessionView(BLOCK), _tiered(host)
+        _run_and_finish(view, "a", "A", 60, 0.0, NEAR)
+        view.set_residency("A", True)
+        view.on_arrival("x", "X", "t", 10 * BLOCK, 0.0)
+        view.set_residency("X", True)
+        view.on_scheduled("x")
+        view.on_arrival("b", "B", "t", 50 * BLOCK, 0.0)
+        plan = ctl.plan(view, 0.5, running=8)
+        assert plan.demoted == [] and view.get("A").resident
+        assert ("B" in plan.admitted) == admitted and plan.held == ([] if admitted else ["B"])
+        assert (plan.used, plan.gpu) == ((120, 60) if admitted else (70, 10))
+
+
+def test_host_tier_holds_while_the_sessions_that_need_the_gpu_fill_it() -> None:
+    """The GPU check: live sessions and prefetches in flight count; demoting idle ones frees nothing there."""
+    view, ctl = SessionView(BLOCK), _tiered(1000)
+    _run_and_finish(view, "a", "A", 10, 0.0, FAR)
+    view.set_residency("A", True)
+    view.on_arrival("x", "X", "t", 40 * BLOCK, 0.0)
+    view.set_residency("X", True)
+    view.on_scheduled("x")
+    view.on_arrival("b", "B", "t", 55 * BLOCK, 0.0)
+    plan = ctl.plan(view, 1.0, running=1, loading={"A"})  # A's prefetch in flight: 10 + 40 + 55 > 100
+    assert plan.held == ["B"] and plan.demoted == [] and plan.gpu == 50
+    plan = ctl.plan(view, 1.5, running=1)  # the prefetch ended: 40 + 55 <= 100
+    assert "B" in plan.admitted and plan.demoted == [] and plan.gpu == 95 and plan.used == 105
+
+
+def test_host_tier_admitted_budget_demotes_by_the_cost_rule_as_without_a_tier() -> None:
+    """The admitted set against GPU + host: past it, idle sessions whose demotion pays go, as in rule 2."""
+    view, ctl = SessionView(BLOCK), _tiered(20)
+    _run_and_finish(view, "a", "A", 60, 0.0, FAR)
+    view.set_residency("A", True)
+    view.on_arrival("x", "X", "t", 10 * BLOCK, 0.0)
+    view.set_residency("X", True)
+    view.on_scheduled("x")
+    view.on_arrival("b", "B", "t", 55 * BLOCK, 1.0)
+    plan = ctl.plan(view, 2.0, running=1)  # GPU: 10 + 55 fits; admitted: 70 + 55 > 120 -> A (far) is demoted
+    assert plan.demoted == ["A"] and "B" in plan.admitted and (plan.used, plan.gpu) == (65, 65)
+
+
+def test_host_tier_an_admitted_session_that_comes_back_waits_for_gpu_room() -> None:
+    """Rule 6: A (admitted, idle on the host) is back while X fills the GPU: A waits for GPU room (with
+    no tier a resident session's requests are never held); when X is done A goes first, ahead of a
+    later session B, without being admitted again."""
+    for host in (0, 200):
+        view, ctl = SessionView(BLOCK), _tiered(host)
+        _run_and_finish(view, "a", "A", 50, 0.0, NEAR)
+        view.set_residency("A", True)
+        view.on_arrival("x", "X", "t", 60 * BLOCK, 0.5)
+        view.set_residency("X", True)
+        view.on_scheduled("x")
+        view.on_arrival("a2", "A", "t", 51 * BLOCK, 1.0)  # A is back
+        view.on_arrival("b", "B", "t", 10 * BLOCK, 1.5)
+        plan = ctl.plan(view, 2.0, running=1)
+        if host:
+            assert plan.held == ["A", "B"] and plan.admitted == set() and plan.gpu == 60 and view.get("A").resident
+        else:
+            assert plan.admitted == {"A"} and plan.held == ["B"]  # the old rule: A is resident, never held
+        view.on_finished("x", 60 * BLOCK, [], 3.0)
+        plan = ctl.plan(view, 3.5, running=0)
+        assert "A" in plan.admitted
+        if host:  # A was never out: no sample of Q; nobody demoted (without a tier, X, idle now, is shed: 111 > 100)
+            assert plan.demoted == [] and plan.gpu == 61 and "B" in plan.admitted and ctl.queueing_delay_s == 0.0
+
+
+def test_host_tier_a_returning_admitted_session_may_use_the_headroom_a_new_one_may_not() -> None:
+    view = SessionView(BLOCK)
+    ctl = ResidencyController(ResidencySettings(headroom=0.2), 100, BLOCK_TOKENS, host_blocks=200)  # GPU budget 80
+    _run_and_finish(view, "a", "A", 29, 0.0, NEAR)
+    view.set_residency("A", True)
+    view.on_arrival("x", "X", "t", 60 * BLOCK, 0.5)
+    view.set_residency("X", True)
+    view.on_scheduled("x")
+    view.on_arrival("a2", "A", "t", 30 * BLOCK, 1.0)  # back: 60 + 30 <= capacity 100, not <= budget 80
+    view.on_arrival("b", "B", "t", 5 * BLOCK, 1.5)  # new: 90 + 5 > 80
+    plan = ctl.plan(view, 2.0, running=1)
+    assert "A" in plan.admitted and plan.held == ["B"] and plan.gpu == 90

@@ -105,8 +105,8 @@ def _run(seed: int, kind: str | None, guard: GuardConfig | None) -> Run:
     if kind is not None:
         plan_fn, view = scheduler.residency.plan, scheduler.sessions
 
-        def watched(v, now, running):
-            result = plan_fn(v, now, running)
+        def watched(v, now, running, loading=()):
+            result = plan_fn(v, now, running, loading)
             acted = bool(result.held or result.demoted)
             if view.trusted:
                 run.held_steps_trusting += acted

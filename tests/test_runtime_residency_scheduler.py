@@ -28,12 +28,13 @@ FAR = Forecast.from_samples([5000.0, 6000.0])
 class Forecaster:
     """A predictor that reports a fixed forecast per session (by the request's session id)."""
 
-    def __init__(self, forecasts: dict[str, Forecast]) -> None:
+    def __init__(self, forecasts: dict[str, Forecast], default: Forecast = NEAR) -> None:
         self.forecasts = forecasts
+        self.default = default
         self.sessions: SessionView | None = None
 
     def on_request_finished(self, request, now: float) -> ReusePrediction:
-        forecast = self.forecasts.get(request.session_id or "", NEAR)
+        forecast = self.forecasts.get(request.session_id or "", self.default)
         if self.sessions is not None:
             self.sessions.on_forecast(request.request_id, request.session_id, request.session_id, forecast)
         return ReusePrediction(now + forecast.median, now + 1e6)
@@ -225,8 +226,8 @@ def test_random_session_workloads_lose_nothing_and_never_evict_blocks_in_use(ses
     longest_hold = [0]
     plan = scheduler.residency.plan
 
-    def counted(view, now, running):  # the starvation bound: held in at most max_passes steps in a row
-        result = plan(view, now, running)
+    def counted(view, now, running, loading=()):  # the starvation bound: held in at most max_passes steps in a row
+        result = plan(view, now, running, loading)
         for key in list(held_for):
             if key not in result.held:
                 del held_for[key]
