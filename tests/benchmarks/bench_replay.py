@@ -21,7 +21,8 @@ temporary file):
   per capacity and policy, each ratio at token_scale 1 and at the scale, how far it moved, and
   the mean per-seed move with its 95% interval; the largest |mean| + half-width against 5%; and
   the noise floor: the same figures for the scale against itself with every step time 0.1%
-  longer (a closed loop that a 0.1% slower GPU changes by x% cannot resolve x%).
+  longer, over ``--floor-seeds`` seeds (a closed loop that a 0.1% slower GPU changes by x%
+  cannot resolve x%; token ids are no floor: another token-id seed gives the identical run).
   ``--replay-blocks 16,1`` also runs 1-token replay blocks (16 trace tokens at scale 16: the
   block structure of token_scale 1 exactly, so what moves then is timing, not granularity).
 
@@ -185,16 +186,20 @@ def _print_moves(label: str, moves: pd.DataFrame, tolerance: float) -> float:
             cells.append(f"{m} {at_1:5.3f}->{at_s:5.3f} {at_s / at_1 - 1:+6.1%} (per seed {mean:+6.1%} ± {half:5.1%})")
         print(f"{label}  cap {frac:.2f} {policy:13s} " + "   ".join(cells))
     verdict = "within" if worst <= tolerance else "NOT within"
-    print(f"{label}: largest |mean move| + 95% half-width {worst:.1%}: {verdict} {tolerance:.0%}\n")
+    moved = moves[moves["policy"] != "lru_arrival"]
+    spread = ", ".join(f"{m} {moved[f'{m}_move'].abs().mean():.1%}" for m in ("harmful", "jct"))
+    print(f"{label}: largest |mean move| + 95% half-width {worst:.1%}: {verdict} {tolerance:.0%};"
+          f" mean |per-seed move| over all cells: {spread}\n")
     return worst
 
 
 def block_check(
     config, scales: tuple[int, ...], blocks: tuple[int, ...], seeds: range, reference: Path, floor: bool = True,
-    tolerance: float = 0.05,
+    floor_seeds: int = 0, tolerance: float = 0.05,
 ) -> None:
     """Each block-check policy's ratios to lru_arrival at each of ``scales`` x replay ``blocks`` against
-    token_scale 1 (module doc), and the noise floor: the same with step times x :data:`PERTURBED`."""
+    token_scale 1 (module doc), and the noise floor over ``floor_seeds`` seeds (at least ``seeds``): the same
+    scale with step times x :data:`PERTURBED`."""
     base, ref_cpu = _reference(config, reference, seeds)
     base = pd.DataFrame(base)
     n, c = BLOCK_CHECK["sessions"], BLOCK_CHECK["concurrency"]
@@ -202,20 +207,20 @@ def block_check(
           " move of each policy / lru_arrival ratio (harmful evictions in trace tokens, mean JCT) ==")
     print("'r1->rs +a%': the seeds' mean ratio at token_scale 1 and at the scale, moved by a%;"
           " 'per seed m ± h': the mean of the per-seed moves with its 95% interval")
+    floor_seeds = range(seeds.start, seeds.start + max(floor_seeds, len(seeds)))
     for scale, block in ((s, b) for s in scales for b in blocks):
         shape = replace(config, engine=replace(config.engine, block_size=block))
         label = f"scale {scale} (block {block * scale} trace tokens)"
-        for factor in (1.0, PERTURBED) if floor else (1.0,):
-            start = time.process_time()
-            rows = pd.DataFrame([r for s in seeds for r in _check_rows(shape, scale, s, factor)])
-            cpu = time.process_time() - start
-            if factor == 1.0:
-                _print_moves(f"{label} vs 1", _ratio_moves(rows, base), tolerance)
-                print(f"{label}: {cpu:.0f} CPU-s for {len(seeds)} seeds, {cpu / sum(ref_cpu.values()):.3f}x of"
-                      f" token_scale 1 ({sum(ref_cpu.values()):.0f} CPU-s)\n", flush=True)
-                plain = rows
-            else:
-                _print_moves(f"noise floor: {label}, step times x{factor} vs x1", _ratio_moves(rows, plain), tolerance)
+        start = time.process_time()
+        plain = pd.DataFrame([r for s in (floor_seeds if floor else seeds) for r in _check_rows(shape, scale, s)])
+        cpu = (time.process_time() - start) / len(floor_seeds if floor else seeds)
+        _print_moves(f"{label} vs 1", _ratio_moves(plain, base), tolerance)  # the reference's seeds only
+        ref = sum(ref_cpu.values()) / len(ref_cpu)
+        print(f"{label}: {cpu:.0f} CPU-s per seed, {cpu / ref:.3f}x of token_scale 1 ({ref:.0f} CPU-s per seed)\n", flush=True)
+        if floor:
+            perturbed = pd.DataFrame([r for s in floor_seeds for r in _check_rows(shape, scale, s, PERTURBED)])
+            _print_moves(f"noise floor ({len(floor_seeds)} seeds): {label}, step times x{PERTURBED} vs x1",
+                         _ratio_moves(perturbed, plain), tolerance)
 
 
 HAND_WRITTEN = ("per_tool_mean", "ttl", "heuristic")
@@ -250,6 +255,7 @@ def main() -> None:
     parser.add_argument("--block-check", action="store_true", help="block-size fidelity only (--scales vs token_scale 1)")
     parser.add_argument("--scales", default="16", help="token scales compared with 1 by --block-check")
     parser.add_argument("--no-floor", action="store_true", help="--block-check without the noise-floor runs")
+    parser.add_argument("--floor-seeds", type=int, default=0, help="seeds of the noise floor (default: --seeds)")
     parser.add_argument("--replay-blocks", default="16", help="replay block sizes (replay tokens) tried at each scale")
     parser.add_argument("--seeds", type=int, default=5, help="seeds (session samples) for --block-check")
     parser.add_argument("--reference", default="/tmp/cw/block_check_scale1.json",
@@ -264,7 +270,7 @@ def main() -> None:
             scales = tuple(int(x) for x in args.scales.split(",") if x)
             blocks = tuple(int(x) for x in args.replay_blocks.split(","))
             block_check(config, scales, blocks, range(config.seed, config.seed + args.seeds), Path(args.reference),
-                        not args.no_floor)
+                        not args.no_floor, args.floor_seeds)
             return
         config = replace(config, policies=tuple(dict.fromkeys(("lru", "lru_arrival", *HAND_WRITTEN, *config.policies))))
         fidelity(config)
