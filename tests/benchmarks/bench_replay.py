@@ -16,8 +16,10 @@ temporary file):
   are 16 replay tokens = 256 trace tokens at ``token_scale`` 16. On a subset (8 sessions,
   4 concurrent, sample seeds ``--seeds``) each policy's harmful evictions (trace tokens) and mean
   JCT relative to ``lru_arrival`` are measured at 25/50/75% capacity at each of ``--scales``
-  (default 16) and at token_scale 1 (real 16-token blocks). token_scale 1 costs ~20x, so its
-  results are kept in ``--reference`` (JSON) and replayed only for seeds it lacks. It prints,
+  (default 16) and at token_scale 1 (real 16-token blocks). token_scale 1 costs ~25x, so its
+  results are kept in ``--reference`` (JSON; default ``block_check_scale1.json`` beside this file,
+  measured on ../shared/traces/claude-code, keyed by the events' SHA-256 and the settings) and
+  replayed only for seeds it lacks. It prints,
   per capacity and policy, each ratio at token_scale 1 and at the scale, how far it moved, and
   the mean per-seed move with its 95% interval; the largest |mean| + half-width against 5%; and
   the noise floor: the same figures for the scale against itself with every step time 0.1%
@@ -34,10 +36,11 @@ Run: ``python tests/benchmarks/bench_replay.py [--events PATH] [--model DIR] [--
 from __future__ import annotations
 
 import argparse
-import tempfile
-import time
+import hashlib
 import json
 import math
+import tempfile
+import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -135,7 +138,8 @@ def _check_rows(config, scale: int, seed: int, factor: float = 1.0) -> list[dict
 def _reference(config, path: Path, seeds: range) -> tuple[list[dict], dict[int, float]]:
     """token_scale-1 rows of ``seeds``: read from ``path`` where it holds them for the same settings,
     the missing seeds replayed (the costly part, ~15 min per seed here) and ``path`` rewritten after each."""
-    settings = {"events": str(config.events), "workload": asdict(config.workload) | {"token_scale": 1},
+    events_sha256 = hashlib.sha256(Path(config.events).read_bytes()).hexdigest()  # ingest output is deterministic
+    settings = {"events_sha256": events_sha256, "workload": asdict(config.workload) | {"token_scale": 1},
                 "engine": asdict(config.engine), "cost": config.cost_coefficients, **BLOCK_CHECK}
     settings = json.loads(json.dumps(settings))
     doc = json.loads(path.read_text()) if path.exists() else {}
@@ -258,7 +262,7 @@ def main() -> None:
     parser.add_argument("--floor-seeds", type=int, default=0, help="seeds of the noise floor (default: --seeds)")
     parser.add_argument("--replay-blocks", default="16", help="replay block sizes (replay tokens) tried at each scale")
     parser.add_argument("--seeds", type=int, default=5, help="seeds (session samples) for --block-check")
-    parser.add_argument("--reference", default="/tmp/cw/block_check_scale1.json",
+    parser.add_argument("--reference", default=str(REPO / "tests" / "benchmarks" / "block_check_scale1.json"),
                         help="--block-check's token_scale-1 results: read when present for the same settings, else written")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
