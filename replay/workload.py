@@ -25,10 +25,20 @@ compaction) restarts the thread's prefix from the system prompt; such restarts a
 Sources with block hashes (``hash_ids``, e.g. Mooncake) take their prefix identity from
 the hashes instead: equal hash, equal tokens.
 
-Lengths are divided by ``token_scale`` (each replay token stands for that many trace
-tokens; the cost model scales back). Invariants: every plan has ``prompt_len >= 1``,
-``output_len >= 1``, ``keep_len <= prompt_len``, and its dependencies precede it in its
-session's ``calls``.
+Scaling (``token_scale`` s: each replay token stands for s trace tokens; the cost model
+scales back): *positions* are scaled, never lengths one by one. Trace position p of a
+thread's token stream becomes replay position ``floor(p / s)``, so a prompt of P trace
+tokens has ``floor(P / s)`` replay tokens, call k's output ends at ``floor((P_k + O_k) / s)``,
+the part call k+1 repeats ends at ``floor(keep / s)`` (keep in trace tokens, as above) and a
+shared system prompt of S trace tokens is ``floor(S / s)`` replay tokens. Hence two prompts
+that share exactly k trace tokens share exactly ``floor(k / s)`` replay tokens (the same
+leading replay blocks): prefix boundaries are exact up to the scale, with no rounding error
+carried from call to call (tests/test_replay_workload.py checks it property-wise). The one
+departure: a prompt or output shorter than s trace tokens still gets one replay token.
+
+Invariants: every plan has ``prompt_len >= 1``, ``output_len >= 1``, ``keep_len <=
+prompt_len``, ``keep_len`` at most the previous call's ``prompt_len + output_len``, and its
+dependencies precede it in its session's ``calls``. Complexity: O(calls) after one group-by.
 """
 
 from __future__ import annotations
@@ -180,9 +190,9 @@ class Workload:
         return per_call + sum(math.ceil(n / block_size) for n in prefixes.values())
 
 
-def _scaled(tokens: float, scale: int) -> int:
-    """Replay tokens standing for ``tokens`` trace tokens (at least 1)."""
-    return max(1, round(float(tokens) / scale))
+def _scaled(position: float, scale: int) -> int:
+    """Replay position of trace position ``position``: ``floor(position / scale)`` (module doc)."""
+    return int(position) // scale
 
 
 def _system_prompt_lengths(events: pd.DataFrame, params: WorkloadParams) -> dict[tuple[str, bool], int]:
@@ -253,16 +263,19 @@ class _Planner:
                 return rows[:i]
         return rows
 
-    def _prefix(self, r, prompt: int, previous: CallPlan | None) -> tuple[int, int]:
-        """``(keep_len, prefix_len)`` of a call (module doc); hash-identified calls use neither."""
+    def _prefix(self, r, prompt: int, before) -> tuple[int, int]:
+        """``(keep_len, prefix_len)`` of a call of ``prompt`` replay tokens whose thread's previous
+        recorded call is ``before`` (module doc); hash-identified calls use neither."""
         if r.hash_ids is not None:
             return 0, 0
-        if previous is not None and prompt >= previous.prompt_len:
-            return previous.prompt_len + min(previous.output_len, prompt - previous.prompt_len), 0
-        if previous is not None:
+        scale = self.p.token_scale
+        if before is not None and r.prompt_tokens >= before.prompt_tokens:
+            growth = r.prompt_tokens - before.prompt_tokens
+            return _scaled(before.prompt_tokens + min(before.output_tokens, growth), scale), 0
+        if before is not None:
             self.w.counts["prefix_restarts"] += 1
         shared = self.sys_len[(r.model, bool(r.is_sidechain))]
-        return 0, min(prompt, _scaled(shared, self.p.token_scale)) if shared else 0
+        return 0, min(prompt, _scaled(shared, scale))
 
     def thread(
         self, frame: pd.DataFrame, session: int, thread: int, t0: float, first_deps: tuple[Dependency, ...]
@@ -273,8 +286,8 @@ class _Planner:
         plans: list[CallPlan] = []
         for k, r in enumerate(rows):
             previous = plans[-1] if plans else None
-            prompt = _scaled(r.prompt_tokens, scale)
-            keep, prefix = self._prefix(r, prompt, previous)
+            prompt = max(1, _scaled(r.prompt_tokens, scale))
+            keep, prefix = self._prefix(r, prompt, rows[k - 1] if k else None)
             deps = first_deps
             if previous is not None:
                 deps = (Dependency(previous.request_id, self.gap(r.request_time - rows[k - 1].response_time)),)
@@ -287,7 +300,7 @@ class _Planner:
                     index=k,
                     row=int(r.Index),
                     prompt_len=prompt,
-                    output_len=_scaled(r.output_tokens, scale),
+                    output_len=max(1, _scaled(r.prompt_tokens + r.output_tokens, scale) - prompt),
                     keep_len=keep,
                     prefix_group=self.group(r.model, bool(r.is_sidechain)),
                     prefix_len=prefix,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cachewise.data.schema import COLUMNS, SchemaError
 from cachewise.replay.tokens import TokenSynth
@@ -127,6 +129,35 @@ def test_token_scale_divides_lengths():
     events = frame([row("a", 0, 0, 1, 1600, 160), row("a", 1, 2, 3, 3200, 160)])
     w = build_workload(events, WorkloadParams(token_scale=16, system_prompt_tokens=0))
     assert [(c.prompt_len, c.output_len, c.keep_len) for c in w.calls] == [(100, 10, 0), (200, 10, 110)]
+
+
+def _common(a: np.ndarray, b: np.ndarray) -> int:
+    """Length of the common prefix of two token sequences."""
+    n = min(len(a), len(b))
+    differ = np.nonzero(a[:n] != b[:n])[0]
+    return int(differ[0]) if len(differ) else n
+
+
+_CALLS = st.lists(st.tuples(st.integers(16, 5000), st.integers(1, 600)), min_size=1, max_size=6)
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(st.lists(_CALLS, min_size=1, max_size=3), st.integers(0, 3000), st.sampled_from([2, 4, 16]))
+def test_scaling_keeps_shared_prefixes_exact(sessions, system_prompt, scale):
+    """Two prompts sharing k trace tokens at token_scale 1 share exactly floor(k / scale) replay tokens at
+    ``scale`` (hence the same leading blocks), within a thread, across restarts and across sessions."""
+    events = frame([row(f"s{i}", k, 10 * k, 10 * k + 1, p, o) for i, calls in enumerate(sessions) for k, (p, o) in enumerate(calls)])
+    traces, scaled = (
+        build_workload(events, WorkloadParams(token_scale=t, system_prompt_tokens=system_prompt)) for t in (1, scale)
+    )
+    prompts1, _ = replay_tokens(traces, TokenSynth(traces, 0, VOCAB, 512))
+    prompts_s, _ = replay_tokens(scaled, TokenSynth(scaled, 1, VOCAB, 512))
+    ids = [c.request_id for c in traces.calls]
+    assert ids == [c.request_id for c in scaled.calls]
+    for i, a in enumerate(ids):
+        assert len(prompts_s[a]) == len(prompts1[a]) // scale
+        for b in ids[i + 1 :]:
+            assert _common(prompts_s[a], prompts_s[b]) == _common(prompts1[a], prompts1[b]) // scale, (a, b)
 
 
 def test_block_hashes_give_the_prefix_identity():
