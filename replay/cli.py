@@ -64,7 +64,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--token-scale", type=int, help="trace tokens per replay token")
     parser.add_argument("--seed", type=int, help="first seed of session sample, order, token ids and arrivals")
     parser.add_argument("--seeds", type=int, help="number of seeds (independent samples), for intervals")
-    parser.add_argument("--workers", type=int, help="processes running seeds in parallel")
+    parser.add_argument("--workers", type=int, help="processes running the sweep in parallel (parts: one seed, concurrency and capacity each)")
     parser.add_argument(
         "--allow-train-tasks",
         action="store_true",
