@@ -280,16 +280,21 @@ def _tiered(host: int) -> ResidencyController:
     return ResidencyController(ResidencySettings(headroom=0.0), 100, BLOCK_TOKENS, host_blocks=host)
 
 
+def _idle_a_beside_live_x(view: SessionView, a_blocks: int, forecast: Forecast, x_blocks: int) -> None:
+    """Resident A (``a_blocks``, finished, back per ``forecast``) and resident X running ``x_blocks``."""
+    _run_and_finish(view, "a", "A", a_blocks, 0.0, forecast)
+    view.set_residency("A", True)
+    view.on_arrival("x", "X", "t", x_blocks * BLOCK, 0.0)
+    view.set_residency("X", True)
+    view.on_scheduled("x")
+
+
 def test_host_tier_admits_beside_idle_residents_that_the_gpu_alone_would_hold_for() -> None:
     """Rule 6: A (idle, back soon) keeps its admission but needs no GPU room; B is admitted at once.
     Without the tier (the old rule) B waits for A's room (test_keeps_a_session_that_is_back_soon)."""
     for host, admitted in ((0, False), (100, True)):
         view, ctl = SessionView(BLOCK), _tiered(host)
-        _run_and_finish(view, "a", "A", 60, 0.0, NEAR)
-        view.set_residency("A", True)
-        view.on_arrival("x", "X", "t", 10 * BLOCK, 0.0)
-        view.set_residency("X", True)
-        view.on_scheduled("x")
+        _idle_a_beside_live_x(view, 60, NEAR, 10)
         view.on_arrival("b", "B", "t", 50 * BLOCK, 0.0)
         plan = ctl.plan(view, 0.5, running=8)
         assert plan.demoted == [] and view.get("A").resident
@@ -300,11 +305,7 @@ def test_host_tier_admits_beside_idle_residents_that_the_gpu_alone_would_hold_fo
 def test_host_tier_holds_while_the_sessions_that_need_the_gpu_fill_it() -> None:
     """The GPU check: live sessions and prefetches in flight count; demoting idle ones frees nothing there."""
     view, ctl = SessionView(BLOCK), _tiered(1000)
-    _run_and_finish(view, "a", "A", 10, 0.0, FAR)
-    view.set_residency("A", True)
-    view.on_arrival("x", "X", "t", 40 * BLOCK, 0.0)
-    view.set_residency("X", True)
-    view.on_scheduled("x")
+    _idle_a_beside_live_x(view, 10, FAR, 40)
     view.on_arrival("b", "B", "t", 55 * BLOCK, 0.0)
     plan = ctl.plan(view, 1.0, running=1, loading={"A"})  # A's prefetch in flight: 10 + 40 + 55 > 100
     assert plan.held == ["B"] and plan.demoted == [] and plan.gpu == 50
@@ -315,11 +316,7 @@ def test_host_tier_holds_while_the_sessions_that_need_the_gpu_fill_it() -> None:
 def test_host_tier_admitted_budget_demotes_by_the_cost_rule_as_without_a_tier() -> None:
     """The admitted set against GPU + host: past it, idle sessions whose demotion pays go, as in rule 2."""
     view, ctl = SessionView(BLOCK), _tiered(20)
-    _run_and_finish(view, "a", "A", 60, 0.0, FAR)
-    view.set_residency("A", True)
-    view.on_arrival("x", "X", "t", 10 * BLOCK, 0.0)
-    view.set_residency("X", True)
-    view.on_scheduled("x")
+    _idle_a_beside_live_x(view, 60, FAR, 10)
     view.on_arrival("b", "B", "t", 55 * BLOCK, 1.0)
     plan = ctl.plan(view, 2.0, running=1)  # GPU: 10 + 55 fits; admitted: 70 + 55 > 120 -> A (far) is demoted
     assert plan.demoted == ["A"] and "B" in plan.admitted and (plan.used, plan.gpu) == (65, 65)
