@@ -102,6 +102,34 @@ def test_train_keeps_previous_outputs_when_mlflow_logging_fails(pipeline, monkey
     assert not _db(root, "select run_uuid from runs where status = 'RUNNING'")
 
 
+def test_a_run_whose_ending_fails_once_is_still_ended(pipeline, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Logging fails with a database error and so does the first attempt to end the run (seen in
+    CI after a SIGTERM: the run was left RUNNING); the run still ends FAILED, nothing is written."""
+    root, params = pipeline
+    p, out = str(params("endfail")), root / "out-endfail"
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    def locked(*args, **kwargs):
+        raise MlflowException("(sqlite3.OperationalError) database is locked")
+
+    real_end, calls = mlflow.end_run, []
+
+    def end_once_locked(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == 1:
+            locked()
+        return real_end(*args, **kwargs)
+
+    monkeypatch.setattr(mlflow, "log_metrics", locked)
+    monkeypatch.setattr(mlflow, "end_run", end_once_locked)
+    assert main(["train", "--params", p, "--out", str(out)]) == 2
+    assert calls == [("FAILED",), ("FAILED",)]
+    assert not _db(root, "select run_uuid from runs where status = 'RUNNING'")
+    assert mlflow.active_run() is None  # ended for this process too: the next run can start
+    assert not out.exists() and not _staged_leftovers(root)
+
+
 def test_sigterm_during_train_leaves_no_running_run_and_a_clean_rerun(pipeline) -> None:
     root, params = pipeline
     p, out = str(params("term")), root / "out-term"

@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import sys
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -259,13 +261,27 @@ def log_to_mlflow(result: TrainResult, out: Path, plot_files: list[Path], extra_
             stop_if_terminated()
             commit(record)
             mlflow.end_run()
-        except (KeyboardInterrupt, SystemExit):
-            mlflow.end_run("KILLED")
-            raise
-        except BaseException:
-            mlflow.end_run("KILLED" if terminated() else "FAILED")  # SIGTERM wrapped by a library: still a kill
+        except BaseException as exc:
+            killed = isinstance(exc, (KeyboardInterrupt, SystemExit)) or terminated()  # SIGTERM wrapped by a library: still a kill
+            _end_failed_run("KILLED" if killed else "FAILED")
             raise
     return record
+
+
+def _end_failed_run(status: str, attempts: int = 3) -> None:
+    """End the active run with ``status``, retrying: a database error in the SQLite store (a
+    call that the signal interrupted fails with one, and ending the run right after can fail
+    with it too: seen in CI, the run left RUNNING) does not outlive its session, and each
+    MLflow call opens a new one. Never raises: the caller re-raises what made the run fail."""
+    import mlflow  # noqa: PLC0415
+
+    for attempt in range(attempts):
+        try:
+            mlflow.end_run(status)
+            return
+        except Exception as exc:  # noqa: BLE001 - retried, then reported
+            print(f"cachewise train: ending the MLflow run {status} failed ({type(exc).__name__}); attempt {attempt + 1} of {attempts}", file=sys.stderr)
+            time.sleep(0.2 * (attempt + 1))
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
