@@ -125,4 +125,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m cachewise.cli` runs this file as `__main__`, a second copy of the module; the
+    # subcommands import `cachewise.cli`, so its main (and SIGTERM state) is the one that runs.
+    from cachewise.cli import main as _main
+
+    sys.exit(_main())

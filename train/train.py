@@ -263,21 +263,25 @@ def log_to_mlflow(result: TrainResult, out: Path, plot_files: list[Path], extra_
             mlflow.end_run()
         except BaseException as exc:
             killed = isinstance(exc, (KeyboardInterrupt, SystemExit)) or terminated()  # SIGTERM wrapped by a library: still a kill
-            _end_failed_run("KILLED" if killed else "FAILED")
+            _end_failed_run(run.info.run_id, "KILLED" if killed else "FAILED")
             raise
     return record
 
 
-def _end_failed_run(status: str, attempts: int = 3) -> None:
-    """End the active run with ``status``, retrying: a database error in the SQLite store (a
-    call that the signal interrupted fails with one, and ending the run right after can fail
-    with it too: seen in CI, the run left RUNNING) does not outlive its session, and each
-    MLflow call opens a new one. Never raises: the caller re-raises what made the run fail."""
+def _end_failed_run(run_id: str, status: str, attempts: int = 3) -> None:
+    """End run ``run_id`` with ``status``, retrying: a database error in the SQLite store does not
+    outlive its session, and each MLflow call opens a new one. ``mlflow.end_run`` drops the run
+    from this process's active runs *before* it writes the status, so a retry writes the status by
+    id. Never raises: the caller re-raises what made the run fail."""
     import mlflow  # noqa: PLC0415
+    from mlflow.tracking import MlflowClient  # noqa: PLC0415
 
     for attempt in range(attempts):
         try:
-            mlflow.end_run(status)
+            if mlflow.active_run() is not None:
+                mlflow.end_run(status)
+            else:
+                MlflowClient().set_terminated(run_id, status)
             return
         except Exception as exc:  # noqa: BLE001 - retried, then reported
             print(f"cachewise train: ending the MLflow run {status} failed ({type(exc).__name__}); attempt {attempt + 1} of {attempts}", file=sys.stderr)
