@@ -26,7 +26,7 @@ Cost: one training per family plus one, and one replay sweep per cell; ``max_ses
 bounds each replay. Two sizings: the wide one (``python -m cachewise.replay.cross_family``,
 the section's keys: 3 seeds, 25-100%, ``cachewise`` included; ~50 min on 2 cores at load ~6-7)
 and the ``dvc repro`` stage (``--stage``: ``cross_family.stage`` over them: fewer sessions,
-one seed, one capacity, cheaper training), which must stay within ~2.5 minutes on 2 cores
+three seeds, one capacity, cheaper training), which must stay within ~2.5 minutes on 2 cores
 and is too small for the targets' verdicts. With one family (a fresh clone: the synthetic
 corpus only) only its ``all`` cell runs; the report names the families found and those
 skipped.
