@@ -206,7 +206,7 @@ def continuum_controller(pins: ContinuumPins) -> type[ResidencyController]:
                         view.set_residency(state.key, False)
             return super().plan(view, now, running, loading)
 
-        def _candidates(self, idle: list[tuple[SessionState, int]], now: float, running: int) -> list:
+        def _candidates(self, idle: list[tuple[SessionState, float]], now: float, running: int, incoming: float) -> list:
             return []  # pins are released by their TTL only
 
     return ContinuumController
