@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -198,15 +198,15 @@ def continuum_controller(pins: ContinuumPins) -> type[ResidencyController]:
     """A controller whose resident idle sessions are exactly the pinned ones (TTL not expired)."""
 
     class ContinuumController(ResidencyController):
-        def plan(self, view: SessionView, now: float, running: int) -> Any:
+        def plan(self, view: SessionView, now: float, running: int, loading: Collection[str] = ()) -> Any:
             for state in view:
                 if state.resident and not state.live:
                     pinned_at, ttl = pins.pins.get(state.key, (-math.inf, 0.0))
                     if state.idle_since is None or now >= max(pinned_at, state.idle_since) + ttl:
                         view.set_residency(state.key, False)
-            return super().plan(view, now, running)
+            return super().plan(view, now, running, loading)
 
-        def _candidates(self, idle: list[tuple[SessionState, int]], now: float, running: int) -> list:
+        def _candidates(self, idle: list[tuple[SessionState, float]], now: float, running: int, incoming: float) -> list:
             return []  # pins are released by their TTL only
 
     return ContinuumController

@@ -180,6 +180,7 @@ class Replayer:
         summary["demotions"] = getattr(controller, "demotions", 0)
         summary["forced_admissions"] = getattr(controller, "forced", 0)
         summary["longest_admission_wait_s"] = getattr(controller, "longest_wait_s", 0.0)
+        summary["residency_off"] = bool(getattr(engine.scheduler, "_residency_off", False))  # an error turned it off
         stats = getattr(engine.block_pool, "stats", None)
         summary["predictor_cpu_s"] = stats.scorer_seconds if stats is not None else 0.0
         summary["predictor_fallbacks"] = stats.total_fallbacks if stats is not None else 0

@@ -55,6 +55,7 @@ def test_residency_policies_run_through_vllms_scheduler_and_finish_every_session
     assert results.at["lru", "jct_s_mean"] == pytest.approx(results.at["lru", "service_s_mean"])
     for policy in ("cachewise", "cachewise_nomodel", "continuum"):
         assert results.at[policy, "residency_steps"] > 0
+        assert not results.at[policy, "residency_off"], f"{policy}: an error turned residency off"
         assert results.at[policy, "longest_admission_wait_s"] <= ResidencySettings().max_wait_s + 60
     assert results.at["lru", "residency_steps"] == 0
 

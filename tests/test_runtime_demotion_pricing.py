@@ -56,14 +56,33 @@ def _near_case(pool: Pool | None) -> tuple[SessionView, ResidencyController]:
 
 def test_a_pool_that_evicts_nothing_makes_a_near_session_demotable() -> None:
     """Without a pool reader the whole recompute is charged and A (back in seconds) is kept;
-    when the pool evicts nothing, A's blocks would still be cached on its return: demoted."""
+    when the pool evicts nothing and the blocks demoted before cover B's allocation, A's blocks
+    would still be cached on its return: demoted."""
     view, ctl = _near_case(None)
     plan = ctl.plan(view, 0.5, running=8)
     assert plan.demoted == [] and plan.held == ["B"]
     pool = Pool()
+    pool.demoted = 50  # B's 50 blocks come from these
     view, ctl = _near_case(pool)
     plan = ctl.plan(view, 0.5, running=8)
     assert ctl.eviction_rate == 0.0 and plan.demoted == ["A"] and "B" in plan.admitted
+
+
+def test_the_admission_a_demotion_makes_room_for_takes_its_tail_at_once() -> None:
+    """Nothing is evicted at any rate (eps = 0) and no demoted blocks are ahead: B, admitted in
+    A's room, allocates its 50 blocks at once from A's demoted ones, so every return of A
+    recomputes that tail behind A's first 10 blocks; the stall of 9 requests outweighs A's
+    seconds of idle room, and A is kept (N = 0 would price the loss at nothing)."""
+    pool = Pool()
+    view, ctl = _near_case(pool)
+    ctl.observe_pressure(view, 0.5)
+    s, w, rest = ctl.settings, 60 * BLOCK_TOKENS, 10 * BLOCK_TOKENS
+    tail = prefill_seconds(s, w) - prefill_seconds(s, rest)
+    keep, drop = ctl.keep_and_drop(view.get("A"), 60, 0.5, running=8, incoming=50)
+    assert drop == pytest.approx(9 * tail * NEAR.p_back_within(0.5, s.horizon_s)) and keep < drop
+    assert ctl.keep_and_drop(view.get("A"), 60, 0.5, running=8)[1] == 0.0
+    plan = ctl.plan(view, 0.5, running=8)
+    assert plan.demoted == [] and plan.held == ["B"]
 
 
 def test_under_heavy_pressure_the_rule_charges_the_whole_recompute() -> None:
