@@ -158,7 +158,7 @@ class ClosedLoopDriver:
         cpu = time.perf_counter() - start
         begin = transfers.submit(step.kv_connector_metadata, now) if transfers is not None else now
         if step.idle:
-            if completed is not None:  # transfers just landed: their requests can run now
+            if completed is not None or step.preempted:  # transfers just landed, or blocks were freed: step again
                 return 0
             upcoming = [t for t, _, _ in self._ready[:1]]
             if transfers is not None and transfers.next_completion() is not None:

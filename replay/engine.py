@@ -132,7 +132,9 @@ class StepResult:
     ``prefill``: ``(new_tokens, context_tokens)`` per request computing prompt (or
     recomputing preempted) tokens; ``prefilled_blocks``: external hashes of the full blocks
     whose last token was prefilled in this step; ``decode_ctx``: context length of each
-    decoding request; ``finished``: requests that completed in this step.
+    decoding request; ``finished``: requests that completed in this step; ``preempted``:
+    vLLM preempted requests in this step (it then admits no waiting request in the same step,
+    so a step can be idle with the freed blocks usable only in the next one).
     """
 
     prefill: list[tuple[int, int]] = field(default_factory=list)
@@ -140,6 +142,7 @@ class StepResult:
     decode_ctx: list[int] = field(default_factory=list)
     finished: list[Request] = field(default_factory=list)
     kv_connector_metadata: Any = None  # the step's jobs for a host tier's worker (None: no connector)
+    preempted: bool = False  # vLLM preempted requests in this step (``SchedulerOutput.preempted_req_ids``)
 
     @property
     def idle(self) -> bool:
@@ -233,7 +236,7 @@ class VllmEngine:
         """Schedule one batch, "run" it, and feed the sampled tokens back (with a host tier's
         ``kv_connector_output``: the transfers its worker completed)."""
         out: SchedulerOutput = self.scheduler.schedule()
-        result = StepResult(kv_connector_metadata=out.kv_connector_metadata)
+        result = StepResult(kv_connector_metadata=out.kv_connector_metadata, preempted=bool(out.preempted_req_ids))
         req_ids = list(out.num_scheduled_tokens)
         sampled: list[list[int]] = []
         for rid in req_ids:

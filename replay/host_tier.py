@@ -17,7 +17,11 @@ Counted as vLLM counts them:
 
 * loads are asynchronous (vLLM's default, ``sync_load_budget_bytes`` 0): the request waits in
   ``WAITING_FOR_REMOTE_KVS`` while other requests keep stepping; its load time is charged
-  to *that request* (it becomes schedulable once the job completes), not to the step;
+  to *that request* (it becomes schedulable once the job completes), not to the step.
+  :attr:`TransferWorker.load_wait_s` sums, over load jobs, the time from submission to completion
+  (queueing behind earlier loads on the link included): what the requests waited for their
+  loads, and so the most a perfect prefetch (every load done before its request arrives)
+  could take off the sessions' times;
 * stores overlap compute and delay nothing, except when vLLM must reuse a GPU block whose
   store is still in flight: it then names the job in ``jobs_to_flush`` and the worker waits
   for it before the forward pass: that wait is charged to *the step* (:attr:`TransferWorker.stall_s`).
@@ -145,6 +149,7 @@ class TransferWorker:
     bytes_loaded: float = 0.0
     bytes_stored: float = 0.0
     load_s: float = 0.0
+    load_wait_s: float = 0.0
     store_s: float = 0.0
     stall_s: float = 0.0
     load_jobs: int = 0
@@ -172,6 +177,7 @@ class TransferWorker:
                 if is_load:
                     self.bytes_loaded += chunks * self.chunk_bytes
                     self.load_s += seconds
+                    self.load_wait_s += done - start
                     self.load_jobs += 1
                 else:
                     self.bytes_stored += chunks * self.chunk_bytes
@@ -203,11 +209,12 @@ class TransferWorker:
         return dict.fromkeys(TransferWorker(TransferModel(LinkCost(0, 1, 0), LinkCost(0, 1, 0)), 0).summary(), 0.0)
 
     def summary(self) -> dict[str, float]:
-        """Bytes moved each way (real bytes), link-busy seconds, flush stalls, job counts."""
+        """Bytes moved each way (real bytes), link-busy seconds, requests' load waits, flush stalls, job counts."""
         return {
             "host_bytes_loaded": self.bytes_loaded,
             "host_bytes_stored": self.bytes_stored,
             "host_load_s": self.load_s,
+            "host_load_wait_s": self.load_wait_s,
             "host_store_s": self.store_s,
             "host_flush_stall_s": self.stall_s,
             "host_load_jobs": self.load_jobs,

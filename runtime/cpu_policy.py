@@ -31,8 +31,15 @@ Eviction order (first = evicted first), among evictable (``ref_cnt == 0``), unpr
    ``overdue_remaining(idle)`` (the one overdue rule, :mod:`cachewise.scoring.overdue`);
 3. chunks of sessions with a live request (in use now), last.
 
-Ties, and the chunks within one session, go in vLLM's LRU order (its ranks: older request
-first, tail before head within a request). Fallback: with no view attached, when no chunk
+Ties go in vLLM's LRU order (its ranks: older request first, tail before head within a
+request). Within one idle session, chunks that none of its threads' latest prefixes holds
+(stale: an older prompt's divergent tail) go first, in vLLM's LRU order, then its current
+prefix *deepest first* (the thread's block order in the view: tail before head), as the GPU
+pool evicts a chain: vLLM's connector loads a host prefix only from the first block the GPU
+lacks, so a missing head makes every later chunk useless. vLLM's ranks alone do not give
+that order: a request that found its head on the GPU and loaded the rest from the host
+re-ranks only the chunks it loaded or stored, so its head's host copies keep an older rank
+and would go first. Within a live or unknown session: vLLM's LRU order. Fallback: with no view attached, when no chunk
 has an owner with a forecast (``no_prediction``), while the view's guard verdict distrusts the
 model (``distrusted``: :attr:`SessionView.trusted <cachewise.runtime.sessions.SessionView.trusted>`,
 the GPU pool's online guard serves vLLM's order), or on any exception (``error``), the
@@ -41,8 +48,9 @@ eviction is vLLM's LRU :meth:`LRUCachePolicy.evict` unchanged; each fallback is 
 chunks can be evicted.
 
 Complexity: insert/remove/touch/access O(1) per key more than LRU (one view event per key);
-a predicted eviction O(S log S + Σ K_s log K_s) for S owners and the K_s chunks of the owners
-it takes victims from; memory O(chunks), the owner tables counted in the view's.
+a predicted eviction O(S log S + Σ (K_s log K_s + H_s)) for S owners, the K_s chunks and H_s
+latest-prefix hashes of the owners it takes victims from; memory O(chunks), the owner tables
+counted in the view's.
 """
 
 from __future__ import annotations
@@ -54,13 +62,13 @@ import weakref
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-from vllm.v1.kv_offload.base import OffloadKey, ReqContext
+from vllm.v1.kv_offload.base import OffloadKey, ReqContext, get_offload_block_hash
 from vllm.v1.kv_offload.cpu.policies.base import ChunkStatus
 from vllm.v1.kv_offload.cpu.policies.lru import LRUCachePolicy
 
 from cachewise.runtime.hooks import current_binding
 from cachewise.runtime.host_sets import UNOWNED
-from cachewise.runtime.sessions import SessionView
+from cachewise.runtime.sessions import SessionState, SessionView
 from cachewise.scoring.overdue import overdue_remaining
 
 logger = logging.getLogger("vllm.cachewise")
@@ -240,11 +248,30 @@ class CacheWiseCachePolicy(LRUCachePolicy):
         chosen: list[OffloadKey] = []
         for _, _, _, session in order:
             keys = [k for k in host.keys(self.tier, session) if k in evictable and k not in protected]
-            keys.sort(key=ranks.__getitem__)
+            keys.sort(key=self._chain_order(view.get(session)))
             chosen.extend(keys[: n - len(chosen)])
             if len(chosen) == n:
                 break
         return chosen
+
+    def _chain_order(self, state: SessionState | None) -> Callable[[OffloadKey], tuple]:
+        """Sort key of one session's chunks, first evicted first (module doc): vLLM's LRU ranks for a
+        live or unknown session; for an idle one, stale chunks (LRU ranks) before its latest
+        prefixes' chunks, deepest first. O(the session's latest-prefix hashes)."""
+        ranks = self._ranks
+        if state is None or state.live:
+            return ranks.__getitem__
+        depth: dict[bytes, int] = {}
+        for thread in state.threads.values():
+            for i, block_hash in enumerate(thread.hashes):
+                if depth.get(block_hash, -1) < i:
+                    depth[block_hash] = i
+
+        def key(k: OffloadKey) -> tuple:
+            d = depth.get(get_offload_block_hash(k))
+            return (0, ranks[k]) if d is None else (1, (-d, 0))
+
+        return key
 
     def _apply(self, chosen: list[OffloadKey]) -> list[tuple[OffloadKey, ChunkStatus]]:
         out = []

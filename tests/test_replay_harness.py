@@ -173,3 +173,25 @@ def test_poisson_arrivals_spread_sessions(replayer: Replayer) -> None:
     result = replayer.run_at("lru", 7, ArrivalParams(concurrency=3, arrival_rate=1e-3, seed=1))
     assert result["harmful_evictions"] == 0
     assert result["makespan_s"] > 100
+
+
+def test_a_step_that_only_preempted_is_no_stall(replayer: Replayer, monkeypatch) -> None:
+    """vLLM admits no waiting request in a step where it preempted one, so such a step schedules
+    nothing while the freed blocks serve the next step (the host tier's ReplayStuck: a request
+    holding its loaded blocks, a preempted one queued, nothing in flight). The driver steps again
+    at the same time: the run is the one without that step, where it used to raise ReplayStuck."""
+    from cachewise.replay.engine import StepResult, VllmEngine
+
+    expected = replayer.run_at("lru", 7, ARRIVALS)
+    real_step = VllmEngine.step
+    injected = []
+
+    def step(self: VllmEngine, kv_connector_output=None) -> StepResult:
+        if not injected:  # the first step: vLLM preempted and scheduled nothing
+            injected.append(True)
+            return StepResult(preempted=True)
+        return real_step(self, kv_connector_output)
+
+    monkeypatch.setattr(VllmEngine, "step", step)
+    result = replayer.run_at("lru", 7, ARRIVALS)
+    assert injected and result["jct_s_mean"] == expected["jct_s_mean"] and result["evictions"] == expected["evictions"]

@@ -111,6 +111,8 @@ def test_transfer_worker_timing_rules() -> None:
     out = w.poll(5.0)
     assert out.finished_recving == {"b"} and set(out.kv_connector_worker_meta.completed_jobs) == {2, 3}
     assert w.summary()["host_bytes_loaded"] == 2e9 and w.summary()["host_bytes_stored"] == 2e9
+    # the requests waited for their loads from submission to completion, b behind a on the link: 2.5 + 5.0
+    assert w.summary()["host_load_wait_s"] == pytest.approx(7.5)
     assert set(TransferWorker.empty_summary()) == set(w.summary())
 
 

@@ -1,8 +1,9 @@
 """CacheWise's CPU-tier cache policy (runtime/cpu_policy.py) driven by vLLM's real CPUOffloadingManager.
 
 Order: ended/unknown sessions first, then idle sessions by predicted return (farthest first),
-live sessions last, vLLM's LRU order within a session and as the fallback (no view, no
-forecast, error: counted). Property: over random store/load/finish sequences the manager's
+live sessions last; within an idle session its stale chunks, then its latest prefix deepest
+first; vLLM's LRU order within a live session and as the fallback (no view, no forecast,
+error: counted). Property: over random store/load/finish sequences the manager's
 invariants hold (pinned and protected chunks are never evicted; an eviction fails only when
 vLLM's LRU would fail too) and, without forecasts, victims are exactly vLLM's LRU victims.
 """
@@ -272,3 +273,41 @@ def test_a_forgotten_sessions_chunks_stay_cached_unowned_and_go_first() -> None:
     assert policy.owner_of(key(ord("a"))) is None and key(ord("a")) in view.host.keys(policy.tier, "")  # ... its chunk is unowned
     session_call(view, clock, "c", "new", None)
     assert store(m, "c", [1, 2]) == [key(ord("a"))]
+
+
+def test_an_idle_sessions_chain_goes_deepest_first_and_its_stale_chunks_before_it() -> None:
+    """vLLM's connector re-ranks only the chunks a request loads or stores: a request that found its
+    head (chunks 1-3) on the GPU and loaded 4-6 from the host leaves the head's host copies with the
+    oldest rank. vLLM's LRU order would evict 1-3 first and the rest of the chain could no longer be
+    loaded (the connector loads from the first block the GPU lacks); CacheWise evicts the session's
+    stale chunk (90: no thread holds it now) first, then its prefix tail first."""
+    m, policy, view, clock = setup(10)
+    chain = list(range(1, 9))
+    hashes = tuple(i.to_bytes(8, "big") for i in chain)
+    session_call(view, clock, "r1", "s", flat(500.0))
+    store(m, "r1", [1, 2, 3, 4, 5, 6, 90])
+    view.on_finished("r1", 7 * 16, hashes[:6] + (int(90).to_bytes(8, "big"),), clock.now)
+    clock.now = 1.0
+    session_call(view, clock, "r2", "s", flat(500.0))
+    ctx = ReqContext(req_id="r2")
+    m.prepare_load([key(4), key(5), key(6)], ctx)  # 1-3 were on the GPU: the connector loads 4-6 only
+    m.complete_load([key(4), key(5), key(6)], ctx)
+    out = m.prepare_store([key(7), key(8)], ctx)
+    m.complete_store(out.keys_to_store, ctx)
+    m.on_request_finished(ctx)
+    view.on_finished("r2", 8 * 16, hashes, clock.now)  # its thread's latest prefix: 1-8
+    lru = CPUOffloadingManager(num_chunks=10, cache_policy="lru")
+    for rid, keys, loaded in (("r1", [1, 2, 3, 4, 5, 6, 90], []), ("r2", [7, 8], [4, 5, 6])):
+        c = ReqContext(req_id=rid)
+        if loaded:
+            lru.prepare_load([key(k) for k in loaded], c)
+            lru.complete_load([key(k) for k in loaded], c)
+        o = lru.prepare_store([key(k) for k in keys], c)
+        lru.complete_store(o.keys_to_store, c)
+        lru.on_request_finished(c)
+    clock.now = 2.0
+    session_call(view, clock, "x", "other", None)
+    offer = [key(k) for k in (20, 21, 22, 23, 24)]  # 9 of 10 chunks held: 4 go
+    assert lru.prepare_store(offer, ReqContext(req_id="x")).evicted_keys == [key(90), key(3), key(2), key(1)]  # the head
+    assert m.prepare_store(offer, ReqContext(req_id="x")).evicted_keys == [key(90), key(8), key(7), key(6)]
+    assert policy.stats.predicted_evictions == 4
