@@ -136,7 +136,8 @@ def _setup_lines(config: ReplayConfig, workload: Workload, engine: EngineParams,
             f"Engine: vLLM v1 `{config.scheduler_cls or 'Scheduler'}` + `KVCacheManager` (real code, CPU, no GPU),"
             f" block = {engine.block_size}"
             f" replay tokens; token_scale {config.workload.token_scale} (one replay token = that many trace"
-            f" tokens); at most {engine.max_num_batched_tokens} replay tokens per step."
+            f" tokens); at most {engine.max_num_batched_tokens} replay tokens per step (a step stands for"
+            f" {config.workload.token_scale} real steps of at most {engine.max_num_batched_tokens} trace tokens)."
         ),
         f"Step times: cost model `{config.model_shape}` from `{config.cost_coefficients}`.",
         (

@@ -2,9 +2,10 @@
 
 Every key has a default here, so a missing section or key falls back to it; an unknown
 key, or a value of the wrong type, raises :class:`ReplayConfigError` naming it (a typo must
-not silently change a benchmark). ``engine.max_num_batched_tokens`` is in *trace* tokens (the
-engine sees it divided by ``workload.token_scale``); ``engine.block_size`` is in *replay*
-tokens, so a block stands for ``block_size x token_scale`` trace tokens (256 by default; the
+not silently change a benchmark). ``engine.max_num_batched_tokens`` is one real step's budget in
+*trace* tokens; a replay step stands for ``workload.token_scale`` real steps (one replay token
+per decoding request), so the engine takes the same number as its budget in *replay* tokens
+(:mod:`cachewise.replay.costmodel`); ``engine.block_size`` is in *replay* tokens, so a block stands for ``block_size x token_scale`` trace tokens (256 by default; the
 benchmark ``tests/benchmarks/bench_replay.py --block-check`` compares against token_scale 1).
 ``residency`` holds the residency controller's settings
 (:class:`~cachewise.runtime.config.ResidencySettings`, the served ``cachewise.residency``) but
@@ -47,11 +48,10 @@ class EngineSettings:
     max_num_batched_tokens: int = 8192
 
     def for_scale(self, token_scale: int) -> EngineParams:
-        """The engine parameters in replay tokens."""
+        """The engine parameters in replay tokens: a replay step stands for ``token_scale`` real
+        steps, so its budget of ``max_num_batched_tokens`` replay tokens is theirs in trace tokens."""
         return EngineParams(
-            block_size=self.block_size,
-            max_num_seqs=self.max_num_seqs,
-            max_num_batched_tokens=max(self.block_size, self.max_num_batched_tokens // token_scale),
+            block_size=self.block_size, max_num_seqs=self.max_num_seqs, max_num_batched_tokens=self.max_num_batched_tokens
         )
 
 

@@ -11,6 +11,23 @@ caller), per model shape::
 A step that mixes prefill chunks and decodes (vLLM's chunked prefill) costs the sum of
 each chunk's prefill time plus one decode step of the decoding requests.
 
+Scaled replay (``token_scale`` s > 1): one replay token stands for s trace tokens, so one
+replay step, in which every decoding request gains one replay token, stands for s real
+engine steps, and its token budget is s real steps' budget (the engine's
+``max_num_batched_tokens`` in replay tokens equals the real step's in trace tokens,
+:meth:`cachewise.replay.config.EngineSettings.for_scale`). Such a step costs s decode steps
+plus each prefill chunk as the real steps would have computed it: split into
+``ceil(new x s / step_tokens)`` real chunks, each paying ``a0`` (the ``a_ctx`` term is exact
+under any split: the chunks' ``new x (ctx + new / 2)`` sum to the whole chunk's). A request
+whose prefill completes in the step samples one replay token, s trace tokens: the first from
+its prefill, the other s - 1 from real decode steps it joins, so the step also costs s - 1
+times what those requests add to the decode step. So decodes and prefills progress at their
+real rates per simulated second, and a call of O output trace tokens costs the O - 1 decode
+steps it does at token_scale 1 (on average: the output ends at a scaled position). At s = 1
+a chunk never exceeds one step's budget, s - 1 = 0, and the step costs what the formulas
+above say. (Approximations: the context grows by at most s tokens within the s steps; a
+prefill that needs k > 1 real chunks delays its request's decodes by k - 1 steps, not charged.)
+
 Invariant: every time is finite and >= 0 for non-negative inputs (coefficients are
 checked non-negative on load).
 """
@@ -54,18 +71,31 @@ class CostModel:
             return 0.0
         return self.b0 + self.b_seq * batch + self.b_ctx * total_context_tokens
 
-    def step_time(self, prefill: list[tuple[int, int]], decode_ctx: list[int], token_scale: int = 1) -> float:
-        """Seconds of one engine step, from replay-token counts.
+    def step_time(
+        self,
+        prefill: list[tuple[int, int]],
+        decode_ctx: list[int],
+        token_scale: int,
+        step_tokens: int,
+        sampled_after_prefill_ctx: list[int],
+    ) -> float:
+        """Seconds of one replay step (``token_scale`` real engine steps), from replay-token counts.
 
         ``prefill``: ``(new, context)`` per prefilling request; ``decode_ctx``: context of each
-        decoding request. One replay token stands for ``token_scale`` trace tokens, so a
-        decode step stands for ``token_scale`` real decode steps.
+        decoding request; ``step_tokens``: a real step's token budget in trace tokens;
+        ``sampled_after_prefill_ctx``: context, after the step, of each request whose prefill
+        completed in it. See the module doc. O(requests in the step).
         """
         s = token_scale
-        seconds = sum(self.prefill_time(n * s, ctx * s) for n, ctx in prefill)
-        if decode_ctx:
-            seconds += s * self.decode_step(len(decode_ctx), s * sum(decode_ctx))
-        return seconds
+        seconds = 0.0
+        for n, ctx in prefill:
+            real_chunks = max(1, math.ceil(n * s / step_tokens))
+            seconds += self.prefill_time(n * s, ctx * s) + (real_chunks - 1) * self.a0
+        decoding = self.decode_step(len(decode_ctx), s * sum(decode_ctx))
+        joined = self.decode_step(
+            len(decode_ctx) + len(sampled_after_prefill_ctx), s * (sum(decode_ctx) + sum(sampled_after_prefill_ctx))
+        )
+        return seconds + s * decoding + (s - 1) * (joined - decoding)
 
 
 def load_cost_model(path: str | Path, shape: str) -> CostModel:

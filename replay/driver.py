@@ -5,8 +5,9 @@ most ``concurrency`` run at once, and with an ``arrival_rate`` a session also wa
 its Poisson arrival time. A call is sent once every call it depends on (see
 :mod:`cachewise.replay.workload`) has finished in the replay and its recorded
 delay has passed. Each engine step advances the clock by the cost model's time for the
-batch that vLLM scheduled; a call finishes at the end of the step that sampled its last
-token. When the engine has nothing to do, the clock jumps to the next release.
+batch that vLLM scheduled (at ``token_scale`` s: of the s real steps it stands for); a call
+finishes at the end of the step that sampled its last token. When the engine has nothing to
+do, the clock jumps to the next release.
 
 ``client_hints``: whether requests carry the client's session id and hint
 (:meth:`Workload.hint`); without, only what a server sees by itself
@@ -170,7 +171,13 @@ class ClosedLoopDriver:
                 )
             self.clock.now = max(begin, min(upcoming))
             return 0
-        dt = self.cost.step_time(step.prefill, step.decode_ctx, self.w.params.token_scale)
+        dt = self.cost.step_time(
+            step.prefill,
+            step.decode_ctx,
+            self.w.params.token_scale,
+            self.engine.params.max_num_batched_tokens,
+            step.sampled_after_prefill_ctx,
+        )
         self.clock.now = begin + dt
         self.metrics.on_step(sum(n for n, _ in step.prefill), step.prefilled_blocks, dt, cpu)
         self.metrics.on_kv_events(*self.engine.events.take())

@@ -71,7 +71,11 @@ VOCAB_SIZE = LLAMA_CONFIG["vocab_size"]
 
 @dataclass(frozen=True)
 class EngineParams:
-    """Scheduler shape in replay tokens (from ``replay.engine`` of params.yaml, scaled)."""
+    """Scheduler shape in replay tokens (from ``replay.engine`` of params.yaml).
+
+    ``max_num_batched_tokens``: replay tokens per replay step, which is also the trace tokens of
+    one real step (a replay step stands for ``token_scale`` real ones, :mod:`cachewise.replay.costmodel`).
+    """
 
     block_size: int = 16
     max_num_seqs: int = 256
@@ -132,14 +136,17 @@ class StepResult:
     ``prefill``: ``(new_tokens, context_tokens)`` per request computing prompt (or
     recomputing preempted) tokens; ``prefilled_blocks``: external hashes of the full blocks
     whose last token was prefilled in this step; ``decode_ctx``: context length of each
-    decoding request; ``finished``: requests that completed in this step; ``preempted``:
-    vLLM preempted requests in this step (it then admits no waiting request in the same step,
-    so a step can be idle with the freed blocks usable only in the next one).
+    decoding request; ``sampled_after_prefill_ctx``: context length, after the step, of each
+    request whose prefill completed in this step (it sampled a token); ``finished``: requests
+    that completed in this step; ``preempted``: vLLM preempted requests in this step (it then
+    admits no waiting request in the same step, so a step can be idle with the freed blocks
+    usable only in the next one).
     """
 
     prefill: list[tuple[int, int]] = field(default_factory=list)
     prefilled_blocks: list = field(default_factory=list)
     decode_ctx: list[int] = field(default_factory=list)
+    sampled_after_prefill_ctx: list[int] = field(default_factory=list)
     finished: list[Request] = field(default_factory=list)
     kv_connector_metadata: Any = None  # the step's jobs for a host tier's worker (None: no connector)
     preempted: bool = False  # vLLM preempted requests in this step (``SchedulerOutput.preempted_req_ids``)
@@ -250,6 +257,8 @@ class VllmEngine:
                 bs = self.params.block_size
                 done = request.block_hashes[before // bs : (before + n) // bs]
                 result.prefilled_blocks.extend(maybe_convert_block_hash(h) for h in done)
+                if not request.is_prefill_chunk:
+                    result.sampled_after_prefill_ctx.append(before + n)
             if request.is_prefill_chunk:
                 sampled.append([])
             else:  # an internal request (a prefetch, cachewise.runtime.prefetch) has no planned output: token 0

@@ -26,7 +26,7 @@ def test_section_then_flags(tmp_path) -> None:
     assert (config.workload.token_scale, config.workload.max_gap_s) == (2, 30)
     assert config.sweep.capacity_fracs == (0.2, 0.4)
     assert config.policies == ("lru", "recorded_gap") and config.model == "models/cachewise-reuse"
-    assert config.engine.for_scale(2).max_num_batched_tokens == 4096
+    assert config.engine.for_scale(2).max_num_batched_tokens == 8192  # replay tokens per step of 2 real ones
 
 
 @pytest.mark.parametrize(

@@ -25,9 +25,25 @@ def test_formulas(model: CostModel) -> None:
 
 
 def test_step_time_sums_chunks_and_scales_tokens(model: CostModel) -> None:
-    step = model.step_time([(10, 0), (5, 20)], [100, 300], token_scale=4)
+    step = model.step_time([(10, 0), (5, 20)], [100, 300], 4, 64, [])
     expected = model.prefill_time(40, 0) + model.prefill_time(20, 80) + 4 * model.decode_step(2, 1600)
     assert step == pytest.approx(expected)
+
+
+def test_scaled_step_costs_the_real_steps_it_stands_for(model: CostModel) -> None:
+    """At token_scale 4 with a real budget of 16 tokens, a 10-replay-token chunk is 40 trace tokens: 3 real
+    chunks (3 x a0, the context term as one chunk's); the request it completes samples 4 trace tokens, 3
+    of them in decode steps it joins beside the 2 decoding requests."""
+    step = model.step_time([(10, 20)], [100, 300], 4, 16, [30])
+    prefill = model.prefill_time(40, 80) + 2 * model.a0
+    decode = 4 * model.decode_step(2, 1600) + 3 * (model.decode_step(3, 4 * 430) - model.decode_step(2, 1600))
+    assert step == pytest.approx(prefill + decode)
+    by_hand = 3 * 0.01 + 1e-4 * 40 + 1e-8 * 40 * 100 + 4 * (0.02 + 2e-3 + 1.6e-3) + 3 * (1e-3 + 4 * 30 * 1e-6)
+    assert step == pytest.approx(by_hand)
+    # token_scale 1: the formulas as they stand (one chunk, nothing joins)
+    assert model.step_time([(10, 20)], [100, 300], 1, 16, [30]) == pytest.approx(
+        model.prefill_time(10, 20) + model.decode_step(2, 400)
+    )
 
 
 def test_shipped_coefficients_load() -> None:
