@@ -31,7 +31,7 @@ from cachewise.runtime.policy import ManualClock
 from cachewise.runtime.prefetch import PREFIX, Prefetcher
 from cachewise.runtime.scheduler import ResidencyScheduler
 from cachewise.runtime.sessions import FORECAST_LEVELS, Forecast, SessionView
-from tests.test_runtime_residency_scheduler import UNGUARDED, Forecaster
+from tests.residency_doubles import UNGUARDED, Forecaster
 
 pytestmark = pytest.mark.vllm
 

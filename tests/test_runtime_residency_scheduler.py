@@ -9,38 +9,19 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cachewise.runtime.block_pool import ScoredBlockPool
-from cachewise.runtime.config import GuardConfig, PoolConfig, ResidencySettings
+from cachewise.runtime.config import PoolConfig, ResidencySettings
 from cachewise.runtime.cpu_engine import export_tiny_model, make_request, make_scheduler, make_vllm_config, step
 from cachewise.runtime.eviction_order import EvictionOrder
 from cachewise.runtime.hooks import use_policy
 from cachewise.runtime.plugin import register
-from cachewise.runtime.policy import ManualClock, ReusePrediction
+from cachewise.runtime.policy import ManualClock
 from cachewise.runtime.scheduler import ResidencyAsyncScheduler, ResidencyScheduler
-from cachewise.runtime.sessions import Forecast, SessionView
+from cachewise.runtime.sessions import Forecast
+from tests.residency_doubles import FAR, NEAR, UNGUARDED, Forecaster
 
 pytestmark = pytest.mark.vllm
 
 BLOCK = 16
-NEAR = Forecast.from_samples([1.0, 2.0])
-FAR = Forecast.from_samples([5000.0, 6000.0])
-
-
-class Forecaster:
-    """A predictor that reports a fixed forecast per session (by the request's session id)."""
-
-    def __init__(self, forecasts: dict[str, Forecast], default: Forecast = NEAR) -> None:
-        self.forecasts = forecasts
-        self.default = default
-        self.sessions: SessionView | None = None
-
-    def on_request_finished(self, request, now: float) -> ReusePrediction:
-        forecast = self.forecasts.get(request.session_id or "", self.default)
-        if self.sessions is not None:
-            self.sessions.on_forecast(request.request_id, request.session_id, request.session_id, forecast)
-        return ReusePrediction(now + forecast.median, now + 1e6)
-
-
-UNGUARDED = PoolConfig(guard=GuardConfig(enabled=False))
 
 
 def _scheduler(
