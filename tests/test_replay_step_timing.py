@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cachewise.data.schema import COLUMNS, validate
+from cachewise.data.schema import validate
 from cachewise.replay.costmodel import load_cost_model
 from cachewise.replay.driver import ArrivalParams, ClosedLoopDriver
 from cachewise.replay.engine import EngineParams, VllmEngine
@@ -33,6 +33,7 @@ from cachewise.replay.policies import IdleStats, PolicyContext
 from cachewise.replay.runner import Replayer
 from cachewise.replay.workload import WorkloadParams, build_workload
 from cachewise.runtime.policy import ManualClock
+from tests.event_rows import frame, row
 
 pytestmark = pytest.mark.vllm
 
@@ -42,31 +43,9 @@ COSTS = {"prefill": {"a0": 1e-3, "a_tok": 1e-4, "a_ctx": 1e-9}, "decode": {"b0":
 
 
 def _events() -> pd.DataFrame:
-    rows = [
-        {
-            "source": "synthetic",
-            "src_file": "hand.jsonl",
-            "task_id": f"task-{s}",
-            "session_id": s,
-            "thread_id": s,
-            "is_sidechain": False,
-            "call_index": 0,
-            "model": "hand-model",
-            "time_basis": "synthetic",
-            "request_time": 0.0,
-            "response_time": 1.0,
-            "prompt_tokens": prompt,
-            "cached_tokens": None,
-            "output_tokens": output,
-            "hash_ids": None,
-            "tool_calls": [],
-            "ended_turn": True,
-        }
-        for s, (prompt, output) in SESSIONS.items()
-    ]
-    frame = pd.DataFrame(rows)[COLUMNS]
-    validate(frame)
-    return frame
+    events = frame([row(s, 0, 0.0, 1.0, prompt, output) for s, (prompt, output) in SESSIONS.items()])
+    validate(events)
+    return events
 
 
 def _session_ends(tmp_path, token_scale: int) -> dict[str, float]:

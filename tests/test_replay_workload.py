@@ -3,44 +3,16 @@
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cachewise.data.schema import COLUMNS, SchemaError
+from cachewise.data.schema import SchemaError
 from cachewise.replay.tokens import TokenSynth
 from cachewise.replay.workload import WorkloadParams, build_workload
+from tests.event_rows import frame, row
 
 VOCAB = 128256
-
-
-def row(session: str, k: int, t0: float, t1: float, prompt: int, output: int, **extra) -> dict:
-    base = {
-        "source": "synthetic",
-        "src_file": "x.jsonl",
-        "task_id": f"task-{session}",
-        "session_id": session,
-        "thread_id": session,
-        "is_sidechain": False,
-        "call_index": k,
-        "model": "m1",
-        "time_basis": "synthetic",
-        "request_time": t0,
-        "response_time": t1,
-        "prompt_tokens": prompt,
-        "cached_tokens": None,
-        "output_tokens": output,
-        "hash_ids": None,
-        "tool_calls": [],
-        "ended_turn": True,
-    }
-    base.update(extra)
-    return base
-
-
-def frame(rows: list[dict]) -> pd.DataFrame:
-    return pd.DataFrame(rows)[COLUMNS]
 
 
 def replay_tokens(workload, synth):
