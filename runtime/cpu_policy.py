@@ -235,7 +235,7 @@ class CacheWiseCachePolicy(LRUCachePolicy):
         """``n`` victims in the module's order (fewer if not enough); None: no forecast to go by."""
         now = self.clock()
         host = view.host
-        evictable, ranks = self._evictable, self._ranks
+        evictable = self._evictable
         order: list[tuple[float, bool, int, str]] = []
         informed = False
         for i, (session, _) in enumerate(host.groups(self.tier)):
@@ -269,7 +269,7 @@ class CacheWiseCachePolicy(LRUCachePolicy):
 
         def key(k: OffloadKey) -> tuple:
             d = depth.get(get_offload_block_hash(k))
-            return (0, ranks[k]) if d is None else (1, (-d, 0))
+            return (0, ranks[k]) if d is None else (1, -d)
 
         return key
 
