@@ -35,7 +35,10 @@ Rule, evaluated once per scheduler step (:meth:`ResidencyController.plan`):
    or that was held in ``max_passes`` steps, goes first and is admitted even if it does
    not fit (vLLM's own KV admission still applies). When no resident session has a live
    request, the head is admitted even if it does not fit (the engine never idles on the
-   controller). Both are counted as *forced* admissions.
+   controller). Both are counted as *forced* admissions. The bound is checked once per
+   scheduler step: a session is forced at the first step that starts at or after
+   ``max_wait_s``, so its wait can pass the bound by up to one step (the replay once measured
+   1,801 s against 1,800 s), and by more only where vLLM's own KV admission holds it back.
 
 5. The guard's verdict (:attr:`SessionView.trusted <cachewise.runtime.sessions.SessionView.trusted>`:
    the GPU pool's online guard, :mod:`cachewise.runtime.guard`, serves the learned order):
