@@ -323,17 +323,19 @@ class ResidencyController:
     ) -> list[float]:
         """``D_j(r)`` of the module doc at each remaining gap ``r`` in ``points``: what j pays if it is back
         ``r`` s after a demotion that makes room for ``incoming`` blocks, its readmission wait ``Q`` plus its
-        recompute, which stalls the ``running`` requests batched with it. O(len(points))."""
+        recompute, which stalls the ``running`` requests batched with it; 0 beyond the horizon ``H``
+        (no return within it is charged). O(len(points))."""
+        h = self.settings.horizon_s
         ahead = None if self.demoted_ahead is None else self.demoted_ahead - incoming
         if ahead is None:  # no pool reader: every return recomputes the whole working set
             whole = self._recompute(int(blocks * self.block_tokens))
             lost = [whole] * len(points)
-        elif self.eviction_rate * self.settings.horizon_s <= ahead:
+        elif self.eviction_rate * h <= ahead:
             lost = [0.0] * len(points)  # nothing of j's is evicted within the horizon
         else:
-            lost = [self.lost_s(blocks, r, ahead) for r in points]
+            lost = [self.lost_s(blocks, r, ahead) if r <= h else 0.0 for r in points]
         q = self.queueing_delay_s
-        return [q + (1 + running) * x for x in lost]
+        return [q + (1 + running) * x if r <= h else 0.0 for r, x in zip(points, lost)]
 
     def keep_and_drop(
         self, state: SessionState, blocks: float, now: float, running: int, incoming: float = 0.0
