@@ -115,19 +115,20 @@ back after ``τ``. So demoting now costs, against deferring by ``τ``,
     E[1{R_j <= τ} D_j(R_j)] - E[min(R_j, τ)]    = drop_j(τ) - keep_j(τ)
 
 and demoting now is the better choice iff no deferral is better: ``keep_j(τ) > drop_j(τ)`` for
-*every* ``τ`` in ``(0, H]``. ``τ = H`` alone is the rule of session 7 (``E[min(R, H)]``
+*every* deferral ``τ <= H``. ``τ = H`` alone is the rule of session 7 (``E[min(R, H)]``
 against ``E[1{R <= H} D]``), which a forecast's tail decides: a session back in 1-3 s with
-probability 0.5 and gone for good otherwise keeps ``E[min(R, H)] ≈ H / 2`` -- any recompute
-under ``H / 2`` "paid" -- though waiting 3 s would have saved half of the recomputes at the cost
-of 2 s of one session's wait (measured at 50% capacity, session 7: the keep term's median was
-25 s for a median remaining gap of 3.4 s; 91% of the demoted sessions came back, half within
-1.3 s, and recomputed). Taking the least ``keep - drop`` over ``τ`` uses the forecast's CDF
+probability 0.5 and gone for good otherwise has ``E[min(R, H)] ≈ H / 2`` against ``D / 2`` --
+any return cost ``D`` under ``H`` "paid" -- though waiting 3 s would have saved ``D`` half of
+the time at the cost of at most 3 s of one session's wait (measured at 50% capacity, session 7:
+the keep term's median was 25 s for a median remaining gap of 3.4 s; 91% of the demoted
+sessions came back, half within 1.3 s, and recomputed). Taking the least ``keep - drop`` over ``τ`` uses the forecast's CDF
 ``P(R <= τ)`` where it is steep: a session likely back soon is kept while that is likely;
 once the short gaps have passed without a return, the conditioned forecast is the tail and the
 same rule demotes it. The expectations are means over :data:`RETURN_POINTS` equal-mass
 points of ``R_j`` (:meth:`~cachewise.runtime.sessions.Forecast.remaining_points`; one point per
-5% of probability, the stored forecast's resolution); between points ``keep - drop`` only
-grows, so the least is at a point ``<= H`` or at ``H`` (:func:`deferral_keep_and_drop`). The
+5% of probability, the stored forecast's resolution), and the deferrals ``τ`` are those points
+``<= H`` and ``H``: between two points ``keep - drop`` only grows (deferrals shorter than the
+first point, the forecast's first 5%, are below its resolution) (:func:`deferral_keep_and_drop`). The
 demotion's score ``keep_j(τ*) - drop_j(τ*)`` at the least ``τ*`` ranks candidates; a
 session that has ended (``R = inf``) scores ``H``, the most.
 
@@ -229,10 +230,9 @@ def prefill_seconds(settings: ResidencySettings, tokens: int) -> float:
 
 def deferral_keep_and_drop(points: list[float], costs: list[float], horizon: float) -> tuple[float, float]:
     """``(keep(τ*), drop(τ*))`` with ``keep(τ) = E[min(R, τ)]``, ``drop(τ) = E[1{R <= τ} D(R)]`` and ``τ*``
-    the ``τ`` in ``(0, horizon]`` minimising ``keep(τ) - drop(τ)`` (module doc, "Deferring"), for a
-    remaining gap ``R`` given as equal-mass ``points`` (non-decreasing) with costs ``D`` at them.
-    Between points ``keep - drop`` only grows, so the minimum is at a point ``<= horizon`` or at
-    ``horizon``. O(len(points))."""
+    the deferral minimising ``keep(τ) - drop(τ)`` among the points ``<= horizon`` and ``horizon``
+    (module doc, "Deferring"), for a remaining gap ``R`` given as equal-mass ``points``
+    (non-decreasing) with costs ``D`` at them. O(len(points))."""
     k = len(points)
     below = cost = 0.0  # Σ r and Σ D(r) over the points passed
     best = (math.inf, 0.0, 0.0)  # (keep - drop, keep, drop)
@@ -341,7 +341,7 @@ class ResidencyController:
         self, state: SessionState, blocks: float, now: float, running: int, incoming: float = 0.0
     ) -> tuple[float, float]:
         """``(keep_j(τ*), drop_j(τ*))`` of the module doc for idle session ``state`` holding ``blocks``:
-        the deferral ``τ*`` in ``(0, H]`` that argues most for keeping j; j's demotion pays iff
+        the deferral ``τ*`` (a point of the forecast ``<= H``, or ``H``) that argues most for keeping j; j's demotion pays iff
         ``keep > drop``. Priced under the pressure last read by :meth:`observe_pressure` (none read:
         every return recomputes all), for an admission that allocates ``incoming`` blocks at once
         (``N``: they are taken ahead of the fluid rate, the demoted blocks first). O(RETURN_POINTS)."""
