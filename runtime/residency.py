@@ -96,19 +96,44 @@ Rule, evaluated once per scheduler step (:meth:`ResidencyController.plan`):
 
 Cost trade-off for demoting an idle resident session ``j`` with ``W_j`` blocks, idle ``e``
 seconds, return forecast ``F_j`` (quantiles of its gap, read as a piecewise-linear quantile
-function; remaining gap ``R_j`` = the gap minus ``e`` given it exceeds ``e``, see
-:meth:`~cachewise.runtime.sessions.Forecast.expected_hold`; no forecast:
-``overdue_remaining(e)``, the one overdue rule of :mod:`cachewise.scoring.overdue`), while a
-session waits:
+function; remaining gap ``R_j`` = the gap minus ``e`` given it exceeds ``e``; no forecast:
+``R_j = overdue_remaining(e)``, the one overdue rule of :mod:`cachewise.scoring.overdue`), while a
+session waits for room. Demoting j now admits the waiting session now; if j is back while
+demoted, ``R_j <= H``, j pays
 
-    keep_j = E[min(R_j, H)]                 # seconds the waiting head is held by j's room
-    drop_j = P(R_j <= H) * Q  +  (1 + n_run) * E[1{R_j <= H} * lost_j(R_j)]
+    D_j(r) = Q + (1 + n_run) * lost_j(r)    # its readmission wait, its recompute (stalling the batch)
     lost_j(r) = c(W_j) - c(W_j - m_j(r)),   m_j(r) = min(max(eps * r + N - A, 0), W_j)
-    demote j  iff  keep_j > drop_j
 
 with ``H = horizon_s`` and ``c(n tokens) = a0 + a_tok n + a_ctx n^2 / 2`` the measured prefill
 cost model (no cached context; blocks count ``block_tokens`` tokens each). ``n_run`` is the
 number of requests running now (a recompute stalls j and every request batched with it).
+
+*Deferring* (the decision rule). Keeping j is not a decision for its whole idle time: the
+rule runs again at every step, and j can be demoted later, ``τ`` seconds from now, if it is still
+idle then. Compare demoting now with keeping j for ``τ`` and demoting it then. Keeping holds
+the waiting session out of j's room until j is back or ``τ`` has passed, ``min(R_j, τ)`` seconds
+(once j is back its room is in use by j either way); in return, j pays ``D_j`` only if it is
+back after ``τ``. So demoting now costs, against deferring by ``τ``,
+
+    E[1{R_j <= τ} D_j(R_j)] - E[min(R_j, τ)]    = drop_j(τ) - keep_j(τ)
+
+and demoting now is the better choice iff no deferral is better: ``keep_j(τ) > drop_j(τ)`` for
+*every* deferral ``τ <= H``. ``τ = H`` alone is the rule of session 7 (``E[min(R, H)]``
+against ``E[1{R <= H} D]``), which a forecast's tail decides: a session back in 1-3 s with
+probability 0.5 and gone for good otherwise has ``E[min(R, H)] ≈ H / 2`` against ``D / 2`` --
+any return cost ``D`` under ``H`` "paid" -- though waiting 3 s would have saved ``D`` half of
+the time at the cost of at most 3 s of one session's wait (measured at 50% capacity, session 7:
+the keep term's median was 25 s for a median remaining gap of 3.4 s; 91% of the demoted
+sessions came back, half within 1.3 s, and recomputed). Taking the least ``keep - drop`` over ``τ`` uses the forecast's CDF
+``P(R <= τ)`` where it is steep: a session likely back soon is kept while that is likely;
+once the short gaps have passed without a return, the conditioned forecast is the tail and the
+same rule demotes it. The expectations are means over :data:`RETURN_POINTS` equal-mass
+points of ``R_j`` (:meth:`~cachewise.runtime.sessions.Forecast.remaining_points`; one point per
+5% of probability, the stored forecast's resolution), and the deferrals ``τ`` are those points
+``<= H`` and ``H``: between two points ``keep - drop`` only grows (deferrals shorter than the
+first point, the forecast's first 5%, are below its resolution) (:func:`deferral_keep_and_drop`). The
+demotion's score ``keep_j(τ*) - drop_j(τ*)`` at the least ``τ*`` ranks candidates; a
+session that has ended (``R = inf``) scores ``H``, the most.
 
 *What a demotion loses.* Demoting j does not evict its blocks, it makes them the pool's first
 evicted (:meth:`ScoredBlockPool.demote <cachewise.runtime.block_pool.ScoredBlockPool.demote>`:
@@ -125,7 +150,8 @@ are evicted by then, so ``m_j(r)`` of j's blocks, its tail: recomputing a tail o
 behind a cached prefix of ``W - m`` costs ``c(W) - c(W - m)`` (exact under the cost model:
 ``a_tok m + a_ctx m (2W - m) / 2``, plus ``a0`` when nothing is left). So the eviction chance
 is the forecast's mass beyond ``(A - N) / eps`` (nil while the pool evicts nothing and ``N <= A``), and
-the whole recompute is charged only to returns later than ``(A - N + W_j) / eps``.
+the whole recompute is charged only to returns later than ``(A - N + W_j) / eps``
+(:meth:`ResidencyController.return_costs`).
 ``N`` is the admission the demotion makes room for: the working set of the waiting session it is
 for (rule 2: the session being admitted; rule 3: the FCFS head; 0 when restoring admits nobody).
 That session's prompt is allocated at once, in the steps after the demotion, from the free
@@ -134,9 +160,7 @@ for ``N`` blocks with only ``A < N`` demoted blocks ahead loses ``N - A`` of its
 the session returns (measured without ``N``, Claude Code held-out, C=32, 25% capacity, seed 0:
 the rule priced the median demotion's loss at 0.87 s while 210 of its 237 paying demotions
 came back, the run recomputed 6.3 M of its 7.8 M prefill tokens, and without the ``Q`` term
-below it demoted 830 sessions and recomputed 21 M; README "Session residency"). The
-expectation is the mean over :data:`RETURN_POINTS` equal-mass points of ``R_j``
-(:meth:`~cachewise.runtime.sessions.Forecast.remaining_points`). Without a pool reader (a
+below it demoted 830 sessions and recomputed 21 M; README "Session residency"). Without a pool reader (a
 pool that is not a ``ScoredBlockPool``: demotion reorders nothing) ``m_j = W_j``: every return
 recomputes the whole working set. The estimate errs toward keeping: ``A`` leaves out the
 blocks also evicted before j's (unhashed free blocks, expired predictions) and, for a step's
@@ -153,10 +177,10 @@ waits are left out: program-level FCFS puts a returning session ahead of every s
 started after it, so the waits of newly started sessions, which queue behind all of them,
 are not what a demoted session meets.
 
-Candidates are taken in decreasing ``keep_j - drop_j``. The whole distribution is used: a
-session predicted back in 2 s with a 10% chance of a 10-minute test run has a small ``keep``
-and, under pressure, a ``drop`` from that 10% only if the pool would have evicted its blocks
-in 2 s; one whose turn ended (the model predicts a long gap) has ``keep ≈ H`` and
+Candidates are taken in decreasing ``keep_j(τ*) - drop_j(τ*)``. The whole distribution is used: a
+session predicted back in 2 s with a 10% chance of a 10-minute test run is kept while its 2 s
+are likely (``τ`` of a few seconds: ``P(R <= τ) D_j`` against at most ``τ``), and demoted once
+they have passed; one whose turn ended (the model predicts a long gap) scores ``≈ H`` with
 ``P(back) ≈ 0``.
 
 Complexity per step: O(S (log S + RETURN_POINTS)) in the sessions known to the view plus
@@ -168,6 +192,7 @@ window dropped but the newest of them).
 from __future__ import annotations
 
 import logging
+import math
 from collections import deque
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
@@ -204,6 +229,26 @@ def prefill_seconds(settings: ResidencySettings, tokens: int) -> float:
     if tokens <= 0:
         return 0.0
     return settings.prefill_a0 + settings.prefill_a_tok * tokens + settings.prefill_a_ctx * tokens * tokens / 2
+
+
+def deferral_keep_and_drop(points: list[float], costs: list[float], horizon: float) -> tuple[float, float]:
+    """``(keep(τ*), drop(τ*))`` with ``keep(τ) = E[min(R, τ)]``, ``drop(τ) = E[1{R <= τ} D(R)]`` and ``τ*``
+    the deferral minimising ``keep(τ) - drop(τ)`` among the points ``<= horizon`` and ``horizon``
+    (module doc, "Deferring"), for a remaining gap ``R`` given as equal-mass ``points``
+    (non-decreasing) with costs ``D`` at them. O(len(points))."""
+    k = len(points)
+    below = cost = 0.0  # Σ r and Σ D(r) over the points passed
+    best = (math.inf, 0.0, 0.0)  # (keep - drop, keep, drop)
+    for i, r in enumerate(points):
+        if r > horizon:
+            break
+        below += r
+        cost += costs[i]
+        keep, drop = (below + r * (k - 1 - i)) / k, cost / k
+        best = min(best, (keep - drop, keep, drop))
+    keep = (below + horizon * sum(1 for r in points if r > horizon)) / k
+    best = min(best, (keep - cost / k, keep, cost / k))
+    return best[1], best[2]
 
 
 class ResidencyController:
@@ -276,35 +321,41 @@ class ResidencyController:
         tokens = int(blocks * self.block_tokens)
         return self._recompute(tokens) - self._recompute(tokens - int(lost * self.block_tokens))
 
+    def return_costs(
+        self, blocks: float, points: list[float], running: int, incoming: float = 0.0
+    ) -> list[float]:
+        """``D_j(r)`` of the module doc at each remaining gap ``r`` in ``points``: what j pays if it is back
+        ``r`` s after a demotion that makes room for ``incoming`` blocks, its readmission wait ``Q`` plus its
+        recompute, which stalls the ``running`` requests batched with it; 0 beyond the horizon ``H``
+        (no return within it is charged). O(len(points))."""
+        h = self.settings.horizon_s
+        ahead = None if self.demoted_ahead is None else self.demoted_ahead - incoming
+        if ahead is None:  # no pool reader: every return recomputes the whole working set
+            whole = self._recompute(int(blocks * self.block_tokens))
+            lost = [whole] * len(points)
+        elif self.eviction_rate * h <= ahead:
+            lost = [0.0] * len(points)  # nothing of j's is evicted within the horizon
+        else:
+            lost = [self.lost_s(blocks, r, ahead) if r <= h else 0.0 for r in points]
+        q = self.queueing_delay_s
+        return [q + (1 + running) * x if r <= h else 0.0 for r, x in zip(points, lost)]
+
     def keep_and_drop(
         self, state: SessionState, blocks: float, now: float, running: int, incoming: float = 0.0
     ) -> tuple[float, float]:
-        """``(keep_j, drop_j)`` of the module doc for idle session ``state`` holding ``blocks``, under
-        the pressure last read by :meth:`observe_pressure` (none read: every return recomputes all),
-        when the demotion makes room for an admission that allocates ``incoming`` blocks at once
-        (``N``: they are taken ahead of the fluid rate, the demoted blocks first)."""
+        """``(keep_j(τ*), drop_j(τ*))`` of the module doc for idle session ``state`` holding ``blocks``:
+        the deferral ``τ*`` (a point of the forecast ``<= H``, or ``H``) that argues most for keeping j; j's demotion pays iff
+        ``keep > drop``. Priced under the pressure last read by :meth:`observe_pressure` (none read:
+        every return recomputes all), for an admission that allocates ``incoming`` blocks at once
+        (``N``: they are taken ahead of the fluid rate, the demoted blocks first). O(RETURN_POINTS)."""
         assert state.idle_since is not None
         elapsed = now - state.idle_since
         forecast = state.forecast
-        h = self.settings.horizon_s
         if forecast is None:
-            rest = overdue_remaining(elapsed)
-            keep, p_back = min(rest, h), 1.0 if rest <= h else 0.0
-            points = [rest]
+            points = [overdue_remaining(elapsed)]
         else:
-            keep, p_back = forecast.expected_hold(elapsed, h), forecast.p_back_within(elapsed, h)
-            points = None
-        ahead = None if self.demoted_ahead is None else self.demoted_ahead - incoming
-        if ahead is None:  # no pool reader: every return recomputes the whole working set
-            lost = p_back * self._recompute(int(blocks * self.block_tokens))
-        elif self.eviction_rate * h <= ahead:
-            lost = 0.0  # nothing of j's is evicted within the horizon
-        else:
-            if points is None:
-                assert forecast is not None
-                points = forecast.remaining_points(elapsed, RETURN_POINTS)
-            lost = sum(self.lost_s(blocks, r, ahead) for r in points if r <= h) / len(points)
-        return keep, p_back * self.queueing_delay_s + (1 + running) * lost
+            points = forecast.remaining_points(elapsed, RETURN_POINTS)
+        return deferral_keep_and_drop(points, self.return_costs(blocks, points, running, incoming), self.settings.horizon_s)
 
     def plan(self, view: SessionView, now: float, running: int, loading: Collection[str] = ()) -> Plan:
         """Decide this step's admissions and demotions; updates the view's residency flags.

@@ -112,11 +112,13 @@ def test_blocks_ahead_shield_a_session_back_before_the_pool_reaches_it() -> None
     assert ctl.keep_and_drop(view.get("A"), 60, 0.5, running=0)[1] == 0.0
     pool.demoted = 0
     ctl.observe_pressure(view, 0.5)
-    _, drop = ctl.keep_and_drop(view.get("A"), 60, 0.5, running=0)
     points = NEAR.remaining_points(0.5, 20)
-    expected = sum(ctl.lost_s(60, r, 0.0) for r in points) / 20
-    assert 0.0 < drop == pytest.approx(expected)
-    assert drop < prefill_seconds(ctl.settings, 60 * BLOCK_TOKENS)  # a tail, not the whole set
+    costs = ctl.return_costs(60, points, running=0)
+    assert costs == pytest.approx([ctl.lost_s(60, r, 0.0) for r in points])  # Q = 0: no admission measured yet
+    assert 0.0 < costs[0] <= costs[-1] < prefill_seconds(ctl.settings, 60 * BLOCK_TOKENS)  # a tail, not the whole set
+    assert 0.0 < ctl.keep_and_drop(view.get("A"), 60, 0.5, running=0)[1] <= sum(costs) / 20
+    far = [1.0, 700.0, float("inf")]  # beyond the horizon (600 s) nothing is charged
+    assert ctl.return_costs(60, far, running=0)[1:] == [0.0, 0.0]
 
 
 def test_a_lost_tail_costs_its_prefill_behind_the_cached_prefix() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 
@@ -10,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cachewise.runtime.config import ConfigError, ResidencySettings
-from cachewise.runtime.residency import ResidencyController, prefill_seconds
+from cachewise.runtime.residency import ResidencyController, deferral_keep_and_drop, prefill_seconds
 from cachewise.runtime.sessions import Forecast, SessionView
 
 BLOCK = 16
@@ -146,21 +147,45 @@ def test_keeps_a_session_that_is_back_soon() -> None:
     assert plan.demoted == [] and plan.held == ["B"]
 
 
-def test_cost_rule_uses_the_distribution_not_only_the_median() -> None:
-    """Same median (2 s), one with a 10-minute tail: only the tail makes keeping costly."""
-    view, ctl = SessionView(BLOCK), _controller(1000)
-    tight = Forecast.from_samples([2.0] * 20)
-    tailed = Forecast.from_samples([2.0] * 18 + [600.0, 600.0])
-    assert tight.median == tailed.median
-    for name, forecast in (("tight", tight), ("tailed", tailed)):
-        _run_and_finish(view, name, name, 40, 0.0, forecast)
-    keep_tight, drop_tight = ctl.keep_and_drop(view.get("tight"), 40, 0.0, running=0)
-    keep_tailed, _ = ctl.keep_and_drop(view.get("tailed"), 40, 0.0, running=0)
-    assert keep_tailed > keep_tight
-    assert drop_tight == pytest.approx(prefill_seconds(ctl.settings, 40 * BLOCK_TOKENS))
-    # Once the short gaps have passed without a return, only the tail is left.
-    keep_late, _ = ctl.keep_and_drop(view.get("tailed"), 40, 10.0, running=0)
-    assert keep_late > 100
+def test_a_session_whose_median_is_near_is_kept_though_its_mean_is_far() -> None:
+    """Back in 1-3 s with probability 1/2, gone for good otherwise: the mean remaining gap is
+    infinite and ``E[min(R, H)] ≈ H / 2`` outweighs the recompute (the rule of ``τ = H`` alone
+    demotes it), but waiting 3 s saves the recompute half of the time for at most 3 s of the
+    waiting session's time: the session is kept. Once 10 s have passed without a return, only
+    the "gone" half is left, and the same rule demotes it for the waiting session."""
+    view, ctl = SessionView(BLOCK), _controller(200)
+    inf = float("inf")
+    forecast = Forecast(tuple(1.0 + 0.2 * i for i in range(11)) + (inf,) * 10)
+    assert forecast.median == 3.0 and forecast.quantile(0.6) == inf  # median near, mean far
+    _run_and_finish(view, "a", "A", 160, 0.0, forecast)  # 40,960 tokens: ~2 s to recompute
+    view.set_residency("A", True)
+    view.on_arrival("x", "X", "t", 10 * BLOCK, 0.0)
+    view.set_residency("X", True)
+    view.on_scheduled("x")
+    view.on_arrival("b", "B", "t", 50 * BLOCK, 0.0)
+    h = ctl.settings.horizon_s
+    points = forecast.remaining_points(0.5, 20)
+    costs = ctl.return_costs(160, points, running=8)
+    assert costs[0] == pytest.approx(9 * prefill_seconds(ctl.settings, 160 * BLOCK_TOKENS))  # no pool reader: all of it
+    keep_h = sum(min(r, h) for r in points) / 20
+    drop_h = sum(c for r, c in zip(points, costs) if r <= h) / 20
+    assert keep_h > drop_h  # the horizon's comparison alone would demote A
+    keep, drop = ctl.keep_and_drop(view.get("A"), 160, 0.5, running=8)
+    assert keep < drop and keep < 3.0  # a deferral of a few seconds is better
+    plan = ctl.plan(view, 0.5, running=8)
+    assert plan.demoted == [] and plan.held == ["B"] and view.get("A").resident
+    plan = ctl.plan(view, 10.0, running=8)  # the near half has passed
+    assert plan.demoted == ["A"] and "B" in plan.admitted
+
+
+def test_deferral_rule_takes_the_least_keep_minus_drop_over_the_points() -> None:
+    """``keep(τ) = E[min(R, τ)]``, ``drop(τ) = E[1{R <= τ} D]`` at each point and at the horizon."""
+    keep, drop = deferral_keep_and_drop([1.0, 2.0, 900.0, 1000.0], [4.0, 4.0, 4.0, 4.0], 600.0)
+    assert (keep, drop) == pytest.approx(((1 + 2 + 2 * 2) / 4, 8 / 4))  # τ = 2: 1.75 - 2
+    keep, drop = deferral_keep_and_drop([1.0, 2.0, 900.0, 1000.0], [0.5, 0.5, 0.5, 0.5], 600.0)
+    assert (keep, drop) == pytest.approx((1.0, 0.5 / 4))  # τ = 1 binds: 1 - 0.125 < 1.75 - 0.25 < 301.5 - 0.25
+    keep, drop = deferral_keep_and_drop([math.inf] * 4, [9.0] * 4, 600.0)
+    assert (keep, drop) == (600.0, 0.0)  # never back: the horizon, nothing to pay
 
 
 def test_ended_session_is_demoted_before_a_far_one() -> None:
