@@ -153,7 +153,10 @@ class ResidencySettings:
     cost rule prices a demotion by the chance the pool evicts the session's blocks before it is
     back, from the pool's eviction rate over this many seconds (:mod:`cachewise.runtime.residency`;
     default 10 s: several of an agent's typical ~1 s return gaps, so the rate follows bursts of
-    admissions without resting on one step).
+    admissions without resting on one step). ``act_when_thrashing`` (default false): while the guard
+    distrusts the model, the controller passes through (rule 5) -- until the resident working sets
+    exceed the GPU plus the host tier; from then on it acts on the model (the exception to rule 5 in
+    :mod:`cachewise.runtime.residency`, which gives up rule 5's "exactly vLLM's scheduling" there).
     """
 
     headroom: float = 0.1
@@ -165,11 +168,12 @@ class ResidencySettings:
     prefill_a_ctx: float = 1.4758954005404623e-09
     host_reload_s_per_token: float = 0.0  # host tier: seconds per token to load a dropped prefix back (0: recompute)
     pressure_window_s: float = 10.0
+    act_when_thrashing: bool = False  # rule 5's exception: act on the model once pass-through outgrew GPU + host
 
     @classmethod
     def from_mapping(cls, raw: Mapping[str, Any]) -> ResidencySettings:
         """Parse ``cachewise.residency``; unknown keys and non-numbers raise :class:`ConfigError`."""
-        return cls(**_sub_mapping(cls, raw, "residency"))
+        return cls(**_sub_mapping(cls, raw, "residency", verbatim=("act_when_thrashing",)))
 
     def __post_init__(self) -> None:
         finite_positive = 0 < self.horizon_s < math.inf and 0 < self.pressure_window_s < math.inf
@@ -177,6 +181,8 @@ class ResidencySettings:
             raise ConfigError(f"invalid residency settings {self}")
         if min(self.prefill_a0, self.prefill_a_tok, self.prefill_a_ctx, self.host_reload_s_per_token) < 0:
             raise ConfigError("residency prefill and reload cost coefficients must be >= 0")
+        if not isinstance(self.act_when_thrashing, bool):
+            raise ConfigError(f"cachewise.residency.act_when_thrashing must be true or false, got {self.act_when_thrashing!r}")
 
 
 @dataclass(frozen=True)

@@ -63,6 +63,18 @@ Rule, evaluated once per scheduler step (:meth:`ResidencyController.plan`):
    restoring goes on and each is demoted at the first step it is idle. Once the residents
    fit, restoring ends and a demotion is again only for a session that waits (rules 2-3).
 
+   *Thrashing* (``act_when_thrashing``, off by default). The guard judges eviction *orders* on the
+   GPU pool, and pass-through admits every session: once their working sets outgrow the cache, every
+   order misses and neither can show an advantage, so the guard may never trust the model and the
+   controller that would end the thrash never acts. Measured (README, "Host tier", Claude Code
+   held-out, C=32, 25% GPU, host 2x): the guard first trusted the model at 20-35 s in three seeds and
+   at 1,626 / 1,705 s in two, whose runs were then vLLM's (857 / 896 s mean JCT against 513 / 512 s
+   with this exception). With it, the first step at which, passing through, ``Σ resident working
+   sets > capacity + host_blocks`` (the residents exceed both tiers: rule 3's premise, keeping them
+   all is not an option) latches the controller onto the model for the rest of the run, restoring
+   as above; the guard's verdict still decides the pool's eviction order and the host policy's.
+   This gives up rule 5's "exactly vLLM's scheduling" from that step on.
+
 6. Host tier (``host_blocks`` > 0: vLLM's offloading connector runs the CacheWise CPU-tier
    policy on this view, :func:`~cachewise.runtime.cpu_policy.host_capacity_blocks`). Admission
    counts two sets: the *admitted* sessions (all resident ones) and those that *need the GPU
@@ -288,6 +300,7 @@ class ResidencyController:
         self.following_model = True  # False while the guard's verdict makes the controller pass through
         self.passthrough_steps = 0
         self.restoring = False  # resumed from pass-through, the residents not yet within the budget (rule 5)
+        self.thrash_latched = False  # rule 5's thrashing exception latched: acts on the model whatever the guard says
 
     @property
     def queueing_delay_s(self) -> float:
@@ -366,15 +379,17 @@ class ResidencyController:
                 view.set_residency(state.key, False)
         for key in view.forget(now):
             self._passes.pop(key, None)
-        trusted = view.trusted
+        trusted = view.trusted or self._thrashing(view)
         if trusted != self.following_model:
             self.following_model = trusted
             self.restoring = trusted  # the residents are what vLLM's scheduling admitted, not the budget
             logger.info(
                 "CacheWise residency: %s",
-                "the guard trusts the model again: admission and demotion resume"
-                if trusted
-                else "the guard serves vLLM's order: passing every request through as vLLM's scheduler (no hold, no demotion)",
+                "the guard serves vLLM's order: passing every request through as vLLM's scheduler (no hold, no demotion)"
+                if not trusted
+                else "the guard trusts the model again: admission and demotion resume"
+                if view.trusted
+                else "passing through let the residents outgrow GPU + host: admission and demotion act on the model from now on",
             )
         if not trusted:
             self.passthrough_steps += 1
@@ -471,6 +486,15 @@ class ResidencyController:
             self._passes[key] = self._passes.get(key, 0) + 1
         plan.used, plan.gpu = used, gpu
         return plan
+
+    def _thrashing(self, view: SessionView) -> bool:
+        """Rule 5's thrashing exception (module doc): latched at the first step at which, with
+        ``act_when_thrashing`` and passing through, the resident working sets exceed the GPU plus the
+        host tier. O(sessions) per step until latched, O(1) after."""
+        if not self.thrash_latched and self.settings.act_when_thrashing and not self.following_model:
+            used = sum(view.working_set(state.key) for state in view if state.resident)
+            self.thrash_latched = used > self.admitted_capacity
+        return self.thrash_latched
 
     def _demote(self, view: SessionView, key: str, plan: Plan) -> None:
         view.set_residency(key, False, demoted=True)

@@ -122,6 +122,26 @@ def test_restoring_waits_for_live_residents_to_go_idle_then_ends() -> None:
     assert ctl.plan(view, 5.0, running=1).demoted == [] and view.get("Y").resident  # restored: nobody waits
 
 
+@pytest.mark.parametrize("host", [0, 60])
+def test_thrashing_exception_acts_on_the_model_once_pass_through_outgrows_gpu_and_host(host: int) -> None:
+    """Rule 5's thrashing exception: the guard never trusts the model. Passing through, the residents
+    reach capacity + host (100 + host blocks) and the controller still passes through; one step after
+    they exceed it, it latches onto the model and restores (the far idle session demoted). Off (the
+    default): pass-through throughout."""
+    for on in (False, True):
+        view = SessionView(BLOCK, lambda: False)
+        settings = ResidencySettings(headroom=0.2, act_when_thrashing=on)
+        ctl = ResidencyController(settings, 100, BLOCK_TOKENS, host_blocks=host)
+        _pass_through(view, ctl, {"F": (30, FAR)}, {"X": 35 + host // 2, "Y": 35 + host // 2})  # 100 + host blocks
+        assert ctl.plan(view, 1.5, running=2).demoted == [] and not ctl.following_model  # at the limit
+        view.on_arrival("z", "Z", "t", 10 * BLOCK, 2.0)
+        assert "Z" in ctl.plan(view, 2.0, running=2).admitted  # passes through: now past both tiers
+        plan = ctl.plan(view, 3.0, running=2)
+        assert ctl.following_model is on and ctl.thrash_latched is on
+        assert plan.demoted == (["F"] if on else [])
+        assert ctl.plan(view, 4.0, running=2).demoted == [] and ctl.following_model is on  # latched: no flapping
+
+
 def test_demotes_a_far_idle_session_only_when_another_waits() -> None:
     view, ctl = SessionView(BLOCK), _controller(100)
     _run_and_finish(view, "a", "A", 60, 0.0, FAR)
@@ -271,6 +291,9 @@ def test_settings_parse_and_reject() -> None:
         ResidencySettings.from_mapping({"head_room": 0.2})
     with pytest.raises(ConfigError):
         ResidencySettings.from_mapping({"headroom": 1.5})
+    assert ResidencySettings.from_mapping({"act_when_thrashing": True}).act_when_thrashing is True
+    with pytest.raises(ConfigError, match="act_when_thrashing"):
+        ResidencySettings.from_mapping({"act_when_thrashing": 1})
 
 
 @pytest.mark.parametrize("host", [0, 60])
