@@ -249,16 +249,18 @@ def deferral_keep_and_drop(points: list[float], costs: list[float], horizon: flo
     (module doc, "Deferring"), for a remaining gap ``R`` given as equal-mass ``points``
     (non-decreasing) with costs ``D`` at them. O(len(points))."""
     k = len(points)
-    below = cost = 0.0  # Σ r and Σ D(r) over the points passed
+    passed = 0  # points <= horizon seen so far
+    below = cost = 0.0  # Σ r and Σ D(r) over them
     best = (math.inf, 0.0, 0.0)  # (keep - drop, keep, drop)
-    for i, r in enumerate(points):
+    for r, d in zip(points, costs):
         if r > horizon:
             break
+        passed += 1
         below += r
-        cost += costs[i]
-        keep, drop = (below + r * (k - 1 - i)) / k, cost / k
+        cost += d
+        keep, drop = (below + r * (k - passed)) / k, cost / k
         best = min(best, (keep - drop, keep, drop))
-    keep = (below + horizon * sum(1 for r in points if r > horizon)) / k
+    keep = (below + horizon * (k - passed)) / k
     best = min(best, (keep - cost / k, keep, cost / k))
     return best[1], best[2]
 
