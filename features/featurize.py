@@ -42,12 +42,10 @@ from cachewise.features.label import reuse_labels
 from cachewise.features.online import FeatureState
 from cachewise.features.params import load_section, param_path, require
 from cachewise.features.record import finished_call_from_row
-from cachewise.features.spec import CODE_NONE, FEATURE_NAMES, FEATURE_SET_VERSION, VOCABULARIES
+from cachewise.features.spec import FEATURE_NAMES, FEATURE_SET_VERSION, primary_class_name
 
 META_KEY = b"cachewise.features"
-NO_CLASS = "<none>"
 ID_COLUMNS = ["source", "task_id", "session_id", "thread_id", "call_index", "request_time", "response_time"]
-_CLASS_NAME = {code: name for name, code in VOCABULARIES["command_class"].items()}
 EXTRA_COLUMNS = [*ID_COLUMNS, "primary_class", "last_use_time", "label", "censored", "idle_s", "next_use_time"]
 assert not set(EXTRA_COLUMNS) & set(FEATURE_NAMES), "a feature name collides with a featurize column"
 
@@ -91,7 +89,7 @@ def featurize(
 
     frame = pd.DataFrame(matrix, columns=list(FEATURE_NAMES))
     first_class = frame["class_first"].astype(int)
-    frame["primary_class"] = [NO_CLASS if c == CODE_NONE else _CLASS_NAME.get(c, "other") for c in first_class]
+    frame["primary_class"] = [primary_class_name(c) for c in first_class]
     frame["last_use_time"] = ordered["response_time"].to_numpy()
     for col in ID_COLUMNS:
         frame[col] = ordered[col].to_numpy()

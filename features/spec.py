@@ -45,6 +45,16 @@ VOCABULARIES: dict[str, dict[str, int]] = {
     "model_family": {f: i + 2 for i, f in enumerate(MODEL_FAMILIES)},
 }
 
+#: Primary class name of a response without tool calls (the baselines' ``<none>`` class).
+NO_CLASS = "<none>"
+_CLASS_NAMES: dict[int, str] = {code: name for name, code in VOCABULARIES["command_class"].items()}
+
+
+def primary_class_name(code: int) -> str:
+    """The baselines' class name of a ``class_first`` code: :data:`NO_CLASS`, a command class, or ``other``."""
+    return NO_CLASS if code == CODE_NONE else _CLASS_NAMES.get(code, "other")
+
+
 #: Decay constants (s) of the thread's exponentially decayed request counters (LRB's EDCs).
 EDC_TAUS_S: tuple[float, ...] = (10.0, 100.0, 1000.0)
 #: Number of most recent gaps kept as separate features.

@@ -304,23 +304,21 @@ class ScoredBlockPool(BlockPool):
 
     # ------------------------------------------------------------ allocation
     def get_new_blocks(self, num_blocks: int) -> list[KVCacheBlock]:
-        """vLLM's ``get_new_blocks`` on victims chosen by the eviction order (vLLM's own
-        victims while the guard serves LRU; the order forgets them as it does any drop)."""
+        """vLLM's ``get_new_blocks`` on victims chosen by the eviction order. While the guard
+        serves LRU: unhashed free blocks, then the residency controller's demoted ones, then vLLM's
+        own victims (the order forgets those as it does any drop)."""
         order = self._order
         if order is None or num_blocks <= 0:
             return super().get_new_blocks(num_blocks)
-        if self._guard is not None and not self._guard.learned:
-            blocks = super().get_new_blocks(num_blocks)
-            for block in blocks:
-                order.on_drop(block)
-            return blocks
+        lru = self._guard is not None and not self._guard.learned
         if num_blocks > self.get_num_free_blocks():
             raise ValueError(f"Cannot get {num_blocks} free blocks from the pool")
-        victims = order.take(num_blocks, self.clock(), self.free_block_queue)
+        victims = order.take(num_blocks, self.clock(), self.free_block_queue, demoted_only=lru)
         self.free_block_queue.prepend_n(victims)
         blocks = super().get_new_blocks(num_blocks)
         if len(victims) < num_blocks:  # taken from the queue head in vLLM's order
-            self.stats.order_fallback_blocks += num_blocks - len(victims)
+            if not lru:
+                self.stats.order_fallback_blocks += num_blocks - len(victims)
             for block in blocks[len(victims) :]:
                 order.on_drop(block)
         return blocks

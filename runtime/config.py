@@ -157,6 +157,11 @@ class ResidencySettings:
     distrusts the model, the controller passes through (rule 5) -- until the resident working sets
     exceed the GPU plus the host tier; from then on it acts on the model (the exception to rule 5 in
     :mod:`cachewise.runtime.residency`, which gives up rule 5's "exactly vLLM's scheduling" there).
+    ``judge`` (default true): the controller acts while the guard trusts the model *or* the forecast
+    judge (:mod:`cachewise.runtime.forecast_judge`) finds the model's return forecasts measurably
+    better than the no-model ones on the returns seen (quantile loss; ``judge_z`` standard errors,
+    after ``judge_min_returns`` returns, over a window of half-life ``judge_half_life`` returns; its
+    gaps capped at ``horizon_s``); false: the guard alone decides (rule 5).
     """
 
     headroom: float = 0.1
@@ -169,11 +174,16 @@ class ResidencySettings:
     host_reload_s_per_token: float = 0.0  # host tier: seconds per token to load a dropped prefix back (0: recompute)
     pressure_window_s: float = 10.0
     act_when_thrashing: bool = False  # rule 5's exception: act on the model once pass-through outgrew GPU + host
+    judge: bool = True  # rule 5: also act while the forecast judge finds the model's forecasts better
+    judge_start_trusted: bool = True
+    judge_z: float = 2.0
+    judge_min_returns: int = 32
+    judge_half_life: float = 256.0
 
     @classmethod
     def from_mapping(cls, raw: Mapping[str, Any]) -> ResidencySettings:
         """Parse ``cachewise.residency``; unknown keys and non-numbers raise :class:`ConfigError`."""
-        return cls(**_sub_mapping(cls, raw, "residency", verbatim=("act_when_thrashing",)))
+        return cls(**_sub_mapping(cls, raw, "residency", verbatim=("act_when_thrashing", "judge", "judge_start_trusted")))
 
     def __post_init__(self) -> None:
         finite_positive = 0 < self.horizon_s < math.inf and 0 < self.pressure_window_s < math.inf
@@ -181,6 +191,11 @@ class ResidencySettings:
             raise ConfigError(f"invalid residency settings {self}")
         if min(self.prefill_a0, self.prefill_a_tok, self.prefill_a_ctx, self.host_reload_s_per_token) < 0:
             raise ConfigError("residency prefill and reload cost coefficients must be >= 0")
+        for flag in ("judge", "judge_start_trusted"):
+            if not isinstance(getattr(self, flag), bool):
+                raise ConfigError(f"cachewise.residency.{flag} must be true or false, got {getattr(self, flag)!r}")
+        if not (0 <= self.judge_z < math.inf) or self.judge_min_returns < 0 or not (0 < self.judge_half_life < math.inf):
+            raise ConfigError("cachewise.residency: judge_z must be finite and >= 0, judge_min_returns >= 0, judge_half_life > 0")
         if not isinstance(self.act_when_thrashing, bool):
             raise ConfigError(f"cachewise.residency.act_when_thrashing must be true or false, got {self.act_when_thrashing!r}")
 

@@ -33,7 +33,11 @@ request that reused it sets a new one when it is released.
 
 Demoted blocks (:meth:`on_demote`, a session demoted by the residency controller) are keyed
 "never reused, expired at the demotion time", so they are evicted before every predicted and
-no-opinion block, earlier demotions first. :attr:`EvictionOrder.demoted_free` counts the free
+no-opinion block, earlier demotions first -- also while the pool serves vLLM's order (the
+guard's LRU mode), where :meth:`EvictionOrder.take` with ``demoted_only`` hands out the unhashed
+and then the demoted free blocks before vLLM's own choice: a demotion is the residency
+controller's decision, made only while it acts on the model, not the learned order's.
+:attr:`EvictionOrder.demoted_free` counts the free
 cached blocks in that state (a flag per block, cleared when the block is reused, its hash
 dropped, or a later prediction or request mark merged into it): the hashed blocks a block
 demoted now would wait behind (the residency controller's eviction-chance estimate).
@@ -70,6 +74,7 @@ import heapq
 import math
 import sys
 from array import array
+from collections import deque
 from collections.abc import Iterable, Sequence
 
 from vllm.v1.core.kv_cache_utils import FreeKVCacheBlockQueue, KVCacheBlock
@@ -118,6 +123,7 @@ class EvictionOrder:
         self._heap: list[tuple[float, int]] = []
         self._timers: list[tuple[float, int]] = []
         self._unhashed: list[int] = [b.block_id for b in reversed(blocks) if is_free(b)]
+        self._demotions: deque[int] = deque()  # demoted blocks in demotion order, deepest first per demotion (lazy)
         self._compact_at = 3 * n + 1024
         self.rekeys = 0  # overdue re-keys done so far
 
@@ -227,7 +233,10 @@ class EvictionOrder:
         before every predicted block; leaves are re-pushed (their old entries die)."""
         keyed, requested, requesters = self._keyed, self._requested, self._requesters
         reuse, expire, children, demoted = self._reuse, self._expire, self._children, self._demoted
-        for blk in blocks:
+        depth = self._depth
+        ordered = sorted(blocks, key=lambda blk: -depth[blk.block_id])
+        self._demotions.extend(blk.block_id for blk in ordered)
+        for blk in ordered:
             b = blk.block_id
             keyed[b], requested[b], requesters[b], reuse[b], expire[b] = 1, 0, 0, _INF, now
             if not demoted[b]:
@@ -255,17 +264,28 @@ class EvictionOrder:
             self._push(parent)
 
     # ---------------------------------------------------------------- queries
-    def take(self, count: int, now: float, queue: FreeKVCacheBlockQueue) -> list[KVCacheBlock]:
+    def take(
+        self, count: int, now: float, queue: FreeKVCacheBlockQueue, demoted_only: bool = False
+    ) -> list[KVCacheBlock]:
         """Up to ``count`` victims at time ``now``, in eviction order, removed from ``queue``.
 
         Hashed victims are unlinked from their parents as they are taken, so a parent that
         becomes a free leaf can be taken in the same call; when it would be the very next
         pick anyway (it beats the heap top and no timer is due) it is taken without a heap
         round trip. Fewer than ``count`` blocks are returned only when no candidate is left.
+
+        ``demoted_only``: while some free block is demoted, only unhashed blocks and then demoted
+        ones (earlier demotions first, each chain deepest block first), fewer than ``count`` when
+        those run out; none while nothing is demoted: what the pool evicts first while the guard
+        serves vLLM's order (the rest is vLLM's choice, so with no demotion it is vLLM's order
+        exactly). O(victims + stale demotion entries) amortised.
         """
+        if demoted_only and not self.demoted_free:
+            return []  # nothing demoted: vLLM's order alone, exactly
         blocks, unhashed, remove = self._blocks, self._unhashed, queue.remove
         victims: list[KVCacheBlock] = []
         pending = -1  # a parent known to be the next hashed pick, kept out of the heap
+        skipped: list[int] = []  # demoted blocks that are not leaves now (demoted_only), put back after
         while len(victims) < count:
             blk = None
             while unhashed:
@@ -277,13 +297,13 @@ class EvictionOrder:
                 if pending >= 0:
                     blk, pending = blocks[pending], -1
                 else:
-                    blk = self._next_hashed(now)
+                    blk = self._next_demoted(skipped) if demoted_only else self._next_hashed(now)
                     if blk is None:
                         break
                 remove(blk)
                 parent = self._detach(blk.block_id)
                 if parent >= 0:
-                    if self._next_anyway(parent, now):
+                    if not demoted_only and self._next_anyway(parent, now):
                         pending = parent
                     else:
                         self._push(parent)
@@ -292,6 +312,7 @@ class EvictionOrder:
             victims.append(blk)
         if pending >= 0:
             self._push(pending)
+        self._demotions.extendleft(reversed(skipped))
         return victims
 
     def prediction(self, block_id: int) -> tuple[float, float] | None:
@@ -341,6 +362,20 @@ class EvictionOrder:
             blk = blocks[b]
             if token[b] == (packed >> _ID_BITS) & _WORD_MASK and is_free_cached(blk):
                 return blk
+        return None
+
+    def _next_demoted(self, skipped: list[int]) -> KVCacheBlock | None:
+        """The first demoted free cached leaf in demotion order; entries that left the demoted state
+        are dropped, demoted blocks that still have cached children are moved to ``skipped``."""
+        demotions, blocks = self._demotions, self._blocks
+        while demotions:
+            b = demotions.popleft()
+            if not (self._demoted[b] and is_free_cached(blocks[b])):
+                continue
+            if self._children[b]:
+                skipped.append(b)
+                continue
+            return blocks[b]
         return None
 
     def _detach(self, b: int) -> int:
@@ -427,7 +462,7 @@ class EvictionOrder:
         heapq.heappush(self._heap, entry)
         if due < _INF:
             heapq.heappush(self._timers, (due, entry[1]))
-        if len(self._heap) > self._compact_at or len(self._timers) > self._compact_at:
+        if len(self._heap) > self._compact_at or len(self._timers) > self._compact_at or len(self._demotions) > self._compact_at:
             self._compact()
 
     def _next_anyway(self, b: int, now: float) -> bool:
@@ -469,3 +504,4 @@ class EvictionOrder:
                 kept.append(b)
         kept.reverse()
         self._unhashed = kept
+        self._demotions = deque(b for b in self._demotions if self._demoted[b])

@@ -19,7 +19,10 @@ the two the pool re-keys an overdue prefix to "idle as long again" (the tail rul
 score (no prediction for that request). Each prediction is also reported to the engine's
 session view (``sessions``, the call builder's: attached by the plugin's wiring) as the
 call's (session, thread) and a :class:`~cachewise.runtime.sessions.Forecast` of the whole
-gap distribution.
+gap distribution, with the *reference* forecast of the same call without the model (its tool
+class's training mean and the per-class baseline's residual quantiles,
+:meth:`~cachewise.scoring.exported.ExportedModel.reference_label`), which the forecast judge
+(:mod:`cachewise.runtime.forecast_judge`) scores it against.
 """
 
 from __future__ import annotations
@@ -76,15 +79,22 @@ class LearnedPredictor:
     def sessions(self, view: SessionView) -> None:
         self._calls.sessions = view
 
+    def _reference(self, vec: Any) -> Forecast | None:
+        """The no-model forecast of the same call for the forecast judge (None: the model has no baselines)."""
+        reference = getattr(self.model, "reference", None)
+        mu = self.model.reference_label(vec) if reference is not None else None
+        return None if mu is None else Forecast.from_log_model(mu, reference[2].residual_quantiles)
+
     def on_request_finished(self, request: Request, now: float) -> ReusePrediction:
         call = self._calls.build(request, now)
         if self._on_call is not None:
             self._on_call(call)
-        label = float(self.model.predict_one(self._features.observe(call)))
+        vec = self._features.observe(call)
+        label = float(self.model.predict_one(vec))
         if not math.isfinite(label):
             raise InvalidPrediction(f"model returned {label} for thread {call.thread_key}")
         forecast = Forecast.from_log_model(label, self.model.conditioner.residual_quantiles)
-        self._calls.sessions.on_forecast(request.request_id, call.session_key, call.thread_key, forecast)
+        self._calls.sessions.on_forecast(request.request_id, call.session_key, call.thread_key, forecast, self._reference(vec))
         gap = self.model.expected_gap_one(label, 0.0)
         horizon = math.expm1(label + self._expiry_residual)
         return ReusePrediction(now + gap, now + max(horizon, gap))

@@ -19,8 +19,10 @@ learned order serves, 0 while vLLM's LRU does), ``cachewise_guard_hit_rate{order
 ``observed`` one on the same sampled blocks), ``cachewise_guard_switches_total``; for the
 residency controller (:mod:`cachewise.runtime.residency`, rule 5):
 ``cachewise_residency_following_model`` (1 while it acts on the model's forecasts, 0 while
-the guard's verdict makes it pass through as vLLM's scheduler) and
-``cachewise_residency_passthrough_steps_total``. Gauges
+the guard's and the judge's verdicts make it pass through as vLLM's scheduler) and
+``cachewise_residency_passthrough_steps_total``; for the forecast judge
+(:mod:`cachewise.runtime.forecast_judge`): ``cachewise_forecast_judge_trusted`` and
+``cachewise_forecast_judge_loss_difference`` (model minus no-model mean quantile loss). Gauges
 are per process: with several pools in one process the last one published wins.
 """
 
@@ -30,8 +32,12 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+if TYPE_CHECKING:
+    from cachewise.runtime.forecast_judge import ForecastJudge
 
 # Under the "vllm" logger so that vLLM's own logging setup (handler, level, format) shows our lines.
 logger = logging.getLogger("vllm.cachewise")
@@ -98,11 +104,20 @@ def _metrics() -> dict[str, Counter | Gauge | Histogram]:
             )
             _prom["residency_following"] = Gauge(
                 "cachewise_residency_following_model",
-                "1 while the residency controller acts on the model's forecasts; 0 while the guard distrusts the "
-                "model and every request passes through as under vLLM's scheduler",
+                "1 while the residency controller acts on the model's forecasts; 0 while the guard and the forecast "
+                "judge distrust the model and every request passes through as under vLLM's scheduler",
             )
             _prom["residency_passthrough"] = Counter(
                 "cachewise_residency_passthrough_steps", "Scheduler steps the residency controller passed through (guard)"
+            )
+            _prom["judge_trusted"] = Gauge(
+                "cachewise_forecast_judge_trusted",
+                "1 while the forecast judge trusts the model's return forecasts over the no-model ones, 0 otherwise",
+            )
+            _prom["judge_difference"] = Gauge(
+                "cachewise_forecast_judge_loss_difference",
+                "Forecast judge's windowed mean quantile loss of the model's return forecasts minus the no-model ones'"
+                " (negative: the model forecasts better)",
             )
             _prom["scorer_latency"] = Histogram(
                 "cachewise_scorer_latency_seconds",
@@ -122,12 +137,16 @@ def observe_latency(seconds: float) -> None:
     _metrics()["scorer_latency"].observe(seconds)
 
 
-def publish_residency(following_model: bool) -> None:
-    """One residency step's mode: the gauge, and one pass-through step counted when not following."""
+def publish_residency(following_model: bool, judge: ForecastJudge | None = None) -> None:
+    """One residency step's mode: the gauge, and one pass-through step counted when not following;
+    the forecast judge's verdict and loss difference when there is one."""
     prom = _metrics()
     prom["residency_following"].set(1.0 if following_model else 0.0)
     if not following_model:
         prom["residency_passthrough"].inc()
+    if judge is not None:
+        prom["judge_trusted"].set(1.0 if judge.trusted else 0.0)
+        prom["judge_difference"].set(judge.mean_difference)
 
 
 class Publisher:

@@ -20,7 +20,9 @@ session's blocks left the demoted state) at the resident sessions' expense; the 
 learned shadow, fed by the same arrival, then lost to LRU's and the guard switched back and
 forth (7 switches in one replay, README "Session residency"). The view reads the pool's
 online guard (:meth:`~cachewise.runtime.block_pool.ScoredBlockPool.serves_learned`): while
-the guard serves vLLM's order the controller holds and demotes nothing, so the step is
+the guard serves vLLM's order -- and, with ``residency.judge``, the forecast judge
+(:mod:`cachewise.runtime.forecast_judge`, given to the view here) does not find the model's return
+forecasts better than the no-model ones -- the controller holds and demotes nothing, so the step is
 vLLM's scheduling (Prometheus ``cachewise_residency_following_model``), and the pool's eviction
 pressure (:meth:`~cachewise.runtime.block_pool.ScoredBlockPool.eviction_pressure`), by which the
 controller prices a demotion. Sessions are keyed by the
@@ -82,6 +84,7 @@ from cachewise.runtime.metrics import publish_residency
 from cachewise.runtime.policy import engine_clock
 from cachewise.runtime.prefetch import PREFIX, Inflight, Prefetcher, PrefetchStats
 from cachewise.runtime.request_calls import arrival_keys
+from cachewise.runtime.forecast_judge import ForecastJudge
 from cachewise.runtime.residency import ResidencyController, prefill_seconds
 from cachewise.runtime.sessions import SessionView
 
@@ -232,6 +235,11 @@ class ResidencyMixin:
             raise ConfigError("residency needs CacheWise's pool and its session view (additional_config cachewise)")
         # One view, one guard verdict and one eviction pressure: the pool's (residency rule 5, cost rule).
         self.sessions = pool.sessions
+        if settings.judge:  # the view scores each return; the controller reads its verdict (rule 5)
+            self.sessions.judge = ForecastJudge(
+                settings.horizon_s, settings.judge_z, settings.judge_min_returns, settings.judge_half_life,
+                trusted=settings.judge_start_trusted,
+            )  # fmt: skip
         self._clock: Callable[[], float] = scheduler_clock(pool)
         tier = find_policy(self)  # the CacheWise CPU-tier policy, if vLLM's offloading runs one
         reload = settings.host_reload_s_per_token if tier is not None and tier.view is self.sessions else 0.0
@@ -255,12 +263,12 @@ class ResidencyMixin:
         """Asked by the arrival hook (:mod:`cachewise.runtime.hooks`) before the pool marks
         ``request``'s cached prefix *requested* (kept until it is served): True -- the pool is
         told when the controller admits the request's session, not now -- when the controller
-        acts on the model (the guard trusts it) and the session is not resident, so its request
+        acts on the model (it follows the model, residency rule 5) and the session is not resident, so its request
         will be held. A held session may wait minutes; marked at arrival, its prefix would be
         evicted last all that time, and a demoted session's blocks would leave the demoted
         state, at the cost of the resident sessions' blocks (module doc). O(prefix blocks)."""
         view, pool = self.sessions, self.kv_cache_manager.block_pool
-        if view is None or self.residency is None or not view.trusted or pool.expects(request.request_id):
+        if view is None or self.residency is None or not self.residency.following_model or pool.expects(request.request_id):
             return False
         session, _ = arrival_keys(view, request)
         state = view.get(session) if session is not None else None
@@ -309,7 +317,7 @@ class ResidencyMixin:
             now = self._clock()
             loading = {p.session for p in self.prefetcher.inflight.values()} if self.prefetcher is not None else ()
             plan = controller.plan(view, now, len(self.running), loading)
-            publish_residency(controller.following_model)
+            publish_residency(controller.following_model, view.judge)
             for key in plan.demoted:
                 self._demote(key)
             if self.withheld_arrivals:

@@ -57,6 +57,12 @@ Model:
   the GPU pool gave the view (:meth:`follow`: its
   :attr:`~cachewise.runtime.block_pool.ScoredBlockPool.serves_learned`), never copied;
   every reader of forecasts (residency controller, host-tier policy) asks it;
+* :attr:`SessionView.forecasts_trusted`: the forecast judge's verdict
+  (:mod:`cachewise.runtime.forecast_judge`, set as ``judge`` once by the residency scheduler):
+  whether the model's return forecasts score better than the no-model *reference* forecasts
+  (reported with them, :meth:`on_forecast`) on the returns seen; the view scores both at
+  each return of an idle session (its next arrival; for a session known only at its finish,
+  when its provisional session is merged into it);
 * :attr:`SessionView.pressure`: the GPU pool's eviction pressure, read live from the
   ``pressure`` reader the view was built with or the pool gave it (:meth:`follow`:
   :meth:`~cachewise.runtime.block_pool.ScoredBlockPool.eviction_pressure`: cumulative evicted
@@ -98,9 +104,13 @@ import math
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from cachewise.runtime.host_sets import HostSets
 from cachewise.scoring.overdue import overdue_remaining
+
+if TYPE_CHECKING:
+    from cachewise.runtime.forecast_judge import ForecastJudge
 
 FORECAST_LEVELS: tuple[float, ...] = tuple(i / 20 for i in range(21))
 """Quantile levels a :class:`Forecast` is stored at (0, 0.05, ..., 1)."""
@@ -282,6 +292,7 @@ class LiveRequest:
     arrived: float
     waiting: bool = True
     forecast: Forecast | None = None
+    reference: Forecast | None = None  # the no-model forecast made with it (the forecast judge's)
     named: tuple[str, str] | None = None  # (session, thread) named by the predictor
 
 
@@ -296,6 +307,7 @@ class SessionState:
     waiting: set[str] = field(default_factory=set)
     idle_since: float | None = None
     forecast: Forecast | None = None
+    reference: Forecast | None = None
     finished_calls: int = 0
     resident: bool = False
     demoted: bool = False
@@ -332,6 +344,7 @@ class SessionView:
         self._tips: OrderedDict[Hashable, tuple[str, str]] = OrderedDict()  # hash -> (thread, session or "")
         self._next_thread = 0
         self.host = HostSets(self._sessions.__contains__)
+        self.judge: ForecastJudge | None = None  # set once, by the residency scheduler
 
     # ----------------------------------------------------------- write events
     def follow(self, verdict: Callable[[], bool], pressure: Callable[[], tuple[int, int]] | None = None) -> None:
@@ -381,6 +394,7 @@ class SessionView:
         self._requests[request_id] = LiveRequest(key, thread, -(-num_tokens // self.block_size), now)
         state.live.add(request_id)
         state.waiting.add(request_id)
+        self._returned(state, now)
         state.idle_since = None
         self._idle.pop(key, None)
         return key
@@ -392,13 +406,17 @@ class SessionView:
             req.waiting = False
             self._sessions[req.session].waiting.discard(request_id)
 
-    def on_forecast(self, request_id: str, session: str, thread: str, forecast: Forecast | None) -> None:
-        """The predictor's answer for a finishing request: its (session, thread) and return forecast.
-        Applied by the :meth:`on_finished` that follows; ignored for an unknown request."""
+    def on_forecast(
+        self, request_id: str, session: str, thread: str, forecast: Forecast | None, reference: Forecast | None = None
+    ) -> None:
+        """The predictor's answer for a finishing request: its (session, thread), return forecast and
+        the no-model ``reference`` forecast the judge scores it against. Applied by the
+        :meth:`on_finished` that follows; ignored for an unknown request."""
         req = self._requests.get(request_id)
         if req is not None:
             req.named = (session, thread)
             req.forecast = forecast
+            req.reference = reference
 
     def on_finished(self, request_id: str, num_tokens: int, hashes: Sequence[Hashable], now: float) -> str | None:
         """The request finished holding ``num_tokens`` tokens with full-block ``hashes``.
@@ -428,7 +446,7 @@ class SessionView:
         t.shared = sum(1.0 - 1.0 / refs[h] for h in t.hashes)
         state.finished_calls += 1
         if req.forecast is not None:
-            state.forecast = req.forecast
+            state.forecast, state.reference = req.forecast, req.reference
         if not state.live:
             self._went_idle(state, now)
         return key
@@ -462,6 +480,13 @@ class SessionView:
     def trusted(self) -> bool:
         """Whether the model's forecasts may be acted on now: the guard's verdict (True without one)."""
         return self._verdict is None or self._verdict()
+
+    @property
+    def forecasts_trusted(self) -> bool:
+        """Whether the model's return forecasts may be acted on by the forecast judge's verdict
+        (:mod:`cachewise.runtime.forecast_judge`): False without a judge and before it scored a
+        return (a predictor that reports no reference forecast is never judged, so never trusted)."""
+        return self.judge is not None and self.judge.scored > 0 and self.judge.trusted
 
     @property
     def pressure(self) -> tuple[int, int] | None:
@@ -540,6 +565,11 @@ class SessionView:
         self._idle.move_to_end(state.key)
         self._trim()
 
+    def _returned(self, state: SessionState, now: float) -> None:
+        """An idle ``state`` is back at ``now``: the judge scores the forecasts made at its last finish."""
+        if self.judge is not None and state.idle_since is not None and state.forecast is not None and state.reference is not None:
+            self.judge.score(state.forecast, state.reference, max(now - state.idle_since, 0.0))
+
     def _trim(self) -> None:
         """Drop the longest idle sessions while more than ``max_sessions`` are known."""
         while len(self._sessions) > self._max_sessions and self._idle:
@@ -601,6 +631,8 @@ class SessionView:
                 else:
                     dst.threads[name] = t
             dst.resident = dst.resident or src.resident
+            if dst.idle_since is not None and src.first_arrival >= dst.idle_since:
+                self._returned(dst, src.first_arrival)  # its provisional request was its return
             if dst.live:
                 dst.idle_since = None
                 self._idle.pop(key, None)

@@ -38,7 +38,7 @@ import lightgbm as lgb
 import numpy as np
 from lightgbm.basic import _LIB
 
-from cachewise.features.spec import spec_fields
+from cachewise.features.spec import FEATURE_NAMES, primary_class_name, spec_fields
 from cachewise.scoring.idle import IdleConditioner
 from cachewise.scoring.model_text import ModelTextError, check_model_text
 from cachewise.scoring.registry import tracking_uri
@@ -52,6 +52,9 @@ REGISTRY_TIMEOUT_S = 10.0
 _PROBE_RTOL = 1e-9
 _PREDICT_NORMAL = 0  # C_API_PREDICT_NORMAL
 _DTYPE_FLOAT64 = 1  # C_API_DTYPE_FLOAT64
+
+
+_CLASS_FIRST = FEATURE_NAMES.index("class_first")
 
 
 class ModelLoadError(RuntimeError):
@@ -81,6 +84,7 @@ class ExportedModel:
             self.conditioner = IdleConditioner(tuple(spec["residual_quantiles"]["model"]))
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelLoadError(f"{where}: spec has no valid residual_quantiles.model: {exc}") from exc
+        self.reference = _reference_of(spec)
         self.booster = booster
         self.spec = spec
         self.source = where
@@ -138,9 +142,29 @@ class ExportedModel:
         """Predicted labels of a 2-D feature matrix (rows in spec order)."""
         return np.asarray(self.booster.predict(np.asarray(matrix, dtype=np.float64)), dtype=np.float64)
 
+    def reference_label(self, vec: np.ndarray) -> float | None:
+        """The no-model label of one feature vector: the training mean log gap of its primary tool
+        class (spec ``baselines.per_class_mean``; the overall mean for a class it lacks), to pair with
+        :attr:`reference`'s residual quantiles; None when the spec has no baselines."""
+        if self.reference is None:
+            return None
+        means, constant, _ = self.reference
+        return means.get(primary_class_name(int(vec[_CLASS_FIRST])), constant)
+
     def expected_gap_one(self, pred_label: float, elapsed_s: float) -> float:
         """Idle seconds expected for a prefix already idle ``elapsed_s`` (see :mod:`cachewise.scoring.idle`)."""
         return self.conditioner.expected_gap_one(pred_label, elapsed_s)
+
+
+def _reference_of(spec: dict[str, Any]) -> tuple[dict[str, float], float, IdleConditioner] | None:
+    """``(per_class_mean, constant, per_tool_mean conditioner)`` of the spec; None when absent or invalid
+    (an export that predates them: the forecast judge then has no reference and never trusts the model)."""
+    try:
+        baselines = spec["baselines"]
+        means = {str(k): float(v) for k, v in baselines["per_class_mean"].items()}
+        return means, float(baselines["constant"]), IdleConditioner(tuple(spec["residual_quantiles"]["per_tool_mean"]))
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None
 
 
 def _check(rc: int, where: str) -> None:

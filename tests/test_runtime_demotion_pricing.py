@@ -168,8 +168,10 @@ def test_queueing_delay_counts_returning_sessions_only() -> None:
 @settings(max_examples=40, deadline=None)
 @given(seed=st.integers(0, 10_000), n=st.integers(8, 40), rounds=st.integers(1, 30))
 def test_demoted_free_counts_exactly_the_blocks_evicted_before_a_new_demotion(seed: int, n: int, rounds: int) -> None:
-    """Random demotions, hits, new predictions, request marks and evictions: ``demoted_free`` equals
-    the blocks still in the demoted state, and those are exactly the first hashed victims."""
+    """Random demotions, hits, new predictions, request marks and evictions (in the learned order or,
+    as while the guard serves LRU, demoted blocks only): ``demoted_free`` equals the blocks still in
+    the demoted state, and those are exactly the first hashed victims -- and the only ones
+    ``demoted_only`` hands out."""
     from vllm.v1.core.kv_cache_utils import FreeKVCacheBlockQueue, KVCacheBlock
 
     from cachewise.runtime.eviction_order import EvictionOrder
@@ -207,9 +209,13 @@ def test_demoted_free_counts_exactly_the_blocks_evicted_before_a_new_demotion(se
                 order.on_free([blk], now)
         elif op < 0.8:  # the session's request arrived: its blocks are marked requested
             order.on_request(pick, now, now + 3600.0)
-        else:  # the pool needs blocks: victims in eviction order, re-hashed and freed with a prediction
-            victims = order.take(len(pick), now, queue)
+        else:  # the pool needs blocks: victims in eviction order (or, the guard serving LRU, only
+            # demoted ones), re-hashed and freed with a prediction
+            only = rng.random() < 0.5
+            victims = order.take(len(pick), now, queue, demoted_only=only)
             gone = {b.block_id for b in victims}
+            if only:
+                assert gone <= set(demoted) and len(victims) == min(len(pick), len(demoted))
             assert order.demoted_free == len([b for b in demoted if b not in gone])  # evicted: no longer ahead
             for blk in victims:
                 blk._block_hash = (now, blk.block_id)
@@ -218,5 +224,6 @@ def test_demoted_free_counts_exactly_the_blocks_evicted_before_a_new_demotion(se
                 order.on_free([blk], now)
         demoted = [b for b in demoted if b not in gone]
         assert order.demoted_free == len(demoted)
-    victims = order.take(order.demoted_free, now + 1.0, queue)
-    assert sorted(b.block_id for b in victims) == sorted(demoted)  # exactly the demoted ones come first
+    victims = order.take(n, now + 1.0, queue, demoted_only=True)
+    assert sorted(b.block_id for b in victims) == sorted(demoted)  # exactly the demoted ones, and only them
+    assert order.take(n, now + 2.0, queue, demoted_only=True) == []  # nothing demoted: vLLM's order alone
