@@ -65,17 +65,19 @@ def _gaps(seed: int) -> dict[str, float]:
 class Adversary:
     """Forecasts each session's return from the true gap, inverted or random; reports them to the view."""
 
-    def __init__(self, gaps: dict[str, float], kind: str, seed: int) -> None:
+    def __init__(self, gaps: dict[str, float], kind: str, seed: int, reference: bool = False) -> None:
         self.gaps, self.kind = gaps, kind
         self.rng = random.Random(seed)
         self.sessions: SessionView | None = None
+        # the no-model forecast the judge scores against: the workload's true gap distribution
+        self.reference = Forecast.from_samples(sorted(gaps.values())) if reference else None
 
     def on_request_finished(self, request, now: float) -> ReusePrediction:
         true = self.gaps.get(request.request_id, 1e4)
         gap = 3000.0 / true if self.kind == "inverted" else self.rng.uniform(0.5, 3000.0)
         forecast = Forecast.from_samples([gap, gap * 1.5])
         if self.sessions is not None:
-            self.sessions.on_forecast(request.request_id, request.session_id, request.session_id, forecast)
+            self.sessions.on_forecast(request.request_id, request.session_id, request.session_id, forecast, self.reference)
         return ReusePrediction(now + gap, math.inf)
 
 
@@ -87,9 +89,18 @@ class Run:
     held_steps_trusting: int = 0  # steps in which the controller held or demoted while the guard trusted the model
     acted_distrusting: int = 0  # steps in which it held or demoted while the guard served vLLM's order
     switches: int = 0
+    judge_scored: int = 0
+    judge_switches: int = 0
+    judge_trusted: bool = False  # the judge's verdict at the end
 
 
-def _run(seed: int, kind: str | None, guard: GuardConfig | None, residency: ResidencySettings = ResidencySettings(headroom=0.0)) -> Run:
+def _run(
+    seed: int,
+    kind: str | None,
+    guard: GuardConfig | None,
+    residency: ResidencySettings = ResidencySettings(headroom=0.0),
+    reference: bool = False,
+) -> Run:
     """The closed loop through vLLM's Scheduler (``kind`` None) or the residency scheduler with the adversary."""
     clock = ManualClock()
     gaps = _gaps(seed)
@@ -99,7 +110,7 @@ def _run(seed: int, kind: str | None, guard: GuardConfig | None, residency: Resi
     else:
         cls = type("GuardedResidency", (ResidencyScheduler,), {"residency_settings": residency})
         pool = PoolConfig(guard=guard) if guard is not None else PoolConfig(guard=GuardConfig(enabled=False))
-        with use_policy(Adversary(gaps, kind, seed), clock=clock, config=pool):
+        with use_policy(Adversary(gaps, kind, seed, reference), clock=clock, config=pool):
             scheduler = make_scheduler(make_vllm_config(NUM_BLOCKS, BLOCK, scheduler_cls=cls, **config_kw))
     run = Run()
     if kind is not None:
@@ -155,6 +166,9 @@ def _run(seed: int, kind: str | None, guard: GuardConfig | None, residency: Resi
     assert len(run.finished_at) == SESSIONS * CALLS
     stats = getattr(scheduler.kv_cache_manager.block_pool, "stats", None)
     run.switches = stats.guard_switches if stats is not None else 0
+    judge = scheduler.sessions.judge if kind is not None else None
+    if judge is not None:
+        run.judge_scored, run.judge_switches, run.judge_trusted = judge.scored, judge.switches, judge.trusted
     return run
 
 
@@ -199,3 +213,18 @@ def test_thrashing_exception_acts_under_a_distrusting_guard_and_stays_within_tol
     latched = _run(seed, kind, GuardConfig(), ResidencySettings(headroom=0.0, act_when_thrashing=True))
     assert latched.switches == 0 and latched.acted_distrusting > 0
     assert _jct(latched) <= JCT_TOLERANCE * _jct(lru)
+
+
+@pytest.mark.parametrize(("kind", "seed"), [("inverted", 0), ("random", 1)])
+def test_the_forecast_judge_takes_adversarial_forecasts_on_trust_then_leaves_them_within_tolerance(kind: str, seed: int) -> None:
+    """The residency defaults with a reference forecast (the workload's true gap distribution): the
+    forecast judge starts trusting, so the controller acts on the adversary's forecasts under a
+    distrusting guard, until its first ``judge_min_returns`` returns are scored and the forecasts
+    lose measurably; it never trusts them again, and the run's summed JCT stays within the issue's
+    tolerance of vLLM's."""
+    lru = _run(seed, None, None)
+    judged = _run(seed, kind, GuardConfig(), ResidencySettings(headroom=0.0), reference=True)
+    assert judged.switches == 0 and judged.acted_distrusting > 0  # acted on trust, the guard never trusted
+    assert judged.judge_scored > ResidencySettings().judge_min_returns
+    assert judged.judge_switches == 1 and not judged.judge_trusted  # left once, for good
+    assert _jct(judged) <= JCT_TOLERANCE * _jct(lru)
