@@ -305,8 +305,9 @@ class ScoredBlockPool(BlockPool):
     # ------------------------------------------------------------ allocation
     def get_new_blocks(self, num_blocks: int) -> list[KVCacheBlock]:
         """vLLM's ``get_new_blocks`` on victims chosen by the eviction order. While the guard
-        serves LRU: unhashed free blocks, then the residency controller's demoted ones, then vLLM's
-        own victims (the order forgets those as it does any drop)."""
+        serves LRU: vLLM's own victims (the order forgets them as it does any drop), after the
+        unhashed and then the residency controller's demoted free blocks while any is demoted
+        (:meth:`EvictionOrder.take <cachewise.runtime.eviction_order.EvictionOrder.take>`, ``demoted_only``)."""
         order = self._order
         if order is None or num_blocks <= 0:
             return super().get_new_blocks(num_blocks)

@@ -111,7 +111,8 @@ One verdict for every reader: :attr:`Guard.learned` decides the pool's ``get_new
 through :meth:`ScoredBlockPool.serves_learned <cachewise.runtime.block_pool.ScoredBlockPool.serves_learned>`
 and the session view (:attr:`SessionView.trusted <cachewise.runtime.sessions.SessionView.trusted>`),
 whether the residency controller acts on the model's forecasts (it passes through as vLLM's
-scheduler otherwise: :mod:`cachewise.runtime.residency` rule 5) and whether the host-tier
+scheduler while neither this verdict nor the forecast judge's trusts the model:
+:mod:`cachewise.runtime.residency` rule 5) and whether the host-tier
 policy evicts by them; no reader keeps a copy.
 
 Complexity: O(1) per block on every path (one 2-byte test on the hash decides

@@ -41,15 +41,15 @@ Rule, evaluated once per scheduler step (:meth:`ResidencyController.plan`):
    1,801 s against 1,800 s), and by more only where vLLM's own KV admission holds it back.
 
 5. The guard's verdict (:attr:`SessionView.trusted <cachewise.runtime.sessions.SessionView.trusted>`:
-   the GPU pool's online guard, :mod:`cachewise.runtime.guard`, serves the learned order):
-   while the guard does not trust the model, the controller *passes through*: every waiting
+   the GPU pool's online guard, :mod:`cachewise.runtime.guard`, serves the learned order; and,
+   below, the forecast judge's): while neither trusts the model, the controller *passes through*: every waiting
    session is admitted (marked resident), nothing is held or demoted, so the step is vLLM's
    own ``schedule()`` on vLLM's own eviction order -- identical to vLLM's scheduling, not
    merely no-model forecasts, because holding itself is what can lose on traffic the model
    does not know (README, "Never worse than vLLM"). Each change is logged once and counted
    (:attr:`ResidencyController.passthrough_steps`).
 
-   *Restoring.* When the guard trusts the model again, the resident sessions are the ones vLLM's
+   *Restoring.* When the guard (or the judge, below) trusts the model again, the resident sessions are the ones vLLM's
    scheduling admitted -- every session that arrived -- not ones the budget admitted. Measured
    (README, "Session residency": Claude Code held-out, C=32, 50% capacity, seed 2): the guard
    first trusted the model at t = 81 s, when all 48 sessions had started and were resident

@@ -79,12 +79,12 @@ from vllm.v1.request import Request, RequestStatus
 from cachewise.runtime.block_pool import ScoredBlockPool
 from cachewise.runtime.config import CONFIG_KEY, ConfigError, PrefetchSettings, ResidencySettings, SchedulerSettings
 from cachewise.runtime.cpu_policy import find_policy, host_capacity_blocks
+from cachewise.runtime.forecast_judge import ForecastJudge
 from cachewise.runtime.hooks import chained_groups
 from cachewise.runtime.metrics import publish_residency
 from cachewise.runtime.policy import engine_clock
 from cachewise.runtime.prefetch import PREFIX, Inflight, Prefetcher, PrefetchStats
 from cachewise.runtime.request_calls import arrival_keys
-from cachewise.runtime.forecast_judge import ForecastJudge
 from cachewise.runtime.residency import ResidencyController, prefill_seconds
 from cachewise.runtime.sessions import SessionView
 
