@@ -6,8 +6,11 @@ blocks are vLLM blocks of ``block_size`` replay tokens):
 * ``evictions``: cached blocks whose hash vLLM dropped to reuse the block (``BlockRemoved``).
 * ``harmful_evictions``: evictions of a hash that some request needs again afterwards: counted
   when a request whose prompt contains it arrives, or, for a request that was already waiting
-  when the hash was evicted, when the engine prefills that block again (each eviction counted
-  once).
+  when the hash was evicted, when the engine prefills that block again or a host tier loads it
+  back onto the GPU (its ``BlockStored``; a prefetch too, needed or not) -- each eviction counted
+  once. Before 2026-12-02 (session 9) the host-tier load was missed, so a tiered run whose
+  waiting requests' prefixes were evicted and loaded back counted fewer harmful evictions than
+  the MIN bound of its own sequence (found by tests/test_replay_cli.py: 1,004 against MIN 1,027).
 * ``hit_rate``: vLLM's own prefix-cache metric, hits / queries in tokens over new
   (not preempted) admissions.
 * ``host_hit_tokens``, ``hit_rate_with_host``: with a host tier, tokens vLLM's offloading
@@ -123,7 +126,13 @@ class RunMetrics:
             self.returns_resident += gpu_prefix_blocks >= computed
 
     def on_kv_events(self, stored: list, removed: list) -> None:
-        """Hashes vLLM stored / evicted since the last call."""
+        """Hashes vLLM stored / evicted since the last call. A hash stored again after an eviction
+        was needed again: a prefill of it was counted by :meth:`on_step`, so what is left pending is a
+        host-tier load (or a prefetch), counted here."""
+        pending = self._pending_evicted
+        for h in stored:
+            if h in pending:
+                self.harmful_evictions += pending.pop(h)
         self._ever_stored.update(stored)
         self.evictions += len(removed)
         self._pending_evicted.update(removed)

@@ -195,3 +195,20 @@ def test_a_step_that_only_preempted_is_no_stall(replayer: Replayer, monkeypatch)
     monkeypatch.setattr(VllmEngine, "step", step)
     result = replayer.run_at("lru", 7, ARRIVALS)
     assert injected and result["jct_s_mean"] == expected["jct_s_mean"] and result["evictions"] == expected["evictions"]
+
+
+def test_a_hash_stored_again_after_its_eviction_counts_as_harmful_once() -> None:
+    """The harmful-eviction rule's three ways a hash is needed again: a request whose prompt holds it
+    arrives; a waiting request prefills it; a host tier loads it back (its ``BlockStored`` after the
+    ``BlockRemoved``, with no prefill: missed before session 9). Each eviction counts once."""
+    from cachewise.replay.metrics import RunMetrics
+
+    m = RunMetrics(token_scale=1, block_size=16)
+    m.on_kv_events(["a", "b", "c"], [])
+    m.on_kv_events([], ["a", "b", "c"])  # all three evicted
+    m.on_arrival(0, 0, ["a"], 16)  # a: needed by an arriving prompt
+    m.on_step(16, ["b"], 0.0, 0.0)  # b: prefilled again for a request that was waiting
+    m.on_kv_events(["b", "c"], [])  # b's re-store is the prefill just counted; c: loaded back from the host
+    assert (m.evictions, m.harmful_evictions) == (3, 3)
+    m.on_arrival(0, 0, ["a", "b", "c"], 48)  # a later arrival counts none of them again
+    assert m.harmful_evictions == 3
