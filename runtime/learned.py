@@ -80,9 +80,12 @@ class LearnedPredictor:
         self._calls.sessions = view
 
     def _reference(self, vec: Any) -> Forecast | None:
-        """The no-model forecast of the same call for the forecast judge (None: the model has no baselines)."""
+        """The no-model forecast of the same call for the forecast judge (None: no judge reads it -- no
+        residency scheduler, or ``residency.judge`` off -- or the model has no baselines)."""
         reference = getattr(self.model, "reference", None)
-        mu = self.model.reference_label(vec) if reference is not None else None
+        if reference is None or self._calls.sessions.judge is None:
+            return None
+        mu = self.model.reference_label(vec)
         return None if mu is None else Forecast.from_log_model(mu, reference[2].residual_quantiles)
 
     def on_request_finished(self, request: Request, now: float) -> ReusePrediction:
