@@ -161,7 +161,10 @@ class ResidencySettings:
     judge (:mod:`cachewise.runtime.forecast_judge`) finds the model's return forecasts measurably
     better than the no-model ones on the returns seen (quantile loss; ``judge_z`` standard errors,
     after ``judge_min_returns`` returns, over a window of half-life ``judge_half_life`` returns; its
-    gaps capped at ``horizon_s``); false: the guard alone decides (rule 5).
+    gaps capped at ``horizon_s``); false: the guard alone decides (rule 5). ``judge_fallback`` (default
+    true): while neither verdict trusts the model but the judge has scored returns, the controller acts
+    on the no-model *reference* forecasts the judge scored the model against, instead of passing
+    through (rule 5, "Reference forecasts"); false: it passes through.
     """
 
     headroom: float = 0.1
@@ -179,11 +182,12 @@ class ResidencySettings:
     judge_z: float = 2.0
     judge_min_returns: int = 32
     judge_half_life: float = 256.0
+    judge_fallback: bool = True  # rule 5: act on the reference forecasts, not pass through, while the judge distrusts
 
     @classmethod
     def from_mapping(cls, raw: Mapping[str, Any]) -> ResidencySettings:
         """Parse ``cachewise.residency``; unknown keys and non-numbers raise :class:`ConfigError`."""
-        return cls(**_sub_mapping(cls, raw, "residency", verbatim=("act_when_thrashing", "judge", "judge_start_trusted")))
+        return cls(**_sub_mapping(cls, raw, "residency", verbatim=("act_when_thrashing", "judge", "judge_start_trusted", "judge_fallback")))
 
     def __post_init__(self) -> None:
         finite_positive = 0 < self.horizon_s < math.inf and 0 < self.pressure_window_s < math.inf
@@ -191,7 +195,7 @@ class ResidencySettings:
             raise ConfigError(f"invalid residency settings {self}")
         if min(self.prefill_a0, self.prefill_a_tok, self.prefill_a_ctx, self.host_reload_s_per_token) < 0:
             raise ConfigError("residency prefill and reload cost coefficients must be >= 0")
-        for flag in ("judge", "judge_start_trusted"):
+        for flag in ("judge", "judge_start_trusted", "judge_fallback"):
             if not isinstance(getattr(self, flag), bool):
                 raise ConfigError(f"cachewise.residency.{flag} must be true or false, got {getattr(self, flag)!r}")
         if not (0 <= self.judge_z < math.inf) or self.judge_min_returns < 0 or not (0 < self.judge_half_life < math.inf):

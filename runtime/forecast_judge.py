@@ -33,7 +33,10 @@ the judge trusts the model the model's forecasts did not score measurably worse 
 reference's over the window (``m <= z se`` at each check). Starting trusted, the first
 ``min_returns`` returns are taken on trust -- from the first scored one: the session view
 (:attr:`~cachewise.runtime.sessions.SessionView.forecasts_trusted`) acts on no verdict before a
-return has been scored, so a predictor that reports no reference forecast is never trusted. What it does not see: a session that never comes back is never scored (no
+return has been scored, so a predictor that reports no reference forecast is never trusted. While
+it has scored returns and does not trust the model, the controller acts on the reference forecasts
+instead (:attr:`~cachewise.runtime.sessions.SessionView.reference_preferred`, residency rule 5,
+"Reference forecasts"). What it does not see: a session that never comes back is never scored (no
 return to score), so a forecast of "back soon" for sessions that have ended is not charged here
 -- the controller's own rule for them is the forecast's expiry (residency rule 1), and the
 guard's verdict still decides the eviction order. Returns of one session are treated as

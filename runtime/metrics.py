@@ -18,8 +18,9 @@ learned order serves, 0 while vLLM's LRU does), ``cachewise_guard_hit_rate{order
 (estimated hit rate of ``learned`` and ``lru`` over the guard's window, and the pool's
 ``observed`` one on the same sampled blocks), ``cachewise_guard_switches_total``; for the
 residency controller (:mod:`cachewise.runtime.residency`, rule 5):
-``cachewise_residency_following_model`` (1 while it acts on the model's forecasts, 0 while
-the guard's and the judge's verdicts make it pass through as vLLM's scheduler) and
+``cachewise_residency_following_model`` (1 while it acts on the model's forecasts),
+``cachewise_residency_reference_forecasts`` (1 while it acts on the no-model reference forecasts
+because the forecast judge distrusts the model's; both 0: it passes through as vLLM's scheduler) and
 ``cachewise_residency_passthrough_steps_total``; for the forecast judge
 (:mod:`cachewise.runtime.forecast_judge`): ``cachewise_forecast_judge_trusted`` and
 ``cachewise_forecast_judge_loss_difference`` (model minus no-model mean quantile loss). Gauges
@@ -105,7 +106,12 @@ def _metrics() -> dict[str, Counter | Gauge | Histogram]:
             _prom["residency_following"] = Gauge(
                 "cachewise_residency_following_model",
                 "1 while the residency controller acts on the model's forecasts; 0 while the guard and the forecast "
-                "judge distrust the model and every request passes through as under vLLM's scheduler",
+                "judge distrust the model (it acts on the reference forecasts or passes through as vLLM's scheduler)",
+            )
+            _prom["residency_reference"] = Gauge(
+                "cachewise_residency_reference_forecasts",
+                "1 while the residency controller acts on the no-model reference forecasts (the forecast judge "
+                "distrusts the model's), 0 otherwise",
             )
             _prom["residency_passthrough"] = Counter(
                 "cachewise_residency_passthrough_steps", "Scheduler steps the residency controller passed through (guard)"
@@ -137,12 +143,14 @@ def observe_latency(seconds: float) -> None:
     _metrics()["scorer_latency"].observe(seconds)
 
 
-def publish_residency(following_model: bool, judge: ForecastJudge | None = None) -> None:
-    """One residency step's mode: the gauge, and one pass-through step counted when not following;
-    the forecast judge's verdict and loss difference when there is one."""
+def publish_residency(following_model: bool, judge: ForecastJudge | None = None, on_reference: bool = False) -> None:
+    """One residency step's mode: the gauges, and one pass-through step counted when acting on
+    neither the model's nor the reference forecasts; the forecast judge's verdict and loss
+    difference when there is one."""
     prom = _metrics()
     prom["residency_following"].set(1.0 if following_model else 0.0)
-    if not following_model:
+    prom["residency_reference"].set(1.0 if on_reference else 0.0)
+    if not (following_model or on_reference):
         prom["residency_passthrough"].inc()
     if judge is not None:
         prom["judge_trusted"].set(1.0 if judge.trusted else 0.0)

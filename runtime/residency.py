@@ -87,9 +87,27 @@ Rule, evaluated once per scheduler step (:meth:`ResidencyController.plan`):
    measurably *worse* than the no-model ones over the first ~500 returns (mean loss difference
    +0.06 ± 0.02 at 100, +0.04 at 300) and better only once the controller acted (first trusted at
    t = 1,147 s); with the controller acting from the start they scored better throughout (−0.017 at
-   192 returns, −0.035 to −0.049 from 300 on). So while both verdicts distrust, the step is vLLM's;
-   while either trusts, the controller acts (the guard's verdict still decides the pool's
-   eviction order and the host policy's).
+   192 returns, −0.035 to −0.049 from 300 on). While either verdict trusts, the controller acts on
+   the model's forecasts (the guard's verdict still decides the pool's eviction order and the host
+   policy's).
+
+   *Reference forecasts* (``judge_fallback``, on by default). The judge's verdict compares two
+   forecasts of the same returns, so while it distrusts the model (and the guard does too) the
+   controller acts on the other one -- the no-model reference forecast the judge scored the model
+   against (:meth:`ResidencyController.forecast_of`: for the cost rule and the expiry of rule 1; the
+   model's where a session has none) -- instead of passing through (:attr:`on_reference
+   <ResidencyController.on_reference>`; prefetch, which acts on the model's forecasts, pauses).
+   Passing through is what the judge's distrust used to mean, and it let the cache thrash until the
+   guard trusted the model: measured (Claude Code held-out, C=32, ten seeds, README "Session
+   residency"), one seed in ten at 25% and one at 50% ran at 1.5-2x the others (1,186 and 907 s
+   mean JCT: the judge left at its 32nd return, the first calls of the batch start, and the
+   controller passed through for ~1,300 s), which the reference forecasts avoid. The model's
+   forecasts are still scored at every return while the reference is acted on -- now on a cache that
+   does not thrash -- so the judge trusts the model again when they score better (measured: at its
+   ~200th return, t = 85-123 s). While no verdict exists -- no judge, a predictor that reports no
+   reference (the no-model policies), or no return scored yet -- and the guard distrusts, the step
+   is vLLM's. With ``judge_fallback`` false the controller passes through whenever both distrust
+   (session 9's rule).
 
 6. Host tier (``host_blocks`` > 0: vLLM's offloading connector runs the CacheWise CPU-tier
    policy on this view, :func:`~cachewise.runtime.cpu_policy.host_capacity_blocks`). Admission
@@ -226,7 +244,7 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 from cachewise.runtime.config import ResidencySettings
-from cachewise.runtime.sessions import SessionState, SessionView
+from cachewise.runtime.sessions import Forecast, SessionState, SessionView
 from cachewise.scoring.overdue import overdue_remaining
 
 
@@ -315,7 +333,8 @@ class ResidencyController:
         self._pressure_samples: deque[tuple[float, int]] = deque()  # (time, evictions so far), one per step
         self.eviction_rate = 0.0  # eps: cached blocks evicted per second over the last pressure window
         self.demoted_ahead: float | None = None  # A: demoted free blocks now; None: no pool reader (m_j = W_j)
-        self.following_model = True  # False while the guard's verdict makes the controller pass through
+        self.following_model = True  # acts on the model's forecasts (rule 5)
+        self.on_reference = False  # acts on the no-model reference forecasts: the judge distrusts the model (rule 5)
         self.passthrough_steps = 0
         self.restoring = False  # resumed from pass-through, the residents not yet within the budget (rule 5)
         self.thrash_latched = False  # rule 5's thrashing exception latched: acts on the model whatever the guard says
@@ -381,7 +400,7 @@ class ResidencyController:
         (``N``: they are taken ahead of the fluid rate, the demoted blocks first). O(RETURN_POINTS)."""
         assert state.idle_since is not None
         elapsed = now - state.idle_since
-        forecast = state.forecast
+        forecast = self.forecast_of(state)
         if forecast is None:
             points = [overdue_remaining(elapsed)]
         else:
@@ -393,25 +412,31 @@ class ResidencyController:
         ``loading``: sessions whose prefetch is in flight (rule 6; they need the GPU now)."""
         plan = Plan()
         for state in view:  # idle past the forecast's expiry: no longer resident
-            if state.resident and not state.live and state.expired(now):
+            if state.resident and not state.live and self._expired(state, now):
                 view.set_residency(state.key, False)
         for key in view.forget(now):
             self._passes.pop(key, None)
-        trusted = view.trusted or view.forecasts_trusted or self._thrashing(view)
-        if trusted != self.following_model:
-            self.following_model = trusted
-            self.restoring = trusted  # the residents are what vLLM's scheduling admitted, not the budget
+        model = view.trusted or view.forecasts_trusted or self._thrashing(view)
+        reference = not model and self.settings.judge_fallback and view.reference_preferred
+        if (model, reference) != (self.following_model, self.on_reference):
+            if not self.acting:
+                self.restoring = True  # resumed: the residents are what vLLM's scheduling admitted, not the budget
+            elif not (model or reference):
+                self.restoring = False
+            self.following_model, self.on_reference = model, reference
             logger.info(
                 "CacheWise residency: %s",
-                "the guard serves vLLM's order: passing every request through as vLLM's scheduler (no hold, no demotion)"
-                if not trusted
-                else "the guard trusts the model again: admission and demotion resume"
+                "the model's return forecasts score worse than the no-model ones: admission and demotion act on the no-model forecasts"
+                if reference
+                else "the guard serves vLLM's order: passing every request through as vLLM's scheduler (no hold, no demotion)"
+                if not model
+                else "the guard trusts the model: admission and demotion act on its forecasts"
                 if view.trusted
-                else "the model's return forecasts score better than the no-model ones: admission and demotion resume"
+                else "the model's return forecasts score better than the no-model ones: admission and demotion act on them"
                 if view.forecasts_trusted
                 else "passing through let the residents outgrow GPU + host: admission and demotion act on the model from now on",
             )
-        if not trusted:
+        if not self.acting:
             self.passthrough_steps += 1
             for state in view:  # rule 5: vLLM's scheduling; what it admits counts as resident
                 if state.waiting:
@@ -507,11 +532,28 @@ class ResidencyController:
         plan.used, plan.gpu = used, gpu
         return plan
 
+    @property
+    def acting(self) -> bool:
+        """Whether the controller admits and demotes (on the model's or the reference forecasts), not passing through."""
+        return self.following_model or self.on_reference
+
+    def forecast_of(self, state: SessionState) -> Forecast | None:
+        """The forecast the controller acts on for ``state``: the no-model reference while acting on it
+        (rule 5; the model's where a session has none), else the model's. O(1)."""
+        if self.on_reference and state.reference is not None:
+            return state.reference
+        return state.forecast
+
+    def _expired(self, state: SessionState, now: float) -> bool:
+        """Idle past the expiry of the forecast acted on (:meth:`forecast_of`)."""
+        forecast = self.forecast_of(state)
+        return state.idle_since is not None and forecast is not None and now - state.idle_since >= forecast.expiry
+
     def _thrashing(self, view: SessionView) -> bool:
         """Rule 5's thrashing exception (module doc): latched at the first step at which, with
         ``act_when_thrashing`` and passing through, the resident working sets exceed the GPU plus the
         host tier. O(sessions) per step until latched, O(1) after."""
-        if not self.thrash_latched and self.settings.act_when_thrashing and not self.following_model:
+        if not self.thrash_latched and self.settings.act_when_thrashing and not self.acting:
             used = sum(view.working_set(state.key) for state in view if state.resident)
             self.thrash_latched = used > self.admitted_capacity
         return self.thrash_latched

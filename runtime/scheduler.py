@@ -22,8 +22,10 @@ forth (7 switches in one replay, README "Session residency"). The view reads the
 online guard (:meth:`~cachewise.runtime.block_pool.ScoredBlockPool.serves_learned`): while
 the guard serves vLLM's order -- and, with ``residency.judge``, the forecast judge
 (:mod:`cachewise.runtime.forecast_judge`, given to the view here) does not find the model's return
-forecasts better than the no-model ones -- the controller holds and demotes nothing, so the step is
-vLLM's scheduling (Prometheus ``cachewise_residency_following_model``), and the pool's eviction
+forecasts better than the no-model ones -- the controller acts on the no-model reference forecasts
+once the judge has scored a return (``residency.judge_fallback``), and before that, or without a
+judge, holds and demotes nothing, so the step is vLLM's scheduling (Prometheus
+``cachewise_residency_following_model``, ``cachewise_residency_reference_forecasts``), and the pool's eviction
 pressure (:meth:`~cachewise.runtime.block_pool.ScoredBlockPool.eviction_pressure`), by which the
 controller prices a demotion. Sessions are keyed by the
 client's ``session_id`` (``Request.session_id`` or the hint), else by the view's thread
@@ -263,12 +265,12 @@ class ResidencyMixin:
         """Asked by the arrival hook (:mod:`cachewise.runtime.hooks`) before the pool marks
         ``request``'s cached prefix *requested* (kept until it is served): True -- the pool is
         told when the controller admits the request's session, not now -- when the controller
-        acts on the model (it follows the model, residency rule 5) and the session is not resident, so its request
+        acts (on the model's or the reference forecasts, residency rule 5) and the session is not resident, so its request
         will be held. A held session may wait minutes; marked at arrival, its prefix would be
         evicted last all that time, and a demoted session's blocks would leave the demoted
         state, at the cost of the resident sessions' blocks (module doc). O(prefix blocks)."""
         view, pool = self.sessions, self.kv_cache_manager.block_pool
-        if view is None or self.residency is None or not self.residency.following_model or pool.expects(request.request_id):
+        if view is None or self.residency is None or not self.residency.acting or pool.expects(request.request_id):
             return False
         session, _ = arrival_keys(view, request)
         state = view.get(session) if session is not None else None
@@ -317,12 +319,12 @@ class ResidencyMixin:
             now = self._clock()
             loading = {p.session for p in self.prefetcher.inflight.values()} if self.prefetcher is not None else ()
             plan = controller.plan(view, now, len(self.running), loading)
-            publish_residency(controller.following_model, view.judge)
+            publish_residency(controller.following_model, view.judge, controller.on_reference)
             for key in plan.demoted:
                 self._demote(key)
             if self.withheld_arrivals:
                 self._announce_admitted(view)
-            if self.prefetcher is not None and controller.following_model:  # prefetch acts on forecasts: not while distrusted
+            if self.prefetcher is not None and controller.following_model:  # prefetch acts on the model's forecasts only
                 self._prefetch(view, controller, plan, now)
             held_sessions = set(plan.held)
             snapshot = list(waiting)

@@ -489,6 +489,12 @@ class SessionView:
         return self.judge is not None and self.judge.scored > 0 and self.judge.trusted
 
     @property
+    def reference_preferred(self) -> bool:
+        """Whether the forecast judge has scored returns and does not trust the model's return
+        forecasts: the no-model reference forecasts are then the ones to act on (residency rule 5)."""
+        return self.judge is not None and self.judge.scored > 0 and not self.judge.trusted
+
+    @property
     def pressure(self) -> tuple[int, int] | None:
         """The pool's ``(evictions so far, demoted free blocks)`` now (module doc); None without a pool reader."""
         return None if self._pressure is None else self._pressure()

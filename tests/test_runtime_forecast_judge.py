@@ -6,9 +6,11 @@ import math
 import random
 
 import pytest
+from prometheus_client import REGISTRY
 
 from cachewise.runtime.config import ConfigError, ResidencySettings
 from cachewise.runtime.forecast_judge import ForecastJudge, quantile_loss
+from cachewise.runtime.metrics import publish_residency
 from cachewise.runtime.residency import ResidencyController
 from cachewise.runtime.sessions import Forecast, SessionView
 
@@ -154,3 +156,57 @@ def test_the_controller_acts_while_the_judge_trusts_the_forecasts_though_the_gua
     view.on_arrival("c", "C", "t", 10 * BLOCK, 3.0)
     plan = ctl.plan(view, 4.0, running=2)
     assert ctl.following_model and plan.held == ["C"]  # A and B live over budget: C waits
+
+
+def _one_idle_one_waiting(judge_good: bool, fallback: bool = True) -> tuple[ResidencyController, SessionView, object]:
+    """Guard distrusting; the judge fed a good or an inverted model; of 100 blocks, C live holds 20 and A
+    idle 60 (the model: back in ~1 s; the reference: not back within the horizon); B arrives needing 50."""
+    view = SessionView(BLOCK, lambda: False)
+    view.judge = judge = ForecastJudge(CAP, min_returns=0)
+    _feed(judge, _around if judge_good else (lambda gap: _around(500.0 / gap)), 200)
+    ctl = ResidencyController(ResidencySettings(headroom=0.0, judge_fallback=fallback), 100, 256)
+    view.on_arrival("a1", "A", "t", 60 * BLOCK, 0.0)
+    view.on_arrival("c1", "C", "t", 20 * BLOCK, 0.0)
+    assert ctl.plan(view, 0.5, running=0).admitted == {"A", "C"}
+    view.on_scheduled("a1")
+    view.on_scheduled("c1")
+    view.on_forecast("a1", "A", "t", _around(1.0), Forecast.never())
+    view.on_finished("a1", 60 * BLOCK, [f"A{i}".encode() for i in range(60)], 1.0)
+    view.on_arrival("b1", "B", "t", 50 * BLOCK, 1.5)
+    return ctl, view, ctl.plan(view, 2.0, running=4)
+
+
+def test_while_the_judge_distrusts_the_model_the_controller_acts_on_the_reference_forecasts() -> None:
+    """Rule 5, "Reference forecasts": the same state, the judge's verdict alone differs. Trusting the model,
+    A (back in ~1 s) is kept and B waits; distrusting it, the reference (A not back) demotes A for B; with
+    ``judge_fallback`` off, the controller passes through (B admitted, nothing demoted)."""
+    ctl, view, plan = _one_idle_one_waiting(judge_good=True)
+    assert view.forecasts_trusted and ctl.following_model and not ctl.on_reference
+    assert plan.held == ["B"] and plan.demoted == []
+    ctl, view, plan = _one_idle_one_waiting(judge_good=False)
+    assert view.reference_preferred and not ctl.following_model and ctl.on_reference and ctl.acting
+    assert plan.demoted == ["A"] and plan.admitted == {"B"} and ctl.passthrough_steps == 0
+    assert ctl.forecast_of(view.get("A")) is view.get("A").reference
+    publish_residency(ctl.following_model, view.judge, ctl.on_reference)
+    assert REGISTRY.get_sample_value("cachewise_residency_reference_forecasts") == 1.0
+    assert REGISTRY.get_sample_value("cachewise_residency_following_model") == 0.0
+    ctl, view, plan = _one_idle_one_waiting(judge_good=False, fallback=False)
+    assert not ctl.acting and plan.demoted == [] and plan.admitted == {"B"} and ctl.passthrough_steps == 2
+
+
+def test_the_reference_mode_needs_a_scored_return_and_leaves_when_the_model_is_trusted_again() -> None:
+    """No return scored: no verdict, pass through (as before the judge). Judge distrusting: reference.
+    The guard trusting again: the model's forecasts, with no restoring (the residents are the budget's)."""
+    trusted = [False]
+    view = SessionView(BLOCK, lambda: trusted[0])
+    view.judge = judge = ForecastJudge(CAP, min_returns=0)
+    ctl = ResidencyController(ResidencySettings(headroom=0.0), 100, 256)
+    view.on_arrival("a", "A", "t", 10 * BLOCK, 0.0)
+    ctl.plan(view, 1.0, running=0)
+    assert not ctl.acting and not view.reference_preferred
+    _feed(judge, lambda gap: _around(500.0 / gap), 200)
+    ctl.plan(view, 2.0, running=1)
+    assert ctl.on_reference and ctl.restoring is False  # resumed from pass-through; residents fit: restored
+    trusted[0] = True
+    ctl.plan(view, 3.0, running=1)
+    assert ctl.following_model and not ctl.on_reference and not ctl.restoring
