@@ -222,17 +222,32 @@ def test_ended_session_is_demoted_before_a_far_one() -> None:
 
 def test_sessions_that_outgrew_the_cache_shed_idle_ones_while_another_waits() -> None:
     """Admitted small, grown past the budget: idle residents go (best keep - drop first) until the rest fit."""
+    view, ctl = SessionView(BLOCK), ResidencyController(ResidencySettings(headroom=0.375), 160, BLOCK_TOKENS)
+    _run_and_finish(view, "f", "F", 50, 0.0, FAR)
+    _run_and_finish(view, "g", "G", 30, 0.0, NEAR)
+    view.on_arrival("x", "X", "t", 60 * BLOCK, 0.0)  # live, cannot be shed
+    for key in ("F", "G", "X"):
+        view.set_residency(key, True)
+    assert ctl.plan(view, 1.0, running=1).demoted == []  # over budget (140 > 100), within capacity (160), nobody waits
+    view.on_arrival("w", "W", "t", 45 * BLOCK, 2.0)
+    plan = ctl.plan(view, 2.5, running=1)  # G (NEAR) is not yet past its forecast's expiry
+    assert plan.demoted == ["F"] and plan.held == ["W"]  # 140 - 50 <= 100; W (45) still does not fit
+    assert view.get("G").resident and view.get("F").demoted
+
+
+def test_residents_over_the_whole_capacity_shed_though_nobody_waits() -> None:
+    """Admitted small, grown past the whole capacity, nobody waiting: the residents evict each other
+    anyway, so idle ones go best first until the rest fit the capacity; live ones stay."""
     view, ctl = SessionView(BLOCK), _controller(100)
     _run_and_finish(view, "f", "F", 50, 0.0, FAR)
     _run_and_finish(view, "g", "G", 30, 0.0, NEAR)
     view.on_arrival("x", "X", "t", 60 * BLOCK, 0.0)  # live, cannot be shed
     for key in ("F", "G", "X"):
         view.set_residency(key, True)
-    assert ctl.plan(view, 1.0, running=1).demoted == []  # over budget (140 > 100) but nobody waits
-    view.on_arrival("w", "W", "t", 45 * BLOCK, 2.0)
-    plan = ctl.plan(view, 2.5, running=1)  # G (NEAR) is not yet past its forecast's expiry
-    assert plan.demoted == ["F"] and plan.held == ["W"]  # 140 - 50 <= 100; W (45) still does not fit
-    assert view.get("G").resident and view.get("F").demoted
+    plan = ctl.plan(view, 1.0, running=1)
+    assert plan.demoted == ["F"] and plan.used == 90 and plan.held == []  # 140 > 100: F (far) goes; 90 fits
+    assert view.get("G").resident and view.get("X").resident
+    assert ctl.plan(view, 1.5, running=1).demoted == []  # within the capacity now
 
 
 def test_residents_over_the_whole_capacity_shed_even_when_demotion_does_not_pay() -> None:
@@ -307,7 +322,11 @@ def test_demotion_happens_only_when_a_session_waits_and_then_it_fits(host: int, 
     view.on_arrival("x", "X", "t", BLOCK, 0.0)
     view.set_residency("X", True)
     view.on_scheduled("x")
-    assert ctl.plan(view, 100.0, running=1).demoted == []  # nobody waits
+    grown = sum(view.working_set(s.key) for s in view if s.resident)
+    plan = ctl.plan(view, 100.0, running=1)  # nobody waits: shed only past the whole capacity, down to it
+    left = sum(view.working_set(s.key) for s in view if s.resident)
+    assert plan.demoted == [] if grown <= ctl.admitted_capacity else left <= ctl.admitted_capacity
+    assert all(left + view.working_set(k) > ctl.admitted_capacity for k in plan.demoted[-1:])  # no more than needed
     view.on_arrival("w", "W", "t", 40 * BLOCK, 100.0)
     before = sum(view.working_set(s.key) for s in view if s.resident)
     plan = ctl.plan(view, 200.0, running=1)
