@@ -101,11 +101,12 @@ Rule, evaluated once per scheduler step (:meth:`ResidencyController.plan`):
    against (:meth:`ResidencyController.forecast_of`: for the cost rule and the expiry of rule 1; the
    model's where a session has none) -- instead of passing through (:attr:`on_reference
    <ResidencyController.on_reference>`; prefetch, which acts on the model's forecasts, pauses).
-   Passing through is what the judge's distrust used to mean, and it let the cache thrash until the
-   guard trusted the model: measured (Claude Code held-out, C=32, ten seeds, README "Session
+   Passing through is what the judge's distrust used to mean, and it let the cache thrash until a
+   verdict trusted the model again: measured (Claude Code held-out, C=32, ten seeds, README "Session
    residency"), one seed in ten at 25% and one at 50% ran at 1.5-2x the others (1,186 and 907 s
-   mean JCT: the judge left at its 32nd return, the first calls of the batch start, and the
-   controller passed through for ~1,300 s), which the reference forecasts avoid. The model's
+   mean JCT: the judge left at its 33rd-38th return, t = 16-18 s, the first calls of the batch
+   start, and the controller passed through until t = 1,381 and 858 s), which the reference
+   forecasts avoid. The model's
    forecasts are still scored at every return while the reference is acted on -- now on a cache that
    does not thrash -- so the judge trusts the model again when they score better (measured: at its
    ~200th return, t = 85-123 s). While no verdict exists -- no judge, a predictor that reports no
