@@ -164,7 +164,8 @@ class ResidencySettings:
     gaps capped at ``horizon_s``); false: the guard alone decides (rule 5). ``judge_fallback`` (default
     true): while neither verdict trusts the model but the judge has scored returns, the controller acts
     on the no-model *reference* forecasts the judge scored the model against, instead of passing
-    through (rule 5, "Reference forecasts"); false: it passes through.
+    through (rule 5, "Reference forecasts"); false: it passes through. ``admission_order`` (rule 2):
+    ``smallest`` (default: the smallest working set first) or ``fcfs`` (program-level FCFS).
     """
 
     headroom: float = 0.1
@@ -177,6 +178,7 @@ class ResidencySettings:
     host_reload_s_per_token: float = 0.0  # host tier: seconds per token to load a dropped prefix back (0: recompute)
     pressure_window_s: float = 10.0
     act_when_thrashing: bool = False  # rule 5's exception: act on the model once pass-through outgrew GPU + host
+    admission_order: str = "smallest"  # rule 2: "smallest" working set first, or "fcfs" (program-level FCFS)
     judge: bool = True  # rule 5: also act while the forecast judge finds the model's forecasts better
     judge_start_trusted: bool = True
     judge_z: float = 2.0
@@ -187,7 +189,7 @@ class ResidencySettings:
     @classmethod
     def from_mapping(cls, raw: Mapping[str, Any]) -> ResidencySettings:
         """Parse ``cachewise.residency``; unknown keys and non-numbers raise :class:`ConfigError`."""
-        return cls(**_sub_mapping(cls, raw, "residency", verbatim=("act_when_thrashing", "judge", "judge_start_trusted", "judge_fallback")))
+        return cls(**_sub_mapping(cls, raw, "residency", verbatim=("act_when_thrashing", "judge", "judge_start_trusted", "judge_fallback", "admission_order")))
 
     def __post_init__(self) -> None:
         finite_positive = 0 < self.horizon_s < math.inf and 0 < self.pressure_window_s < math.inf
@@ -200,6 +202,8 @@ class ResidencySettings:
                 raise ConfigError(f"cachewise.residency.{flag} must be true or false, got {getattr(self, flag)!r}")
         if not (0 <= self.judge_z < math.inf) or self.judge_min_returns < 0 or not (0 < self.judge_half_life < math.inf):
             raise ConfigError("cachewise.residency: judge_z must be finite and >= 0, judge_min_returns >= 0, judge_half_life > 0")
+        if self.admission_order not in ("smallest", "fcfs"):
+            raise ConfigError(f"cachewise.residency.admission_order must be 'smallest' or 'fcfs', got {self.admission_order!r}")
         if not isinstance(self.act_when_thrashing, bool):
             raise ConfigError(f"cachewise.residency.act_when_thrashing must be true or false, got {self.act_when_thrashing!r}")
 

@@ -10,12 +10,20 @@ Rule, evaluated once per scheduler step (:meth:`ResidencyController.plan`):
 1. A session whose request is admitted becomes *resident*; it stays resident while it has
    live requests and, when idle, until it is demoted or idle past its forecast's expiry.
    Waiting requests of resident sessions are never held (with a host tier, see rule 6).
-2. Non-resident sessions with waiting requests are considered in *program-level FCFS*
-   order (first arrival of the session, then key). The head is admitted when
+2. Non-resident sessions with waiting requests are considered in the *admission order*
+   (``admission_order``): ``smallest`` (default) -- the smallest working set first, then
+   first arrival, then key -- or ``fcfs``, *program-level FCFS* (first arrival of the session,
+   then key), sessions past the starvation bound (rule 4) first in both. The head is admitted when
    ``Σ resident working sets + its working set <= (1 - headroom) * capacity``. Otherwise
    idle resident sessions are *demoted* — best first, and only those whose demotion pays
    (below) — when, and only when, that makes the head fit; else the head and every later
-   session wait (strict FCFS: a later session never overtakes). The pool learns of a
+   session wait (strict order: a later session never overtakes). Why smallest first: it packs
+   the room that the residents leave (a session that fits now is not held behind one that
+   does not) and finishes short sessions first, as shortest-job-first does; the starvation
+   bound keeps the large ones' wait bounded. Measured (README "Session residency", Claude Code
+   held-out, C=32, ten seeds): against FCFS, mean JCT −149 ± 44 s at 25% capacity (better on
+   every seed; p99 and makespan lower too) and −12 ± 23 s at 50%; on SWE-agent sessions, where
+   FCFS holding lost to vLLM (+5 ± 2 s at 25%), +1 ± 4 s. The pool learns of a
    non-resident session's request only when its session is admitted (the scheduler withholds
    it from the arrival rule, :meth:`ResidencyMixin.withhold_arrival
    <cachewise.runtime.scheduler.ResidencyMixin.withhold_arrival>`), so a held session's prefix
@@ -268,7 +276,7 @@ class Plan:
     """One step's decision: sessions whose waiting requests may run, and those demoted now."""
 
     admitted: set[str] = field(default_factory=set)
-    held: list[str] = field(default_factory=list)  # FCFS order
+    held: list[str] = field(default_factory=list)  # in the admission order (rule 2)
     demoted: list[str] = field(default_factory=list)
     forced: list[str] = field(default_factory=list)  # admitted by the starvation bound or to avoid idling
     used: float = 0.0  # Σ working sets of the resident (admitted) sessions after this plan (blocks)
@@ -477,7 +485,10 @@ class ResidencyController:
         for s in waiting:
             since = view.waiting_since(s.key)
             waited[s.key] = 0.0 if since is None else now - since
-        waiting.sort(key=lambda s: (not self._aged(s.key, waited[s.key]), s.first_arrival, s.key))
+        smallest = self.settings.admission_order == "smallest"
+        waiting.sort(
+            key=lambda s: (not self._aged(s.key, waited[s.key]), view.working_set(s.key) if smallest else 0.0, s.first_arrival, s.key)
+        )
         candidates: list[tuple[float, SessionState, float]] | None = None
         restoring = self.restoring and used > budget
         if (waiting or restoring or used > capacity) and used > budget:  # rule 3 (and rule 5's restoring; rule 6: the admitted budget)

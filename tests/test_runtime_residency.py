@@ -36,13 +36,36 @@ def _admit(controller: ResidencyController, view: SessionView, now: float, runni
 
 
 def test_admits_while_working_sets_fit_then_holds_in_fcfs_order() -> None:
-    view, ctl = SessionView(BLOCK), _controller(100)
+    view, ctl = SessionView(BLOCK), ResidencyController(ResidencySettings(headroom=0.0, admission_order="fcfs"), 100, BLOCK_TOKENS)
     view.on_arrival("a", "A", "t", 60 * BLOCK, 0.0)
     view.on_arrival("b", "B", "t", 50 * BLOCK, 1.0)
     view.on_arrival("c", "C", "t", 10 * BLOCK, 2.0)
     plan = ctl.plan(view, 3.0, running=0)
     assert plan.admitted == {"A"} and plan.held == ["B", "C"]  # C would fit, but may not overtake B
     assert ctl.plan(view, 4.0, running=1).held == ["B", "C"]  # A is live: nothing to demote
+
+
+def test_the_default_admission_order_is_smallest_working_set_first_with_aged_sessions_ahead() -> None:
+    """Rule 2, ``smallest``: the queue of the FCFS test above admits C (10) and B (50) and holds A (60);
+    a session past the starvation bound goes first whatever its size; unknown orders are refused."""
+    assert ResidencySettings().admission_order == "smallest"
+    view, ctl = SessionView(BLOCK), _controller(100, max_wait_s=10.0)
+    view.on_arrival("a", "A", "t", 60 * BLOCK, 0.0)
+    view.on_arrival("b", "B", "t", 50 * BLOCK, 1.0)
+    view.on_arrival("c", "C", "t", 10 * BLOCK, 2.0)
+    plan = ctl.plan(view, 3.0, running=0)
+    assert plan.admitted == {"C", "B"} and plan.held == ["A"]
+    view2, ctl2 = SessionView(BLOCK), _controller(100, max_wait_s=10.0)
+    view2.on_arrival("x", "X", "t", 50 * BLOCK, 0.0)
+    assert ctl2.plan(view2, 0.5, running=0).admitted == {"X"}
+    view2.on_scheduled("x")
+    view2.on_arrival("a", "A", "t", 60 * BLOCK, 1.0)  # waits from t = 1: aged at t = 11
+    view2.on_arrival("c", "C", "t", 10 * BLOCK, 2.0)
+    assert ctl2.plan(view2, 5.0, running=1).held == ["A"] and view2.get("C").resident  # C (10) fits beside X; A (60) does not
+    plan = ctl2.plan(view2, 11.0, running=2)
+    assert plan.forced == ["A"] and "A" in plan.admitted  # aged: first, admitted though it does not fit
+    with pytest.raises(ConfigError):
+        ResidencySettings(admission_order="lifo")
 
 
 def test_a_distrusting_guard_verdict_passes_every_session_through(caplog: pytest.LogCaptureFixture) -> None:
@@ -392,9 +415,10 @@ def test_host_tier_admitted_budget_demotes_by_the_cost_rule_as_without_a_tier() 
 def test_host_tier_an_admitted_session_that_comes_back_waits_for_gpu_room() -> None:
     """Rule 6: A (admitted, idle on the host) is back while X fills the GPU: A waits for GPU room (with
     no tier a resident session's requests are never held); when X is done A goes first, ahead of a
-    later session B, without being admitted again."""
+    later session B (program-level FCFS), without being admitted again."""
     for host in (0, 200):
-        view, ctl = SessionView(BLOCK), _tiered(host)
+        view = SessionView(BLOCK)
+        ctl = ResidencyController(ResidencySettings(headroom=0.0, admission_order="fcfs"), 100, BLOCK_TOKENS, host_blocks=host)
         _run_and_finish(view, "a", "A", 50, 0.0, NEAR)
         view.set_residency("A", True)
         view.on_arrival("x", "X", "t", 60 * BLOCK, 0.5)
@@ -416,7 +440,7 @@ def test_host_tier_an_admitted_session_that_comes_back_waits_for_gpu_room() -> N
 
 def test_host_tier_a_returning_admitted_session_may_use_the_headroom_a_new_one_may_not() -> None:
     view = SessionView(BLOCK)
-    ctl = ResidencyController(ResidencySettings(headroom=0.2), 100, BLOCK_TOKENS, host_blocks=200)  # GPU budget 80
+    ctl = ResidencyController(ResidencySettings(headroom=0.2, admission_order="fcfs"), 100, BLOCK_TOKENS, host_blocks=200)  # GPU budget 80
     _run_and_finish(view, "a", "A", 29, 0.0, NEAR)
     view.set_residency("A", True)
     view.on_arrival("x", "X", "t", 60 * BLOCK, 0.5)
