@@ -13,7 +13,9 @@ Rule, evaluated once per scheduler step (:meth:`ResidencyController.plan`):
 2. Non-resident sessions with waiting requests are considered in the *admission order*
    (``admission_order``): ``smallest`` (default) -- the smallest working set first, then
    first arrival, then key -- or ``fcfs``, *program-level FCFS* (first arrival of the session,
-   then key), sessions past the starvation bound (rule 4) first in both. The head is admitted when
+   then key), sessions past the starvation bound (rule 4) first in both; with a host tier,
+   ``smallest`` puts rule 6's returning admitted sessions before new ones (measured: 541 ± 59 s
+   against 635 ± 97 without, FCFS 575 ± 78; README "Host tier"). The head is admitted when
    ``Σ resident working sets + its working set <= (1 - headroom) * capacity``. Otherwise
    idle resident sessions are *demoted* — best first, and only those whose demotion pays
    (below) — when, and only when, that makes the head fit; else the head and every later
@@ -487,7 +489,13 @@ class ResidencyController:
             waited[s.key] = 0.0 if since is None else now - since
         smallest = self.settings.admission_order == "smallest"
         waiting.sort(
-            key=lambda s: (not self._aged(s.key, waited[s.key]), view.working_set(s.key) if smallest else 0.0, s.first_arrival, s.key)
+            key=lambda s: (
+                not self._aged(s.key, waited[s.key]),
+                smallest and not s.resident,  # rule 6's returning admitted sessions before new ones
+                view.working_set(s.key) if smallest else 0.0,
+                s.first_arrival,
+                s.key,
+            )
         )
         candidates: list[tuple[float, SessionState, float]] | None = None
         restoring = self.restoring and used > budget
