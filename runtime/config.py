@@ -166,6 +166,11 @@ class ResidencySettings:
     on the no-model *reference* forecasts the judge scored the model against, instead of passing
     through (rule 5, "Reference forecasts"); false: it passes through. ``admission_order`` (rule 2):
     ``smallest`` (default: the smallest working set first) or ``fcfs`` (program-level FCFS).
+    ``forecasts``: the return forecasts that admission and demotion act on (rules 1-3) while the
+    controller acts: ``reference`` (default: always the no-model reference forecasts the judge scores the
+    model against; they are built only where the judge runs, so with ``judge`` false, and for a session with
+    none, the model's) or ``model`` (the model's; while the judge distrusts them, the reference, rule 5);
+    the GPU pool's eviction order and the prefetcher use the model's in both.
     """
 
     headroom: float = 0.1
@@ -185,11 +190,12 @@ class ResidencySettings:
     judge_min_returns: int = 32
     judge_half_life: float = 256.0
     judge_fallback: bool = True  # rule 5: act on the reference forecasts, not pass through, while the judge distrusts
+    forecasts: str = "reference"  # rules 1-3 act on the no-model "reference" return forecasts or the "model"'s
 
     @classmethod
     def from_mapping(cls, raw: Mapping[str, Any]) -> ResidencySettings:
         """Parse ``cachewise.residency``; unknown keys and non-numbers raise :class:`ConfigError`."""
-        return cls(**_sub_mapping(cls, raw, "residency", verbatim=("act_when_thrashing", "judge", "judge_start_trusted", "judge_fallback", "admission_order")))
+        return cls(**_sub_mapping(cls, raw, "residency", verbatim=("act_when_thrashing", "judge", "judge_start_trusted", "judge_fallback", "admission_order", "forecasts")))
 
     def __post_init__(self) -> None:
         finite_positive = 0 < self.horizon_s < math.inf and 0 < self.pressure_window_s < math.inf
@@ -204,6 +210,8 @@ class ResidencySettings:
             raise ConfigError("cachewise.residency: judge_z must be finite and >= 0, judge_min_returns >= 0, judge_half_life > 0")
         if self.admission_order not in ("smallest", "fcfs"):
             raise ConfigError(f"cachewise.residency.admission_order must be 'smallest' or 'fcfs', got {self.admission_order!r}")
+        if self.forecasts not in ("model", "reference"):
+            raise ConfigError(f"cachewise.residency.forecasts must be 'model' or 'reference', got {self.forecasts!r}")
         if not isinstance(self.act_when_thrashing, bool):
             raise ConfigError(f"cachewise.residency.act_when_thrashing must be true or false, got {self.act_when_thrashing!r}")
 

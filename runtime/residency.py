@@ -124,6 +124,23 @@ Rule, evaluated once per scheduler step (:meth:`ResidencyController.plan`):
    is vLLM's. With ``judge_fallback`` false the controller passes through whenever both distrust
    (session 9's rule).
 
+   *Which forecasts* (``forecasts``, default ``reference``). While acting, rules 1-3 read the no-model
+   reference forecasts whatever the verdict (:meth:`ResidencyController.forecast_of`; the model's
+   where a session has none, e.g. with the judge off); the verdicts still decide acting against
+   passing through, and the pool's eviction order and the prefetcher still use the model's.
+   ``model`` acts on the model's forecasts while a verdict trusts them (sessions 9-10). Why: the
+   judge's quantile loss, a mean over every return, favours the model, yet its decisions are worse.
+   Measured (README "Session residency", Claude Code held-out, C=32, closed loop, ten seeds, decision
+   logs of the replay): at 50% capacity ``model`` demotes 217 sessions per run, 174 of them back while
+   demoted (a median 2.5 s after the demotion), ``reference`` 190 and 147 (2.0 s); the run recomputes
+   2.04 M prompt tokens against 1.42 M (harmful evictions 7,968 against 5,533; the residents fill the
+   same 0.88-0.89 of the capacity on the mean): ``reference`` is 17 ± 5 s faster in mean JCT, on
+   every seed. At 25% −12 ± 27 s, 75% and 100% (three seeds) −12 ± 14 and +1 ± 3 s, with a host tier
+   −12 ± 29 s, SWE-agent sessions −1 ± 1 s: no measurable difference. So the model's return forecasts
+   do not pay in residency here, and against ``cachewise_nomodel`` (per-tool forecasts, per-tool
+   eviction order) this controller, with the model's eviction order, shows no measurable difference
+   either (−6 ± 22 s at 25%, −1 ± 7 s at 50%).
+
 6. Host tier (``host_blocks`` > 0: vLLM's offloading connector runs the CacheWise CPU-tier
    policy on this view, :func:`~cachewise.runtime.cpu_policy.host_capacity_blocks`). Admission
    counts two sets: the *admitted* sessions (all resident ones) and those that *need the GPU
@@ -563,8 +580,9 @@ class ResidencyController:
 
     def forecast_of(self, state: SessionState) -> Forecast | None:
         """The forecast the controller acts on for ``state``: the no-model reference while acting on it
-        (rule 5; the model's where a session has none), else the model's. O(1)."""
-        if self.on_reference and state.reference is not None:
+        (rule 5) or always with ``forecasts`` ``reference`` (the model's where a session has none), else
+        the model's. O(1)."""
+        if (self.on_reference or self.settings.forecasts == "reference") and state.reference is not None:
             return state.reference
         return state.forecast
 

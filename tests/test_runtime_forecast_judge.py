@@ -158,13 +158,15 @@ def test_the_controller_acts_while_the_judge_trusts_the_forecasts_though_the_gua
     assert ctl.following_model and plan.held == ["C"]  # A and B live over budget: C waits
 
 
-def _one_idle_one_waiting(judge_good: bool, fallback: bool = True) -> tuple[ResidencyController, SessionView, object]:
+def _one_idle_one_waiting(
+    judge_good: bool, fallback: bool = True, forecasts: str = "model"
+) -> tuple[ResidencyController, SessionView, object]:
     """Guard distrusting; the judge fed a good or an inverted model; of 100 blocks, C live holds 20 and A
     idle 60 (the model: back in ~1 s; the reference: not back within the horizon); B arrives needing 50."""
     view = SessionView(BLOCK, lambda: False)
     view.judge = judge = ForecastJudge(CAP, min_returns=0)
     _feed(judge, _around if judge_good else (lambda gap: _around(500.0 / gap)), 200)
-    ctl = ResidencyController(ResidencySettings(headroom=0.0, judge_fallback=fallback), 100, 256)
+    ctl = ResidencyController(ResidencySettings(headroom=0.0, judge_fallback=fallback, forecasts=forecasts), 100, 256)
     view.on_arrival("a1", "A", "t", 60 * BLOCK, 0.0)
     view.on_arrival("c1", "C", "t", 20 * BLOCK, 0.0)
     assert ctl.plan(view, 0.5, running=0).admitted == {"A", "C"}
@@ -192,6 +194,24 @@ def test_while_the_judge_distrusts_the_model_the_controller_acts_on_the_referenc
     assert REGISTRY.get_sample_value("cachewise_residency_following_model") == 0.0
     ctl, view, plan = _one_idle_one_waiting(judge_good=False, fallback=False)
     assert not ctl.acting and plan.demoted == [] and plan.admitted == {"B"} and ctl.passthrough_steps == 2
+
+
+def test_with_forecasts_reference_the_controller_acts_on_the_reference_while_following_the_model() -> None:
+    """``forecasts: reference``: the judge trusts the model (following it, no pass-through), yet admission and
+    demotion read the reference: A (the model: back in ~1 s; the reference: not back) is demoted for B.
+    A session with no reference is judged by the model's forecast. The default is ``reference``."""
+    assert ResidencySettings().forecasts == "reference"
+    ctl, view, plan = _one_idle_one_waiting(judge_good=True, forecasts="reference")
+    assert view.forecasts_trusted and ctl.following_model and not ctl.on_reference
+    assert plan.demoted == ["A"] and plan.admitted == {"B"}
+    assert ctl.forecast_of(view.get("A")) is view.get("A").reference
+    view.on_scheduled("b1")
+    view.on_forecast("b1", "B", "t", _around(2.0), None)
+    view.on_finished("b1", 50 * BLOCK, [f"B{i}".encode() for i in range(50)], 3.0)
+    b = view.get("B")
+    assert b.forecast is not None and b.reference is None and ctl.forecast_of(b) is b.forecast
+    with pytest.raises(ConfigError, match="forecasts"):
+        ResidencySettings(forecasts="oracle")
 
 
 def test_the_reference_mode_needs_a_scored_return_and_leaves_when_the_model_is_trusted_again() -> None:
