@@ -87,6 +87,14 @@ def test_garbage_lines_are_reported_and_the_rest_loads(base_lines: list[bytes], 
     assert len(rows) == len(_message_ids(intact))
 
 
+def test_a_first_garbage_line_that_starts_with_the_gzip_magic_does_not_hide_the_rest(base_lines: list[bytes]) -> None:
+    """Hypothesis found it: a plain file whose first line is ``1f 8b`` garbage was read as a corrupt gzip
+    stream and lost every line. The line is reported; the others load."""
+    rows, report = _load(b"\x1f\x8b\n" + b"".join(base_lines[1:]))
+    assert [s.line for s in report.skipped_lines] == [1]
+    assert len(rows) == len(_message_ids(base_lines[1:]))
+
+
 @FUZZ
 @given(cut=st.integers(min_value=0))
 def test_truncated_file(base_lines: list[bytes], cut: int) -> None:
