@@ -7,6 +7,7 @@ event, in that order, with:
 
 * the features (:data:`~cachewise.features.spec.FEATURE_NAMES`, float64);
 * the target (:mod:`cachewise.features.label`): ``label``, ``censored``, ``idle_s``, ``next_use_time``;
+  and the remaining-work target ``remaining_s`` (seconds the call's session runs after it);
 * identity and time columns for splitting and evaluation: ``source``, ``task_id``,
   ``session_id``, ``thread_id``, ``call_index``, ``request_time``, ``response_time``
   (``is_sidechain`` is a feature already);
@@ -38,7 +39,7 @@ from tqdm import tqdm
 from cachewise.atomic_write import atomic_path
 from cachewise.data.schema import read_events
 from cachewise.features.dask_cluster import DaskSettings, backend_of, dask_client, describe
-from cachewise.features.label import reuse_labels
+from cachewise.features.label import remaining_seconds, reuse_labels
 from cachewise.features.online import FeatureState
 from cachewise.features.params import load_section, param_path, require
 from cachewise.features.record import finished_call_from_row
@@ -46,7 +47,8 @@ from cachewise.features.spec import FEATURE_NAMES, FEATURE_SET_VERSION, primary_
 
 META_KEY = b"cachewise.features"
 ID_COLUMNS = ["source", "task_id", "session_id", "thread_id", "call_index", "request_time", "response_time"]
-EXTRA_COLUMNS = [*ID_COLUMNS, "primary_class", "last_use_time", "label", "censored", "idle_s", "next_use_time"]
+EXTRA_COLUMNS = [*ID_COLUMNS, "primary_class", "last_use_time", "label", "censored", "idle_s", "next_use_time",
+                 "remaining_s"]
 assert not set(EXTRA_COLUMNS) & set(FEATURE_NAMES), "a feature name collides with a featurize column"
 
 
@@ -95,6 +97,7 @@ def featurize(
         frame[col] = ordered[col].to_numpy()
     for col in ["label", "censored", "idle_s", "next_use_time"]:
         frame[col] = labels.frame[col].to_numpy()
+    frame["remaining_s"] = remaining_seconds(ordered)
     us = spent / max(len(calls), 1) * 1e6
     return FeatureTable(frame, us, labels.n_negative_clamped, labels.n_censored)
 

@@ -15,6 +15,11 @@ Idle times below zero (a parallel tool call sent the next request before this re
 was recorded) are clamped to 0 and counted. A prefix not reused within ``horizon_s``
 is *censored*: its label is ``log1p(2 * horizon_s)``, the rule LRB uses for objects
 beyond its memory window. The model is trained on ``label = log1p(idle seconds)``.
+
+The second target, :func:`remaining_seconds`, is how much longer a call's session runs after the
+call finishes: ``max(response_time of the session) - c.response_time`` (0 for its last call),
+per ``source, session_id``; the remaining-work model (:mod:`cachewise.train.remaining`) learns
+``log1p`` of it. O(n log n) in the rows.
 """
 
 from __future__ import annotations
@@ -101,3 +106,9 @@ def reuse_labels(events: pd.DataFrame, horizon_s: float) -> ReuseLabels:
         index=events.index,
     )
     return ReuseLabels(frame, int(negative.sum()), int(censored.sum()))
+
+
+def remaining_seconds(events: pd.DataFrame) -> np.ndarray:
+    """Seconds each row's session runs after the row's response (module doc), aligned with ``events``."""
+    end = events.groupby(["source", "session_id"], sort=False)["response_time"].transform("max")
+    return np.maximum(end.to_numpy(dtype="float64") - events["response_time"].to_numpy(dtype="float64"), 0.0)

@@ -165,7 +165,10 @@ class ResidencySettings:
     true): while neither verdict trusts the model but the judge has scored returns, the controller acts
     on the no-model *reference* forecasts the judge scored the model against, instead of passing
     through (rule 5, "Reference forecasts"); false: it passes through. ``admission_order`` (rule 2):
-    ``smallest`` (default: the smallest working set first) or ``fcfs`` (program-level FCFS).
+    ``area`` (default: the smallest predicted KV *area* first -- working set x the seconds the
+    export's remaining-work model predicts the session still runs; ties, and every session
+    without that model, smallest working set first), ``smallest`` (the smallest working set
+    first) or ``fcfs`` (program-level FCFS).
     ``forecasts``: the return forecasts that admission and demotion act on (rules 1-3) while the
     controller acts: ``reference`` (default: always the no-model reference forecasts the judge scores the
     model against; they are built only where the judge runs, so with ``judge`` false, and for a session with
@@ -183,7 +186,7 @@ class ResidencySettings:
     host_reload_s_per_token: float = 0.0  # host tier: seconds per token to load a dropped prefix back (0: recompute)
     pressure_window_s: float = 10.0
     act_when_thrashing: bool = False  # rule 5's exception: act on the model once pass-through outgrew GPU + host
-    admission_order: str = "smallest"  # rule 2: "smallest" working set first, or "fcfs" (program-level FCFS)
+    admission_order: str = "area"  # rule 2: smallest predicted KV "area" (blocks x remaining s), "smallest" working set, or "fcfs"
     judge: bool = True  # rule 5: also act while the forecast judge finds the model's forecasts better
     judge_start_trusted: bool = True
     judge_z: float = 2.0
@@ -208,8 +211,10 @@ class ResidencySettings:
                 raise ConfigError(f"cachewise.residency.{flag} must be true or false, got {getattr(self, flag)!r}")
         if not (0 <= self.judge_z < math.inf) or self.judge_min_returns < 0 or not (0 < self.judge_half_life < math.inf):
             raise ConfigError("cachewise.residency: judge_z must be finite and >= 0, judge_min_returns >= 0, judge_half_life > 0")
-        if self.admission_order not in ("smallest", "fcfs"):
-            raise ConfigError(f"cachewise.residency.admission_order must be 'smallest' or 'fcfs', got {self.admission_order!r}")
+        if self.admission_order not in ("area", "smallest", "fcfs"):
+            raise ConfigError(
+                f"cachewise.residency.admission_order must be 'area', 'smallest' or 'fcfs', got {self.admission_order!r}"
+            )
         if self.forecasts not in ("model", "reference"):
             raise ConfigError(f"cachewise.residency.forecasts must be 'model' or 'reference', got {self.forecasts!r}")
         if not isinstance(self.act_when_thrashing, bool):

@@ -22,7 +22,9 @@ call's (session, thread) and a :class:`~cachewise.runtime.sessions.Forecast` of 
 gap distribution, with the *reference* forecast of the same call without the model (its tool
 class's training mean and the per-class baseline's residual quantiles,
 :meth:`~cachewise.scoring.exported.ExportedModel.reference_label`), which the forecast judge
-(:mod:`cachewise.runtime.forecast_judge`) scores it against.
+(:mod:`cachewise.runtime.forecast_judge`) scores it against, and, where the export has a
+remaining-work model (:attr:`~cachewise.scoring.exported.ExportedModel.remaining`), its label
+for the call's session (one more single-row prediction per finished request).
 """
 
 from __future__ import annotations
@@ -88,6 +90,15 @@ class LearnedPredictor:
         mu = self.model.reference_label(vec)
         return None if mu is None else Forecast.from_log_model(mu, reference[2].residual_quantiles)
 
+    def _remaining(self, vec: Any) -> tuple[float, float] | None:
+        """The remaining-work label of the call's session and the model's label of a new session
+        (None: the export has no remaining-work model, or it answered a non-finite number)."""
+        model = getattr(self.model, "remaining", None)
+        if model is None:
+            return None
+        label = float(model.predict_one(vec))
+        return (label, model.new_session_label) if math.isfinite(label) else None
+
     def on_request_finished(self, request: Request, now: float) -> ReusePrediction:
         call = self._calls.build(request, now)
         if self._on_call is not None:
@@ -97,7 +108,9 @@ class LearnedPredictor:
         if not math.isfinite(label):
             raise InvalidPrediction(f"model returned {label} for thread {call.thread_key}")
         forecast = Forecast.from_log_model(label, self.model.conditioner.residual_quantiles)
-        self._calls.sessions.on_forecast(request.request_id, call.session_key, call.thread_key, forecast, self._reference(vec))
+        self._calls.sessions.on_forecast(
+            request.request_id, call.session_key, call.thread_key, forecast, self._reference(vec), self._remaining(vec)
+        )
         gap = self.model.expected_gap_one(label, 0.0)
         horizon = math.expm1(label + self._expiry_residual)
         return ReusePrediction(now + gap, now + max(horizon, gap))

@@ -43,6 +43,11 @@ Model:
 * *live* requests (arrived, not finished), of which *waiting* ones were never scheduled;
 * when no request is live the session is *idle since* its last finish, with the
   :class:`Forecast` of its return made at that finish (None: no prediction);
+* its *remaining work*: the remaining-work model's label (``log1p`` seconds the session runs
+  after its last finished call; :mod:`cachewise.train.remaining`) made at its last finish, None
+  before its first finished call or without that model; for a session with none,
+  :meth:`remaining_of` answers with the model's ``new_session_label`` (the residency
+  controller's admission order, rule 2);
 * ``resident`` / ``demoted`` flags are written by the residency controller and the prefetcher only;
   ``resident`` means *admitted* (:mod:`cachewise.runtime.residency`): without a host tier its
   working set is counted in the GPU's room, with one (residency rule 6) an idle admitted
@@ -294,6 +299,7 @@ class LiveRequest:
     forecast: Forecast | None = None
     reference: Forecast | None = None  # the no-model forecast made with it (the forecast judge's)
     named: tuple[str, str] | None = None  # (session, thread) named by the predictor
+    remaining: float | None = None  # the remaining-work label made with it
 
 
 @dataclass
@@ -309,6 +315,7 @@ class SessionState:
     forecast: Forecast | None = None
     reference: Forecast | None = None
     finished_calls: int = 0
+    remaining: float | None = None  # remaining-work label at its last finished call (module doc)
     resident: bool = False
     demoted: bool = False
 
@@ -345,6 +352,7 @@ class SessionView:
         self._next_thread = 0
         self.host = HostSets(self._sessions.__contains__)
         self.judge: ForecastJudge | None = None  # set once, by the residency scheduler
+        self.new_session_remaining = 0.0  # the remaining-work model's label of a session with no finished call
 
     # ----------------------------------------------------------- write events
     def follow(self, verdict: Callable[[], bool], pressure: Callable[[], tuple[int, int]] | None = None) -> None:
@@ -407,16 +415,25 @@ class SessionView:
             self._sessions[req.session].waiting.discard(request_id)
 
     def on_forecast(
-        self, request_id: str, session: str, thread: str, forecast: Forecast | None, reference: Forecast | None = None
+        self,
+        request_id: str,
+        session: str,
+        thread: str,
+        forecast: Forecast | None,
+        reference: Forecast | None = None,
+        remaining: tuple[float, float] | None = None,
     ) -> None:
-        """The predictor's answer for a finishing request: its (session, thread), return forecast and
-        the no-model ``reference`` forecast the judge scores it against. Applied by the
-        :meth:`on_finished` that follows; ignored for an unknown request."""
+        """The predictor's answer for a finishing request: its (session, thread), return forecast,
+        the no-model ``reference`` forecast the judge scores it against and ``remaining``: the
+        remaining-work label of its session and the model's ``new_session_label`` (module doc).
+        Applied by the :meth:`on_finished` that follows; ignored for an unknown request."""
         req = self._requests.get(request_id)
         if req is not None:
             req.named = (session, thread)
             req.forecast = forecast
             req.reference = reference
+            if remaining is not None:
+                req.remaining, self.new_session_remaining = remaining
 
     def on_finished(self, request_id: str, num_tokens: int, hashes: Sequence[Hashable], now: float) -> str | None:
         """The request finished holding ``num_tokens`` tokens with full-block ``hashes``.
@@ -447,6 +464,8 @@ class SessionView:
         state.finished_calls += 1
         if req.forecast is not None:
             state.forecast, state.reference = req.forecast, req.reference
+        if req.remaining is not None:
+            state.remaining = req.remaining
         if not state.live:
             self._went_idle(state, now)
         return key
@@ -520,6 +539,12 @@ class SessionView:
         """Arrival time of the session's oldest waiting request (None: nothing waits)."""
         state = self._sessions[key]
         return min((self._requests[r].arrived for r in state.waiting), default=None)
+
+    def remaining_of(self, key: str) -> float:
+        """The session's remaining-work label (module doc): its own, else the model's label for a
+        session with no finished call, else 0 (no remaining-work model reported: every session ties)."""
+        own = self._sessions[key].remaining
+        return own if own is not None else self.new_session_remaining
 
     def working_set(self, key: str) -> float:
         """Blocks the session needs resident (module doc)."""

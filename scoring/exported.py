@@ -18,6 +18,12 @@ clock, retries included).
 ``LGBM_BoosterPredictForMatSingleRowFast`` per call), which skips the per-call setup of
 ``Booster.predict``. One :class:`ExportedModel` must not be used from two threads at once
 (the fast config holds one prediction buffer).
+
+The remaining-work model (``remaining.txt`` beside ``spec.json``, spec section ``remaining``;
+:mod:`cachewise.train.remaining`) is loaded with the same checks (hash, text check, probe) into
+:attr:`ExportedModel.remaining`. It is optional: a spec without the section, or a missing or
+damaged file, leaves it ``None`` with one warning (the next-reuse model still serves, and
+the residency controller orders sessions as it does without a model).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import json
+import logging
 import math
 import os
 import subprocess
@@ -45,6 +52,7 @@ from cachewise.scoring.registry import tracking_uri
 
 MODEL_FILE = "model.txt"
 SPEC_FILE = "spec.json"
+REMAINING_FILE = "remaining.txt"
 SHA_KEY = "model_sha256"
 PROBE_KEY = "probe"
 #: Default wall-clock budget (s) of one registry download, retries included.
@@ -55,6 +63,7 @@ _DTYPE_FLOAT64 = 1  # C_API_DTYPE_FLOAT64
 
 
 _CLASS_FIRST = FEATURE_NAMES.index("class_first")
+_LOG = logging.getLogger(__name__)
 
 
 class ModelLoadError(RuntimeError):
@@ -72,22 +81,10 @@ def check_spec(spec: dict[str, Any], where: str) -> None:
             )
 
 
-class ExportedModel:
-    """A loaded model: LightGBM booster, its spec, and the idle conditioner of its predictions."""
+class FastRow:
+    """One booster's single-row fast predictor (module doc); not for two threads at once."""
 
-    def __init__(self, booster: lgb.Booster, spec: dict[str, Any], where: str) -> None:
-        check_spec(spec, where)
-        n_features = len(spec["feature_names"])
-        if booster.num_feature() != n_features:
-            raise ModelLoadError(f"{where}: model has {booster.num_feature()} features, spec lists {n_features}")
-        try:
-            self.conditioner = IdleConditioner(tuple(spec["residual_quantiles"]["model"]))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ModelLoadError(f"{where}: spec has no valid residual_quantiles.model: {exc}") from exc
-        self.reference = _reference_of(spec)
-        self.booster = booster
-        self.spec = spec
-        self.source = where
+    def __init__(self, booster: lgb.Booster, n_features: int, where: str) -> None:
         self.n_features = n_features
         self._fast = ctypes.c_void_p()
         _check(
@@ -103,26 +100,20 @@ class ExportedModel:
             ),
             where,
         )
+        self._booster = booster  # the fast config refers to it
         self._out_len = ctypes.c_int64()
         self._out = ctypes.c_double()
         self._out_len_ref = ctypes.byref(self._out_len)
         self._out_ref = ctypes.byref(self._out)
         self._predict_fast = _LIB.LGBM_BoosterPredictForMatSingleRowFast
-        self._check_probe()
 
-    def _check_probe(self) -> None:
-        """The spec's probe row must predict its recorded value (a zero row: any finite value)."""
-        probe = self.spec.get(PROBE_KEY) or {}
-        try:
-            row = np.asarray(probe.get("features", [0.0] * self.n_features), dtype=np.float64)
-            expected = float(probe.get("prediction", math.nan))
-            got = self.predict_one(row)
-        except (TypeError, ValueError, RuntimeError) as exc:
-            raise ModelLoadError(f"{self.source}: cannot score the probe row: {exc}") from exc
-        if not math.isfinite(got):
-            raise ModelLoadError(f"{self.source}: the model predicts {got} for the probe row (non-finite output)")
-        if math.isfinite(expected) and not math.isclose(got, expected, rel_tol=_PROBE_RTOL, abs_tol=1e-12):
-            raise ModelLoadError(f"{self.source}: the model predicts {got!r} for the probe row, its spec recorded {expected!r}")
+    def __call__(self, vec: np.ndarray) -> float:
+        """The prediction for one float64 feature vector in spec order."""
+        if vec.dtype != np.float64 or vec.shape != (self.n_features,) or not vec.flags.c_contiguous:
+            vec = np.ascontiguousarray(vec, dtype=np.float64).reshape(self.n_features)
+        if self._predict_fast(self._fast, ctypes.c_void_p(vec.ctypes.data), self._out_len_ref, self._out_ref):
+            raise RuntimeError(_LIB.LGBM_GetLastError().decode())
+        return self._out.value
 
     def __del__(self) -> None:
         fast = getattr(self, "_fast", None)
@@ -130,13 +121,85 @@ class ExportedModel:
             _LIB.LGBM_FastConfigFree(fast)
             fast.value = None
 
+
+def check_probe(predict: Any, probe: dict, n_features: int, where: str) -> None:
+    """``probe``'s row must predict its recorded value (a zero row: any finite value)."""
+    try:
+        row = np.asarray(probe.get("features", [0.0] * n_features), dtype=np.float64)
+        expected = float(probe.get("prediction", math.nan))
+        got = predict(row)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise ModelLoadError(f"{where}: cannot score the probe row: {exc}") from exc
+    if not math.isfinite(got):
+        raise ModelLoadError(f"{where}: the model predicts {got} for the probe row (non-finite output)")
+    if math.isfinite(expected) and not math.isclose(got, expected, rel_tol=_PROBE_RTOL, abs_tol=1e-12):
+        raise ModelLoadError(f"{where}: the model predicts {got!r} for the probe row, its spec recorded {expected!r}")
+
+
+class RemainingModel:
+    """The remaining-work model (module doc): ``predict_one(vec)`` is ``log1p`` of the seconds the
+    session runs after the call; ``new_session_label`` the label of a session with no finished call."""
+
+    def __init__(self, booster: lgb.Booster, section: dict[str, Any], n_features: int, where: str) -> None:
+        if booster.num_feature() != n_features:
+            raise ModelLoadError(f"{where}: remaining-work model has {booster.num_feature()} features, spec lists {n_features}")
+        try:
+            self.new_session_label = float(section["new_session_label"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelLoadError(f"{where}: spec remaining.new_session_label missing or not a number") from exc
+        if not math.isfinite(self.new_session_label):
+            raise ModelLoadError(f"{where}: spec remaining.new_session_label is {self.new_session_label}")
+        self.predict_one = FastRow(booster, n_features, where)
+        self.source = where
+        check_probe(self.predict_one, section.get(PROBE_KEY) or {}, n_features, where)
+
+
+def load_remaining(spec: dict[str, Any], folder: Path, n_features: int) -> RemainingModel | None:
+    """The remaining-work model named by ``spec`` in ``folder``; None (one warning) when there is none
+    that loads (module doc)."""
+    section = spec.get("remaining")
+    if not isinstance(section, dict):
+        return None
+    path = folder / REMAINING_FILE
+    try:
+        if not path.is_file():
+            raise ModelLoadError(f"{path}: missing (the spec names a remaining-work model)")
+        text = read_model_text(path, section.get(SHA_KEY) if isinstance(section.get(SHA_KEY), str) else "")
+        try:
+            booster = lgb.Booster(model_str=text)
+        except (lgb.basic.LightGBMError, ValueError) as exc:
+            raise ModelLoadError(f"{path}: not a LightGBM model: {exc}") from exc
+        return RemainingModel(booster, section, n_features, str(path))
+    except ModelLoadError as exc:
+        _LOG.warning("cachewise: no remaining-work model, sessions are admitted as without a model: %s", exc)
+        return None
+
+
+class ExportedModel:
+    """A loaded model: LightGBM booster, its spec, and the idle conditioner of its predictions;
+    :attr:`remaining` the optional remaining-work model (module doc)."""
+
+    def __init__(self, booster: lgb.Booster, spec: dict[str, Any], where: str) -> None:
+        check_spec(spec, where)
+        n_features = len(spec["feature_names"])
+        if booster.num_feature() != n_features:
+            raise ModelLoadError(f"{where}: model has {booster.num_feature()} features, spec lists {n_features}")
+        try:
+            self.conditioner = IdleConditioner(tuple(spec["residual_quantiles"]["model"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelLoadError(f"{where}: spec has no valid residual_quantiles.model: {exc}") from exc
+        self.reference = _reference_of(spec)
+        self.booster = booster
+        self.spec = spec
+        self.source = where
+        self.n_features = n_features
+        self._row = FastRow(booster, n_features, where)
+        self.remaining: RemainingModel | None = None
+        check_probe(self.predict_one, self.spec.get(PROBE_KEY) or {}, n_features, where)
+
     def predict_one(self, vec: np.ndarray) -> float:
         """Predicted label (``log1p`` idle seconds) of one float64 feature vector in spec order."""
-        if vec.dtype != np.float64 or vec.shape != (self.n_features,) or not vec.flags.c_contiguous:
-            vec = np.ascontiguousarray(vec, dtype=np.float64).reshape(self.n_features)
-        if self._predict_fast(self._fast, ctypes.c_void_p(vec.ctypes.data), self._out_len_ref, self._out_ref):
-            raise RuntimeError(_LIB.LGBM_GetLastError().decode())
-        return self._out.value
+        return self._row(vec)
 
     def predict(self, matrix: np.ndarray) -> np.ndarray:
         """Predicted labels of a 2-D feature matrix (rows in spec order)."""
@@ -236,7 +299,9 @@ def load_folder(model_file: Path, spec_file: Path, where: str) -> ExportedModel:
         booster = lgb.Booster(model_str=text)
     except (lgb.basic.LightGBMError, ValueError) as exc:
         raise ModelLoadError(f"{model_file}: not a LightGBM model: {exc}") from exc
-    return ExportedModel(booster, spec, where)
+    model = ExportedModel(booster, spec, where)
+    model.remaining = load_remaining(spec, spec_file.parent, model.n_features)
+    return model
 
 
 def trial_load(model_file: Path, timeout_s: float = 120.0) -> None:

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from cachewise.data.schema import COLUMNS
-from cachewise.features.label import censored_label, label_to_seconds, reuse_labels
+from cachewise.features.label import censored_label, label_to_seconds, remaining_seconds, reuse_labels
 
 H = 100.0
 
@@ -69,3 +69,16 @@ def test_hash_chain_labels():
 def test_horizon_must_be_positive():
     with pytest.raises(ValueError):
         reuse_labels(events([]), 0.0)
+
+
+def test_remaining_seconds_run_to_the_last_response_of_the_session():
+    """Per (source, session): the session's last response minus the row's (0 for the last call);
+    sessions of other sources or ids do not mix, and row order does not matter."""
+    frame = pd.DataFrame(
+        {
+            "source": ["a", "a", "a", "b", "a"],
+            "session_id": ["s", "s", "s", "s", "t"],
+            "response_time": [10.0, 4.0, 25.0, 100.0, 7.0],
+        }
+    )
+    np.testing.assert_array_equal(remaining_seconds(frame), [15.0, 21.0, 0.0, 0.0, 0.0])

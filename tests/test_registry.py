@@ -55,7 +55,7 @@ def test_train_register_champion_export_round_trip(workspace, capsys):
     assert "@champion moved to version 1" in out
 
     export_dir = root / "models" / "cachewise-reuse"
-    assert sorted(p.name for p in export_dir.iterdir()) == ["model.txt", "spec.json"]
+    assert sorted(p.name for p in export_dir.iterdir()) == ["model.txt", "remaining.txt", "spec.json"]
     spec = json.loads((export_dir / "spec.json").read_text())
     assert spec["training_data"]["events_sha256"]  # fingerprint of the events file
     frame, _ = read_features(root / "data" / "features.parquet")

@@ -45,10 +45,10 @@ def test_admits_while_working_sets_fit_then_holds_in_fcfs_order() -> None:
     assert ctl.plan(view, 4.0, running=1).held == ["B", "C"]  # A is live: nothing to demote
 
 
-def test_the_default_admission_order_is_smallest_working_set_first_with_aged_sessions_ahead() -> None:
-    """Rule 2, ``smallest``: the queue of the FCFS test above admits C (10) and B (50) and holds A (60);
-    a session past the starvation bound goes first whatever its size; unknown orders are refused."""
-    assert ResidencySettings().admission_order == "smallest"
+def test_without_remaining_work_labels_the_order_is_smallest_working_set_first_with_aged_sessions_ahead() -> None:
+    """Rule 2, ``smallest`` (and ``remaining`` without labels, the default): the queue of the FCFS test
+    above admits C (10) and B (50) and holds A (60); a session past the starvation bound goes first
+    whatever its size; unknown orders are refused."""
     view, ctl = SessionView(BLOCK), _controller(100, max_wait_s=10.0)
     view.on_arrival("a", "A", "t", 60 * BLOCK, 0.0)
     view.on_arrival("b", "B", "t", 50 * BLOCK, 1.0)
@@ -450,3 +450,35 @@ def test_host_tier_a_returning_admitted_session_may_use_the_headroom_a_new_one_m
     view.on_arrival("b", "B", "t", 5 * BLOCK, 1.5)  # new: 90 + 5 > 80
     plan = ctl.plan(view, 2.0, running=1)
     assert "A" in plan.admitted and plan.held == ["B"] and plan.gpu == 90
+
+
+
+def _area_queue(labels: dict[str, float] | None, order: str = "area") -> tuple[set[str], list[str]]:
+    """A (10 blocks) and B (30 blocks) come back after a finished call with ``labels`` (seconds of work
+    left), C (20 blocks) is new; the model's new-session label is 60 s; a 40-block room. (admitted, held)."""
+    view, ctl = SessionView(BLOCK), _controller(40, admission_order=order)
+    for key, blocks in (("A", 10), ("B", 30)):
+        view.on_arrival(f"{key}0", key, "t", blocks * BLOCK, 0.0)
+        view.on_scheduled(f"{key}0")
+        remaining = None if labels is None else (math.log1p(labels[key]), math.log1p(60.0))
+        view.on_forecast(f"{key}0", key, "t", FAR, None, remaining)
+        view.on_finished(f"{key}0", blocks * BLOCK, [f"{key}{j}".encode() for j in range(blocks)], 1.0)
+        view.on_arrival(f"{key}1", key, "t", blocks * BLOCK, 2.0)
+    view.on_arrival("c0", "C", "t", 20 * BLOCK, 2.0)
+    plan = ctl.plan(view, 3.0, running=0)
+    return plan.admitted, plan.held
+
+
+def test_area_order_admits_the_smallest_predicted_kv_area_first() -> None:
+    """Rule 2, ``area`` (the default): working set x predicted remaining seconds. B (30 x 5 s = 150)
+    goes first though it is the largest, then C at the new-session label (20 x 60 = 1,200), then A
+    (10 x 600 = 6,000); strict order, so C and A wait behind B's room. With A at 30 s (300) A goes
+    before C and fits beside B. A short remaining time alone does not decide: B at 50 s (1,500) goes
+    after C (1,200) and before A at 200 s (2,000). Without remaining-work labels every session ties
+    and the order is ``smallest``'s; ``smallest`` does not read the labels."""
+    assert ResidencySettings().admission_order == "area"
+    assert _area_queue({"A": 600.0, "B": 5.0}) == ({"B"}, ["C", "A"])
+    assert _area_queue({"A": 30.0, "B": 5.0}) == ({"A", "B"}, ["C"])
+    assert _area_queue({"A": 200.0, "B": 50.0}) == ({"C"}, ["B", "A"])
+    assert _area_queue(None) == ({"A", "C"}, ["B"]) == _area_queue(None, "smallest")
+    assert _area_queue({"A": 600.0, "B": 5.0}, "smallest") == ({"A", "C"}, ["B"])

@@ -99,3 +99,44 @@ def test_feature_set_mismatch(trained, tmp_path, key, value):
     (target / "spec.json").write_text(json.dumps(spec))
     with pytest.raises(ModelLoadError, match=key):
         load_exported(target)
+
+
+def test_the_export_carries_the_remaining_work_model(trained):
+    """train fits the remaining-work model beside the reuse model; the export loads it, its single-row
+    predictions are the booster's, and new sessions get the training mean at sessions' first calls."""
+    folder, result, matrix = trained
+    assert (folder / "remaining.txt").is_file()
+    section = result.spec["remaining"]
+    assert section["file"] == "remaining.txt" and section["label_transform"] == "log1p_seconds"
+    assert set(result.metrics["remaining"]) == {"spearman", "spearman_fewest_calls_first", "test_rows"}
+    model = load_exported(folder)
+    assert model.remaining is not None
+    import lightgbm as lgb
+
+    booster = lgb.Booster(model_file=str(folder / "remaining.txt"))
+    np.testing.assert_allclose([model.remaining.predict_one(r) for r in matrix[:20]], booster.predict(matrix[:20]), rtol=1e-9)
+    assert model.remaining.new_session_label == pytest.approx(section["new_session_label"]) and section["new_session_label"] > 0
+
+
+@pytest.mark.parametrize("damage", ["missing", "corrupt", "replaced", "no_section"])
+def test_a_broken_remaining_work_model_leaves_the_reuse_model_serving(trained, tmp_path, damage, caplog):
+    """A missing, damaged or unverifiable remaining.txt never stops the load: the reuse model loads,
+    ``remaining`` is None and one warning names the file (a spec without the section: no warning)."""
+    target = _copy(trained[0], tmp_path)
+    path = target / "remaining.txt"
+    if damage == "missing":
+        path.unlink()
+    elif damage == "corrupt":
+        path.write_text(path.read_text()[: len(path.read_text()) // 2])
+    elif damage == "replaced":
+        shutil.copyfile(target / "model.txt", path)  # a valid LightGBM model, not the one the spec names
+    else:
+        spec = json.loads((target / "spec.json").read_text())
+        del spec["remaining"]
+        (target / "spec.json").write_text(json.dumps(spec))
+    with caplog.at_level("WARNING"):
+        model = load_exported(target)
+    assert model.remaining is None and np.isfinite(model.predict_one(np.zeros(len(FEATURE_NAMES))))
+    warned = [r.getMessage() for r in caplog.records if "remaining-work" in r.getMessage()]
+    assert (warned == []) if damage == "no_section" else (len(warned) == 1 and "remaining.txt" in warned[0])
+

@@ -12,7 +12,7 @@
    any defined one), or when there is no holder, or the holder was trained for another
    feature-set version, or its registered spec has no ``model_sha256`` while the new one has
    (this code could not serve it by URI). The decision and its reason are printed.
-3. Export the alias holder to ``registry.export_dir``: ``model.txt`` + ``spec.json``
+3. Export the alias holder to ``registry.export_dir``: ``model.txt`` + ``spec.json`` (+ ``remaining.txt``)
    (:mod:`cachewise.scoring.exported` loads it without MLflow), staged beside the target,
    checked by loading it, then swapped in (:func:`cachewise.atomic_write.replace_folder`):
    the export folder is always the previous complete export or the new one.
@@ -37,6 +37,7 @@ from cachewise.features.spec import FEATURE_SET_VERSION
 from cachewise.scoring.exported import (
     MODEL_FILE,
     REGISTRY_TIMEOUT_S,
+    REMAINING_FILE,
     SHA_KEY,
     SPEC_FILE,
     download_model,
@@ -155,6 +156,8 @@ def fetch_checked(uri: str, folder: Path, timeout_s: float = REGISTRY_TIMEOUT_S 
     local = download_model(uri, download, timeout_s)
     spec = read_spec(local / "extra_files" / SPEC_FILE)
     shutil.copyfile(local / "model.lgb", folder / MODEL_FILE)
+    if (local / "extra_files" / REMAINING_FILE).is_file():  # the remaining-work model (train since session 12)
+        shutil.copyfile(local / "extra_files" / REMAINING_FILE, folder / REMAINING_FILE)
     shutil.rmtree(download)
     registered = spec.get(SHA_KEY) if isinstance(spec.get(SHA_KEY), str) else None
     if registered is None:  # logged before train recorded the hash

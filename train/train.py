@@ -8,10 +8,12 @@ Steps, each reproducible from ``params.yaml`` (``train`` and ``features`` sectio
 3. fit the baselines on train, and every predictor's idle conditioner on valid residuals;
 4. score model and baselines on the held-out test tasks (:mod:`cachewise.train.evaluate`);
 5. write ``model.txt``, ``spec.json`` (:mod:`cachewise.train.model_spec`; with the model's
-   sha256 and a probe row, see :mod:`cachewise.scoring.exported`), ``metrics.json`` (the DVC
+   sha256 and a probe row, see :mod:`cachewise.scoring.exported`), ``remaining.txt`` (the
+   remaining-work model fitted as in step 2 on the same split, :mod:`cachewise.train.remaining`;
+   its spec section ``remaining``), ``metrics.json`` (the DVC
    metrics file) and ``plots/*.csv|png`` (DVC plots) into a staging folder beside ``<out>``;
 6. log params, metrics, plots, spec and the model (``mlflow.lightgbm`` flavor, spec as an
-   extra file) to the MLflow experiment ``cachewise`` (:mod:`cachewise.train.tracking`),
+   and ``remaining.txt`` as extra files) to the MLflow experiment ``cachewise`` (:mod:`cachewise.train.tracking`),
    then write ``run.json`` (the MLflow run and model URI, read by ``cachewise export``);
 7. swap the staging folder into ``<out>`` (:func:`cachewise.atomic_write.replace_folder`) and
    end the run ``FINISHED``, as one step that SIGTERM does not interrupt (:mod:`cachewise.cli`).
@@ -49,16 +51,18 @@ from cachewise.features.params import ParamsError, load_section, param_path, req
 from cachewise.features.spec import CATEGORICAL, FEATURE_NAMES, FEATURE_SET_VERSION
 from cachewise.train.baselines import fit_baselines
 from cachewise.train.evaluate import PairSettings, baseline_predictions, evaluate
-from cachewise.scoring.exported import MODEL_FILE, PROBE_KEY, SHA_KEY, SPEC_FILE, model_sha256, probe_of
+from cachewise.scoring.exported import MODEL_FILE, PROBE_KEY, REMAINING_FILE, SHA_KEY, SPEC_FILE, model_sha256, probe_of
 from cachewise.scoring.idle import IdleConditioner
 from cachewise.train.model_spec import build_spec, idle_quantiles, write_json
 from cachewise.train.plots import plot_tables, write_plots
+from cachewise.train.remaining import TARGET as REMAINING_TARGET
+from cachewise.train.remaining import remaining_section, with_target
 from cachewise.train.split import split_by_task
 
 LOOP_KEYS = ("num_boost_round", "early_stopping_rounds")
 RUN_FILE = "run.json"
 #: What ``cachewise train`` writes into ``--out``; a folder holding anything else is not replaced.
-OUTPUT_NAMES = frozenset({MODEL_FILE, SPEC_FILE, "metrics.json", RUN_FILE, "plots"})
+OUTPUT_NAMES = frozenset({MODEL_FILE, SPEC_FILE, REMAINING_FILE, "metrics.json", RUN_FILE, "plots"})
 
 
 class TrainError(ValueError):
@@ -75,15 +79,16 @@ class TrainResult:
     metrics: dict
     plots: dict[str, pd.DataFrame]
     lightgbm_params: dict
+    remaining_text: str  # exactly the bytes of remaining.txt (sha256 in the spec's ``remaining``)
 
 
-def fit_lightgbm(train: pd.DataFrame, valid: pd.DataFrame, lgb_section: dict, seed: int) -> lgb.Booster:
-    """LightGBM on ``label`` with early stopping on ``valid``; the booster cut at its best iteration."""
+def fit_lightgbm(train: pd.DataFrame, valid: pd.DataFrame, lgb_section: dict, seed: int, target: str = "label") -> lgb.Booster:
+    """LightGBM on ``target`` with early stopping on ``valid``; the booster cut at its best iteration."""
     params = {k: v for k, v in lgb_section.items() if k not in LOOP_KEYS}
     params.setdefault("seed", seed)
     cols = list(FEATURE_NAMES)
-    dtrain = lgb.Dataset(train[cols], train["label"], categorical_feature=list(CATEGORICAL), free_raw_data=False)
-    dvalid = lgb.Dataset(valid[cols], valid["label"], reference=dtrain)
+    dtrain = lgb.Dataset(train[cols], train[target], categorical_feature=list(CATEGORICAL), free_raw_data=False)
+    dvalid = lgb.Dataset(valid[cols], valid[target], reference=dtrain)
     booster = lgb.train(
         params,
         dtrain,
@@ -116,17 +121,19 @@ def train_model(frame: pd.DataFrame, meta: dict, tparams: dict, horizon_s: float
     train, valid, test = (frame.iloc[rows].reset_index(drop=True) for rows in (split.train, split.valid, split.test))
     lgb_section = dict(require(tparams, "lightgbm", where))
     booster = fit_lightgbm(train, valid, lgb_section, seed)
+    remaining = fit_lightgbm(with_target(train), with_target(valid), lgb_section, seed, REMAINING_TARGET)
     data = {
         "rows": int(len(frame)),
         "tasks": int(frame["task_id"].nunique()),
         "sessions": int(frame[["source", "session_id"]].drop_duplicates().shape[0]),
     }
     counts = split_summary({"train": train, "valid": valid, "test": test})
-    return assemble_result(booster, train, valid, test, counts, data, meta, lgb_section, seed, tparams, horizon_s, where)
+    return assemble_result(booster, remaining, train, valid, test, counts, data, meta, lgb_section, seed, tparams, horizon_s, where)
 
 
 def assemble_result(
     booster: lgb.Booster,
+    remaining: lgb.Booster,
     train: pd.DataFrame,
     valid: pd.DataFrame,
     test: pd.DataFrame,
@@ -139,9 +146,10 @@ def assemble_result(
     horizon_s: float,
     where: str,
 ) -> TrainResult:
-    """Steps 3-4 of the module doc for a fitted ``booster`` (any backend).
+    """Steps 3-4 of the module doc for a fitted ``booster`` and ``remaining`` model (any backend).
 
-    ``train`` needs only ``primary_class``, ``label``, ``idle_s`` and ``censored``; ``data``
+    ``train`` needs only ``primary_class``, ``label``, ``idle_s``, ``censored``, ``source``,
+    ``session_id``, ``response_time`` and ``remaining_s``; ``data``
     holds the whole table's ``rows``, ``tasks`` and ``sessions``.
     """
     cols = list(FEATURE_NAMES)
@@ -175,13 +183,19 @@ def assemble_result(
     text = booster.model_to_string()
     spec[SHA_KEY] = model_sha256(text)
     spec[PROBE_KEY] = probe_of(booster, (test if len(test) else train)[cols].to_numpy()[0])
-    return TrainResult(booster, text, spec, metrics, plot_tables(booster, test, test_pred), lgb_params)
+    try:
+        spec["remaining"], remaining_text = remaining_section(remaining, train, test)
+    except ValueError as exc:
+        raise TrainError(f"{where}: {exc} (check the labels and `lightgbm` settings)") from exc
+    metrics["remaining"] = spec["remaining"]["metrics"]
+    return TrainResult(booster, text, spec, metrics, plot_tables(booster, test, test_pred), lgb_params, remaining_text)
 
 
 def write_outputs(result: TrainResult, out: Path) -> list[Path]:
     """Step 5 of the module doc (all but ``run.json``); ``out`` is then also a loadable export
     folder (``model.txt`` + ``spec.json``). Returns the plot files."""
     write_text(out / MODEL_FILE, result.model_text)
+    write_text(out / REMAINING_FILE, result.remaining_text)
     write_json(result.spec, out / SPEC_FILE)
     write_json(result.metrics, out / "metrics.json")
     return write_plots(result.plots, out / "plots")
@@ -248,7 +262,7 @@ def log_to_mlflow(result: TrainResult, out: Path, plot_files: list[Path], extra_
             info = mlflow.lightgbm.log_model(
                 result.booster,
                 name="model",
-                extra_files=[str(out / SPEC_FILE)],
+                extra_files=[str(out / SPEC_FILE), str(out / REMAINING_FILE)],
                 pip_requirements=[f"lightgbm=={lgb.__version__}"],
             )
             record = {
@@ -344,6 +358,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"train: pairs compared {result.metrics['pairs']['compared']} ({result.metrics['pairs']['time_base']} time base)")
     for name, scores in [("model", m), *b.items()]:
         print(f"  {name:14s} " + "  ".join(f"{k}={_fmt(v)}" for k, v in scores.items()))
+    r = result.metrics["remaining"]
+    print(f"  remaining work: spearman={_fmt(r['spearman'])}  fewest calls first: spearman={_fmt(r['spearman_fewest_calls_first'])}")
     print(f"train: MLflow run {record['run_id']} ({record['tracking_uri']}); model {record['model_uri']}")
     return 0
 
