@@ -149,3 +149,28 @@ def test_score_held_out_keeps_only_the_tasks_training_held_out(workspace, capsys
     result = json.loads(capsys.readouterr().out)
     assert 0 < expected < len(events)
     assert result["n_events"] == expected
+
+
+def test_a_holder_without_the_remaining_work_model_gives_way_to_one_with_it(workspace, capsys):
+    """A champion registered before train fitted the remaining-work model (tag ``remaining_model``
+    absent) gives way to a version that carries it even at equal held-out accuracy, and the model
+    served by URI then has it (read from the registered extra files)."""
+    from mlflow import MlflowClient
+
+    from cachewise.train.export import REMAINING_TAG
+
+    root = workspace
+    p = str(root / "params.yaml")
+    if not (root / "data" / "features.parquet").is_file():
+        _cli("featurize", "--params", p)
+    _cli("train", "--params", p, "--out", str(root / "out3"))
+    _cli("export", "--params", p, "--run", str(root / "out3" / "run.json"))
+    client = MlflowClient()
+    holder = client.get_model_version_by_alias("cachewise-reuse", "champion")
+    client.delete_model_version_tag("cachewise-reuse", holder.version, REMAINING_TAG)  # as an older export left it
+    _cli("train", "--params", p, "--out", str(root / "out4"))  # the same data and settings: the same accuracy
+    capsys.readouterr()
+    _cli("export", "--params", p, "--run", str(root / "out4" / "run.json"))
+    out = capsys.readouterr().out
+    assert "@champion moved to version" in out and "has no remaining-work model" in out, out
+    assert load_exported(URI).remaining is not None

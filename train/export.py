@@ -11,7 +11,9 @@
    held-out pairwise accuracy (strictly; a holder whose accuracy is undefined is beaten by
    any defined one), or when there is no holder, or the holder was trained for another
    feature-set version, or its registered spec has no ``model_sha256`` while the new one has
-   (this code could not serve it by URI). The decision and its reason are printed.
+   (this code could not serve it by URI), or it has no remaining-work model while the new one
+   has (:mod:`cachewise.train.remaining`; the residency controller's admission order reads it).
+   The decision and its reason are printed.
 3. Export the alias holder to ``registry.export_dir``: ``model.txt`` + ``spec.json`` (+ ``remaining.txt``)
    (:mod:`cachewise.scoring.exported` loads it without MLflow), staged beside the target,
    checked by loading it, then swapped in (:func:`cachewise.atomic_write.replace_folder`):
@@ -52,6 +54,7 @@ from cachewise.train.model_spec import write_json
 ACCURACY_TAG = "pairwise_accuracy"
 VERSION_TAG = "feature_set_version"
 CHECKSUM_TAG = "model_sha256"  # set when the registered spec carries the model's checksum
+REMAINING_TAG = "remaining_model"  # "1" when the version carries the remaining-work model
 
 
 @dataclass(frozen=True)
@@ -93,11 +96,12 @@ def accuracy_of(tags: dict) -> float:
         return math.nan
 
 
-def register_run(client, name: str, record: dict, checksum: str | None) -> str:
+def register_run(client, name: str, record: dict, checksum: str | None, remaining: bool = False) -> str:
     """Model version of ``record``'s run under ``name``: the existing one, else a new one; tags (re)set.
 
     ``checksum``: the ``model_sha256`` of the registered spec, None when it has none (logged
     by an older ``cachewise train``; such a version is exported, but never served by URI).
+    ``remaining``: the version carries the remaining-work model (``remaining.txt``).
     """
     import mlflow  # noqa: PLC0415
 
@@ -108,6 +112,7 @@ def register_run(client, name: str, record: dict, checksum: str | None) -> str:
     client.set_model_version_tag(name, version, VERSION_TAG, FEATURE_SET_VERSION)
     if checksum is not None:
         client.set_model_version_tag(name, version, CHECKSUM_TAG, checksum)
+    client.set_model_version_tag(name, version, REMAINING_TAG, "1" if remaining else "0")
     return version
 
 
@@ -129,6 +134,8 @@ def decide_champion(client, name: str, alias: str, version: str) -> Decision:
         reason = f"@{alias} version {holder.version} was trained for feature set {holder.tags.get(VERSION_TAG)!r}, this code serves {FEATURE_SET_VERSION!r}"
     elif not holder.tags.get(CHECKSUM_TAG) and new.tags.get(CHECKSUM_TAG):
         reason = f"@{alias} version {holder.version} has no model checksum in its spec (the runtime refuses to load it by URI)"
+    elif holder.tags.get(REMAINING_TAG) != "1" and new.tags.get(REMAINING_TAG) == "1":
+        reason = f"@{alias} version {holder.version} has no remaining-work model (the residency controller's admission order reads it)"
     else:
         old_acc = accuracy_of(holder.tags)
         if math.isnan(old_acc) and not math.isnan(new_acc):
@@ -191,7 +198,7 @@ def run(args: argparse.Namespace) -> int:
     staged = staging_folder(export_dir)
     try:
         checksum = fetch_checked(record["model_uri"], staged)
-        version = register_run(client, name, record, checksum)
+        version = register_run(client, name, record, checksum, (staged / REMAINING_FILE).is_file())
         decision = decide_champion(client, name, alias, version)
         verb = "moved to" if decision.moved else "stays on"
         print(f"export: registered {name} version {version}; @{alias} {verb} version {decision.champion}: {decision.reason}")
