@@ -18,7 +18,9 @@ Fields (JSON object):
 * ``metrics``: held-out metrics of the model and baselines (:mod:`cachewise.train.evaluate`);
 * ``lightgbm``: the training parameters and ``best_iteration``;
 * ``model_sha256`` and ``probe`` (``features``, ``prediction``): the model text's hash and one
-  row with its prediction, checked at every load (:mod:`cachewise.scoring.exported`).
+  row with its prediction, checked at every load (:mod:`cachewise.scoring.exported`);
+* ``remaining``: the remaining-work model beside it (``remaining.txt``: its own hash, probe,
+  new-session label and held-out metrics; :mod:`cachewise.train.remaining`).
 
 Written as strict JSON (non-finite numbers as ``null``), atomically.
 """
