@@ -31,7 +31,7 @@ Rule, evaluated once per scheduler step (:meth:`ResidencyController.plan`):
    working set where the model has no opinion. Measured (README "Session residency", Claude
    Code held-out, closed loop, ten seeds; ``area`` − ``smallest``, same model): C=32 −12 ± 5 s at
    50% capacity, +2 ± 21 s at 25%; C=64 (a model trained on half the tasks, 87 held-out sessions)
-   −18 ± 9 s at 50%, −32 ± 29 s at 25%. Ordering by the predicted remaining time alone (no
+   −18 ± 9 s at 50%, −32 ± 25 s at 25%. Ordering by the predicted remaining time alone (no
    working set) was better at C=32 50% (−18 ± 7 s) but worse at C=64 (+51 ± 40 s at 25%):
    where the model ranks poorly (Spearman 0.37 against 0.54) it throws away the packing, and
    the area keeps it. A new-session label by first-prompt length (four equal-count bins of the
@@ -523,16 +523,19 @@ class ResidencyController:
             waited[s.key] = 0.0 if since is None else now - since
         order = self.settings.admission_order
         smallest = order != "fcfs"  # "area" breaks its ties smallest first
-        waiting.sort(
-            key=lambda s: (
+
+        def rank(s: SessionState) -> tuple:
+            blocks = view.working_set(s.key) if smallest else 0.0
+            return (
                 not self._aged(s.key, waited[s.key]),
                 smallest and not s.resident,  # rule 6's returning admitted sessions before new ones
-                view.working_set(s.key) * math.expm1(view.remaining_of(s.key)) if order == "area" else 0.0,
-                view.working_set(s.key) if smallest else 0.0,
+                blocks * math.expm1(view.remaining_of(s.key)) if order == "area" else 0.0,
+                blocks,
                 s.first_arrival,
                 s.key,
             )
-        )
+
+        waiting.sort(key=rank)
         candidates: list[tuple[float, SessionState, float]] | None = None
         restoring = self.restoring and used > budget
         if (waiting or restoring or used > capacity) and used > budget:  # rule 3 (and rule 5's restoring; rule 6: the admitted budget)

@@ -164,7 +164,9 @@ def load_remaining(spec: dict[str, Any], folder: Path, n_features: int) -> Remai
     try:
         if not path.is_file():
             raise ModelLoadError(f"{path}: missing (the spec names a remaining-work model)")
-        text = read_model_text(path, section.get(SHA_KEY) if isinstance(section.get(SHA_KEY), str) else "")
+        if not isinstance(section.get(SHA_KEY), str):
+            raise ModelLoadError(f"{path}: the spec's remaining section has no {SHA_KEY}")
+        text = read_model_text(path, section[SHA_KEY])
         try:
             booster = lgb.Booster(model_str=text)
         except (lgb.basic.LightGBMError, ValueError) as exc:

@@ -3,8 +3,8 @@
 Trained beside the next-reuse model on the same feature rows, split and LightGBM settings
 (``train.lightgbm``, early stopping on the valid tasks), on the target
 ``log1p(remaining_s)`` (:func:`cachewise.features.label.remaining_seconds`). The residency
-controller admits waiting sessions in the order of its predictions (shortest predicted
-remaining work first, as SRPT does; :mod:`cachewise.runtime.residency` rule 2).
+controller admits waiting sessions by the KV area it predicts they take (working set x the
+predicted remaining seconds, smallest first; :mod:`cachewise.runtime.residency` rule 2).
 
 Outputs: ``remaining.txt`` (LightGBM text, beside ``model.txt``; an MLflow extra file of the
 logged model) and the spec section ``remaining`` (:func:`remaining_section`): the file name,
@@ -26,6 +26,7 @@ import pandas as pd
 
 from cachewise.features.spec import FEATURE_NAMES
 from cachewise.scoring.exported import PROBE_KEY, REMAINING_FILE, SHA_KEY, model_sha256, probe_of
+from cachewise.train.metrics import spearman
 
 TARGET = "remaining_label"
 
@@ -38,12 +39,6 @@ def with_target(frame: pd.DataFrame) -> pd.DataFrame:
 def first_calls(frame: pd.DataFrame) -> pd.DataFrame:
     """The first finished call of each session in ``frame``."""
     return frame.loc[frame.groupby(["source", "session_id"], sort=False)["response_time"].idxmin()]
-
-
-def _spearman(a: np.ndarray, b: np.ndarray) -> float | None:
-    if len(a) < 3 or np.ptp(a) == 0 or np.ptp(b) == 0:
-        return None
-    return float(pd.Series(a).rank().corr(pd.Series(b).rank()))
 
 
 def remaining_section(booster: lgb.Booster, train: pd.DataFrame, test: pd.DataFrame) -> tuple[dict[str, Any], str]:
@@ -66,9 +61,8 @@ def remaining_section(booster: lgb.Booster, train: pd.DataFrame, test: pd.DataFr
         "new_session_label": float(np.log1p(first_calls(train)["remaining_s"].to_numpy(dtype="float64")).mean()),
         "best_iteration": booster.current_iteration(),
         "metrics": {
-            "spearman": _spearman(pred, target),
-            "spearman_fewest_calls_first": _spearman(-test["session_calls"].to_numpy(dtype="float64"), target)
-            if len(test) else None,
+            "spearman": spearman(pred, target),
+            "spearman_fewest_calls_first": spearman(-test["session_calls"].to_numpy(dtype="float64"), target),
             "test_rows": int(len(test)),
         },
     }
