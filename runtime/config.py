@@ -138,8 +138,9 @@ class SchedulerSettings:
 class ResidencySettings:
     """Settings of the residency controller (``cachewise.residency``; :mod:`cachewise.runtime.residency`).
 
-    ``headroom``: fraction of the KV cache kept free of resident working sets (admission
-    budget = ``(1 - headroom) * blocks``). ``max_wait_s`` / ``max_passes``: starvation
+    ``headroom``: fraction of the KV cache kept free of resident working sets for their growth,
+    as far as the demand exceeds the cache (admission budget ``blocks - min(headroom * blocks,
+    demand - blocks)``, :mod:`cachewise.runtime.residency`). ``max_wait_s`` / ``max_passes``: starvation
     bound: a session held that long (seconds since its oldest waiting request arrived, or
     scheduler steps) is admitted regardless. ``horizon_s``: how far ahead the cost rule
     looks (a return later than that counts as "not back"). ``prefill_a0``, ``prefill_a_tok``,

@@ -45,6 +45,23 @@ def test_admits_while_working_sets_fit_then_holds_in_fcfs_order() -> None:
     assert ctl.plan(view, 4.0, running=1).held == ["B", "C"]  # A is live: nothing to demote
 
 
+@pytest.mark.parametrize(("first", "second", "admitted"), [(35, 0, {"A"}), (25, 20, {"B"}), (30, 40, set())])
+def test_the_headroom_is_kept_only_as_far_as_the_demand_exceeds_the_capacity(first: int, second: int, admitted: set[str]) -> None:
+    """Headroom 0.2 of 100 blocks, a live resident of 60. The waiting sessions' demand with it: 95, within
+    the capacity, A admitted though 95 > 80; 105, reserve 5, budget 95: B (20, smallest first) admitted,
+    A (25) held; 130, the whole reserve, budget 80: both held (fixed-headroom rule)."""
+    view, ctl = SessionView(BLOCK), ResidencyController(ResidencySettings(headroom=0.2), 100, BLOCK_TOKENS)
+    view.on_arrival("x", "X", "t", 60 * BLOCK, 0.0)
+    assert ctl.plan(view, 0.5, running=0).admitted == {"X"}
+    view.on_scheduled("x")
+    view.on_arrival("a", "A", "t", first * BLOCK, 1.0)
+    if second:
+        view.on_arrival("b", "B", "t", second * BLOCK, 1.0)
+    plan = ctl.plan(view, 2.0, running=1)
+    assert plan.admitted == admitted and plan.used == 60 + sum({"A": first, "B": second}[k] for k in admitted)
+    assert ctl.reserve(60 + first + second, 100) == min(max(first + second - 40, 0), 20)
+
+
 def test_without_remaining_work_labels_the_order_is_smallest_working_set_first_with_aged_sessions_ahead() -> None:
     """Rule 2, ``smallest`` (and ``remaining`` without labels, the default): the queue of the FCFS test
     above admits C (10) and B (50) and holds A (60); a session past the starvation bound goes first
@@ -131,12 +148,12 @@ def test_restoring_waits_for_live_residents_to_go_idle_then_ends() -> None:
     verdict = [False]
     view = SessionView(BLOCK, lambda: verdict[0])
     ctl = ResidencyController(ResidencySettings(headroom=0.2), 100, BLOCK_TOKENS)
-    _pass_through(view, ctl, {"F": (30, FAR)}, {"X": 30, "Y": 30, "Z": 30})
+    _pass_through(view, ctl, {"F": (30, FAR)}, {"X": 35, "Y": 35, "Z": 35})
     verdict[0] = True
     assert ctl.plan(view, 2.0, running=3).demoted == ["F"]
-    assert ctl.restoring  # X, Y, Z: 90 live blocks in a budget of 80
+    assert ctl.restoring  # X, Y, Z: 105 live blocks, 5 past the capacity: a budget of 95
     assert ctl.plan(view, 3.0, running=3).demoted == []
-    view.on_finished("x", 30 * BLOCK, [f"X{i}".encode() for i in range(30)], 4.0)
+    view.on_finished("x", 35 * BLOCK, [f"X{i}".encode() for i in range(35)], 4.0)
     view.on_forecast("x", "X", "t", NEAR)
     assert ctl.plan(view, 4.0, running=2).demoted == ["X"]  # idle now: demoted, nobody waits
     assert not ctl.restoring
@@ -252,9 +269,9 @@ def test_sessions_that_outgrew_the_cache_shed_idle_ones_while_another_waits() ->
     for key in ("F", "G", "X"):
         view.set_residency(key, True)
     assert ctl.plan(view, 1.0, running=1).demoted == []  # over budget (140 > 100), within capacity (160), nobody waits
-    view.on_arrival("w", "W", "t", 45 * BLOCK, 2.0)
+    view.on_arrival("w", "W", "t", 80 * BLOCK, 2.0)  # demand 220: 60 past the capacity, the whole reserve
     plan = ctl.plan(view, 2.5, running=1)  # G (NEAR) is not yet past its forecast's expiry
-    assert plan.demoted == ["F"] and plan.held == ["W"]  # 140 - 50 <= 100; W (45) still does not fit
+    assert plan.demoted == ["F"] and plan.held == ["W"]  # 140 - 50 <= 100; W (80) still does not fit
     assert view.get("G").resident and view.get("F").demoted
 
 
@@ -447,7 +464,7 @@ def test_host_tier_a_returning_admitted_session_may_use_the_headroom_a_new_one_m
     view.set_residency("X", True)
     view.on_scheduled("x")
     view.on_arrival("a2", "A", "t", 30 * BLOCK, 1.0)  # back: 60 + 30 <= capacity 100, not <= budget 80
-    view.on_arrival("b", "B", "t", 5 * BLOCK, 1.5)  # new: 90 + 5 > 80
+    view.on_arrival("b", "B", "t", 15 * BLOCK, 1.5)  # new: 60 + 30 + 15 is 5 past the capacity: reserve 5, 105 > 95
     plan = ctl.plan(view, 2.0, running=1)
     assert "A" in plan.admitted and plan.held == ["B"] and plan.gpu == 90
 
