@@ -24,7 +24,17 @@ Rule, evaluated once per scheduler step (:meth:`ResidencyController.plan`):
    ``Σ resident working sets + its working set <= budget`` (the step's *budget*, below). Otherwise
    idle resident sessions are *demoted* — best first, and only those whose demotion pays
    (below) — when, and only when, that makes the head fit; else the head and every later
-   session wait (strict order: a later session never overtakes). Why the smallest area first: a
+   session wait (strict order: a later session never overtakes). *Preemption by area*
+   (``preempt_area_ratio``, default 3; ``area`` only, not for a head past the starvation bound):
+   when the demotions that pay cannot make the head fit, idle residents whose area is more than
+   ``preempt_area_ratio`` times the head's are demoted too, largest first, as far as that makes it
+   fit. An idle session of a far larger area holds its room for far longer than the head needs it;
+   giving it to the head is shortest-remaining-first *with* preemption, which lowers mean completion
+   time below the non-preemptive order, at the price of the preempted session's recompute and wait
+   (it rejoins the queue at its own area when back). The ratio keeps it to clear cases: the areas
+   are predictions. Measured (README "Preemption by predicted KV area", Claude Code held-out, closed
+   loop): C=32 −63 ± 25 s at 25% capacity (ten seeds), C=64 −76 ± 39 / −25 ± 23 s at 25 / 50%
+   (five seeds); a ratio of 1 was +21 ± 16 s worse at C=32 50% (five seeds). Why the smallest area first: a
    session holds its working set for as long as it runs, so its area is the room-time it takes
    from the sessions behind it; admitting the smallest first finishes the most sessions per
    unit of room, as shortest-job-first does for one resource, and falls back to the smallest
@@ -335,6 +345,12 @@ class Plan:
     gpu: float = 0.0  # Σ working sets of the sessions that need the GPU now: live ones, prefetches in flight (rule 6)
 
 
+def area(view: SessionView, key: str, blocks: float) -> float:
+    """A session's predicted KV area (rule 2): ``blocks`` x the seconds the remaining-work model predicts it
+    still runs (0 for every session without that model). O(1)."""
+    return blocks * math.expm1(view.remaining_of(key))
+
+
 def prefill_seconds(settings: ResidencySettings, tokens: int) -> float:
     """Recompute time of ``tokens`` tokens from scratch under the settings' cost model."""
     if tokens <= 0:
@@ -546,12 +562,14 @@ class ResidencyController:
         order = self.settings.admission_order
         smallest = order != "fcfs"  # "area" breaks its ties smallest first
 
+        by_area = order == "area"
+
         def rank(s: SessionState) -> tuple:
             blocks = needs[s.key] if smallest else 0.0
             return (
                 not self._aged(s.key, waited[s.key]),
                 smallest and not s.resident,  # rule 6's returning admitted sessions before new ones
-                blocks * math.expm1(view.remaining_of(s.key)) if order == "area" else 0.0,
+                area(view, s.key, blocks) if by_area else 0.0,
                 blocks,
                 s.first_arrival,
                 s.key,
@@ -583,8 +601,18 @@ class ResidencyController:
                 if gpu_fits and not fits:
                     if candidates is None:
                         candidates = [c for c in self._candidates(idle, now, running, need) if c[0] > 0]
+                    pool = candidates
+                    ratio = self.settings.preempt_area_ratio
+                    if ratio and by_area and not aged:  # rule 2's preemption: idle residents of a far larger area
+                        floor, listed = ratio * area(view, key, need), {id(p[1]) for p in candidates}
+                        larger = [
+                            (area(view, c.key, blocks), c, blocks)
+                            for c, blocks in idle
+                            if c.resident and id(c) not in listed and area(view, c.key, blocks) > floor
+                        ]
+                        pool = candidates + sorted(larger, key=lambda c: (-c[0], c[1].first_arrival, c[1].key))
                     freed, chosen = 0.0, []
-                    for _, cand, blocks in candidates:
+                    for _, cand, blocks in pool:
                         if used - freed + need <= budget:
                             break
                         freed += blocks

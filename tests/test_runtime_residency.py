@@ -207,6 +207,28 @@ def test_keeps_a_session_that_is_back_soon() -> None:
     assert plan.demoted == [] and plan.held == ["B"]
 
 
+@pytest.mark.parametrize(("ratio", "left_s", "preempted"), [(3.0, 600.0, True), (0.0, 600.0, False), (3.0, 100.0, False)])
+def test_an_idle_resident_of_a_far_larger_area_gives_its_room_to_the_head(ratio: float, left_s: float, preempted: bool) -> None:
+    """Rule 2's preemption. A (60 blocks, back within seconds: its demotion does not pay) has ``left_s``
+    seconds of work left; the new session B (50 blocks, new-session label 60 s: area 3,000) does not fit.
+    A's area 36,000 is 12x B's: with ratio 3, A is demoted and B admitted; with the preemption off, or
+    with A's area 6,000 (2x B's), B waits as the cost rule alone decides."""
+    view = SessionView(BLOCK)
+    ctl = ResidencyController(ResidencySettings(headroom=0.0, preempt_area_ratio=ratio), 100, BLOCK_TOKENS)
+    view.on_arrival("a", "A", "t", 60 * BLOCK, 0.0)
+    view.on_scheduled("a")
+    view.on_forecast("a", "A", "t", NEAR, None, (math.log1p(left_s), math.log1p(60.0)))
+    view.on_finished("a", 60 * BLOCK, [f"A{i}".encode() for i in range(60)], 0.0)
+    view.set_residency("A", True)
+    view.on_arrival("x", "X", "t", 10 * BLOCK, 0.0)
+    view.set_residency("X", True)
+    view.on_arrival("b", "B", "t", 50 * BLOCK, 0.0)
+    keep, drop = ctl.keep_and_drop(view.get("A"), 60, 0.5, running=8)
+    assert keep < drop  # by the cost rule A stays
+    plan = ctl.plan(view, 0.5, running=8)
+    assert (plan.demoted, plan.held, "B" in plan.admitted) == ((["A"], [], True) if preempted else ([], ["B"], False))
+
+
 def test_a_session_whose_median_is_near_is_kept_though_its_mean_is_far() -> None:
     """Back in 1-3 s with probability 1/2, gone for good otherwise: the mean remaining gap is
     infinite and ``E[min(R, H)] ≈ H / 2`` outweighs the recompute (the rule of ``τ = H`` alone
