@@ -33,8 +33,10 @@ Rule, evaluated once per scheduler step (:meth:`ResidencyController.plan`):
    time below the non-preemptive order, at the price of the preempted session's recompute and wait
    (it rejoins the queue at its own area when back). The ratio keeps it to clear cases: the areas
    are predictions. Measured (README "Preemption by predicted KV area", Claude Code held-out, closed
-   loop): C=32 −63 ± 25 s at 25% capacity (ten seeds), C=64 −76 ± 39 / −25 ± 23 s at 25 / 50%
-   (five seeds); a ratio of 1 was +21 ± 16 s worse at C=32 50% (five seeds). Why the smallest area first: a
+   loop, ten seeds): C=32 −63 ± 25 s at 25% capacity, +3 ± 10 s at 50%; C=64 −70 ± 21 / −19 ± 10 s
+   at 25 / 50%, but +8 ± 6 s at 75% (a preempted session's recompute costs more than the room is
+   worth where the demand exceeds the capacity by less); a ratio of 1 was +21 ± 16 s worse at C=32
+   50% (five seeds). Why the smallest area first: a
    session holds its working set for as long as it runs, so its area is the room-time it takes
    from the sessions behind it; admitting the smallest first finishes the most sessions per
    unit of room, as shortest-job-first does for one resource, and falls back to the smallest
@@ -60,7 +62,8 @@ Rule, evaluated once per scheduler step (:meth:`ResidencyController.plan`):
 3. Shedding: sessions are admitted at their working set *of the moment*, and an agent's
    prompt grows several-fold over its session, so the resident sessions outgrow the cache
    (thrashing: every resident session's prefix is evicted while it waits on a tool, as if
-   no controller ran). While a session waits and ``Σ resident working sets > budget``, idle resident sessions whose demotion pays are demoted, best first, until
+   no controller ran). While a session waits and ``Σ resident working sets > budget``, idle
+   resident sessions whose demotion pays are demoted, best first, until
    the rest fit (or none is left); a session with a live request is never demoted. While
    the resident working sets exceed the whole ``capacity``, keeping them all is not an option
    (the pool evicts blocks of resident sessions anyway, and they thrash), so idle resident
@@ -96,7 +99,8 @@ Rule, evaluated once per scheduler step (:meth:`ResidencyController.plan`):
    with working sets of 1.5x the capacity; no session was ever non-resident again, so rule 3
    (which then shed only while a session waited) never ran: 0 demotions, the residents grew to 3.4x
    the capacity, and the run was vLLM's scheduling with the learned eviction order to its end.
-   So on resuming the controller is *restoring* until ``Σ resident working sets <= budget``: at every step, idle resident sessions are demoted best first (the
+   So on resuming the controller is *restoring* until ``Σ resident working sets <= budget``: at
+   every step, idle resident sessions are demoted best first (the
    order of rule 3), whether or not a session waits and whether or not their demotion pays;
    a session with a live request is not demoted, so while those alone exceed the budget
    restoring goes on and each is demoted at the first step it is idle. Once the residents
@@ -526,7 +530,7 @@ class ResidencyController:
                     self._passes.pop(state.key, None)
             return plan
         self.observe_pressure(view, now)
-        capacity = self.admitted_capacity
+        capacity = self.admitted_capacity  # the admitted set's (rule 6; no tier: the GPU's)
         used = 0.0  # admitted set
         gpu = 0.0  # GPU set (rule 6)
         active = False
@@ -553,7 +557,7 @@ class ResidencyController:
                 waiting.append(state)
                 needs[state.key] = view.working_set(state.key)
         demand = used + sum(needs[s.key] for s in waiting if not s.resident)
-        budget = self.admitted_capacity - self.reserve(demand, self.admitted_capacity)
+        budget = capacity - self.reserve(demand, capacity)
         gpu_budget = self.capacity - self.reserve(demand, self.capacity)
         waited = {}
         for s in waiting:
@@ -605,11 +609,8 @@ class ResidencyController:
                     ratio = self.settings.preempt_area_ratio
                     if ratio and by_area and not aged:  # rule 2's preemption: idle residents of a far larger area
                         floor, listed = ratio * area(view, key, need), {id(p[1]) for p in candidates}
-                        larger = [
-                            (area(view, c.key, blocks), c, blocks)
-                            for c, blocks in idle
-                            if c.resident and id(c) not in listed and area(view, c.key, blocks) > floor
-                        ]
+                        sized = ((area(view, c.key, blocks), c, blocks) for c, blocks in idle if c.resident and id(c) not in listed)
+                        larger = [c for c in sized if c[0] > floor]
                         pool = candidates + sorted(larger, key=lambda c: (-c[0], c[1].first_arrival, c[1].key))
                     freed, chosen = 0.0, []
                     for _, cand, blocks in pool:
