@@ -27,7 +27,9 @@ blocks are vLLM blocks of ``block_size`` replay tokens):
 * ``jct_s_*`` (mean, p50, p90, p99): per-session job completion time, from the moment its
   agent submitted the session (batch workload: every session at t=0; Poisson arrivals: its
   arrival time) to its last response, so time spent waiting for a slot counts;
-  ``makespan_s``: first submission to last response.
+  ``makespan_s``: first submission to last response; ``session_jct_s``: every session's JCT, in
+  the seed's session order (a tuple: :mod:`cachewise.replay.session_gap` writes it out as
+  ``sessions.csv``, not into ``results.csv``).
 * ``service_s_*`` (mean, p50, p90): per-session time from its start (admission to one of the
   ``concurrency`` slots) to its last response: the old "session time", blind to queueing.
 * ``min_harmful_evictions`` / ``min_recomputed_tokens``: Belady's MIN over this run's own
@@ -45,6 +47,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -156,9 +159,10 @@ class RunMetrics:
         self.session_times[session] = (submitted, start, end)
         self.live.end_session(session)
 
-    def summary(self, capacity_blocks: int | None = None) -> dict[str, float]:
+    def summary(self, capacity_blocks: int | None = None) -> dict[str, Any]:
         """The run's figures (see the module doc); MIN is computed when ``capacity_blocks`` is given."""
-        submitted, starts, ends = (np.array(x, dtype=float).reshape(-1) for x in zip(*self.session_times.values()))
+        times = [self.session_times[k] for k in sorted(self.session_times)]  # the seed's session order
+        submitted, starts, ends = (np.array(x, dtype=float).reshape(-1) for x in zip(*times))
         jct, service = ends - submitted, ends - starts
         scale = self.token_scale
         best = belady_min(self.accesses.chains, capacity_blocks) if capacity_blocks is not None else None
@@ -184,6 +188,7 @@ class RunMetrics:
             "service_s_p50": float(np.percentile(service, 50)),
             "service_s_p90": float(np.percentile(service, 90)),
             "makespan_s": float(ends.max() - submitted.min()),
+            "session_jct_s": tuple(float(x) for x in jct),
             "steps": self.steps,
             "busy_s": self.busy_s,
             "engine_cpu_s": self.engine_cpu_s,

@@ -83,6 +83,13 @@ def test_replay_writes_results_plots_and_report(pipeline: dict[str, Path], capsy
     assert set(issue8) <= set(results.columns) and (results["output_tokens_per_s"] > 0).all()
     assert (by.loc[["cachewise"], "controller_us_per_step"] > 0).all()
     assert "## Session residency" in report and (out / "plots" / "residency_jct_c4.png").stat().st_size > 0
+    sessions = pd.read_csv(out / "sessions.csv")  # every session of every run, beside the infinite cache's
+    assert "session_jct_s" not in results.columns and len(sessions) == results["sessions"].sum()
+    excess = sessions.groupby(["seed", "concurrency", "capacity_frac", "policy"])["excess_s"].mean()
+    jct = results.set_index(["seed", "concurrency", "capacity_frac", "policy"])["jct_s_mean"]
+    infinite = jct.xs("infinite", level="policy").reindex(jct.droplevel("policy").index).to_numpy()
+    assert excess.reindex(jct.index).to_numpy() == pytest.approx(jct.to_numpy() - infinite, abs=1e-6)
+    assert "## Where the time above the infinite cache goes" in report
     assert "| lru |" in capsys.readouterr().out
 
 
