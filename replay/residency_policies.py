@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -198,13 +198,15 @@ def continuum_controller(pins: ContinuumPins) -> type[ResidencyController]:
     """A controller whose resident idle sessions are exactly the pinned ones (TTL not expired)."""
 
     class ContinuumController(ResidencyController):
-        def plan(self, view: SessionView, now: float, running: int, loading: Collection[str] = ()) -> Any:
+        def plan(
+            self, view: SessionView, now: float, running: int, loading: Collection[str] = (), cached: Mapping[str, float] | None = None
+        ) -> Any:
             for state in view:
                 if state.resident and not state.live:
                     pinned_at, ttl = pins.pins.get(state.key, (-math.inf, 0.0))
                     if state.idle_since is None or now >= max(pinned_at, state.idle_since) + ttl:
                         view.set_residency(state.key, False)
-            return super().plan(view, now, running, loading)
+            return super().plan(view, now, running, loading, cached)
 
         def _candidates(self, idle: list[tuple[SessionState, float]], now: float, running: int, incoming: float) -> list:
             return []  # pins are released by their TTL only
@@ -233,7 +235,7 @@ def _cachewise_nomodel(ctx: PolicyContext, clock: Callable[[], float]) -> Servin
 
 
 def _continuum(ctx: PolicyContext, clock: Callable[[], float]) -> Serving:
-    pins, settings = ContinuumPins(), _settings(ctx)
+    pins, settings = ContinuumPins(), replace(_settings(ctx), readmit_cached=0.0)  # the published admission order
     predictor = ContinuumPredictor(_CallFacts(ctx.workload), ctx.stats, settings, lambda: ctx.capacity_tokens, pins)
     return Serving(predictor, _scheduler("continuum", settings, continuum_controller(pins)))
 

@@ -171,7 +171,9 @@ class ResidencySettings:
     without that model, smallest working set first), ``smallest`` (the smallest working set
     first) or ``fcfs`` (program-level FCFS). ``preempt_area_ratio`` (rule 2, ``area`` only): a head that
     the demotions that pay cannot make room for may also take the room of idle residents whose predicted
-    area is more than this many times its own, largest first (0: off).
+    area is more than this many times its own, largest first (0: off). ``readmit_cached`` (rule 2): a held
+    session whose waiting request finds at least this share of its prompt still cached on the GPU goes
+    before the other held sessions (0: off).
     ``forecasts``: the return forecasts that admission and demotion act on (rules 1-3) while the
     controller acts: ``reference`` (default: always the no-model reference forecasts the judge scores the
     model against; they are built only where the judge runs, so with ``judge`` false, and for a session with
@@ -191,6 +193,7 @@ class ResidencySettings:
     act_when_thrashing: bool = False  # rule 5's exception: act on the model once pass-through outgrew GPU + host
     admission_order: str = "area"  # rule 2: smallest predicted KV "area" (blocks x remaining s), "smallest" working set, or "fcfs"
     preempt_area_ratio: float = 3.0  # rule 2, "area": demote an idle resident whose area exceeds this x the head's (0: off)
+    readmit_cached: float = 0.5  # rule 2: a held session whose request finds this share of its prompt cached goes first (0: off)
     judge: bool = True  # rule 5: also act while the forecast judge finds the model's forecasts better
     judge_start_trusted: bool = True
     judge_z: float = 2.0
@@ -206,7 +209,7 @@ class ResidencySettings:
 
     def __post_init__(self) -> None:
         finite_positive = 0 < self.horizon_s < math.inf and 0 < self.pressure_window_s < math.inf
-        preempt_ok = 0 <= self.preempt_area_ratio < math.inf
+        preempt_ok = 0 <= self.preempt_area_ratio < math.inf and 0 <= self.readmit_cached <= 1
         if not (0 <= self.headroom < 1) or not (0 <= self.max_wait_s < math.inf) or self.max_passes < 0 or not finite_positive or not preempt_ok:
             raise ConfigError(f"invalid residency settings {self}")
         if min(self.prefill_a0, self.prefill_a_tok, self.prefill_a_ctx, self.host_reload_s_per_token) < 0:

@@ -36,7 +36,17 @@ Rule, evaluated once per scheduler step (:meth:`ResidencyController.plan`):
    loop, ten seeds): C=32 −63 ± 25 s at 25% capacity, +3 ± 10 s at 50%; C=64 −70 ± 21 / −19 ± 10 s
    at 25 / 50%, but +8 ± 6 s at 75% (a preempted session's recompute costs more than the room is
    worth where the demand exceeds the capacity by less); a ratio of 1 was +21 ± 16 s worse at C=32
-   50% (five seeds). Why the smallest area first: a
+   50% (five seeds). *Readmission while the prefix is cached* (``readmit_cached``, default 0.5):
+   a held session whose waiting request finds at least that share of its prompt still in the GPU's
+   prefix cache (the scheduler reads it each step: :meth:`ResidencyMixin._held_cached
+   <cachewise.runtime.scheduler.ResidencyMixin._held_cached>`) goes before the other held sessions,
+   after those past the starvation bound and rule 6's returning admitted ones. Typically a demoted
+   session back before the pool evicted its blocks: they are the first evicted while it waits, so
+   every step it waits can cost its whole prefix, and readmitted now it costs nothing to recompute.
+   Measured (README "Readmission while the prefix is cached"; Claude Code held-out, closed loop, ten
+   seeds): before it, 95% of the recomputed prompt tokens at C=32 50% capacity were on returns of
+   sessions held for readmission, and a third of those blocks were still cached when the session came
+   back and were evicted while it waited. RESULTS. Why the smallest area first: a
    session holds its working set for as long as it runs, so its area is the room-time it takes
    from the sessions behind it; admitting the smallest first finishes the most sessions per
    unit of room, as shortest-job-first does for one resource, and falls back to the smallest
@@ -319,7 +329,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import deque
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 
 from cachewise.runtime.config import ResidencySettings
@@ -492,9 +502,17 @@ class ResidencyController:
             points = forecast.remaining_points(elapsed, RETURN_POINTS)
         return deferral_keep_and_drop(points, self.return_costs(blocks, points, running, incoming), self.settings.horizon_s)
 
-    def plan(self, view: SessionView, now: float, running: int, loading: Collection[str] = ()) -> Plan:
+    def plan(
+        self,
+        view: SessionView,
+        now: float,
+        running: int,
+        loading: Collection[str] = (),
+        cached: Mapping[str, float] | None = None,
+    ) -> Plan:
         """Decide this step's admissions and demotions; updates the view's residency flags.
-        ``loading``: sessions whose prefetch is in flight (rule 6; they need the GPU now)."""
+        ``loading``: sessions whose prefetch is in flight (rule 6; they need the GPU now); ``cached``:
+        per held session, the share of its waiting request's prompt the GPU's prefix cache holds now (rule 2)."""
         plan = Plan()
         for state in view:  # idle past the forecast's expiry: no longer resident
             if state.resident and not state.live and self._expired(state, now):
@@ -567,12 +585,14 @@ class ResidencyController:
         smallest = order != "fcfs"  # "area" breaks its ties smallest first
 
         by_area = order == "area"
+        readmit, cached = self.settings.readmit_cached, cached or {}
 
         def rank(s: SessionState) -> tuple:
             blocks = needs[s.key] if smallest else 0.0
             return (
                 not self._aged(s.key, waited[s.key]),
                 smallest and not s.resident,  # rule 6's returning admitted sessions before new ones
+                not (readmit and cached.get(s.key, 0.0) >= readmit),  # prefix still cached: readmitted first
                 area(view, s.key, blocks) if by_area else 0.0,
                 blocks,
                 s.first_arrival,

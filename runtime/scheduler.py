@@ -318,7 +318,7 @@ class ResidencyMixin:
         try:
             now = self._clock()
             loading = {p.session for p in self.prefetcher.inflight.values()} if self.prefetcher is not None else ()
-            plan = controller.plan(view, now, len(self.running), loading)
+            plan = controller.plan(view, now, len(self.running), loading, self._held_cached(view))
             publish_residency(controller.following_model, view.judge, controller.on_reference)
             for key in plan.demoted:
                 self._demote(key)
@@ -399,6 +399,20 @@ class ResidencyMixin:
         merged = sorted([*held, *self.waiting], key=lambda r: pos.get(id(r), -1))
         self.waiting.clear()
         self.waiting.extend(merged)
+
+    def _held_cached(self, view: SessionView) -> dict[str, float]:
+        """Per session with withheld requests: the largest share of such a request's prompt (full blocks)
+        that vLLM's GPU prefix cache holds now (residency rule 2's ``readmit_cached``; empty when it is off).
+        O(withheld requests x prefix blocks)."""
+        if self.residency is None or not self.residency.settings.readmit_cached:
+            return {}
+        shares: dict[str, float] = {}
+        for rid, request in self.withheld_arrivals.items():
+            key = view.session_of(rid)
+            if key is not None:
+                blocks = max((request.num_tokens - 1) // self.block_size, 1)
+                shares[key] = max(shares.get(key, 0.0), self._gpu_cached_blocks(request) / blocks)
+        return shares
 
     def _gpu_cached_blocks(self, request: Request) -> int:
         """Leading full blocks of ``request`` vLLM's GPU prefix cache holds now (read-only lookup)."""

@@ -229,6 +229,29 @@ def test_an_idle_resident_of_a_far_larger_area_gives_its_room_to_the_head(ratio:
     assert (plan.demoted, plan.held, "B" in plan.admitted) == ((["A"], [], True) if preempted else ([], ["B"], False))
 
 
+@pytest.mark.parametrize(("readmit", "cached_b", "first"), [(0.5, 0.8, "B"), (0.0, 0.8, "C"), (0.5, 0.3, "C")])
+def test_a_held_session_whose_prefix_is_still_cached_is_readmitted_first(readmit: float, cached_b: float, first: str) -> None:
+    """Rule 2's readmission while the prefix is cached. B (40 blocks) and C (30 blocks, the smaller
+    area) wait; the room holds one of them. B's waiting request finds ``cached_b`` of its prompt still
+    cached: at 0.8 with ``readmit_cached`` 0.5, B goes first; with it off, or only 0.3 cached, C (the
+    smaller area) does, as before."""
+    view = SessionView(BLOCK)
+    ctl = ResidencyController(ResidencySettings(headroom=0.0, readmit_cached=readmit), 100, BLOCK_TOKENS)
+    view.on_arrival("x", "X", "t", 50 * BLOCK, 0.0)
+    view.set_residency("X", True)
+    view.on_scheduled("x")
+    view.on_arrival("b", "B", "t", 40 * BLOCK, 0.0)
+    view.on_arrival("c", "C", "t", 30 * BLOCK, 0.0)
+    plan = ctl.plan(view, 0.5, running=1, cached={"B": cached_b, "C": 0.0})
+    assert first in plan.admitted and plan.held == [{"B": "C", "C": "B"}[first]]
+
+
+def test_readmit_cached_is_a_share() -> None:
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ConfigError):
+            ResidencySettings(readmit_cached=bad)
+
+
 def test_a_session_whose_median_is_near_is_kept_though_its_mean_is_far() -> None:
     """Back in 1-3 s with probability 1/2, gone for good otherwise: the mean remaining gap is
     infinite and ``E[min(R, H)] ≈ H / 2`` outweighs the recompute (the rule of ``τ = H`` alone

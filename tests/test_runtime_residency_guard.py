@@ -116,8 +116,8 @@ def _run(
     if kind is not None:
         plan_fn, view = scheduler.residency.plan, scheduler.sessions
 
-        def watched(v, now, running, loading=()):
-            result = plan_fn(v, now, running, loading)
+        def watched(v, now, running, loading=(), cached=None):
+            result = plan_fn(v, now, running, loading, cached)
             acted = bool(result.held or result.demoted)
             if view.trusted:
                 run.held_steps_trusting += acted

@@ -207,8 +207,8 @@ def test_random_session_workloads_lose_nothing_and_never_evict_blocks_in_use(ses
     longest_hold = [0]
     plan = scheduler.residency.plan
 
-    def counted(view, now, running, loading=()):  # the starvation bound: held in at most max_passes steps in a row
-        result = plan(view, now, running, loading)
+    def counted(view, now, running, loading=(), cached=None):  # the starvation bound: held in at most max_passes steps in a row
+        result = plan(view, now, running, loading, cached)
         for key in list(held_for):
             if key not in result.held:
                 del held_for[key]
