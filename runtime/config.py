@@ -173,7 +173,7 @@ class ResidencySettings:
     the demotions that pay cannot make room for may also take the room of idle residents whose predicted
     area is more than this many times its own, largest first (0: off). ``readmit_cached`` (rule 2): a held
     session whose waiting request finds at least this share of its prompt still cached on the GPU goes
-    before the other held sessions (0: off).
+    before the other held sessions (0: off; off with a host tier).
     ``forecasts``: the return forecasts that admission and demotion act on (rules 1-3) while the
     controller acts: ``reference`` (default: always the no-model reference forecasts the judge scores the
     model against; they are built only where the judge runs, so with ``judge`` false, and for a session with

@@ -404,7 +404,7 @@ class ResidencyMixin:
         """Per session with withheld requests: the largest share of such a request's prompt (full blocks)
         that vLLM's GPU prefix cache holds now (residency rule 2's ``readmit_cached``; empty when it is off).
         O(withheld requests x prefix blocks)."""
-        if self.residency is None or not self.residency.settings.readmit_cached:
+        if self.residency is None or not self.residency.readmit_cached:
             return {}
         shares: dict[str, float] = {}
         for rid, request in self.withheld_arrivals.items():

@@ -229,14 +229,16 @@ def test_an_idle_resident_of_a_far_larger_area_gives_its_room_to_the_head(ratio:
     assert (plan.demoted, plan.held, "B" in plan.admitted) == ((["A"], [], True) if preempted else ([], ["B"], False))
 
 
-@pytest.mark.parametrize(("readmit", "cached_b", "first"), [(0.5, 0.8, "B"), (0.0, 0.8, "C"), (0.5, 0.3, "C")])
-def test_a_held_session_whose_prefix_is_still_cached_is_readmitted_first(readmit: float, cached_b: float, first: str) -> None:
+@pytest.mark.parametrize(
+    ("readmit", "cached_b", "host", "first"), [(0.5, 0.8, 0, "B"), (0.0, 0.8, 0, "C"), (0.5, 0.3, 0, "C"), (0.5, 0.8, 100, "C")]
+)
+def test_a_held_session_whose_prefix_is_still_cached_is_readmitted_first(readmit: float, cached_b: float, host: int, first: str) -> None:
     """Rule 2's readmission while the prefix is cached. B (40 blocks) and C (30 blocks, the smaller
-    area) wait; the room holds one of them. B's waiting request finds ``cached_b`` of its prompt still
-    cached: at 0.8 with ``readmit_cached`` 0.5, B goes first; with it off, or only 0.3 cached, C (the
-    smaller area) does, as before."""
+    area) wait; the GPU holds one of them. B's waiting request finds ``cached_b`` of its prompt still
+    cached: at 0.8 with ``readmit_cached`` 0.5, B goes first; with it off, only 0.3 cached, or a host
+    tier (where a held prefix is stored, not lost), C (the smaller area) does, as before."""
     view = SessionView(BLOCK)
-    ctl = ResidencyController(ResidencySettings(headroom=0.0, readmit_cached=readmit), 100, BLOCK_TOKENS)
+    ctl = ResidencyController(ResidencySettings(headroom=0.0, readmit_cached=readmit), 100, BLOCK_TOKENS, host_blocks=host)
     view.on_arrival("x", "X", "t", 50 * BLOCK, 0.0)
     view.set_residency("X", True)
     view.on_scheduled("x")
