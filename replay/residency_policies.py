@@ -108,10 +108,14 @@ def register_caps(names: Iterable[str]) -> None:
 
 
 def replay_settings(cost: CostModel, token_scale: int, base: ResidencySettings | None = None) -> ResidencySettings:
-    """Residency settings whose prefill cost model is ``cost`` in replay tokens (``token_scale``
-    trace tokens each): ``a_tok`` scales by ``s``, ``a_ctx`` by ``s²``."""
+    """Residency settings whose prefill and decode cost models are ``cost`` in replay tokens
+    (``token_scale`` trace tokens each): ``a_tok`` and ``b_ctx`` scale by ``s``, ``a_ctx`` by ``s²``."""
     s = token_scale
-    return replace(base or ResidencySettings(), prefill_a0=cost.a0, prefill_a_tok=cost.a_tok * s, prefill_a_ctx=cost.a_ctx * s * s)
+    return replace(
+        base or ResidencySettings(),
+        prefill_a0=cost.a0, prefill_a_tok=cost.a_tok * s, prefill_a_ctx=cost.a_ctx * s * s,
+        decode_b0=cost.b0, decode_b_seq=cost.b_seq, decode_b_ctx=cost.b_ctx * s,
+    )  # fmt: skip
 
 
 def _scheduler(name: str, settings: ResidencySettings, controller: type[ResidencyController]) -> type[Scheduler]:
@@ -208,7 +212,7 @@ def continuum_controller(pins: ContinuumPins) -> type[ResidencyController]:
                         view.set_residency(state.key, False)
             return super().plan(view, now, running, loading, cached)
 
-        def _candidates(self, idle: list[tuple[SessionState, float]], now: float, running: int, incoming: float) -> list:
+        def _candidates(self, idle: list[tuple[SessionState, float]], now: float, served: int, incoming: float) -> list:
             return []  # pins are released by their TTL only
 
     return ContinuumController

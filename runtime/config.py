@@ -145,8 +145,10 @@ class ResidencySettings:
     scheduler steps) is admitted regardless. ``horizon_s``: how far ahead the cost rule
     looks (a return later than that counts as "not back"). ``prefill_a0``, ``prefill_a_tok``,
     ``prefill_a_ctx``: prefill cost model ``a0 + a_tok n + a_ctx n^2 / 2`` (seconds, n
-    tokens) of recomputing a dropped working set; defaults: Llama-3.1-8B on an H200
-    (``replay/cost_coefficients.json``). ``host_reload_s_per_token``: with a host tier running
+    tokens) of recomputing a dropped working set; ``decode_b0``, ``decode_b_seq``, ``decode_b_ctx``:
+    decode step model ``b0 + b_seq n + b_ctx T`` (seconds, n sequences holding T tokens), whose share
+    ``b0 / step`` is what the engine gains from one more session in its batch (the cost rule's weight
+    of a held session's wait); defaults: Llama-3.1-8B on an H200 (``replay/cost_coefficients.json``). ``host_reload_s_per_token``: with a host tier running
     the CacheWise CPU policy, a demoted session's prefix is loaded back, not recomputed: the
     cost rule's recompute time becomes ``min(prefill, n * host_reload_s_per_token)``
     (Llama-3.1-8B bf16 on the H200's PCIe Gen5: 128 KiB / 54.8 GB/s = 2.4e-6 s/token,
@@ -188,6 +190,9 @@ class ResidencySettings:
     prefill_a0: float = 0.008534235488234275
     prefill_a_tok: float = 2.038725126120883e-05
     prefill_a_ctx: float = 1.4758954005404623e-09
+    decode_b0: float = 0.009047549684172713
+    decode_b_seq: float = 2.4475066323684295e-05
+    decode_b_ctx: float = 2.503178243879027e-08
     host_reload_s_per_token: float = 0.0  # host tier: seconds per token to load a dropped prefix back (0: recompute)
     pressure_window_s: float = 10.0
     act_when_thrashing: bool = False  # rule 5's exception: act on the model once pass-through outgrew GPU + host
@@ -212,8 +217,9 @@ class ResidencySettings:
         preempt_ok = 0 <= self.preempt_area_ratio < math.inf and 0 <= self.readmit_cached <= 1
         if not (0 <= self.headroom < 1) or not (0 <= self.max_wait_s < math.inf) or self.max_passes < 0 or not finite_positive or not preempt_ok:
             raise ConfigError(f"invalid residency settings {self}")
-        if min(self.prefill_a0, self.prefill_a_tok, self.prefill_a_ctx, self.host_reload_s_per_token) < 0:
-            raise ConfigError("residency prefill and reload cost coefficients must be >= 0")
+        costs = (self.prefill_a0, self.prefill_a_tok, self.prefill_a_ctx, self.decode_b0, self.decode_b_seq, self.decode_b_ctx)
+        if not all(0 <= c < math.inf for c in (*costs, self.host_reload_s_per_token)):
+            raise ConfigError("residency prefill, decode and reload cost coefficients must be finite and >= 0")
         for flag in ("judge", "judge_start_trusted", "judge_fallback"):
             if not isinstance(getattr(self, flag), bool):
                 raise ConfigError(f"cachewise.residency.{flag} must be true or false, got {getattr(self, flag)!r}")

@@ -80,3 +80,15 @@ def test_continuum_ttl_trades_reload_cost_against_holding() -> None:
     ttl = ContinuumPredictor(None, stats, expensive, lambda: 200, pins).ttl("test", 100)  # type: ignore[arg-type]
     assert 4.0 <= ttl < 100.0
     assert ContinuumPredictor(None, stats, cheap, lambda: 1000, pins).ttl("test", 900) == 0.0  # type: ignore[arg-type]
+
+
+def test_replay_settings_put_the_cost_model_in_replay_tokens() -> None:
+    """One replay token stands for s trace tokens: per-token terms scale by s, the quadratic one by s²,
+    the per-step and per-sequence ones not at all."""
+    from cachewise.replay.costmodel import CostModel
+    from cachewise.replay.residency_policies import replay_settings
+
+    cost = CostModel("m", a0=1.0, a_tok=2.0, a_ctx=3.0, b0=4.0, b_seq=5.0, b_ctx=6.0)
+    s = replay_settings(cost, 16, ResidencySettings(headroom=0.3))
+    assert (s.prefill_a0, s.prefill_a_tok, s.prefill_a_ctx) == (1.0, 32.0, 3.0 * 256)
+    assert (s.decode_b0, s.decode_b_seq, s.decode_b_ctx) == (4.0, 5.0, 96.0) and s.headroom == 0.3

@@ -78,9 +78,9 @@ def test_the_admission_a_demotion_makes_room_for_takes_its_tail_at_once() -> Non
     ctl.observe_pressure(view, 0.5)
     s, w, rest = ctl.settings, 60 * BLOCK_TOKENS, 10 * BLOCK_TOKENS
     tail = prefill_seconds(s, w) - prefill_seconds(s, rest)
-    keep, drop = ctl.keep_and_drop(view.get("A"), 60, 0.5, running=8, incoming=50)
+    keep, drop = ctl.keep_and_drop(view.get("A"), 60, 0.5, served=9, incoming=50)
     assert drop == pytest.approx(9 * tail * NEAR.p_back_within(0.5, s.horizon_s)) and keep < drop
-    assert ctl.keep_and_drop(view.get("A"), 60, 0.5, running=8)[1] == 0.0
+    assert ctl.keep_and_drop(view.get("A"), 60, 0.5, served=9)[1] == 0.0
     plan = ctl.plan(view, 0.5, running=8)
     assert plan.demoted == [] and plan.held == ["B"]
 
@@ -93,7 +93,7 @@ def test_under_heavy_pressure_the_rule_charges_the_whole_recompute() -> None:
     ctl.observe_pressure(view, 0.0)
     pool.evicted = 100_000  # 200,000 blocks/s over the half second
     ctl.observe_pressure(view, 0.5)
-    keep, drop = ctl.keep_and_drop(view.get("A"), 60, 0.5, running=8)
+    keep, drop = ctl.keep_and_drop(view.get("A"), 60, 0.5, served=9)
     assert ctl.eviction_rate == pytest.approx(200_000.0)
     full = prefill_seconds(ctl.settings, 60 * BLOCK_TOKENS) * 9 * NEAR.p_back_within(0.5, ctl.settings.horizon_s)
     assert drop == pytest.approx(full)
@@ -109,16 +109,16 @@ def test_blocks_ahead_shield_a_session_back_before_the_pool_reaches_it() -> None
     pool.evicted, pool.demoted = 5, 1000
     ctl.observe_pressure(view, 0.5)
     assert ctl.eviction_rate == pytest.approx(10.0) and ctl.demoted_ahead == 1000
-    assert ctl.keep_and_drop(view.get("A"), 60, 0.5, running=0)[1] == 0.0
+    assert ctl.keep_and_drop(view.get("A"), 60, 0.5, served=0)[1] == 0.0
     pool.demoted = 0
     ctl.observe_pressure(view, 0.5)
     points = NEAR.remaining_points(0.5, 20)
-    costs = ctl.return_costs(60, points, running=0)
+    costs = ctl.return_costs(60, points, served=0)
     assert costs == pytest.approx([ctl.lost_s(60, r, 0.0) for r in points])  # Q = 0: no admission measured yet
     assert 0.0 < costs[0] <= costs[-1] < prefill_seconds(ctl.settings, 60 * BLOCK_TOKENS)  # a tail, not the whole set
-    assert 0.0 < ctl.keep_and_drop(view.get("A"), 60, 0.5, running=0)[1] <= sum(costs) / 20
+    assert 0.0 < ctl.keep_and_drop(view.get("A"), 60, 0.5, served=0)[1] <= sum(costs) / 20
     far = [1.0, 700.0, float("inf")]  # beyond the horizon (600 s) nothing is charged
-    assert ctl.return_costs(60, far, running=0)[1:] == [0.0, 0.0]
+    assert ctl.return_costs(60, far, served=0)[1:] == [0.0, 0.0]
 
 
 def test_a_lost_tail_costs_its_prefill_behind_the_cached_prefix() -> None:

@@ -132,7 +132,7 @@ def test_resuming_from_pass_through_restores_the_budget_even_when_nobody_waits()
     ctl = ResidencyController(ResidencySettings(headroom=0.2), 100, BLOCK_TOKENS)
     _pass_through(view, ctl, {"F": (30, FAR), "N": (30, NEAR)}, {"X": 30, "Y": 30})
     assert sum(view.working_set(s.key) for s in view if s.resident) == 120
-    keep, drop = ctl.keep_and_drop(view.get("N"), 30, 2.0, running=8)
+    keep, drop = ctl.keep_and_drop(view.get("N"), 30, 2.0, served=9)
     assert keep < drop  # by the cost rule alone N would stay
     verdict[0] = True
     plan = ctl.plan(view, 2.0, running=8)
@@ -223,7 +223,7 @@ def test_an_idle_resident_of_a_far_larger_area_gives_its_room_to_the_head(ratio:
     view.on_arrival("x", "X", "t", 10 * BLOCK, 0.0)
     view.set_residency("X", True)
     view.on_arrival("b", "B", "t", 50 * BLOCK, 0.0)
-    keep, drop = ctl.keep_and_drop(view.get("A"), 60, 0.5, running=8)
+    keep, drop = ctl.keep_and_drop(view.get("A"), 60, 0.5, served=9)
     assert keep < drop  # by the cost rule A stays
     plan = ctl.plan(view, 0.5, running=8)
     assert (plan.demoted, plan.held, "B" in plan.admitted) == ((["A"], [], True) if preempted else ([], ["B"], False))
@@ -272,12 +272,12 @@ def test_a_session_whose_median_is_near_is_kept_though_its_mean_is_far() -> None
     view.on_arrival("b", "B", "t", 50 * BLOCK, 0.0)
     h = ctl.settings.horizon_s
     points = forecast.remaining_points(0.5, 20)
-    costs = ctl.return_costs(160, points, running=8)
+    costs = ctl.return_costs(160, points, served=9)
     assert costs[0] == pytest.approx(9 * prefill_seconds(ctl.settings, 160 * BLOCK_TOKENS))  # no pool reader: all of it
     keep_h = sum(min(r, h) for r in points) / 20
     drop_h = sum(c for r, c in zip(points, costs) if r <= h) / 20
     assert keep_h > drop_h  # the horizon's comparison alone would demote A
-    keep, drop = ctl.keep_and_drop(view.get("A"), 160, 0.5, running=8)
+    keep, drop = ctl.keep_and_drop(view.get("A"), 160, 0.5, served=9)
     assert keep < drop and keep < 3.0  # a deferral of a few seconds is better
     plan = ctl.plan(view, 0.5, running=8)
     assert plan.demoted == [] and plan.held == ["B"] and view.get("A").resident
@@ -345,7 +345,7 @@ def test_residents_over_the_whole_capacity_shed_even_when_demotion_does_not_pay(
     for key in ("A", "B"):
         view.set_residency(key, True)
     for key in ("A", "B"):
-        keep, drop = ctl.keep_and_drop(view.get(key), view.working_set(key), 0.5, running=8)
+        keep, drop = ctl.keep_and_drop(view.get(key), view.working_set(key), 0.5, served=9)
         assert keep < drop  # neither demotion pays by the cost rule
     view.on_arrival("w", "W", "t", 10 * BLOCK, 0.5)
     plan = ctl.plan(view, 0.5, running=8)
@@ -422,7 +422,7 @@ def test_demotion_happens_only_when_a_session_waits_and_then_it_fits(host: int, 
     if plan.demoted:  # to make the waiting session fit, or because the resident sessions outgrew the cache
         assert ("W" in plan.admitted and resident <= ctl.admitted_budget) or before > ctl.admitted_budget
         for key in plan.demoted:
-            keep, drop = ctl.keep_and_drop(view.get(key), view.working_set(key), 200.0, running=1)
+            keep, drop = ctl.keep_and_drop(view.get(key), view.working_set(key), 200.0, served=1)
             assert keep > drop or before > ctl.admitted_capacity  # past the whole capacity the best go regardless
     if "W" in plan.admitted and "W" not in plan.forced:
         assert resident <= ctl.admitted_budget and plan.gpu <= ctl.budget
