@@ -328,10 +328,11 @@ b_seq n + b_ctx T)`` under the measured decode model (``n`` requests running, ``
 resident sessions' working sets; ``w`` = 1 with nothing running: an idle engine gains a whole session);
 the rest of the admitted session's progress is the slowdown of the others, whose decode steps it
 lengthens by its context. So ``keep_j(τ) = w E[min(R_j, τ)]`` (:meth:`ResidencyController.observe_batch`,
-once per step). Measured (README "A busy engine"; Claude Code held-out, C=32, 50% capacity, seed 0) ``w``
-is 0.49-0.71 (10th-90th percentile of the steps that plan, median 0.57) on the H200 coefficients. The
-rule's loss estimate was not the part that erred: logged demotion by demotion (same run), it predicted
-0.46 of a returning demoted session's working set lost and 0.24 was (0.31 by its readmission).
+once per step). Measured (README "A busy engine"; Claude Code held-out, C=32, 50% capacity, seed 0, on a
+patch with ``w`` alone, before ``S`` below) ``w`` was 0.49-0.71 (10th-90th percentile of the steps that
+plan, median 0.57) on the H200 coefficients. The rule's loss estimate was not the part that erred: logged
+demotion by demotion (the rule before ``w`` and ``S``, same seed), it predicted 0.46 of a returning demoted
+session's working set lost and 0.24 was (0.31 by its readmission).
 
 Candidates are taken in decreasing ``keep_j(τ*) - drop_j(τ*)``. The whole distribution is used: a
 session predicted back in 2 s with a 10% chance of a 10-minute test run is kept while its 2 s
@@ -523,11 +524,12 @@ class ResidencyController:
         self, state: SessionState, blocks: float, now: float, served: int, incoming: float = 0.0
     ) -> tuple[float, float]:
         """``(keep_j(τ*), drop_j(τ*))`` of the module doc for idle session ``state`` holding ``blocks``, with
-        ``served`` sessions the engine serves: the deferral ``τ*`` (a point of the forecast ``<= H``, or ``H``)
-        that argues most for keeping j; j's demotion pays iff ``keep > drop``. Priced under the pressure last
-        read by :meth:`observe_pressure` (none read: every return recomputes all) and the batch last read by
-        :meth:`observe_batch` (none: ``w`` = 1), for an admission that allocates ``incoming`` blocks at once
-        (``N``: they are taken ahead of the fluid rate, the demoted blocks first). O(RETURN_POINTS)."""
+        ``served`` = ``S`` of the module doc (requests running or queued, idle residents): the deferral
+        ``τ*`` (a point of the forecast ``<= H``, or ``H``) that argues most for keeping j; j's demotion pays
+        iff ``keep > drop``. Priced under the pressure last read by :meth:`observe_pressure` (none read: every
+        return recomputes all) and the batch last read by :meth:`observe_batch` (none: ``w`` = 1), for an
+        admission that allocates ``incoming`` blocks at once (``N``: they are taken ahead of the fluid rate,
+        the demoted blocks first). O(RETURN_POINTS)."""
         assert state.idle_since is not None
         elapsed = now - state.idle_since
         forecast = self.forecast_of(state)

@@ -8,8 +8,8 @@ temporary file):
   mean session time, with their relative difference;
 * replay speed: LLM calls replayed per second and vLLM steps per second, per policy;
 * the full sweep (capacity fractions 0.1 ... 1.0 x concurrency 8, 16, 32, 48, every policy of
-  ``replay.policies`` plus the hand-written orders the ``evaluate`` stage leaves out for time,
-  :data:`HAND_WRITTEN`), written like ``cachewise replay --sweep`` (results.csv, plots,
+  ``replay.policies`` plus the hand-written orders and the ablations the ``evaluate`` stage leaves
+  out for time, :data:`HAND_WRITTEN` and :data:`ABLATIONS`), written like ``cachewise replay --sweep`` (results.csv, plots,
   report.md) under ``--out``, and its headline tables.
 
 * with ``--block-check``: block-size fidelity instead. vLLM's blocks are 16 tokens; the replay's
@@ -230,6 +230,9 @@ def block_check(
 HAND_WRITTEN = ("per_tool_mean", "ttl", "heuristic")
 """Every hand-written eviction order: the sweep's "best hand-written" is chosen among all of them."""
 
+ABLATIONS = ("learned_nohints",)
+"""Learned policies the ``evaluate`` stage leaves out for time (with a model only)."""
+
 
 def speed(config, n_sessions: int = 16) -> None:
     """Calls and engine steps per second of wall time, per policy, at capacity 0.5."""
@@ -276,7 +279,8 @@ def main() -> None:
             block_check(config, scales, blocks, range(config.seed, config.seed + args.seeds), Path(args.reference),
                         not args.no_floor, args.floor_seeds)
             return
-        config = replace(config, policies=tuple(dict.fromkeys(("lru", "lru_arrival", *HAND_WRITTEN, *config.policies))))
+        ablations = ABLATIONS if args.model is not None else ()
+        config = replace(config, policies=tuple(dict.fromkeys(("lru", "lru_arrival", *HAND_WRITTEN, *config.policies, *ablations))))
         fidelity(config)
         speed(config)
         grid = SweepSettings((0.3, 0.7), (32,)) if args.quick else SweepSettings(FULL_FRACS, FULL_CONCURRENCY)
