@@ -9,8 +9,8 @@ temporary file):
 * replay speed: LLM calls replayed per second and vLLM steps per second, per policy;
 * the full sweep (capacity fractions 0.1 ... 1.0 x concurrency 8, 16, 32, 48, every policy of
   ``replay.policies`` plus the hand-written orders and the ablations the ``evaluate`` stage leaves
-  out for time, :data:`HAND_WRITTEN` and :data:`ABLATIONS`), written like ``cachewise replay --sweep`` (results.csv, plots,
-  report.md) under ``--out``, and its headline tables.
+  out for time, :data:`HAND_WRITTEN` and :data:`ABLATIONS`), written like ``cachewise replay
+  --sweep`` (results.csv, plots, report.md) under ``--out``, and its headline tables.
 
 * with ``--block-check``: block-size fidelity instead. vLLM's blocks are 16 tokens; the replay's
   are 16 replay tokens = 256 trace tokens at ``token_scale`` 16. On a subset (8 sessions,
@@ -231,7 +231,7 @@ HAND_WRITTEN = ("per_tool_mean", "ttl", "heuristic")
 """Every hand-written eviction order: the sweep's "best hand-written" is chosen among all of them."""
 
 ABLATIONS = ("learned_nohints",)
-"""Learned policies the ``evaluate`` stage leaves out for time (with a model only)."""
+"""Learned policies the ``evaluate`` stage leaves out for time (dropped, as every learned one, without ``--model``)."""
 
 
 def speed(config, n_sessions: int = 16) -> None:
@@ -271,6 +271,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         events = _events(args.events, Path(tmp))
         config = load_config(args.params, {"events": events, "model": args.model, "out": args.out})
+        config = replace(config, policies=tuple(dict.fromkeys(("lru", "lru_arrival", *HAND_WRITTEN, *config.policies, *ABLATIONS))))
         if args.model is None:
             config = replace(config, policies=tuple(p for p in config.policies if not p.startswith("learned")))
         if args.block_check:
@@ -279,8 +280,6 @@ def main() -> None:
             block_check(config, scales, blocks, range(config.seed, config.seed + args.seeds), Path(args.reference),
                         not args.no_floor, args.floor_seeds)
             return
-        ablations = ABLATIONS if args.model is not None else ()
-        config = replace(config, policies=tuple(dict.fromkeys(("lru", "lru_arrival", *HAND_WRITTEN, *config.policies, *ablations))))
         fidelity(config)
         speed(config)
         grid = SweepSettings((0.3, 0.7), (32,)) if args.quick else SweepSettings(FULL_FRACS, FULL_CONCURRENCY)
