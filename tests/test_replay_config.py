@@ -45,3 +45,22 @@ def test_section_then_flags(tmp_path) -> None:
 def test_errors_name_the_key(tmp_path, section: dict, message: str) -> None:
     with pytest.raises(ReplayConfigError, match=message):
         load_config(write(tmp_path, section), {})
+
+
+def test_dvc_plot_lines_are_the_evaluate_stage_policies() -> None:
+    """dvc.yaml's replay plots draw one line per policy the evaluate stage runs, at its concurrency.
+
+    The CSVs have one column per ``replay.policies`` entry (replay/report.py), so a y-list that
+    drifts from params.yaml names columns that do not exist or leaves policies out of the plot.
+    """
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    replay = yaml.safe_load((repo / "params.yaml").read_text())["replay"]
+    plots = [p for p in yaml.safe_load((repo / "dvc.yaml").read_text())["plots"] if isinstance(p, dict)]
+    csvs = {path: spec for plot in plots for path, spec in plot.items() if path.startswith("data/replay/plots/")}
+    assert csvs, "dvc.yaml has no replay CSV plots"
+    concurrency = replay["sweep"]["concurrency"]
+    for path, spec in csvs.items():
+        assert spec["y"] == replay["policies"], path
+        assert any(path.endswith(f"_c{c}.csv") for c in concurrency), path
