@@ -1,5 +1,5 @@
-"""Shared test fixtures: where the real traces are (and a skip marker for when they are not), and a
-small model trained on the embedded synthetic corpus."""
+"""Shared test fixtures: where the real traces are (tests that need them skip, with a message, where
+they are not), and a small model trained on the embedded synthetic corpus."""
 
 from __future__ import annotations
 
@@ -13,12 +13,6 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_TRACES = (REPO_ROOT / ".." / "shared" / "traces").resolve()
-
-requires_shared_traces = pytest.mark.skipif(
-    not SHARED_TRACES.is_dir(),
-    reason=f"real traces not found at {SHARED_TRACES} (only present inside the CacheWise workplace)",
-)
-
 
 @pytest.fixture(scope="session")
 def shared_traces() -> Path:

@@ -70,6 +70,7 @@ class MockServer:
         self.active = 0
         self.max_active = 0
         self.completions = 0
+        self.before = (1000, 250, 7)  # what the server had counted before the run: deltas must drop it
 
     async def handle(self, request: httpx.Request) -> httpx.Response:
         path = request.url.path
@@ -78,7 +79,8 @@ class MockServer:
         if path == "/tokenize":
             return httpx.Response(200, json={"count": len(json.loads(request.content)["prompt"].split())})
         if path == "/metrics":
-            return httpx.Response(200, text=METRICS % (100 * self.completions, 60 * self.completions, self.completions))
+            counts = (100 * self.completions, 60 * self.completions, self.completions)
+            return httpx.Response(200, text=METRICS % tuple(b + c for b, c in zip(self.before, counts)))
         body = json.loads(request.content)
         self.requests.append(body)
         hint = json.loads(body.get("vllm_xargs", {}).get("cachewise", "{}"))

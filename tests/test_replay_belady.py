@@ -45,12 +45,29 @@ def test_min_is_optimal(paths: list[tuple[int, ...]], capacity: int) -> None:
     assert belady_min(chains, capacity).harmful_misses == _optimal_harmful(chains, capacity)
 
 
+def _lru_harmful(chains: list[list], capacity: int) -> int:
+    """Repeat misses of an LRU cache of ``capacity`` blocks (a chain's blocks are used together)."""
+    cached: dict = {}  # block -> last use, insertion-ordered by use
+    seen: set = set()
+    misses = 0
+    for t, chain in enumerate(chains):
+        misses += sum(1 for b in chain if b not in cached and b in seen)
+        for b in chain:
+            cached.pop(b, None)
+            cached[b] = t
+        while len(cached) > capacity:
+            del cached[next(b for b in cached if b not in chain)]
+        seen.update(chain)
+    return misses
+
+
 def test_lru_pays_more_than_min() -> None:
-    # Cyclic access to 3 chains of 2 blocks with room for 4 blocks: LRU misses every time after
-    # the first round; MIN keeps one chain and pays for the other.
+    # Cyclic access to 3 chains (5 blocks: the root (0,) is shared) with room for 4 blocks: LRU
+    # evicts the block used next every time; MIN keeps the root and two leaves.
     chains = _chains([(0, 0), (1, 1), (0, 1)] * 3)
     result = belady_min(chains, 4)
     assert result.harmful_misses == _optimal_harmful(chains, 4)
+    assert _lru_harmful(chains, 4) > result.harmful_misses
     assert result.accesses == sum(len(c) for c in chains)
     assert result.evictions >= result.harmful_misses
 

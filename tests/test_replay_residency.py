@@ -26,6 +26,11 @@ from cachewise.replay.policies import REGISTRY, hand_written
 
 pytestmark = pytest.mark.vllm
 POLICIES = ["lru", "cachewise", "cachewise_nomodel", "continuum"]
+# A starvation bound that binds: without it the held sessions here wait up to ~11 s (measured).
+# A wait may pass it by a step, and by more where vLLM's own KV admission holds the session
+# back (runtime/residency.py rule 4): measured 3.9 s against 2 s here.
+MAX_WAIT_S = 2.0
+STEP_SLACK_S = 3.0
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +40,8 @@ def replay_inputs(tmp_path_factory) -> dict[str, Path]:
     events, _ = load_sources([tmp / "corpus"])
     write_events(events, tmp / "events.parquet")
     params = tmp / "params.yaml"
-    params.write_text(yaml.safe_dump({"replay": {"max_sessions": 6, "split": "all", "workload": {"token_scale": 32}}}))
+    replay = {"max_sessions": 6, "split": "all", "workload": {"token_scale": 32}, "residency": {"max_wait_s": MAX_WAIT_S}}
+    params.write_text(yaml.safe_dump({"replay": replay}))
     return {"events": tmp / "events.parquet", "model": export_tiny_model(tmp / "model"), "params": params, "out": tmp / "out"}
 
 
@@ -56,7 +62,7 @@ def test_residency_policies_run_through_vllms_scheduler_and_finish_every_session
     for policy in ("cachewise", "cachewise_nomodel", "continuum"):
         assert results.at[policy, "residency_steps"] > 0
         assert not results.at[policy, "residency_off"], f"{policy}: an error turned residency off"
-        assert results.at[policy, "longest_admission_wait_s"] <= ResidencySettings().max_wait_s + 60
+        assert results.at[policy, "longest_admission_wait_s"] <= MAX_WAIT_S + STEP_SLACK_S
     assert results.at["lru", "residency_steps"] == 0
 
 
