@@ -32,7 +32,7 @@ Rule, evaluated once per scheduler step (:meth:`ResidencyController.plan`):
    giving it to the head is shortest-remaining-first *with* preemption, which lowers mean completion
    time below the non-preemptive order, at the price of the preempted session's recompute and wait
    (it rejoins the queue at its own area when back). The ratio keeps it to clear cases: the areas
-   are predictions. Measured (README "Preemption by predicted KV area", Claude Code held-out, closed
+   are predictions. Measured (docs/results/residency.md "Preemption by predicted KV area", Claude Code held-out, closed
    loop, ten seeds): C=32 −63 ± 25 s at 25% capacity, +3 ± 10 s at 50%; C=64 −70 ± 21 / −19 ± 10 s
    at 25 / 50%, but +8 ± 6 s at 75% (a preempted session's recompute costs more than the room is
    worth where the demand exceeds the capacity by less); a ratio of 1 was +21 ± 16 s worse at C=32
@@ -44,7 +44,7 @@ Rule, evaluated once per scheduler step (:meth:`ResidencyController.plan`):
    is stored on the host and loaded back, not lost while it waits. Typically a demoted
    session back before the pool evicted its blocks: they are the first evicted while it waits, so
    every step it waits can cost its whole prefix, and readmitted now it costs nothing to recompute.
-   Measured (README "Readmission while the prefix is cached"; Claude Code held-out, closed loop, ten
+   Measured (docs/results/residency.md "Readmission while the prefix is cached"; Claude Code held-out, closed loop, ten
    seeds): before it, 95% of the recomputed prompt tokens at C=32 50% capacity were on returns of
    sessions held for readmission, and a third of those blocks were still cached when the session came
    back and were evicted while it waited. With it: C=32 −7 ± 5 s at 50% (better on nine seeds of ten;
@@ -328,7 +328,7 @@ b_seq n + b_ctx T)`` under the measured decode model (``n`` requests running, ``
 resident sessions' working sets; ``w`` = 1 with nothing running: an idle engine gains a whole session);
 the rest of the admitted session's progress is the slowdown of the others, whose decode steps it
 lengthens by its context. So ``keep_j(τ) = w E[min(R_j, τ)]`` (:meth:`ResidencyController.observe_batch`,
-once per step). Measured (README "A busy engine"; Claude Code held-out, C=32, 50% capacity, seed 0, on a
+once per step). Measured (docs/results/residency.md "A busy engine"; Claude Code held-out, C=32, 50% capacity, seed 0, on a
 patch with ``w`` alone, before ``S`` below) ``w`` was 0.49-0.71 (10th-90th percentile of the steps that
 plan, median 0.57) on the H200 coefficients. The rule's loss estimate was not the part that erred: logged
 demotion by demotion (the rule before ``w`` and ``S``, same seed), it predicted 0.46 of a returning demoted
