@@ -169,10 +169,17 @@ class Publisher:
         self._interval = log_interval_s
         self._next_log = time.monotonic() + log_interval_s
         self._logged = PoolStats()
+        self._prom: dict[str, Counter | Gauge | Histogram] | None = None  # the process-wide metrics, on first use
+        self._rates: tuple[Gauge, Gauge, Gauge] | None = None  # guard_hit_rate{order=learned, lru, observed}
 
     def publish(self) -> None:
-        """Send the deltas since the last call; log a stat line when the interval elapsed."""
-        prom = _metrics()
+        """Send the deltas since the last call; log a stat line when the interval elapsed.
+
+        Called once per released request: the metrics and the guard's labelled gauges are looked
+        up once per publisher (``labels()`` takes a lock and a dict lookup per call)."""
+        prom = self._prom
+        if prom is None:
+            prom = self._prom = _metrics()
         stats, sent = self._stats, self._sent
         for name in self._SCALARS:
             delta = getattr(stats, name) - getattr(sent, name)
@@ -186,10 +193,13 @@ class Publisher:
                 sent.fallbacks[reason] = count
         if stats.guard_learned is not None:
             prom["guard_learned"].set(1.0 if stats.guard_learned else 0.0)
-            rates = prom["guard_hit_rate"]
-            rates.labels(order="learned").set(stats.guard_hit_rate_learned)
-            rates.labels(order="lru").set(stats.guard_hit_rate_lru)
-            rates.labels(order="observed").set(stats.guard_hit_rate_observed)
+            rates = self._rates
+            if rates is None:
+                gauge = prom["guard_hit_rate"]
+                rates = self._rates = tuple(gauge.labels(order=o) for o in ("learned", "lru", "observed"))
+            rates[0].set(stats.guard_hit_rate_learned)
+            rates[1].set(stats.guard_hit_rate_lru)
+            rates[2].set(stats.guard_hit_rate_observed)
         if self._interval and time.monotonic() >= self._next_log:
             self._next_log = time.monotonic() + self._interval
             self._log_line()
