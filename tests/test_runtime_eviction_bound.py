@@ -4,8 +4,8 @@ Each round frees every block with a fresh prediction (a timer entry per block: i
 or its expiry when requested), lets time pass so some become overdue and are re-keyed, then
 evicts them all. Evictions consume candidate-heap entries but not the timers of blocks
 predicted far ahead, which is how the timer heap used to grow without bound (only the
-candidate heap's size triggered a compaction). Every example has a gap of 0 (due at once,
-overdue by the next take: the re-key path runs) and one of 4,000 s (timers far ahead).
+candidate heap's size triggered a compaction). Every example has two gaps of 0 in a row (due at once,
+overdue by the next take; one of any two neighbours is not requested, so the re-key path runs) and one of 4,000 s (timers far ahead).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.vllm
 @given(
     n=st.integers(24, 48),
     rounds=st.integers(80, 150),
-    gaps=st.lists(st.floats(0.0, 5000.0), min_size=1, max_size=16).map(lambda g: [*g, 0.0, 4000.0]),
+    gaps=st.lists(st.floats(0.0, 5000.0), min_size=1, max_size=16).map(lambda g: [*g, 0.0, 0.0, 4000.0]),
     step=st.floats(0.1, 30.0),
     requested_every=st.integers(2, 7),
 )
