@@ -52,7 +52,7 @@ import itertools
 import logging
 import math
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -63,7 +63,7 @@ from vllm.v1.request import Request
 from cachewise.runtime.config import PoolConfig
 from cachewise.runtime.eviction_order import EvictionOrder
 from cachewise.runtime.guard import Guard
-from cachewise.runtime.kv_blocks import cached_key, is_being_reused, is_free
+from cachewise.runtime.kv_blocks import cached_key, freed_in, is_being_reused, is_free
 from cachewise.runtime.metrics import PoolStats, Publisher, observe_latency
 from cachewise.runtime.policy import InvalidPrediction, ReusePredictor, checked, engine_clock
 from cachewise.runtime.sessions import SessionView
@@ -106,6 +106,8 @@ class ScoredBlockPool(BlockPool):
         self._consecutive_failures = 0
         self._warned = False
         self._expected: dict[str, tuple[float, float]] = {}  # request id -> prediction set by expect()
+        self._taking = False  # inside vLLM's get_new_blocks called by ours: every hash drop is an eviction
+        self._evicted_keys: list[bytes] = []  # keys evicted inside it, counted when it returns
         window = self.config.ghost_window
         self._window = num_gpu_blocks if window is None else window
         self._recently_evicted: OrderedDict[bytes, None] = OrderedDict()
@@ -309,15 +311,23 @@ class ScoredBlockPool(BlockPool):
         unhashed and then the residency controller's demoted free blocks while any is demoted
         (:meth:`EvictionOrder.take <cachewise.runtime.eviction_order.EvictionOrder.take>`, ``demoted_only``)."""
         order = self._order
-        if order is None or num_blocks <= 0:
-            return super().get_new_blocks(num_blocks)
-        lru = self._guard is not None and not self._guard.learned
-        if num_blocks > self.get_num_free_blocks():
-            raise ValueError(f"Cannot get {num_blocks} free blocks from the pool")
-        victims = order.take(num_blocks, self.clock(), self.free_block_queue, demoted_only=lru)
-        self.free_block_queue.prepend_n(victims)
-        blocks = super().get_new_blocks(num_blocks)
-        if len(victims) < num_blocks:  # taken from the queue head in vLLM's order
+        victims: list[KVCacheBlock] = []
+        lru = False
+        if order is not None and num_blocks > 0:
+            lru = self._guard is not None and not self._guard.learned
+            if num_blocks > self.get_num_free_blocks():
+                raise ValueError(f"Cannot get {num_blocks} free blocks from the pool")
+            victims = order.take(num_blocks, self.clock(), self.free_block_queue, demoted_only=lru)
+            self.free_block_queue.prepend_n(victims)
+        keys = self._evicted_keys = []
+        self._taking = True  # vLLM's eviction of the popped blocks: see _remove_cached_block_hashes
+        try:
+            blocks = super().get_new_blocks(num_blocks)
+        finally:
+            self._taking = False
+        if keys:
+            self._count_evicted(keys)
+        if order is not None and len(victims) < num_blocks:  # taken from the queue head in vLLM's order
             if not lru:
                 self.stats.order_fallback_blocks += num_blocks - len(victims)
             for block in blocks[len(victims) :]:
@@ -333,7 +343,7 @@ class ScoredBlockPool(BlockPool):
         blocks = list(ordered_blocks)
         super().free_blocks(blocks)
         now = self.clock()
-        freed = [b for b in blocks if b.pool is self and is_free(b)]
+        freed = freed_in(self, blocks)
         order.on_free(freed, now)
         if self._guard is not None:
             self._guard.on_free(freed, now)
@@ -356,11 +366,13 @@ class ScoredBlockPool(BlockPool):
     def _remove_cached_block_hashes(self, block: KVCacheBlock) -> list:
         # Blocks evicted by get_new_blocks (popped: ref count 0, out of the queue) were
         # unlinked when taken; every other hash drop (connector eviction, promotion, copy)
-        # is reported to the order here.
-        if self._order is None or is_being_reused(block):
-            return super()._remove_cached_block_hashes(block)
+        # is reported to the order here. (This and _maybe_evict_cached_block run once per evicted
+        # block: they test the _taking flag first and call BlockPool's methods directly, saving a
+        # call and super()'s lookup there.)
+        if self._taking or self._order is None or is_being_reused(block):
+            return BlockPool._remove_cached_block_hashes(self, block)
         had_hash = cached_key(block) is not None
-        removed = super()._remove_cached_block_hashes(block)
+        removed = BlockPool._remove_cached_block_hashes(self, block)
         if had_hash and self._order is not None:
             self._order.on_drop(block)
             if is_free(block):  # dropped while free: now an unhashed candidate
@@ -369,18 +381,26 @@ class ScoredBlockPool(BlockPool):
 
     def _maybe_evict_cached_block(self, block: KVCacheBlock) -> bool:
         key = cached_key(block)
-        if key is None:
-            return super()._maybe_evict_cached_block(block)
-        evicted = super()._maybe_evict_cached_block(block)
-        if evicted:
-            self.stats.evictions += 1
-            if self._guard is not None:
-                self._guard.on_evicted()
-            window = self._recently_evicted
-            window[key] = None
-            if len(window) > self._window:
-                window.popitem(last=False)
+        evicted = BlockPool._maybe_evict_cached_block(self, block)
+        if evicted and key is not None:
+            if self._taking:
+                self._evicted_keys.append(key)  # counted once per get_new_blocks call
+            else:
+                self._count_evicted([key])
         return evicted
+
+    def _count_evicted(self, keys: list[bytes]) -> None:
+        """The cached blocks of ``keys`` were evicted: counted (``stats.evictions``), remembered for
+        ghost hits (the oldest beyond the window forgotten) and told to the guard. O(len(keys)),
+        in C calls: it runs once per ``get_new_blocks`` call, not per block."""
+        self.stats.evictions += len(keys)
+        window = self._recently_evicted
+        window.update(dict.fromkeys(keys))
+        excess = len(window) - self._window
+        if excess > 0:
+            deque(map(window.popitem, itertools.repeat(False, excess)), maxlen=0)  # popitem(last=False) each
+        if self._guard is not None:
+            self._guard.on_evicted(len(keys))
 
     def _insert_block_hash(self, block_hash_with_group_id: bytes, block: KVCacheBlock, num_tokens: int | None) -> None:
         # A block computed and cached: for the guard, a real miss on its hash.

@@ -148,7 +148,14 @@ class EvictionOrder:
             self._epoch,
             self._children,
         )
-        merge, depth = self._merge, self._depth
+        merge, depth, keyed, demoted, reuse, expire = (
+            self._merge,
+            self._depth,
+            self._keyed,
+            self._demoted,
+            self._reuse,
+            self._expire,
+        )
         n = self._num_blocks
         prev = -1
         for i, blk in enumerate(chain):
@@ -165,7 +172,10 @@ class EvictionOrder:
                         parent_epoch[b] = epoch[prev]
                         children[prev] += 1
             if reuse_at is not None:
-                merge(b, reuse_at, expire_at)
+                if keyed[b] or demoted[b]:
+                    merge(b, reuse_at, expire_at)
+                else:  # _merge's first-prediction case without its call (once per released block)
+                    keyed[b], reuse[b], expire[b] = 1, reuse_at, expire_at
             prev = b
 
     def on_free(self, blocks: Iterable[KVCacheBlock], now: float) -> None:
@@ -384,25 +394,32 @@ class EvictionOrder:
         Returns the parent's id when the parent just became a free cached leaf (a new
         candidate the caller must push or take), else -1.
         """
-        p = self._parent[b]
+        parent, children, keyed = self._parent, self._children, self._keyed
+        p = parent[b]
         freed_parent = -1
         if p >= 0:
             if self._epoch[p] == self._parent_epoch[b]:
-                left = self._children[p] - 1
-                self._children[p] = left
-                if self._keyed[b]:
+                left = children[p] - 1
+                children[p] = left
+                # fold the child's key up, unless that changes nothing (the common case in a chain
+                # released with one prediction; conservative: always while requested or demoted)
+                reuse, expire = self._reuse, self._expire
+                if keyed[b] and not (
+                    keyed[p]
+                    and not self._requested[b]
+                    and not self._demoted[p]
+                    and reuse[b] >= reuse[p]
+                    and expire[b] <= expire[p]
+                ):
                     self._fold(b, p)
-                if left == 0:
-                    if is_free_cached(self._blocks[p]):
-                        freed_parent = p
-            self._parent[b] = -1
+                if left == 0 and is_free_cached(self._blocks[p]):
+                    freed_parent = p
+            parent[b] = -1
         self._epoch[b] += 1
-        self._children[b] = 0
-        self._undemote(b)
-        self._keyed[b] = 0
-        self._requested[b] = 0
-        self._requesters[b] = 0
-        self._token[b] = 0  # its heap entries are dead
+        children[b] = 0
+        if self._demoted[b]:
+            self._undemote(b)
+        keyed[b] = self._requested[b] = self._requesters[b] = self._token[b] = 0  # its heap entries are dead
         return freed_parent
 
     def _fold(self, child: int, parent: int) -> None:
@@ -439,18 +456,25 @@ class EvictionOrder:
             self._demoted[b] = 0
             self.demoted_free -= 1
 
+    def _key(self, b: int) -> tuple[float, float]:
+        """Block ``b``'s primary heap key (farthest reuse first; ``-inf`` for the LRU tier) and due
+        time (of its next re-key or its expiry; ``inf`` for none)."""
+        if not self._keyed[b]:
+            return _NEG_INF, _INF
+        reuse, expire = self._reuse[b], self._expire[b]
+        return (-reuse if reuse < _INF else _FAR), (reuse if reuse < expire and not self._requested[b] else expire)
+
     def _entry(self, b: int) -> tuple[tuple[float, int], float]:
         """Heap entry of block ``b`` under its current key (with a new token) and its due time."""
         token = self._next_token
         self._next_token = token + 1
         self._token[b] = token
         tail = (token << _ID_BITS) | b
+        primary, due = self._key(b)
         if not self._keyed[b]:  # LRU tier: vLLM's free order
-            return (_NEG_INF, (self._seq[b] << (_WORD + _ID_BITS)) | tail), _INF
+            return (primary, (self._seq[b] << (_WORD + _ID_BITS)) | tail), due
         # predicted tier: deeper first, then push order (the token), which follows free order
-        reuse, expire = self._reuse[b], self._expire[b]
-        entry = (-reuse if reuse < _INF else _FAR, ((_DEPTH_LIMIT - self._depth[b]) << (_WORD + _ID_BITS)) | tail)
-        return entry, reuse if reuse < expire and not self._requested[b] else expire
+        return (primary, ((_DEPTH_LIMIT - self._depth[b]) << (_WORD + _ID_BITS)) | tail), due
 
     def _push(self, b: int) -> None:
         """Make free leaf ``b`` a candidate under its current key (new token: old entries die).
@@ -471,13 +495,17 @@ class EvictionOrder:
         True for an expired ``b`` due no later than every timer, and for a ``b`` that is not
         due while no timer is due and ``b`` beats the heap top.
         """
-        entry, due = self._entry(b)
+        primary, due = self._key(b)
         timers = self._timers
         if due <= now:
             return self._expire[b] <= now and (not timers or due <= timers[0][0])
         if timers and timers[0][0] <= now:
             return False
-        return not self._heap or entry < self._heap[0]
+        heap = self._heap
+        if not heap or primary < heap[0][0]:
+            return True
+        # a tie on the primary key is decided by the whole entry (built only then: it takes a token)
+        return primary == heap[0][0] and self._entry(b)[0] < heap[0]
 
     def _live(self, packed: int) -> bool:
         """Whether a heap entry still describes a candidate."""

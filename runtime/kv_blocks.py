@@ -22,18 +22,22 @@ Fields read (vLLM 0.32 / 0.33), and why:
   ``block_hash`` property: the property adds a Python call to every step of the pool's
   hot loops and only returns this slot.
 
+* ``pool``: the ``BlockPool`` the block belongs to (a deferred free may hand a pool blocks of
+  another); :func:`freed_in` keeps the pool's own.
+
 ``is_null`` is a public flag of the dataclass; the pool's ``touch`` tests it exactly as
 vLLM's own ``touch`` does. Every function is O(1) and keeps no state.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+from operator import attrgetter
+
 from vllm.v1.core.kv_cache_utils import KVCacheBlock
 
-
-def cached_key(block: KVCacheBlock) -> bytes | None:
-    """The block's prefix-cache key (hash + group id), None when it is not cached."""
-    return block._block_hash
+cached_key: Callable[[KVCacheBlock], bytes | None] = attrgetter("_block_hash")
+"""The block's prefix-cache key (hash + group id), None when it is not cached."""
 
 
 def is_free(block: KVCacheBlock) -> bool:
@@ -55,3 +59,9 @@ def is_being_reused(block: KVCacheBlock) -> bool:
     """Held by no request yet out of the free queue: popped by vLLM's ``get_new_blocks``,
     so any hash it loses now is an eviction the pool itself chose."""
     return block.ref_cnt == 0 and block.prev_free_block is None
+
+
+def freed_in(pool: object, blocks: Iterable[KVCacheBlock]) -> list[KVCacheBlock]:
+    """Those of ``blocks`` that belong to ``pool`` and are free, in order: after vLLM's
+    ``free_blocks``, the ones that reached ref count 0. One comprehension, no call per block."""
+    return [b for b in blocks if b.ref_cnt == 0 and b.pool is pool and b.prev_free_block is not None]

@@ -18,13 +18,15 @@ import random
 from collections.abc import Callable
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from vllm.v1.core.kv_cache_manager import KVCacheManager
 from vllm.v1.request import Request, RequestStatus
 
 from cachewise.runtime.block_pool import ScoredBlockPool
 from cachewise.runtime.config import ConfigError, GuardConfig, PoolConfig
 from cachewise.runtime.cpu_engine import make_kv_cache_config, make_request
-from cachewise.runtime.guard import Guard, LearnedShadow
+from cachewise.runtime.guard import Guard, LearnedShadow, sample_bound
 from cachewise.runtime.metrics import PoolStats
 from cachewise.runtime.hooks import use_policy
 from cachewise.runtime.policy import ManualClock, ReusePrediction
@@ -230,3 +232,12 @@ def test_guard_config_parsing() -> None:
     for bad in ({"guard": {"nope": 1}}, {"guard": {"enabled": 1}}, {"guard": {"sample_rate": 0}}, {"guard": []}):
         with pytest.raises(ConfigError, match="guard"):
             CacheWiseSettings.from_mapping({"model": "m", **bad})
+
+
+@settings(max_examples=300, deadline=None)
+@given(key=st.binary(min_size=2, max_size=40), threshold=st.integers(1, 65536))
+def test_sample_bound_is_the_two_byte_threshold(key: bytes, threshold: int) -> None:
+    """``key < sample_bound(t)`` is the sampling rule ``(key[0] << 8 | key[1]) < t`` for every key."""
+    assert (key < sample_bound(threshold)) == (((key[0] << 8) | key[1]) < threshold)
+    edge = (min(threshold, 65535)).to_bytes(2, "big") + key  # a key that starts exactly at the bound
+    assert (edge < sample_bound(threshold)) == (threshold == 65536)

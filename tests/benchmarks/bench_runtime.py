@@ -15,8 +15,10 @@ whole pool) have been evicted. Reported:
 * memory: bytes per block of each pool (tracemalloc, separate untimed build and fill,
   heaps included);
 * the guard (:mod:`cachewise.runtime.guard`, default settings) is timed separately: pool
-  ``scored`` has it off, ``guarded`` on; block hashes are sha256 digests as in vLLM, so
-  the guard samples its default fraction of them;
+  ``scored`` has it off, ``guarded`` on and serving the learned order (``start: learned``;
+  the fill makes no prefix-cache hits, so it never switches: the guard's bookkeeping on top
+  of the learned order, the costlier of its two modes); block hashes are sha256 digests as
+  in vLLM, so the guard samples its default fraction of them;
 * learned scorer: µs per prediction (features + LightGBM) with ``--model`` (an export
   folder), else with a random 400-tree model of the real feature set.
 
@@ -92,11 +94,12 @@ def _fill(pool: BlockPool, chain: int, clock: Clock) -> tuple[float, int]:
     return release_s, n_req
 
 
-def _evict(pool: BlockPool, total: int, batch: int, clock: Clock) -> tuple[float, int]:
+def _evict(pool: BlockPool, total: int, batch: int, clock: Clock, phase: int = 0) -> tuple[float, int]:
     """(seconds, blocks) evicting at least ``total`` cached blocks in batches of ``batch``.
 
-    After each timed batch the blocks are hashed again and released (untimed), so every
-    batch evicts cached blocks from a full cache.
+    After each timed batch the blocks are hashed again (hashes unique to ``phase``: a hash seen
+    in an earlier phase would be a miss the guard's LRU shadow hits, and would switch it) and
+    released (untimed), so every batch evicts cached blocks from a full cache.
     """
     spent, done = 0.0, 0
     while done < total:
@@ -107,7 +110,7 @@ def _evict(pool: BlockPool, total: int, batch: int, clock: Clock) -> tuple[float
         pool.free_blocks(blocks)  # unhashed: back at the head, reused first; excluded from timing
         done += batch
         # re-hash the returned blocks so that the next batch evicts cached blocks again
-        hashes = [_digest(b"e", done, i) for i in range(batch)]
+        hashes = [_digest(b"e%d" % phase, done, i) for i in range(batch)]
         got = pool.get_new_blocks(batch)
         pool.cache_full_blocks(SimpleNamespace(block_hashes=hashes), got, 0, batch, BLOCK, 0)
         if isinstance(pool, ScoredBlockPool):
@@ -119,7 +122,7 @@ def _evict(pool: BlockPool, total: int, batch: int, clock: Clock) -> tuple[float
 def _build(kind: str, n: int, clock: Clock) -> BlockPool:
     if kind == "vllm":
         return BlockPool(n, True, BLOCK)
-    guard = GuardConfig(enabled=kind == "guarded")
+    guard = GuardConfig(enabled=kind == "guarded", start="learned")
     config = PoolConfig(log_interval_s=0, guard=guard)
     return ScoredBlockPool(n, True, BLOCK, predictor=Scripted(1), clock=clock, config=config)
 
@@ -131,8 +134,8 @@ def bench_pool(kind: str, n: int, chain: int, batch: int, evict: int, trials: in
     pool = _build(kind, n, clock)
     release_s, n_req = _fill(pool, chain, clock)
     phases = []
-    for _ in range(trials):
-        spent, evicted = _evict(pool, min(evict, n - chain), batch, clock)
+    for phase in range(trials):
+        spent, evicted = _evict(pool, min(evict, n - chain), batch, clock, phase)
         phases.append(spent / evicted * 1e6)
     return {
         "release_us_per_req": release_s / n_req * 1e6,
