@@ -52,7 +52,6 @@ import itertools
 import logging
 import math
 import time
-from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -62,6 +61,7 @@ from vllm.v1.request import Request
 
 from cachewise.runtime.config import PoolConfig
 from cachewise.runtime.eviction_order import EvictionOrder
+from cachewise.runtime.ghost_window import GhostWindow
 from cachewise.runtime.guard import Guard
 from cachewise.runtime.kv_blocks import cached_key, freed_in, is_being_reused, is_free
 from cachewise.runtime.metrics import PoolStats, Publisher, observe_latency
@@ -109,8 +109,7 @@ class ScoredBlockPool(BlockPool):
         self._taking = False  # inside vLLM's get_new_blocks called by ours: every hash drop is an eviction
         self._evicted_keys: list[bytes] = []  # keys evicted inside it, counted when it returns
         window = self.config.ghost_window
-        self._window = num_gpu_blocks if window is None else window
-        self._recently_evicted: OrderedDict[bytes, None] = OrderedDict()
+        self._ghosts = GhostWindow(num_gpu_blocks if window is None else window)
         guarded = self._order is not None and self.config.guard.enabled
         label = self._publisher.label
         self._guard = Guard(self.config.guard, self.stats, label, clock, num_gpu_blocks) if guarded else None
@@ -391,14 +390,10 @@ class ScoredBlockPool(BlockPool):
 
     def _count_evicted(self, keys: list[bytes]) -> None:
         """The cached blocks of ``keys`` were evicted: counted (``stats.evictions``), remembered for
-        ghost hits (the oldest beyond the window forgotten) and told to the guard. O(len(keys)),
-        in C calls: it runs once per ``get_new_blocks`` call, not per block."""
+        ghost hits (:class:`~cachewise.runtime.ghost_window.GhostWindow`) and told to the guard.
+        O(len(keys)) in C calls: it runs once per ``get_new_blocks`` call, not per block."""
+        self._ghosts.add(keys, self.stats.evictions)
         self.stats.evictions += len(keys)
-        window = self._recently_evicted
-        window.update(dict.fromkeys(keys))
-        excess = len(window) - self._window
-        if excess > 0:
-            deque(map(window.popitem, itertools.repeat(False, excess)), maxlen=0)  # popitem(last=False) each
         if self._guard is not None:
             self._guard.on_evicted(len(keys))
 
@@ -413,10 +408,9 @@ class ScoredBlockPool(BlockPool):
     def get_cached_block(self, block_hash: BlockHash, kv_cache_group_ids: list[int]) -> list[KVCacheBlock] | None:
         """vLLM's lookup; a miss on a recently evicted hash counts one ghost hit."""
         found = super().get_cached_block(block_hash, kv_cache_group_ids)
-        if found is None and self._recently_evicted and kv_cache_group_ids:
+        if found is None and len(self._ghosts) and kv_cache_group_ids:
             key = make_block_hash_with_group_id(block_hash, kv_cache_group_ids[0])
-            if key in self._recently_evicted:
-                del self._recently_evicted[key]  # count each eviction at most once
+            if self._ghosts.hit(key, self.stats.evictions):  # each eviction counts at most once
                 self.stats.ghost_hits += 1
         return found
 
@@ -424,7 +418,7 @@ class ScoredBlockPool(BlockPool):
         """vLLM's reset; on success all predictions and links are forgotten too."""
         ok = super().reset_prefix_cache()
         if ok:
-            self._recently_evicted.clear()
+            self._ghosts.clear()
             if self._order is not None:
                 self._order = EvictionOrder(self.blocks)
             if self._guard is not None:
