@@ -294,31 +294,28 @@ class EvictionOrder:
             return []  # nothing demoted: vLLM's order alone, exactly
         blocks, unhashed, remove = self._blocks, self._unhashed, queue.remove
         victims: list[KVCacheBlock] = []
+        while unhashed and len(victims) < count:  # unhashed first (taking never adds one)
+            cand = blocks[unhashed.pop()]
+            if is_free_uncached(cand):
+                remove(cand)
+                victims.append(cand)
+        detach, next_anyway, push = self._detach, self._next_anyway, self._push
         pending = -1  # a parent known to be the next hashed pick, kept out of the heap
         skipped: list[int] = []  # demoted blocks that are not leaves now (demoted_only), put back after
-        while len(victims) < count:
-            blk = None
-            while unhashed:
-                cand = blocks[unhashed.pop()]
-                if is_free_uncached(cand):
-                    blk = cand
-                    break
-            if blk is None:
-                if pending >= 0:
-                    blk, pending = blocks[pending], -1
-                else:
-                    blk = self._next_demoted(skipped) if demoted_only else self._next_hashed(now)
-                    if blk is None:
-                        break
-                remove(blk)
-                parent = self._detach(blk.block_id)
-                if parent >= 0:
-                    if not demoted_only and self._next_anyway(parent, now):
-                        pending = parent
-                    else:
-                        self._push(parent)
+        for _ in range(count - len(victims)):
+            if pending >= 0:
+                blk, pending = blocks[pending], -1
             else:
-                remove(blk)
+                blk = self._next_demoted(skipped) if demoted_only else self._next_hashed(now)
+                if blk is None:
+                    break
+            remove(blk)
+            parent = detach(blk.block_id)
+            if parent >= 0:
+                if not demoted_only and next_anyway(parent, now):
+                    pending = parent
+                else:
+                    push(parent)
             victims.append(blk)
         if pending >= 0:
             self._push(pending)
