@@ -23,7 +23,12 @@ whole pool) have been evicted. Reported:
   folder), else with a random 400-tree model of the real feature set.
 
 Times are CPU time of this process (``time.process_time``), so other jobs on a shared
-machine inflate them less than wall time would (caches and frequency still shared).
+machine inflate them less than wall time would (caches and frequency still shared); on a
+shared virtual machine they still vary by ±30% between runs. ``--ops`` prints instead a
+count that repeats (to about 0.1 operation per block: the scorer-latency histogram's bucket
+search depends on the measured time): Python bytecode operations and Python function calls per evicted
+and per released block (``sys.settrace`` opcode events and ``sys.setprofile`` calls, C calls
+not counted), for comparing two versions of the pool's code.
 
 Target: scored-pool eviction overhead (guard included) < 5 µs amortised per evicted block.
 Run: ``python tests/benchmarks/bench_runtime.py [--sizes 10000,100000] [--model models/cachewise-reuse]``.
@@ -37,6 +42,7 @@ import hashlib
 import os
 import random
 import statistics
+import sys
 import time
 import tracemalloc
 from types import SimpleNamespace
@@ -194,6 +200,66 @@ def bench_scorer(model_path: str | None, n: int = 2000) -> float:
         return (time.process_time() - t0) / n * 1e6
 
 
+class _OpCounter:
+    """Counts Python bytecode operations and Python calls while active."""
+
+    def __init__(self) -> None:
+        self.ops = self.calls = 0
+
+    def _trace(self, frame, event, arg):  # noqa: ANN001, ANN202 - sys.settrace's protocol
+        frame.f_trace_opcodes = True
+        frame.f_trace_lines = False
+        return self._opcode
+
+    def _opcode(self, frame, event, arg):  # noqa: ANN001, ANN202
+        if event == "opcode":
+            self.ops += 1
+        return self._opcode
+
+    def _profile(self, frame, event, arg) -> None:  # noqa: ANN001
+        if event == "call":
+            self.calls += 1
+
+    def __enter__(self) -> "_OpCounter":
+        sys.settrace(self._trace)
+        sys.setprofile(self._profile)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        sys.settrace(None)
+        sys.setprofile(None)
+
+
+def count_ops(kind: str, n: int, chain: int, batch: int, requests: int = 20, batches: int = 40) -> dict[str, float]:
+    """Operations and calls per block of ``requests`` releases and ``batches`` evictions of ``batch``
+    blocks, on a pool filled and evicted once as :func:`bench_pool`'s (untraced)."""
+    clock = Clock()
+    pool = _build(kind, n, clock)
+    _fill(pool, chain, clock)
+    _evict(pool, min(2000, n - chain), batch, clock)
+    held = []
+    for k in range(requests):
+        blocks = pool.get_new_blocks(chain)
+        pool.cache_full_blocks(SimpleNamespace(block_hashes=[_digest(b"o", k, i) for i in range(chain)]), blocks, 0, chain, BLOCK, 0)
+        held.append(blocks)
+    with _OpCounter() as release:
+        for blocks in held:
+            if kind != "vllm":
+                pool.on_request_released(_finished_request(), [(blocks, True)])
+            pool.free_blocks(reversed(blocks))
+    clock.now += 1.0
+    with _OpCounter() as evict:
+        for _ in range(batches):
+            pool.get_new_blocks(batch)
+    per_release, per_evict = requests * chain, batches * batch
+    return {
+        "release_ops": release.ops / per_release,
+        "release_calls": release.calls / per_release,
+        "evict_ops": evict.ops / per_evict,
+        "evict_calls": evict.calls / per_evict,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="CacheWise runtime overhead vs vLLM's BlockPool")
     parser.add_argument("--sizes", default="10000,100000,1000000")
@@ -202,8 +268,18 @@ def main() -> None:
     parser.add_argument("--evict", type=int, default=200000, help="blocks evicted per size (capped at the pool)")
     parser.add_argument("--trials", type=int, default=3, help="eviction phases per size (median reported)")
     parser.add_argument("--model", default=None, help="export folder for the scorer timing")
+    parser.add_argument("--ops", action="store_true", help="count Python operations per block instead of timing")
     args = parser.parse_args()
     init_none_hash(sha256)
+    if args.ops:
+        print("Python bytecode operations and Python calls per block (repeatable; C calls not counted)")
+        for n in (int(s) for s in args.sizes.split(",")):
+            rows = {kind: count_ops(kind, n, args.chain, args.batch) for kind in ("vllm", "scored", "guarded")}
+            for kind, r in rows.items():
+                over = (r["evict_ops"] + r["release_ops"]) - (rows["vllm"]["evict_ops"] + rows["vllm"]["release_ops"])
+                print(f"{n:>9} {kind:>7}  evict {r['evict_ops']:6.1f} ops {r['evict_calls']:5.1f} calls   release "
+                      f"{r['release_ops']:6.1f} ops {r['release_calls']:5.1f} calls   evict+release over vLLM {over:6.1f} ops")
+        return
     print(f"chain={args.chain} blocks/request, eviction batch={args.batch}, median of {args.trials} eviction phases")
     print(f"{'blocks':>9} {'pool':>7} {'release us/req':>15} {'us/block':>9} {'evict us/block':>15} {'bytes/block':>12} {'rekeys':>7}")
     for n in (int(s) for s in args.sizes.split(",")):
