@@ -21,12 +21,20 @@ each state change in :func:`sigterm_deferred`: inside, SIGTERM is recorded, not 
 change completes: a run exists or has ended, outputs are swapped in), and it is raised at
 the exit; a second SIGTERM is raised at once (a step hung on an unreachable store can still be
 stopped). A command that returns after a SIGTERM still exits 143.
+
+Repeatable runs: the console command (:func:`entry`: ``cachewise`` and ``python -m cachewise.cli``)
+pins Python's hash seed. The replay's host tier runs vLLM's CPU offloading manager, which iterates
+sets of block keys, so its rows depend on the seed (README, "Replay benchmark"). With
+``PYTHONHASHSEED`` unset the command re-executes itself once with ``PYTHONHASHSEED=0`` before doing
+any work (``os.execv``: same process id, same arguments); a seed the user sets is kept. :func:`main`
+(what tests and other Python code call) never re-executes.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import signal
 import sys
 import threading
@@ -44,6 +52,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "agents": ("cachewise.loadgen.cli", "replay agent sessions as real clients of an OpenAI-compatible server"),
 }
 USER_ERROR, INTERNAL_ERROR, TERMINATED = 2, 1, 128 + signal.SIGTERM
+#: Python's hash seed for a command run with none set (module doc, "Repeatable runs").
+HASH_SEED = "0"
 #: Project error types that are not ValueError/OSError subclasses (matched by name: no imports).
 _USER_ERROR_NAMES = frozenset({"IngestError", "ModelLoadError", "MlflowException", "ReplayStuck"})
 
@@ -124,9 +134,17 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(signal.SIGTERM, previous)
 
 
+def entry() -> None:
+    """The console command: pin the hash seed (module doc, "Repeatable runs"), then exit with :func:`main`'s status."""
+    if "PYTHONHASHSEED" not in os.environ and sys.executable:
+        os.environ["PYTHONHASHSEED"] = HASH_SEED
+        os.execv(sys.executable, sys.orig_argv)
+    sys.exit(main())
+
+
 if __name__ == "__main__":
     # `python -m cachewise.cli` runs this file as `__main__`, a second copy of the module; the
-    # subcommands import `cachewise.cli`, so its main (and SIGTERM state) is the one that runs.
-    from cachewise.cli import main as _main
+    # subcommands import `cachewise.cli`, so its entry, main (and SIGTERM state) are the ones that run.
+    from cachewise.cli import entry as _entry
 
-    sys.exit(_main())
+    _entry()

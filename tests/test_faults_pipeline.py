@@ -282,6 +282,7 @@ def test_python_m_runs_the_one_cli_module_the_subcommands_import(monkeypatch: py
     from cachewise import cli
 
     calls: list[object] = []
+    monkeypatch.setenv("PYTHONHASHSEED", "0")  # unset, the entry would re-execute (tests/test_cli_hash_seed.py)
     monkeypatch.setattr(cli, "main", lambda argv=None: calls.append(argv) or 0)
     with pytest.raises(SystemExit) as stop:
         runpy.run_module("cachewise.cli", run_name="__main__")
