@@ -98,8 +98,9 @@ def _terminate(signum: int, frame: FrameType | None) -> None:
         raise SystemExit(TERMINATED)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Parse ``argv`` (default ``sys.argv[1:]``) and run the chosen subcommand (errors: module doc)."""
+def main(argv: list[str] | None = None, keep_sigterm_handler: bool = False) -> int:
+    """Parse ``argv`` (default ``sys.argv[1:]``) and run the chosen subcommand (errors: module doc).
+    The SIGTERM handler is restored on return unless ``keep_sigterm_handler`` (:func:`entry`)."""
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog="cachewise", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -130,16 +131,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cachewise {args.command}: {kind}: {message}", file=sys.stderr)
         return USER_ERROR if user else INTERNAL_ERROR
     finally:
-        if in_main_thread:
+        if in_main_thread and not keep_sigterm_handler:
             signal.signal(signal.SIGTERM, previous)
 
 
 def entry() -> None:
-    """The console command: pin the hash seed (module doc, "Repeatable runs"), then exit with :func:`main`'s status."""
+    """The console command: pin the hash seed (module doc, "Repeatable runs"), then exit with :func:`main`'s status.
+
+    :func:`main`'s SIGTERM handler stays installed to the exit: a SIGTERM that lands after the command
+    finished (while the interpreter shuts down) ends it with 143 or the command's status, not killed by
+    the signal (-15), so a caller reads 143 as "stopped" and 0 as "done" (tests/test_faults_pipeline.py's
+    export case once saw -15 there)."""
     if "PYTHONHASHSEED" not in os.environ and sys.executable:
         os.environ["PYTHONHASHSEED"] = HASH_SEED
         os.execv(sys.executable, sys.orig_argv)
-    sys.exit(main())
+    sys.exit(main(keep_sigterm_handler=True))
 
 
 if __name__ == "__main__":

@@ -160,7 +160,7 @@ def test_sigterm_during_export_then_a_clean_rerun(pipeline) -> None:
     proc = _spawn(root, "export", "--params", str(p), "--run", str(out / "run.json"))
     registered = lambda: bool(_db(root, "select version from model_versions where name = 'm-exp'"))  # noqa: E731
     rc, err = _term_when(proc, registered)
-    assert rc in (0, 128 + signal.SIGTERM), err  # killed, or done before the signal could land
+    assert rc in (0, 128 + signal.SIGTERM), err  # stopped, or done before the signal could land (never -15: cli.entry)
     export_dir = root / "models" / "exp"
     if rc == 0 or export_dir.exists():  # finished, or killed after the swap: it must be complete
         load_exported(export_dir)
@@ -283,7 +283,28 @@ def test_python_m_runs_the_one_cli_module_the_subcommands_import(monkeypatch: py
 
     calls: list[object] = []
     monkeypatch.setenv("PYTHONHASHSEED", "0")  # unset, the entry would re-execute (tests/test_cli_hash_seed.py)
-    monkeypatch.setattr(cli, "main", lambda argv=None: calls.append(argv) or 0)
+    monkeypatch.setattr(cli, "main", lambda argv=None, **kw: calls.append((argv, kw)) or 0)
     with pytest.raises(SystemExit) as stop:
         runpy.run_module("cachewise.cli", run_name="__main__")
-    assert stop.value.code == 0 and calls == [None]
+    # The console entry keeps main's SIGTERM handler to the exit: a SIGTERM after the command
+    # finished must not kill the process with -15 (the export case above once did).
+    assert stop.value.code == 0 and calls == [(None, {"keep_sigterm_handler": True})]
+
+
+def test_main_restores_the_sigterm_handler_unless_asked_to_keep_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In-process callers (tests, library code) get their handler back; the console entry keeps main's."""
+    import types
+
+    from cachewise import cli
+
+    fake = types.SimpleNamespace(configure=lambda parser: None, run=lambda args: 0)
+    monkeypatch.setitem(sys.modules, "cachewise_fake_command", fake)
+    monkeypatch.setitem(cli.SUBCOMMANDS, "fake", ("cachewise_fake_command", "a command that does nothing"))
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        assert cli.main(["fake"]) == 0
+        assert signal.getsignal(signal.SIGTERM) is before
+        assert cli.main(["fake"], keep_sigterm_handler=True) == 0
+        assert signal.getsignal(signal.SIGTERM) is cli._terminate
+    finally:
+        signal.signal(signal.SIGTERM, before)
