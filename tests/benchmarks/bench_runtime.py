@@ -24,7 +24,7 @@ whole pool) have been evicted. Reported:
 
 Times are CPU time of this process (``time.process_time``), so other jobs on a shared
 machine inflate them less than wall time would (caches and frequency still shared); on a
-shared virtual machine they still vary by ±30% between runs. ``--ops`` prints instead a
+shared virtual machine they have varied by up to ±30% between runs (±1.5% on a quiet one). ``--ops`` prints instead a
 count that repeats (to about 0.1 operation per block: the scorer-latency histogram's bucket
 search depends on the measured time): Python bytecode operations and Python function calls per evicted
 and per released block (``sys.settrace`` opcode events and ``sys.setprofile`` calls, C calls
