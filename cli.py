@@ -23,7 +23,8 @@ the exit; a second SIGTERM is raised at once (a step hung on an unreachable stor
 stopped). A command that returns after a SIGTERM still exits 143.
 
 Repeatable runs: the console command (:func:`entry`: ``cachewise`` and ``python -m cachewise.cli``)
-pins Python's hash seed. The replay's host tier runs vLLM's CPU offloading manager, which iterates
+and the wide cross-family table (``python -m cachewise.replay.cross_family``) pin Python's hash seed
+(:func:`pin_hash_seed`). The replay's host tier runs vLLM's CPU offloading manager, which iterates
 sets of block keys, so its rows depend on the seed (README, "Replay benchmark"). With
 ``PYTHONHASHSEED`` unset the command re-executes itself once with ``PYTHONHASHSEED=0`` before doing
 any work (``os.execv``: same process id, same arguments); a seed the user sets is kept. :func:`main`
@@ -135,16 +136,23 @@ def main(argv: list[str] | None = None, keep_sigterm_handler: bool = False) -> i
             signal.signal(signal.SIGTERM, previous)
 
 
+def pin_hash_seed() -> None:
+    """With ``PYTHONHASHSEED`` unset, re-execute this interpreter's command line with it set to
+    :data:`HASH_SEED` (module doc, "Repeatable runs"); a seed already set, ``random`` included, is kept.
+    Call it first in a command's ``__main__``, before any work: the process is replaced."""
+    if "PYTHONHASHSEED" not in os.environ and sys.executable:
+        os.environ["PYTHONHASHSEED"] = HASH_SEED
+        os.execv(sys.executable, sys.orig_argv)
+
+
 def entry() -> None:
-    """The console command: pin the hash seed (module doc, "Repeatable runs"), then exit with :func:`main`'s status.
+    """The console command: pin the hash seed (:func:`pin_hash_seed`), then exit with :func:`main`'s status.
 
     :func:`main`'s SIGTERM handler stays installed to the exit: a SIGTERM that lands after the command
     finished (while the interpreter shuts down) ends it with 143 or the command's status, not killed by
     the signal (-15), so a caller reads 143 as "stopped" and 0 as "done" (tests/test_faults_pipeline.py's
     export case once saw -15 there)."""
-    if "PYTHONHASHSEED" not in os.environ and sys.executable:
-        os.environ["PYTHONHASHSEED"] = HASH_SEED
-        os.execv(sys.executable, sys.orig_argv)
+    pin_hash_seed()
     sys.exit(main(keep_sigterm_handler=True))
 
 

@@ -356,4 +356,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from cachewise.cli import pin_hash_seed
+
+    pin_hash_seed()  # repeatable as the `cachewise` command is (cachewise.cli, "Repeatable runs")
     raise SystemExit(main())

@@ -32,13 +32,15 @@ def _run(tmp_path: Path, seed: str | None, *argv: str) -> list[str]:
     return [line for line in done.stdout.splitlines() if line.startswith("hash-seed")]
 
 
-@pytest.mark.parametrize("how", ["python -m", "console script"])
+@pytest.mark.parametrize("how", ["python -m", "console script", "cross-family table"])
 def test_a_command_without_a_seed_runs_once_under_seed_0(tmp_path: Path, how: str) -> None:
     if how == "console script":
         script = Path(sys.executable).with_name("cachewise")
         if not script.exists():
             pytest.skip(f"no console script at {script} (the package is not installed in this interpreter's env)")
         argv: tuple[str, ...] = (str(script), "ingest", "--help")
+    elif how == "cross-family table":  # the wide table's command (README), not a `cachewise` subcommand
+        argv = (sys.executable, "-m", "cachewise.replay.cross_family", "--help")
     else:
         argv = (sys.executable, "-m", "cachewise.cli", "ingest", "--help")
     # One report: the first interpreter was replaced (exec runs no atexit), the second ran the command.
