@@ -34,6 +34,7 @@ any work (``os.execv``: same process id, same arguments); a seed the user sets i
 from __future__ import annotations
 
 import argparse
+import atexit
 import importlib
 import os
 import signal
@@ -151,8 +152,14 @@ def entry() -> None:
     :func:`main`'s SIGTERM handler stays installed to the exit: a SIGTERM that lands after the command
     finished (while the interpreter shuts down) ends it with 143 or the command's status, not killed by
     the signal (-15), so a caller reads 143 as "stopped" and 0 as "done" (tests/test_faults_pipeline.py's
-    export case once saw -15 there)."""
+    export case once saw -15 there). Python disables its signal handlers part-way through shutdown (after
+    the ``atexit`` callbacks, before the garbage collection and module teardown, which take a while after
+    MLflow and pandas); from there the default action would kill the process (-15, seen once in CI), so the
+    last ``atexit`` callback (registered first) sets SIGTERM to be ignored, process-wide (a mask would cover
+    only the main thread, and the kernel may deliver the signal to another; Python leaves an ignored signal
+    ignored through shutdown): one landing in that window is dropped and the process exits with its status."""
     pin_hash_seed()
+    atexit.register(signal.signal, signal.SIGTERM, signal.SIG_IGN)
     sys.exit(main(keep_sigterm_handler=True))
 
 

@@ -291,6 +291,41 @@ def test_python_m_runs_the_one_cli_module_the_subcommands_import(monkeypatch: py
     assert stop.value.code == 0 and calls == [(None, {"keep_sigterm_handler": True})]
 
 
+_LATE_SIGTERM = """
+import gc, os, signal, sys, time
+from cachewise import cli
+
+class Late:  # collected by shutdown's garbage collection, after Python disabled its signal handlers
+    def __del__(self, kill=os.kill, pid=os.getpid(), sig=signal.SIGTERM, sleep=time.sleep, err=sys.stderr):
+        kill(pid, sig)
+        sleep(0.2)
+        err.write("survived the late SIGTERM\\n")
+        err.flush()
+
+gc.disable()  # no collection before shutdown's own
+late = Late()
+late.cycle = late
+del late
+cli.main = lambda argv=None, keep_sigterm_handler=False: 0  # a command that finished
+cli.entry()
+"""
+
+
+def test_a_sigterm_during_interpreter_shutdown_does_not_kill_the_command(tmp_path: Path) -> None:
+    """The console entry's exit is not killed by a SIGTERM landing late in shutdown (module teardown,
+    where Python has put back the default action): the export case above got -15 that way in CI.
+    Reproduced deterministically: an object collected by shutdown's garbage collection signals its
+    own process. Without the entry's last ``atexit`` callback the process dies with -15."""
+    script = tmp_path / "late_sigterm.py"
+    script.write_text(_LATE_SIGTERM)
+    done = subprocess.run(
+        [sys.executable, str(script)], env={**os.environ, "PYTHONHASHSEED": "0"},
+        capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0, (done.returncode, done.stderr)
+    assert "survived the late SIGTERM" in done.stderr
+
+
 def test_main_restores_the_sigterm_handler_unless_asked_to_keep_it(monkeypatch: pytest.MonkeyPatch) -> None:
     """In-process callers (tests, library code) get their handler back; the console entry keeps main's."""
     import types
