@@ -149,15 +149,13 @@ def pin_hash_seed() -> None:
 def entry() -> None:
     """The console command: pin the hash seed (:func:`pin_hash_seed`), then exit with :func:`main`'s status.
 
-    :func:`main`'s SIGTERM handler stays installed to the exit: a SIGTERM that lands after the command
-    finished (while the interpreter shuts down) ends it with 143 or the command's status, not killed by
-    the signal (-15), so a caller reads 143 as "stopped" and 0 as "done" (tests/test_faults_pipeline.py's
-    export case once saw -15 there). Python disables its signal handlers part-way through shutdown (after
-    the ``atexit`` callbacks, before the garbage collection and module teardown, which take a while after
-    MLflow and pandas); from there the default action would kill the process (-15, seen once in CI), so the
-    last ``atexit`` callback (registered first) sets SIGTERM to be ignored, process-wide (a mask would cover
-    only the main thread, and the kernel may deliver the signal to another; Python leaves an ignored signal
-    ignored through shutdown): one landing in that window is dropped and the process exits with its status."""
+    A SIGTERM that lands after the command finished ends it with 143 or the command's status, never
+    killed by the signal (-15), so a caller reads 143 as "stopped" and 0 as "done" (tests/test_faults_pipeline.py's
+    export case saw -15 in CI twice). Two windows: up to the ``atexit`` callbacks :func:`main`'s handler
+    stays installed; after them Python puts the default action back, before the garbage collection and
+    module teardown (which take a while after MLflow and pandas), so the last ``atexit`` callback
+    (registered first) sets SIGTERM to be ignored, process-wide (a mask would cover only the main thread,
+    and the kernel may deliver the signal to another; Python leaves an ignored signal ignored)."""
     pin_hash_seed()
     atexit.register(signal.signal, signal.SIGTERM, signal.SIG_IGN)
     sys.exit(main(keep_sigterm_handler=True))

@@ -282,13 +282,17 @@ def test_python_m_runs_the_one_cli_module_the_subcommands_import(monkeypatch: py
     from cachewise import cli
 
     calls: list[object] = []
+    at_exit: list[tuple] = []
     monkeypatch.setenv("PYTHONHASHSEED", "0")  # unset, the entry would re-execute (tests/test_cli_hash_seed.py)
     monkeypatch.setattr(cli, "main", lambda argv=None, **kw: calls.append((argv, kw)) or 0)
+    monkeypatch.setattr(cli.atexit, "register", lambda *args: at_exit.append(args))  # not into pytest's own exit
     with pytest.raises(SystemExit) as stop:
         runpy.run_module("cachewise.cli", run_name="__main__")
-    # The console entry keeps main's SIGTERM handler to the exit: a SIGTERM after the command
-    # finished must not kill the process with -15 (the export case above once did).
+    # The console entry keeps main's SIGTERM handler to the exit and ignores SIGTERM from its last atexit
+    # callback on: a SIGTERM after the command finished must not kill the process with -15 (the export
+    # case above did; the shutdown window is tested in a fresh interpreter below).
     assert stop.value.code == 0 and calls == [(None, {"keep_sigterm_handler": True})]
+    assert at_exit == [(signal.signal, signal.SIGTERM, signal.SIG_IGN)]
 
 
 _LATE_SIGTERM = """
