@@ -48,6 +48,9 @@ class GuardConfig:
     order may serve again (leaving the learned order is never delayed).
     ``start``: the order served until the estimates say otherwise: ``lru`` (vLLM's; the
     learned order must first be measured better) or ``learned``.
+    ``preview_frac``: size of the *preview* cache, as a fraction of the pool's blocks: the same
+    sampled stream simulated under both orders in a cache that small is under pressure long
+    before the pool, and may give the learned order its first entry (0: no preview).
     """
 
     enabled: bool = True
@@ -59,6 +62,7 @@ class GuardConfig:
     z: float = 2.0
     min_accesses: int = 128
     min_dwell: int = 1024
+    preview_frac: float = 0.1
 
     def __post_init__(self) -> None:
         if not isinstance(self.enabled, bool):
@@ -73,6 +77,8 @@ class GuardConfig:
             raise ConfigError(f"cachewise.guard.z must be a finite number >= 0, got {self.z}")
         if not (0 <= self.margin < 1):
             raise ConfigError(f"cachewise.guard.margin must be in [0, 1), got {self.margin}")
+        if not (0 <= self.preview_frac < 1):
+            raise ConfigError(f"cachewise.guard.preview_frac must be in [0, 1), got {self.preview_frac}")
 
     @classmethod
     def from_mapping(cls, raw: Mapping[str, Any]) -> GuardConfig:

@@ -68,6 +68,35 @@ learned order is now left at the first check that sees it lose; ``z = 3`` kept o
 of the learned order's gain where it is right (tests/test_runtime_guard.py, the Claude
 Code replay at 75% capacity: 94%; 97.5% with ``z = 2``) because it entered later.
 
+**The preview** (``preview_frac``, default 0.1; 0 turns it off). The pool's own shadows are
+identical until the pool first evicts, and for minutes after that differ on too few reused
+blocks for the test above to tell the orders apart -- yet in a closed loop of agent sessions
+those minutes decide most of the gain (docs/results/guard.md, "When the switch comes decides the
+gain": on 48 held-out Claude Code sessions at 75% capacity a switch forced 60 s after the first
+eviction keeps 100 +/- 20% of the learned order's gain, the test above 90.5 +/- 23%). So the same
+sampled stream is also simulated in a *preview cache* of ``preview_frac`` of the pool's blocks
+(:attr:`Guard.preview_capacity` sampled hashes, a second :class:`ShadowPair` that evicts down to
+that size on every free, no eviction credit), which is under pressure long before the pool: a
+miniature simulation at a smaller size, as SHARDS sizes caches. Its paired window (same
+half-life, same cluster-robust ``se'``) gives the learned order its *first* entry, in vLLM's
+order and after the dwell, when all of these hold:
+
+* the preview's test passes: ``h_L' > h_V' + margin + z * se'``;
+* the pool has turned over: it has evicted at least as many blocks as it holds (before that the
+  eviction order has decided little, and a pool that never turns over -- memory to spare, a few
+  dozen harmful evictions a run -- is not in the regime the preview simulates; there only the
+  test above decides);
+* the pool's own shadows lean the same way: ``h_L - h_V > max(margin, se)``. This is a
+  direction, not a test (one request's blocks can satisfy it); the preview is the test. A small
+  cache can favour an order a large one does not: random eviction beats LRU in a cache a tenth
+  of the pool on tests/test_runtime_guard.py's workload, and without this condition the preview
+  let a random predictor in at its first check;
+* the pool's own evidence has never ended a learned mode (after the first exit the preview
+  gives no entries: the pool's test alone decides).
+
+Leaving the learned order is unchanged (the pool's own test, never delayed), so the preview adds
+at most one entry per run, counted among the switches of the guarantee below.
+
 Guarantee (on the estimates): at every sampled access either the pool runs vLLM's own
 eviction order (``get_new_blocks`` is vLLM's, unchanged), or the learned order's
 estimated hit rate over the window is at least LRU's minus ``margin + z * se`` -- the
@@ -117,11 +146,14 @@ policy evicts by them; no reader keeps a copy.
 
 Complexity: O(1) per block on every path (one comparison of the hash with a 2-byte bound
 (:func:`sample_bound`) decides sampling; block hashes are uniform bytes: sha256 / xxhash); a sampled block costs
-O(log s) on heaps of the ``s`` sampled free blocks. Memory: O(sample_rate * blocks).
+O(log s) on heaps of the ``s`` sampled free blocks, and O(log p) more in the preview's ``p =
+preview_capacity``. Memory: O(sample_rate * blocks * (1 + preview_frac)).
 Measured (tests/benchmarks/bench_runtime.py, 10k blocks, CPU time, serving the learned order):
 about +0.5 µs per evicted block (eviction and release together; +0.8 µs at 100k) on a machine where
 vLLM's own pool costs 0.6 µs per block, +1.2 to +1.6 µs on one where it costs 1.5-2.3 µs, and +52
-bytes per block over the unguarded pool.
+bytes per block over the unguarded pool. The preview adds about +0.3 to +0.5 µs per block at 10k and
+100k blocks (session 21: the guarded pool 3.14-3.43 / 4.37-4.51 µs over vLLM's, against 2.87-2.88 /
+3.98-4.04 without the preview, two runs each on one 2-core Intel Xeon).
 """
 
 from __future__ import annotations
@@ -298,6 +330,92 @@ def sample_bound(threshold: int) -> bytes | _AboveEveryKey:
     return threshold.to_bytes(2, "big") if threshold < 65536 else _AboveEveryKey()
 
 
+class ShadowPair:
+    """The sampled free hashes of one simulated cache under both orders: ``lru`` (vLLM's free
+    order, an ``OrderedDict``, oldest first) and ``learned`` (a :class:`LearnedShadow`)."""
+
+    __slots__ = ("lru", "learned")
+
+    def __init__(self) -> None:
+        self.lru: OrderedDict[bytes, None] = OrderedDict()
+        self.learned = LearnedShadow()
+
+    def insert(self, key: bytes, now: float, seq: int, prediction: tuple[float, float] | None) -> None:
+        """``key`` joined the free set at ``now`` (free order ``seq``) with ``prediction`` or none."""
+        lru = self.lru
+        lru[key] = None
+        lru.move_to_end(key)
+        self.learned.insert(key, now, seq, prediction)
+
+    def take(self, key: bytes) -> tuple[bool, bool]:
+        """``key`` was accessed: (LRU shadow held it, learned shadow held it); it leaves both."""
+        lru = self.lru
+        hit_lru = key in lru
+        if hit_lru:
+            del lru[key]
+        return hit_lru, self.learned.remove(key)
+
+    def trim(self, capacity: int, now: float) -> None:
+        """Each shadow evicts down to ``capacity`` hashes (a cache of fixed size)."""
+        lru, learned = self.lru, self.learned
+        while len(lru) > capacity:
+            lru.popitem(last=False)
+        while len(learned) > capacity and learned.evict(now) is not None:
+            pass
+
+
+class PairedWindow:
+    """The two shadows' hit rates over an exponentially decayed window of sampled accesses, and
+    the cluster-robust standard error of their difference (module doc, "Decision").
+
+    Clusters (the accesses between two :meth:`close_cluster` calls: one request's lookup and the
+    blocks cached after it) carry the paired difference ``d`` and size ``m`` of the open one, and
+    the squared-weight-decayed sums of ``d^2``, ``d*m``, ``m^2`` over closed ones.
+    """
+
+    __slots__ = ("decay", "n", "hits_lru", "hits_learned", "_cd", "_cm", "_qdd", "_qdm", "_qmm")
+
+    def __init__(self, decay: float) -> None:
+        self.decay = decay  # weight of the window per sampled access
+        self.n = self.hits_lru = self.hits_learned = 0.0
+        self._cd = self._cm = self._qdd = self._qdm = self._qmm = 0.0
+
+    def close_cluster(self) -> None:
+        """The open cluster ends (a new request's lookup starts)."""
+        cd, cm = self._cd, self._cm
+        if cm:
+            self._qdd += cd * cd
+            self._qdm += cd * cm
+            self._qmm += cm * cm
+            self._cd = self._cm = 0.0
+
+    def add(self, hit_lru: bool, hit_learned: bool) -> None:
+        """One sampled access: decay the window, count each shadow's outcome."""
+        g = self.decay
+        g2 = g * g
+        self.n = self.n * g + 1.0
+        self._qdd, self._qdm, self._qmm = self._qdd * g2, self._qdm * g2, self._qmm * g2
+        self._cd += hit_learned - hit_lru
+        self._cm += 1.0
+        self.hits_lru = self.hits_lru * g + hit_lru
+        self.hits_learned = self.hits_learned * g + hit_learned
+
+    def rates(self) -> tuple[float, float]:
+        """(learned, LRU) estimated hit rates (0 before any access)."""
+        n = self.n or 1.0
+        return self.hits_learned / n, self.hits_lru / n
+
+    def lead(self) -> tuple[float, float]:
+        """(learned minus LRU hit rate, its standard error): the paired difference per access (+1
+        learned hit alone, -1 LRU hit alone) with a cluster-robust (ratio-estimator) variance --
+        a request's blocks hit or miss together, so clusters, not accesses, are the units."""
+        n = self.n or 1.0
+        diff = (self.hits_learned - self.hits_lru) / n
+        cd, cm = self._cd, self._cm
+        spread = (self._qdd + cd * cd) - 2.0 * diff * (self._qdm + cd * cm) + diff * diff * (self._qmm + cm * cm)
+        return diff, math.sqrt(max(spread, 0.0)) / n
+
+
 class Guard:
     """Chooses, per pool, between the learned order and vLLM's LRU by measured regret.
 
@@ -318,23 +436,25 @@ class Guard:
         self.sample_rate = max(config.sample_rate, min(1.0, config.min_sampled_blocks / max(num_blocks, 1)))
         self._below = sample_bound(int(round(self.sample_rate * 65536)))
         self._rate = self.sample_rate
-        self._decay = 0.5 ** (1.0 / config.half_life)
-        # decayed window: sampled accesses, and the hits of each shadow and of the real pool
-        self._n = self._hits_lru = self._hits_learned = self._hits_real = 0.0
-        # Clusters (the accesses between two ``begin_cluster`` calls: one request's lookup and
-        # the blocks cached after it): paired difference and size of the open one, and the
-        # squared-weight-decayed sums of d^2, d*m, m^2 over closed ones (cluster-robust variance).
-        self._cd = self._cm = 0.0
-        self._qdd = self._qdm = self._qmm = 0.0
+        decay = 0.5 ** (1.0 / config.half_life)
+        self._window = PairedWindow(decay)  # the pool's own capacity
+        # The preview cache: sampled hashes it holds (None: no preview), and its window.
+        preview = config.preview_frac
+        self.preview_capacity = max(1, round(self.sample_rate * preview * num_blocks)) if preview else None
+        self._preview_window = PairedWindow(decay)
+        self._hits_real = 0.0  # the real pool's hits, decayed as the window
         self._accesses = 0
         self._since_switch = config.min_dwell  # the dwell applies after a switch, not to the start
+        self._left_learned = False  # the pool's own evidence has ended a learned mode: the preview is done
+        self._num_blocks = num_blocks
+        self._evicted = 0  # cached blocks the pool has evicted
         self.reset()
 
     def reset(self) -> None:
-        """Forget every shadow (vLLM's prefix cache was reset); the mode and window stay."""
+        """Forget every shadow (vLLM's prefix cache was reset); the mode and windows stay."""
         self._pending: dict[bytes, list[float]] = {}
-        self._lru: OrderedDict[bytes, None] = OrderedDict()
-        self._shadow = LearnedShadow()
+        self._shadows = ShadowPair()
+        self._preview = ShadowPair() if self.preview_capacity is not None else None
         self._seq = 0
         self._credit_lru = 0.0
         self._credit_learned = 0.0
@@ -356,36 +476,37 @@ class Guard:
                 pending[key] = [reuse_at, expire_at]
             else:
                 old[0], old[1] = min(old[0], reuse_at), max(old[1], expire_at)
-        if len(pending) > 4 * (len(self._lru) + 1024):  # predictions of blocks never freed since
+        if len(pending) > 4 * (len(self._shadows.lru) + 1024):  # predictions of blocks never freed since
             pending.clear()
 
     def on_free(self, blocks: Iterable[KVCacheBlock], now: float) -> None:
-        """``blocks`` reached ref count 0: their sampled hashes join both shadows' free sets."""
-        below = self._below
+        """``blocks`` reached ref count 0: their sampled hashes join every shadow's free set."""
+        below, shadows, preview = self._below, self._shadows, self._preview
         for key in map(cached_key, blocks):
             if key is None or not key < below:
                 continue
             self._seq += 1
-            self._lru[key] = None
-            self._lru.move_to_end(key)
-            self._shadow.insert(key, now, self._seq, self._pending.pop(key, None))
+            prediction = self._pending.pop(key, None)
+            shadows.insert(key, now, self._seq, prediction)
+            if preview is not None:
+                preview.insert(key, now, self._seq, prediction)
+                preview.trim(self.preview_capacity, now)
 
     def on_request(self, hashes: Iterable[bytes], group_id: int, now: float, expire_at: float) -> None:
         """A request arrived whose prefix has block ``hashes`` (no group id): the arrival rule."""
-        below = self._below
+        below, preview = self._below, self._preview
         for h in hashes:
             if h < below:
-                self._shadow.request(make_block_hash_with_group_id(h, group_id), now, expire_at)
+                key = make_block_hash_with_group_id(h, group_id)
+                self._shadows.learned.request(key, now, expire_at)
+                if preview is not None:
+                    preview.learned.request(key, now, expire_at)
 
     def begin_cluster(self) -> None:
         """A new request's lookup starts (vLLM touches each new request's hit blocks once, even
         none): the accesses since the last call form one cluster of correlated outcomes."""
-        cd, cm = self._cd, self._cm
-        if cm:
-            self._qdd += cd * cd
-            self._qdm += cd * cm
-            self._qmm += cm * cm
-            self._cd = self._cm = 0.0
+        self._window.close_cluster()
+        self._preview_window.close_cluster()
 
     def on_touch(self, block: KVCacheBlock) -> None:
         """``block`` is about to be touched by a new request (a real prefix-cache hit)."""
@@ -404,6 +525,7 @@ class Guard:
 
     def on_evicted(self, count: int) -> None:
         """The pool evicted ``count`` cached blocks: eviction pressure for both shadows."""
+        self._evicted += count
         credit = self._rate * count
         self._credit_lru += credit
         self._credit_learned += credit
@@ -412,75 +534,78 @@ class Guard:
 
     # -------------------------------------------------------------- internals
     def _access(self, key: bytes, real_hit: bool, now: float) -> None:
-        lru = self._lru
-        hit_lru = key in lru
-        if hit_lru:
-            del lru[key]
-        hit_learned = self._shadow.remove(key)
+        hit_lru, hit_learned = self._shadows.take(key)
         self._pending.pop(key, None)
         self._credit_lru += real_hit - hit_lru
         self._credit_learned += real_hit - hit_learned
-        g = self._decay
-        g2 = g * g
-        self._n = self._n * g + 1.0
-        self._qdd, self._qdm, self._qmm = self._qdd * g2, self._qdm * g2, self._qmm * g2
-        self._cd += hit_learned - hit_lru
-        self._cm += 1.0
-        self._hits_lru = self._hits_lru * g + hit_lru
-        self._hits_learned = self._hits_learned * g + hit_learned
-        self._hits_real = self._hits_real * g + real_hit
+        self._window.add(hit_lru, hit_learned)
+        if self._preview is not None:
+            self._preview_window.add(*self._preview.take(key))
+        self._hits_real = self._hits_real * self._window.decay + real_hit
         self._accesses += 1
         self._since_switch += 1
         self._drain(now)
         self._decide()
 
     def _drain(self, now: float) -> None:
-        """Each shadow evicts its whole eviction credit (credit is dropped when it is empty)."""
+        """Each of the pool's shadows evicts its whole eviction credit (credit is dropped when it is empty)."""
+        lru, learned = self._shadows.lru, self._shadows.learned
         while self._credit_lru >= 1.0:
-            if not self._lru:
+            if not lru:
                 self._credit_lru = 0.0
                 break
-            self._lru.popitem(last=False)
+            lru.popitem(last=False)
             self._credit_lru -= 1.0
         while self._credit_learned >= 1.0:
-            if self._shadow.evict(now) is None:
+            if learned.evict(now) is None:
                 self._credit_learned = 0.0
                 break
             self._credit_learned -= 1.0
 
     def _decide(self) -> None:
-        n, cfg, stats = self._n, self.config, self._stats
-        h_lru, h_learned = self._hits_lru / n, self._hits_learned / n
+        cfg, stats, window = self.config, self._stats, self._window
+        h_learned, h_lru = window.rates()
         stats.guard_hit_rate_lru = h_lru
         stats.guard_hit_rate_learned = h_learned
-        stats.guard_hit_rate_observed = self._hits_real / n
+        stats.guard_hit_rate_observed = self._hits_real / window.n
         stats.guard_sampled_accesses = self._accesses
+        if self._preview is not None:
+            stats.guard_preview_hit_rate_learned, stats.guard_preview_hit_rate_lru = self._preview_window.rates()
         if self._accesses < cfg.min_accesses:
             return
-        # Paired difference per access (+1 learned hit alone, -1 LRU hit alone, 0 otherwise),
-        # with a cluster-robust (ratio-estimator) variance: a request's blocks hit or miss
-        # together, so clusters, not accesses, are the independent units.
-        diff = h_learned - h_lru
-        cd, cm = self._cd, self._cm
-        spread = (self._qdd + cd * cd) - 2.0 * diff * (self._qdm + cd * cm) + diff * diff * (self._qmm + cm * cm)
-        threshold = cfg.margin + cfg.z * math.sqrt(max(spread, 0.0)) / n
-        if self.learned and diff < -threshold:  # back to vLLM's order: never delayed
-            self._switch(False, h_learned, h_lru)
-        elif not self.learned and diff > threshold and self._since_switch >= cfg.min_dwell:
-            self._switch(True, h_learned, h_lru)
+        diff, se = window.lead()
+        threshold = cfg.margin + cfg.z * se
+        if self.learned:
+            if diff < -threshold:  # back to vLLM's order: never delayed
+                self._left_learned = True
+                self._switch(False, window, "")
+        elif self._since_switch >= cfg.min_dwell:
+            if diff > threshold:
+                self._switch(True, window, "")
+            elif (
+                self._preview is not None
+                and not self._left_learned
+                and self._evicted >= self._num_blocks
+                and diff > max(cfg.margin, se)
+            ):
+                preview_diff, preview_se = self._preview_window.lead()
+                if preview_diff > cfg.margin + cfg.z * preview_se:
+                    self._switch(True, self._preview_window, f" in the preview cache ({self.preview_capacity} sampled blocks)")
 
-    def _switch(self, learned: bool, h_learned: float, h_lru: float) -> None:
+    def _switch(self, learned: bool, evidence: PairedWindow, where: str) -> None:
         self.learned = learned
         self._since_switch = 0
         self._stats.guard_learned = learned
         self._stats.guard_switches += 1
+        h_learned, h_lru = evidence.rates()
         logger.info(
-            "CacheWise guard %s: switching to %s: estimated hit rate learned %.1f%% vs vLLM LRU %.1f%% "
+            "CacheWise guard %s: switching to %s: estimated hit rate learned %.1f%% vs vLLM LRU %.1f%%%s "
             "(margin %.1f points) over the last ~%d sampled block accesses",
             self._label,
             "the learned order" if learned else "vLLM's LRU order",
             100 * h_learned,
             100 * h_lru,
+            where,
             100 * self.config.margin,
-            int(self._n),
+            int(evidence.n),
         )

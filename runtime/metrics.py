@@ -15,8 +15,9 @@ Exported names: ``cachewise_evictions_total``, ``cachewise_ghost_hits_total``,
 ``cachewise_order_fallback_blocks_total``, ``cachewise_scorer_latency_seconds``, and for the
 online guard (:mod:`cachewise.runtime.guard`): ``cachewise_guard_learned_order`` (1 while the
 learned order serves, 0 while vLLM's LRU does), ``cachewise_guard_hit_rate{order}``
-(estimated hit rate of ``learned`` and ``lru`` over the guard's window, and the pool's
-``observed`` one on the same sampled blocks), ``cachewise_guard_switches_total``; for the
+(estimated hit rate of ``learned`` and ``lru`` over the guard's window, the pool's
+``observed`` one on the same sampled blocks, and ``preview_learned`` / ``preview_lru`` in the
+guard's preview cache), ``cachewise_guard_switches_total``; for the
 residency controller (:mod:`cachewise.runtime.residency`, rule 5):
 ``cachewise_residency_following_model`` (1 while it acts on the model's forecasts),
 ``cachewise_residency_reference_forecasts`` (1 while it acts on the no-model reference forecasts
@@ -65,6 +66,8 @@ class PoolStats:
     guard_hit_rate_learned: float = 0.0  # estimated over the guard's window (sampled blocks)
     guard_hit_rate_lru: float = 0.0
     guard_hit_rate_observed: float = 0.0  # the pool's own hit rate on the same sampled accesses
+    guard_preview_hit_rate_learned: float = 0.0  # the same, in the guard's preview cache
+    guard_preview_hit_rate_lru: float = 0.0
     guard_sampled_accesses: int = 0
 
     @property
@@ -100,7 +103,8 @@ def _metrics() -> dict[str, Counter | Gauge | Histogram]:
             )
             _prom["guard_hit_rate"] = Gauge(
                 "cachewise_guard_hit_rate",
-                "Guard's windowed hit rate on sampled blocks: estimated per order (learned, lru) and observed",
+                "Guard's windowed hit rate on sampled blocks: estimated per order (learned, lru; preview_learned, "
+                "preview_lru in its preview cache) and observed",
                 ["order"],
             )
             _prom["residency_following"] = Gauge(
@@ -170,7 +174,7 @@ class Publisher:
         self._next_log = time.monotonic() + log_interval_s
         self._logged = PoolStats()
         self._prom: dict[str, Counter | Gauge | Histogram] | None = None  # the process-wide metrics, on first use
-        self._rates: tuple[Gauge, Gauge, Gauge] | None = None  # guard_hit_rate{order=learned, lru, observed}
+        self._rates: tuple[Gauge, ...] | None = None  # guard_hit_rate{order=learned, lru, observed, preview_*}
 
     def publish(self) -> None:
         """Send the deltas since the last call; log a stat line when the interval elapsed.
@@ -196,10 +200,13 @@ class Publisher:
             rates = self._rates
             if rates is None:
                 gauge = prom["guard_hit_rate"]
-                rates = self._rates = tuple(gauge.labels(order=o) for o in ("learned", "lru", "observed"))
+                orders = ("learned", "lru", "observed", "preview_learned", "preview_lru")
+                rates = self._rates = tuple(gauge.labels(order=o) for o in orders)
             rates[0].set(stats.guard_hit_rate_learned)
             rates[1].set(stats.guard_hit_rate_lru)
             rates[2].set(stats.guard_hit_rate_observed)
+            rates[3].set(stats.guard_preview_hit_rate_learned)
+            rates[4].set(stats.guard_preview_hit_rate_lru)
         if self._interval and time.monotonic() >= self._next_log:
             self._next_log = time.monotonic() + self._interval
             self._log_line()

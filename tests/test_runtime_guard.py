@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable
+from dataclasses import replace
 
 import pytest
 from hypothesis import given, settings
@@ -26,7 +27,7 @@ from vllm.v1.request import Request, RequestStatus
 from cachewise.runtime.block_pool import ScoredBlockPool
 from cachewise.runtime.config import ConfigError, GuardConfig, PoolConfig
 from cachewise.runtime.cpu_engine import make_kv_cache_config, make_request
-from cachewise.runtime.guard import Guard, LearnedShadow, sample_bound
+from cachewise.runtime.guard import Guard, LearnedShadow, PairedWindow, sample_bound
 from cachewise.runtime.metrics import PoolStats
 from cachewise.runtime.hooks import use_policy
 from cachewise.runtime.policy import ManualClock, ReusePrediction
@@ -174,6 +175,105 @@ def test_guard_keeps_a_good_predictor() -> None:
     assert abs(pool.stats.guard_hit_rate_learned - pool.stats.guard_hit_rate_observed) < 0.05
 
 
+def _switches_at(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, bool, bool, int]]:
+    """Records (sampled accesses so far, to the learned order, on the preview's evidence, blocks the
+    pool had evicted) per switch."""
+    record: list[tuple[int, bool, bool, int]] = []
+    switch = Guard._switch
+
+    def recorded(self: Guard, learned: bool, evidence: PairedWindow, where: str) -> None:
+        record.append((self._accesses, learned, evidence is self._preview_window, self._evicted))
+        switch(self, learned, evidence, where)
+
+    monkeypatch.setattr(Guard, "_switch", recorded)
+    return record
+
+
+def test_preview_gives_a_good_predictor_an_earlier_entry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The exact predictor of the test above: the pool's own shadows need thousands of sampled
+    accesses to show its lead at their test; the preview cache (a tenth of the pool) shows it
+    long before, so the guard enters once the pool has turned over (evicted as many blocks as
+    it holds) and its shadows lean the same way -- sooner, keeping more of the gain."""
+    seed, turns = 3, 2 * TURNS
+    nxt = _next_use(_schedule(seed, turns))
+    exact = lambda t: 1e9 if nxt[t] == math.inf else float(nxt[t] - t)  # noqa: E731
+    lru_hits, _, _ = _run(seed, None, None, turns)
+    raw_hits, _, _ = _run(seed, Scripted(exact), PoolConfig(guard=GuardConfig(enabled=False)), turns)
+    switches = _switches_at(monkeypatch)
+    kept = {}
+    for frac in (0.0, 0.1):
+        guard = GuardConfig(sample_rate=1.0, half_life=1024, margin=0.005, min_accesses=256, min_dwell=512, preview_frac=frac)
+        hits, _, pool = _run(seed, Scripted(exact), PoolConfig(guard=guard), turns)
+        kept[frac] = (hits - lru_hits) / (raw_hits - lru_hits)
+        assert pool.stats.guard_learned is True
+    print(f"exact: share of the gain kept without / with the preview {kept[0.0]:.3f} / {kept[0.1]:.3f}; switches {switches}")
+    (without, _, by_preview_0, _), (with_preview, _, by_preview, evicted) = switches
+    assert not by_preview_0 and by_preview
+    assert evicted >= NUM_BLOCKS and with_preview < 0.8 * without
+    assert kept[0.1] > kept[0.0]
+
+
+@pytest.mark.parametrize(("kind", "seed"), [("inverted", 0), ("random", 0), ("inverted", 1), ("random", 1)])
+def test_preview_does_not_let_an_adversarial_predictor_in(kind: str, seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Starting in vLLM's order with the preview on: the preview alone is not enough. A random
+    predictor does win in a cache a tenth of the pool (random eviction beats LRU in small caches:
+    the preview's test passes at its first check), but the pool's own shadows do not lean its way.
+    With every block sampled (seed 0) the pool never leaves vLLM's order and its hits are LRU's, to
+    the block. Sampling a quarter of the hashes (seed 1) leaves a preview of 6 sampled blocks, and
+    which hashes are sampled changes per process (vLLM seeds its block hashes from os.urandom), so
+    there the preview may let the predictor in once; the pool's own test then ends that entry
+    within the bound."""
+    nxt = _next_use(_schedule(seed))
+    gap = _inverted(nxt) if kind == "inverted" else _random(seed)
+    lru_hits, looked, _ = _run(seed, None, None)
+    guard = GuardConfig(
+        sample_rate=1.0 if seed == 0 else 0.25, min_sampled_blocks=0, half_life=1024, margin=0.005,
+        min_accesses=256, min_dwell=512, preview_frac=0.1,
+    )
+    switches = _switches_at(monkeypatch)
+    hits, _, pool = _run(seed, Scripted(gap), PoolConfig(guard=guard))
+    bound = _bound(looked, guard, pool.stats.guard_switches, lru_hits / looked)
+    print(f"{kind} seed {seed}: hits LRU {lru_hits}, guarded {hits} (bound {bound:.0f} below LRU), switches {switches}")
+    if guard.sample_rate == 1.0:
+        assert switches == [] and hits == lru_hits and pool.stats.guard_learned is False
+    else:
+        entries = [by_preview for _, learned, by_preview, _ in switches if learned]
+        assert entries in ([], [True]) and lru_hits - hits <= bound
+
+
+def _window(lead: float, accesses: int = 1000) -> PairedWindow:
+    """A window of ``accesses`` sampled accesses, one cluster each, in which the learned shadow hit
+    ``lead`` of them more than the LRU shadow (fewer for a negative ``lead``)."""
+    window = PairedWindow(1.0)
+    for i in range(accesses):
+        window.close_cluster()
+        ahead = i < abs(lead) * accesses
+        window.add(ahead and lead < 0, ahead and lead > 0)
+    return window
+
+
+def test_preview_enters_only_on_a_turned_over_pool_whose_shadows_agree() -> None:
+    config = GuardConfig(sample_rate=1.0, min_accesses=128, min_dwell=0, preview_frac=0.1)
+
+    def guard(pool_lead: float, evicted: int = 1024, start: str = "lru") -> Guard:
+        g = Guard(replace(config, start=start), PoolStats(), "t", lambda: 0.0, 1024)
+        g._accesses, g._evicted = 1000, evicted
+        g._preview_window, g._window = _window(0.3), _window(pool_lead)
+        g._decide()
+        return g
+
+    # the pool's shadows lean the learned way (1 point, 3 se) but not past margin + z * se (1.13 points)
+    assert guard(0.01).learned
+    assert not guard(0.0).learned  # no lead of the pool's own
+    assert not guard(-0.005).learned  # the pool's learned shadow misses more: the preview is overruled
+    assert not guard(0.01, evicted=1023).learned  # the pool has not turned over yet
+    left = guard(-0.3, start="learned")  # the pool's own evidence ends a learned mode: the preview is done
+    left._window = _window(0.01)
+    left._decide()
+    assert not left.learned and left._stats.guard_switches == 1
+    assert Guard(replace(config, preview_frac=0.0), PoolStats(), "t", lambda: 0.0, 1024)._preview is None
+
+
 def test_clustered_burst_is_one_piece_of_evidence() -> None:
     """One request whose 30 sampled blocks only the learned shadow holds, after 2,000 accesses
     with no hit (the Mooncake start): per block that crossed the threshold, per request it must not."""
@@ -182,11 +282,11 @@ def test_clustered_burst_is_one_piece_of_evidence() -> None:
         guard.begin_cluster()
         guard._access(i.to_bytes(4, "big"), False, 0.0)
     burst = [(10**6 + i).to_bytes(4, "big") for i in range(30)]
-    guard._shadow.entries.update({k: [0, 0, 0.0, None, math.inf, 0] for k in burst})  # held by learned only
+    guard._shadows.learned.entries.update({k: [0, 0, 0.0, None, math.inf, 0] for k in burst})  # held by learned only
     guard.begin_cluster()
     for key in burst:
         guard._access(key, False, 0.0)
-    assert guard._hits_learned > 25 and guard._hits_lru == 0
+    assert guard._window.hits_learned > 25 and guard._window.hits_lru == 0
     assert not guard.learned and guard._stats.guard_switches == 0
 
 
