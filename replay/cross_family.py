@@ -24,7 +24,7 @@ among the policies, the residency controller's mean JCT minus LRU's, paired the 
 
 Cost: one training per family plus one, and one replay sweep per cell; ``max_sessions``
 bounds each replay. Two sizings: the wide one (``python -m cachewise.replay.cross_family``,
-the section's keys: 3 seeds, 25-100%, ``cachewise`` included; ~50 min on 2 cores at load ~6-7)
+the section's keys: 3 seeds, 25-100%, ``cachewise`` included; ~3 min on 2 cores, session 21)
 and the ``dvc repro`` stage (``--stage``: ``cross_family.stage`` over them: fewer sessions,
 three seeds, one capacity, cheaper training), which must stay within ~2.5 minutes on 2 cores
 and is too small for the targets' verdicts. With one family (a fresh clone: the synthetic
