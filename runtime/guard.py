@@ -151,9 +151,9 @@ preview_capacity``. Memory: O(sample_rate * blocks * (1 + preview_frac)).
 Measured (tests/benchmarks/bench_runtime.py, 10k blocks, CPU time, serving the learned order):
 about +0.5 µs per evicted block (eviction and release together; +0.8 µs at 100k) on a machine where
 vLLM's own pool costs 0.6 µs per block, +1.2 to +1.6 µs on one where it costs 1.5-2.3 µs, and +52
-bytes per block over the unguarded pool. The preview adds about +0.3 to +0.5 µs per block at 10k and
-100k blocks (session 21: the guarded pool 3.14-3.43 / 4.37-4.51 µs over vLLM's, against 2.87-2.88 /
-3.98-4.04 without the preview, two runs each on one 2-core Intel Xeon).
+bytes per block over the unguarded pool. The preview adds +0.25 to +0.55 µs per block at 10k and
+100k blocks (session 21, one 2-core Intel Xeon: the guarded pool 3.13-3.43 / 4.37-4.51 µs over vLLM's in
+three runs, against 2.87-2.88 / 3.98-4.04 without the preview in two).
 """
 
 from __future__ import annotations
