@@ -239,7 +239,8 @@ def _cachewise_nomodel(ctx: PolicyContext, clock: Callable[[], float]) -> Servin
 
 
 def _continuum(ctx: PolicyContext, clock: Callable[[], float]) -> Serving:
-    pins, settings = ContinuumPins(), replace(_settings(ctx), readmit_cached=0.0)  # the published admission order
+    # the published admission order, pinning from the start (no standing aside: CacheWise's rule)
+    pins, settings = ContinuumPins(), replace(_settings(ctx), readmit_cached=0.0, thrash_share=None)
     predictor = ContinuumPredictor(_CallFacts(ctx.workload), ctx.stats, settings, lambda: ctx.capacity_tokens, pins)
     return Serving(predictor, _scheduler("continuum", settings, continuum_controller(pins)))
 

@@ -146,7 +146,12 @@ class ResidencySettings:
 
     ``headroom``: fraction of the KV cache kept free of resident working sets for their growth,
     as far as the demand exceeds the cache (admission budget ``blocks - min(headroom * blocks,
-    demand - blocks)``, :mod:`cachewise.runtime.residency`). ``max_wait_s`` / ``max_passes``: starvation
+    demand - blocks)``, :mod:`cachewise.runtime.residency`). ``thrash_share``: the controller stands aside --
+    admits every waiting session, demotes no one, as vLLM's scheduler -- until memory proves short
+    (latched): the live requests' present KV exceeds ``blocks``, or the blocks recomputed (a returning
+    request's prefix its session had held, not found cached) pass this share of the blocks prefilled,
+    over a window of about ``blocks`` prefilled blocks, and of ``blocks`` itself; ``None``: it never
+    stands aside. ``max_wait_s`` / ``max_passes``: starvation
     bound: a session held that long (seconds since its oldest waiting request arrived, or
     scheduler steps) is admitted regardless. ``horizon_s``: how far ahead the cost rule
     looks (a return later than that counts as "not back"). ``prefill_a0``, ``prefill_a_tok``,
@@ -190,6 +195,7 @@ class ResidencySettings:
     """
 
     headroom: float = 0.1
+    thrash_share: float | None = 0.2  # stand aside until recompute passes this share of the prefill (None: never)
     max_wait_s: float = 1800.0
     max_passes: int = 100000
     horizon_s: float = 600.0
@@ -221,7 +227,7 @@ class ResidencySettings:
     def __post_init__(self) -> None:
         finite_positive = 0 < self.horizon_s < math.inf and 0 < self.pressure_window_s < math.inf
         preempt_ok = 0 <= self.preempt_area_ratio < math.inf and 0 <= self.readmit_cached <= 1
-        if not (0 <= self.headroom < 1) or not (0 <= self.max_wait_s < math.inf) or self.max_passes < 0 or not finite_positive or not preempt_ok:
+        if not (0 <= self.headroom < 1) or not (self.thrash_share is None or 0 <= self.thrash_share <= 1) or not (0 <= self.max_wait_s < math.inf) or self.max_passes < 0 or not finite_positive or not preempt_ok:
             raise ConfigError(f"invalid residency settings {self}")
         costs = (self.prefill_a0, self.prefill_a_tok, self.prefill_a_ctx, self.decode_b0, self.decode_b_seq, self.decode_b_ctx)
         if not all(0 <= c < math.inf for c in (*costs, self.host_reload_s_per_token)):

@@ -221,7 +221,7 @@ def _wrap_schedule(original: Callable[..., Any]) -> Callable[..., Any]:
         if view is not None:
             try:
                 for new in out.scheduled_new_reqs:
-                    view.on_scheduled(new.req_id)
+                    view.on_scheduled(new.req_id, new.num_computed_tokens)
             except Exception as exc:  # noqa: BLE001
                 pool.record_hook_error(exc)
         return out

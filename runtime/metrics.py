@@ -22,7 +22,8 @@ residency controller (:mod:`cachewise.runtime.residency`, rule 5):
 ``cachewise_residency_following_model`` (1 while it acts on the model's forecasts),
 ``cachewise_residency_reference_forecasts`` (1 while it acts on the no-model reference forecasts
 because the forecast judge distrusts the model's; both 0: it passes through as vLLM's scheduler) and
-``cachewise_residency_passthrough_steps_total``; for the forecast judge
+``cachewise_residency_passthrough_steps_total``, ``cachewise_residency_memory_short`` (0 while it stands
+aside until memory proves short, 1 after); for the forecast judge
 (:mod:`cachewise.runtime.forecast_judge`): ``cachewise_forecast_judge_trusted`` and
 ``cachewise_forecast_judge_loss_difference`` (model minus no-model mean quantile loss). Gauges
 are per process: with several pools in one process the last one published wins.
@@ -117,6 +118,11 @@ def _metrics() -> dict[str, Counter | Gauge | Histogram]:
                 "1 while the residency controller acts on the no-model reference forecasts (the forecast judge "
                 "distrusts the model's), 0 otherwise",
             )
+            _prom["residency_short"] = Gauge(
+                "cachewise_residency_memory_short",
+                "1 once memory proved short (live requests past the KV cache, or recompute past thrash_share); "
+                "0 while the residency controller stands aside as vLLM's scheduler",
+            )
             _prom["residency_passthrough"] = Counter(
                 "cachewise_residency_passthrough_steps", "Scheduler steps the residency controller passed through (guard)"
             )
@@ -147,13 +153,16 @@ def observe_latency(seconds: float) -> None:
     _metrics()["scorer_latency"].observe(seconds)
 
 
-def publish_residency(following_model: bool, judge: ForecastJudge | None = None, on_reference: bool = False) -> None:
-    """One residency step's mode: the gauges, and one pass-through step counted when acting on
-    neither the model's nor the reference forecasts; the forecast judge's verdict and loss
-    difference when there is one."""
+def publish_residency(
+    following_model: bool, judge: ForecastJudge | None = None, on_reference: bool = False, short: bool = True
+) -> None:
+    """One residency step's mode: the gauges (``short``: memory proved short, no longer standing aside),
+    and one pass-through step counted when acting on neither the model's nor the reference forecasts;
+    the forecast judge's verdict and loss difference when there is one."""
     prom = _metrics()
     prom["residency_following"].set(1.0 if following_model else 0.0)
     prom["residency_reference"].set(1.0 if on_reference else 0.0)
+    prom["residency_short"].set(1.0 if short else 0.0)
     if not (following_model or on_reference):
         prom["residency_passthrough"].inc()
     if judge is not None:

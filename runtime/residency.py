@@ -208,7 +208,8 @@ Rule, evaluated once per scheduler step (:meth:`ResidencyController.plan`):
    -- otherwise the admitted set, up to GPU + host, would crowd into the GPU at once and the
    pool would evict running sessions' prefixes (measured: 795 s mean JCT instead of 543 s at
    25% GPU; with the budget instead of the capacity here, 543 s instead of 502 s).
-   Invariants: after a plan, unless a session was forced (rule 4), ``plan.gpu <= capacity``
+   Invariants: after a plan, unless a session was forced (rule 4) or the controller stands aside
+   (below), ``plan.gpu <= capacity``
    whenever it held before the plan (only live sessions' growth raises it) and
    ``plan.used <= `` the step's admitted budget whenever some session waited (rule 3);
    ``plan.gpu <= plan.used`` (every GPU-set session is admitted). With ``host_blocks`` 0 (no
@@ -231,6 +232,40 @@ and 50% (C=32 and C=64) no measurable difference (the demand exceeds the capacit
 headroom there for most of a run). ``headroom`` 0, the other way to end the 100%
 harm, was 26 ± 24 s slower at C=64 50% (five seeds). The prefetcher's room check keeps the fixed
 budgets (the conservative ones).
+
+*Standing aside* (``thrash_share``, default 0.2; ``None``: never). Until memory proves short, every plan
+admits every waiting session and demotes no one -- vLLM's admission, on the pool's eviction order --
+whatever the working sets add up to. Memory proves short (:attr:`ResidencyController.short`, latched
+for the controller's life; :meth:`ResidencyController._observe_shortage`, O(sessions) per step until
+then) at the first step at which either
+
+* the sessions with live requests hold or need more blocks than the capacity (their present KV: the
+  working sets without the predicted growth) -- they cannot all be on the GPU at once, whatever the
+  eviction order; or
+* the engine has *recomputed* more than ``thrash_share`` of the blocks it prefilled, and of the
+  capacity, both summed with a half-life of one capacity of prefilled blocks: of each returning
+  request's prompt, the full blocks its thread held after its last call that its first schedule did
+  not find cached (:meth:`SessionView.on_scheduled <cachewise.runtime.sessions.SessionView.on_scheduled>`,
+  from vLLM's ``num_computed_tokens``).
+
+Why: the working sets are forecasts (latest prompt plus the last growth) of sessions that are mostly
+idle, and where memory suffices their sum passes the capacity while the pool, evicting idle sessions'
+tails as vLLM does, recomputes almost nothing; holding and shedding there only cost (the held session's
+wait, the shed one's recompute). Recompute is the cost this controller exists to remove, and live
+requests that do not fit are thrashing by definition, so either is the evidence that acting can pay.
+Measured (Claude Code held-out, closed loop, ten seeds, against the same rule acting from the start;
+docs/results/residency.md "Standing aside until memory proves short"): C=64 at 100% capacity, where the
+controller demoted 84 sessions a run and held some for up to 33 s (p99 +11.1 ± 3.2 s above LRU's), it
+stands aside the whole run: mean and p99 equal to LRU's and ``learned``'s on every seed (seed 0: the
+admitted sessions' present KV reached 1.4x the capacity, the live requests' 0.93x, the recomputed share
+of the prefill stayed under 0.1). C=32 and C=64 at 25-50%: the live requests exceed the capacity at t = 0,
+identical runs on every seed. At 75%: +1.2 ± 4.7 s (C=32) and +6.4 ± 7.9 s (C=64), no measurable
+difference (short at t = 148 s on C=32 seed 0, the pressure starting at ~120 s). The recompute
+criterion alone cost 17 ± 7 s at C=64 50% (short at t = 77 s on C=32 50% seed 1): the live one is what
+ends standing aside at once under a batch. ``thrash_share`` 0.5 latched at t = 197 s on C=32 75% seed 0
+(+13 s on that seed); 0.2 was chosen on that seed (0.1: t = 145 s, no better); the recomputed share is
+0.9 of the prefill under vLLM at 75%, 0.03 at 100%. Standing aside on the admitted sessions' KV instead
+(their working sets within 5% of the capacity) was +15 ± 5 s at C=32 75%, every seed.
 
 Cost trade-off for demoting an idle resident session ``j`` with ``W_j`` blocks, idle ``e``
 seconds, return forecast ``F_j`` (quantiles of its gap, read as a piecewise-linear quantile
@@ -459,6 +494,9 @@ class ResidencyController:
         self.passthrough_steps = 0
         self.restoring = False  # resumed from pass-through, the residents not yet within the budget (rule 5)
         self.thrash_latched = False  # rule 5's thrashing exception latched: acts on the model whatever the guard says
+        self.short = settings.thrash_share is None  # memory has proved short: no longer standing aside (latched)
+        self._recompute_seen = (0, 0)  # the view's prefill and recomputed block counts at the last step
+        self._prefill = self._recomputed = 0.0  # their decayed sums (half-life: a capacity of prefill)
 
     @property
     def queueing_delay_s(self) -> float:
@@ -619,6 +657,9 @@ class ResidencyController:
         demand = used + sum(needs[s.key] for s in waiting if not s.resident)
         budget = capacity - self.reserve(demand, capacity)
         gpu_budget = self.capacity - self.reserve(demand, self.capacity)
+        if not self.short:
+            self._observe_shortage(view)
+        aside = not self.short  # "Standing aside" (module doc): vLLM's admission, no demotion
         waited = {}
         for s in waiting:
             since = view.waiting_since(s.key)
@@ -644,7 +685,7 @@ class ResidencyController:
         waiting.sort(key=rank)
         candidates: list[tuple[float, SessionState, float]] | None = None
         restoring = self.restoring and used > budget
-        if (waiting or restoring or used > capacity) and used > budget:  # rule 3 (and rule 5's restoring; rule 6: the admitted budget)
+        if not aside and (waiting or restoring or used > capacity) and used > budget:  # rule 3 (and rule 5's restoring; rule 6: the admitted budget)
             head = needs[waiting[0].key] if waiting else 0.0  # restoring alone admits nothing
             ranked = self._candidates(idle, now, served, head)
             while ranked and (used > capacity or restoring or (waiting and used > budget and ranked[0][0] > 0)):
@@ -663,7 +704,7 @@ class ResidencyController:
                 # a returning admitted session may use the headroom, kept for new admissions' growth;
                 # without a tier no session is both admitted and waiting here, and this is implied by the admitted check
                 gpu_fits = gpu + need <= (self.capacity if admitted else gpu_budget)
-                fits = gpu_fits and (admitted or used + need <= budget)
+                fits = aside or (gpu_fits and (admitted or used + need <= budget))
                 if gpu_fits and not fits:
                     if candidates is None:
                         candidates = [c for c in self._candidates(idle, now, served, need) if c[0] > 0]
@@ -745,6 +786,28 @@ class ResidencyController:
             used = sum(view.working_set(state.key) for state in view if state.resident)
             self.thrash_latched = used > self.admitted_capacity
         return self.thrash_latched
+
+    def _observe_shortage(self, view: SessionView) -> None:
+        """"Standing aside" (module doc): memory is *short* (latched) once the sessions with live requests
+        hold or need more than the GPU's capacity (present KV, no predicted growth), or once the recomputed
+        blocks pass ``thrash_share`` of the prefilled ones, and of a capacity (the prefill and recompute the
+        view counted since the last step folded into sums decayed with a half-life of ``capacity``
+        prefilled blocks). O(sessions)."""
+        prefill, recomputed = view.prefill_blocks - self._recompute_seen[0], view.recomputed_blocks - self._recompute_seen[1]
+        self._recompute_seen = (view.prefill_blocks, view.recomputed_blocks)
+        keep = 0.5 ** (prefill / self.capacity)
+        self._prefill = self._prefill * keep + prefill
+        self._recomputed = self._recomputed * keep + recomputed
+        assert self.settings.thrash_share is not None
+        live = sum(view.working_set(state.key, grown=False) for state in view if state.live)
+        recomputed = self._recomputed > self.settings.thrash_share * max(self._prefill, self.capacity)
+        self.short = recomputed or live > self.capacity
+        if self.short:
+            logger.info(
+                "CacheWise residency: memory proved short (%s): admission and demotion act from now on",
+                f"recomputed {self._recomputed:.0f} of {self._prefill:.0f} blocks prefilled" if recomputed
+                else f"live requests need {live:.0f} blocks of {self.capacity:.0f}",
+            )
 
     def _demote(self, view: SessionView, key: str, plan: Plan) -> None:
         view.set_residency(key, False, demoted=True)

@@ -319,7 +319,7 @@ class ResidencyMixin:
             now = self._clock()
             loading = {p.session for p in self.prefetcher.inflight.values()} if self.prefetcher is not None else ()
             plan = controller.plan(view, now, len(self.running), loading, self._held_cached(view))
-            publish_residency(controller.following_model, view.judge, controller.on_reference)
+            publish_residency(controller.following_model, view.judge, controller.on_reference, controller.short)
             for key in plan.demoted:
                 self._demote(key)
             if self.withheld_arrivals:

@@ -84,7 +84,7 @@ Invariants (checked by the property tests):
   the order they went idle; at most ``max(max_sessions, sessions with a live request)``
   sessions are known: past ``max_sessions`` the longest idle are dropped (live sessions never);
 * ``working_set(s) = Σ_threads (blocks + growth - shared)``, plus what live requests need
-  beyond that; ``shared`` = ``Σ_h (1 - 1/refs[h])`` over the thread's hashes as of its last
+  beyond that (``grown`` false: without ``growth``, the session's present KV); ``shared`` = ``Σ_h (1 - 1/refs[h])`` over the thread's hashes as of its last
   finish, so a prefix held by ``n`` threads (a common system prompt) counts ``1/n`` in each
   and the sum over sessions approximates the distinct blocks they hold;
 * ``hash_refs[h]`` = the number of threads (over all sessions) whose latest hashes hold
@@ -351,6 +351,8 @@ class SessionView:
         self._tips: OrderedDict[Hashable, tuple[str, str]] = OrderedDict()  # hash -> (thread, session or "")
         self._next_thread = 0
         self.host = HostSets(self._sessions.__contains__)
+        self.prefill_blocks = 0  # blocks prefilled at first schedules (prompt less its cached prefix), all requests
+        self.recomputed_blocks = 0  # of those, blocks the request's thread had held after its last call: recomputed
         self.judge: ForecastJudge | None = None  # set once, by the residency scheduler
         self.new_session_remaining = 0.0  # the remaining-work model's label of a session with no finished call
 
@@ -407,12 +409,22 @@ class SessionView:
         self._idle.pop(key, None)
         return key
 
-    def on_scheduled(self, request_id: str) -> None:
-        """The request got its first schedule (it is running now)."""
+    def on_scheduled(self, request_id: str, computed_tokens: int | None = None) -> None:
+        """The request got its first schedule (it is running now). Given ``computed_tokens``, the tokens of
+        its prompt found cached (vLLM's ``num_computed_tokens`` at its first schedule), counts its prefill,
+        and as recomputed the full blocks its thread held after its last call that were not found
+        (:attr:`prefill_blocks`, :attr:`recomputed_blocks`)."""
         req = self._requests.get(request_id)
         if req is not None and req.waiting:
             req.waiting = False
-            self._sessions[req.session].waiting.discard(request_id)
+            state = self._sessions[req.session]
+            state.waiting.discard(request_id)
+            if computed_tokens is None:
+                return
+            cached = computed_tokens // self.block_size
+            thread = state.threads.get(req.thread or req.session)
+            self.prefill_blocks += max(req.prompt_blocks - cached, 0)
+            self.recomputed_blocks += max(min(len(thread.hashes), req.prompt_blocks) - cached, 0) if thread is not None else 0
 
     def on_forecast(
         self,
@@ -546,18 +558,19 @@ class SessionView:
         own = self._sessions[key].remaining
         return own if own is not None else self.new_session_remaining
 
-    def working_set(self, key: str) -> float:
-        """Blocks the session needs resident (module doc)."""
+    def working_set(self, key: str, grown: bool = True) -> float:
+        """Blocks the session needs resident (module doc); ``grown`` false: without the predicted growth,
+        the blocks it holds now or its live requests need (its *present* KV)."""
         state = self._sessions[key]
-        total = sum(t.blocks + t.growth - t.shared for t in state.threads.values())
+        total = sum(t.blocks + (t.growth if grown else 0) - t.shared for t in state.threads.values())
         known = state.threads
         for rid in state.live:
             req = self._requests[rid]
             t = known.get(req.thread or key)
             if t is None:
                 total += req.prompt_blocks
-            elif req.prompt_blocks > t.blocks + t.growth:
-                total += req.prompt_blocks - t.blocks - t.growth
+            elif req.prompt_blocks > (have := t.blocks + (t.growth if grown else 0)):
+                total += req.prompt_blocks - have
         return total
 
     def exclusive_hashes(self, key: str) -> list[Hashable]:

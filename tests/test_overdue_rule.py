@@ -54,7 +54,7 @@ def test_residency_without_a_forecast(e: float) -> None:
     view = SessionView(16)
     view.on_arrival("r", "s", "s", 16, 0.0)
     view.on_finished("r", 16, (), 0.0)
-    controller = ResidencyController(ResidencySettings(horizon_s=1e9), 100, 16)
+    controller = ResidencyController(ResidencySettings(thrash_share=None, horizon_s=1e9), 100, 16)
     keep, _ = controller.keep_and_drop(view.get("s"), 1.0, e, served=0)
     assert keep == overdue_remaining(e)
 

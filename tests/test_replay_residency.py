@@ -80,8 +80,8 @@ def test_continuum_ttl_trades_reload_cost_against_holding() -> None:
     duration; a prefix holding most of the cache with a cheap reload is not pinned."""
     gaps = np.array([1.0, 2.0, 3.0, 4.0, 100.0])
     stats = IdleStats({"test": gaps}, gaps)
-    expensive = ResidencySettings(prefill_a0=50.0)
-    cheap = ResidencySettings(prefill_a0=0.0, prefill_a_tok=0.0, prefill_a_ctx=0.0)
+    expensive = ResidencySettings(thrash_share=None, prefill_a0=50.0)
+    cheap = ResidencySettings(thrash_share=None, prefill_a0=0.0, prefill_a_tok=0.0, prefill_a_ctx=0.0)
     pins = ContinuumPins()
     ttl = ContinuumPredictor(None, stats, expensive, lambda: 200, pins).ttl("test", 100)  # type: ignore[arg-type]
     assert 4.0 <= ttl < 100.0
@@ -95,6 +95,6 @@ def test_replay_settings_put_the_cost_model_in_replay_tokens() -> None:
     from cachewise.replay.residency_policies import replay_settings
 
     cost = CostModel("m", a0=1.0, a_tok=2.0, a_ctx=3.0, b0=4.0, b_seq=5.0, b_ctx=6.0)
-    s = replay_settings(cost, 16, ResidencySettings(headroom=0.3))
+    s = replay_settings(cost, 16, ResidencySettings(thrash_share=None, headroom=0.3))
     assert (s.prefill_a0, s.prefill_a_tok, s.prefill_a_ctx) == (1.0, 32.0, 3.0 * 256)
     assert (s.decode_b0, s.decode_b_seq, s.decode_b_ctx) == (4.0, 5.0, 96.0) and s.headroom == 0.3

@@ -24,7 +24,7 @@ def _case(forecast: Forecast, waiting: int, capacity: int = 100, **settings: flo
     """Idle resident A (60 blocks, no pool reader: a return recomputes all of it), live resident X (10
     blocks), and ``waiting`` sessions of 50 blocks that fit only in A's room (capacity 100)."""
     view = SessionView(BLOCK)
-    ctl = ResidencyController(ResidencySettings(headroom=0.0, **settings), capacity, BLOCK_TOKENS)
+    ctl = ResidencyController(ResidencySettings(thrash_share=None, headroom=0.0, **settings), capacity, BLOCK_TOKENS)
     view.on_arrival("a", "A", "t", 60 * BLOCK, 0.0)
     view.on_scheduled("a")
     view.on_forecast("a", "A", "t", forecast)
@@ -68,12 +68,12 @@ def test_return_costs_scale_with_what_the_engine_serves() -> None:
 
 def test_the_wait_weight_is_the_fixed_share_of_the_decode_step() -> None:
     """w = b0 / (b0 + b_seq n + b_ctx T); 1 with nothing running or a zero step model."""
-    ctl = ResidencyController(ResidencySettings(decode_b0=0.01, decode_b_seq=0.001, decode_b_ctx=1e-6), 100, BLOCK_TOKENS)
+    ctl = ResidencyController(ResidencySettings(thrash_share=None, decode_b0=0.01, decode_b_seq=0.001, decode_b_ctx=1e-6), 100, BLOCK_TOKENS)
     ctl.observe_batch(10, 20)  # 10 sequences, 20 blocks = 5,120 tokens
     assert ctl.wait_weight == pytest.approx(0.01 / (0.01 + 0.01 + 5120e-6))
     ctl.observe_batch(0, 20)
     assert ctl.wait_weight == 1.0
-    zero = ResidencyController(ResidencySettings(decode_b0=0.0, decode_b_seq=0.0, decode_b_ctx=0.0), 100, BLOCK_TOKENS)
+    zero = ResidencyController(ResidencySettings(thrash_share=None, decode_b0=0.0, decode_b_seq=0.0, decode_b_ctx=0.0), 100, BLOCK_TOKENS)
     zero.observe_batch(10, 20)
     assert zero.wait_weight == 1.0
 

@@ -46,7 +46,7 @@ def _idle_resident(view: SessionView, session: str, blocks: int, now: float, for
 def _near_case(pool: Pool | None) -> tuple[SessionView, ResidencyController]:
     """Idle A (60 blocks, back in 1-3 s) fills the cache with live X; B (50 blocks) waits."""
     view = SessionView(BLOCK, pressure=pool)
-    ctl = ResidencyController(ResidencySettings(headroom=0.0), 100, BLOCK_TOKENS)
+    ctl = ResidencyController(ResidencySettings(thrash_share=None, headroom=0.0), 100, BLOCK_TOKENS)
     _idle_resident(view, "A", 60, 0.0, NEAR)
     view.on_arrival("x", "X", "t", 10 * BLOCK, 0.0)
     view.set_residency("X", True)
@@ -125,7 +125,7 @@ def test_a_lost_tail_costs_its_prefill_behind_the_cached_prefix() -> None:
     """c(W) - c(W - m) = a_tok m + a_ctx m (2W - m) / 2 in tokens; the whole set adds a0."""
     pool = Pool()
     view = SessionView(BLOCK, pressure=pool)
-    ctl = ResidencyController(ResidencySettings(), 100, BLOCK_TOKENS)
+    ctl = ResidencyController(ResidencySettings(thrash_share=None), 100, BLOCK_TOKENS)
     pool.evicted = 0
     ctl.observe_pressure(view, 0.0)
     pool.evicted = 30
@@ -139,7 +139,7 @@ def test_a_lost_tail_costs_its_prefill_behind_the_cached_prefix() -> None:
 def test_eviction_rate_is_read_over_the_configured_window() -> None:
     pool = Pool()
     view = SessionView(BLOCK, pressure=pool)
-    ctl = ResidencyController(ResidencySettings(pressure_window_s=10.0), 100, BLOCK_TOKENS)
+    ctl = ResidencyController(ResidencySettings(thrash_share=None, pressure_window_s=10.0), 100, BLOCK_TOKENS)
     for t in range(0, 31):  # 100 blocks/s for 20 s, then none
         pool.evicted = 100 * min(t, 20)
         ctl.observe_pressure(view, float(t))
@@ -153,7 +153,7 @@ def test_eviction_rate_is_read_over_the_configured_window() -> None:
 def test_queueing_delay_counts_returning_sessions_only() -> None:
     """Q is the admission wait a demoted session meets when back: new sessions' waits are left out."""
     view = SessionView(BLOCK, pressure=Pool())
-    ctl = ResidencyController(ResidencySettings(headroom=0.0), 100, BLOCK_TOKENS)
+    ctl = ResidencyController(ResidencySettings(thrash_share=None, headroom=0.0), 100, BLOCK_TOKENS)
     view.on_arrival("n", "N", "t", 10 * BLOCK, 0.0)  # a new session, admitted after waiting 40 s
     assert ctl.plan(view, 40.0, running=0).admitted == {"N"}
     assert ctl.queueing_delay_s == 0.0

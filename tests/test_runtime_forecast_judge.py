@@ -105,9 +105,9 @@ def test_standard_error_is_infinite_before_two_returns_and_settings_are_checked(
     with pytest.raises(ValueError):
         ForecastJudge(math.inf)
     with pytest.raises(ConfigError):
-        ResidencySettings(judge_half_life=0)
+        ResidencySettings(thrash_share=None, judge_half_life=0)
     with pytest.raises(ConfigError):
-        ResidencySettings(judge="yes")  # type: ignore[arg-type]
+        ResidencySettings(thrash_share=None, judge="yes")  # type: ignore[arg-type]
 
 
 def _finish(view: SessionView, rid: str, session: str, now: float, forecast: Forecast, reference: Forecast | None) -> None:
@@ -147,7 +147,7 @@ def test_the_controller_acts_while_the_judge_trusts_the_forecasts_though_the_gua
     """Rule 5 with the judge: the guard distrusts, the judge trusts: holds and demotes as when trusted."""
     view = SessionView(BLOCK, lambda: False)
     view.judge = judge = ForecastJudge(CAP, min_returns=0)
-    ctl = ResidencyController(ResidencySettings(headroom=0.0), 100, 256)
+    ctl = ResidencyController(ResidencySettings(thrash_share=None, headroom=0.0), 100, 256)
     view.on_arrival("a", "A", "t", 60 * BLOCK, 0.0)
     view.on_arrival("b", "B", "t", 50 * BLOCK, 1.0)
     assert ctl.plan(view, 2.0, running=0).held == [] and not ctl.following_model  # passes through
@@ -166,7 +166,7 @@ def _one_idle_one_waiting(
     view = SessionView(BLOCK, lambda: False)
     view.judge = judge = ForecastJudge(CAP, min_returns=0)
     _feed(judge, _around if judge_good else (lambda gap: _around(500.0 / gap)), 200)
-    ctl = ResidencyController(ResidencySettings(headroom=0.0, judge_fallback=fallback, forecasts=forecasts), 100, 256)
+    ctl = ResidencyController(ResidencySettings(thrash_share=None, headroom=0.0, judge_fallback=fallback, forecasts=forecasts), 100, 256)
     view.on_arrival("a1", "A", "t", 60 * BLOCK, 0.0)
     view.on_arrival("c1", "C", "t", 20 * BLOCK, 0.0)
     assert ctl.plan(view, 0.5, running=0).admitted == {"A", "C"}
@@ -189,7 +189,10 @@ def test_while_the_judge_distrusts_the_model_the_controller_acts_on_the_referenc
     assert view.reference_preferred and not ctl.following_model and ctl.on_reference and ctl.acting
     assert plan.demoted == ["A"] and plan.admitted == {"B"} and ctl.passthrough_steps == 0
     assert ctl.forecast_of(view.get("A")) is view.get("A").reference
-    publish_residency(ctl.following_model, view.judge, ctl.on_reference)
+    publish_residency(ctl.following_model, view.judge, ctl.on_reference, short=False)
+    assert REGISTRY.get_sample_value("cachewise_residency_memory_short") == 0.0
+    publish_residency(ctl.following_model, view.judge, ctl.on_reference, ctl.short)
+    assert REGISTRY.get_sample_value("cachewise_residency_memory_short") == 1.0
     assert REGISTRY.get_sample_value("cachewise_residency_reference_forecasts") == 1.0
     assert REGISTRY.get_sample_value("cachewise_residency_following_model") == 0.0
     ctl, view, plan = _one_idle_one_waiting(judge_good=False, fallback=False)
@@ -211,7 +214,7 @@ def test_with_forecasts_reference_the_controller_acts_on_the_reference_while_fol
     b = view.get("B")
     assert b.forecast is not None and b.reference is None and ctl.forecast_of(b) is b.forecast
     with pytest.raises(ConfigError, match="forecasts"):
-        ResidencySettings(forecasts="oracle")
+        ResidencySettings(thrash_share=None, forecasts="oracle")
 
 
 def test_the_reference_mode_needs_a_scored_return_and_leaves_when_the_model_is_trusted_again() -> None:
@@ -220,7 +223,7 @@ def test_the_reference_mode_needs_a_scored_return_and_leaves_when_the_model_is_t
     trusted = [False]
     view = SessionView(BLOCK, lambda: trusted[0])
     view.judge = judge = ForecastJudge(CAP, min_returns=0)
-    ctl = ResidencyController(ResidencySettings(headroom=0.0), 100, 256)
+    ctl = ResidencyController(ResidencySettings(thrash_share=None, headroom=0.0), 100, 256)
     view.on_arrival("a", "A", "t", 10 * BLOCK, 0.0)
     ctl.plan(view, 1.0, running=0)
     assert not ctl.acting and not view.reference_preferred

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -20,8 +21,9 @@ NEAR = Forecast.from_samples([1.0, 2.0, 3.0])  # back within seconds
 FAR = Forecast.from_samples([500.0, 600.0, 900.0])  # a long test run
 
 
-def _controller(capacity: int = 100, **kw: float) -> ResidencyController:
-    return ResidencyController(ResidencySettings(headroom=0.0, **kw), capacity, BLOCK_TOKENS)
+def _controller(capacity: int = 100, **kw: Any) -> ResidencyController:
+    """A controller whose memory is short from the start (``thrash_share`` None: no standing aside) unless given."""
+    return ResidencyController(ResidencySettings(**{"headroom": 0.0, "thrash_share": None, **kw}), capacity, BLOCK_TOKENS)
 
 
 def _run_and_finish(view: SessionView, rid: str, session: str, blocks: int, now: float, forecast: Forecast | None) -> None:
@@ -36,7 +38,7 @@ def _admit(controller: ResidencyController, view: SessionView, now: float, runni
 
 
 def test_admits_while_working_sets_fit_then_holds_in_fcfs_order() -> None:
-    view, ctl = SessionView(BLOCK), ResidencyController(ResidencySettings(headroom=0.0, admission_order="fcfs"), 100, BLOCK_TOKENS)
+    view, ctl = SessionView(BLOCK), ResidencyController(ResidencySettings(thrash_share=None, headroom=0.0, admission_order="fcfs"), 100, BLOCK_TOKENS)
     view.on_arrival("a", "A", "t", 60 * BLOCK, 0.0)
     view.on_arrival("b", "B", "t", 50 * BLOCK, 1.0)
     view.on_arrival("c", "C", "t", 10 * BLOCK, 2.0)
@@ -50,7 +52,7 @@ def test_the_headroom_is_kept_only_as_far_as_the_demand_exceeds_the_capacity(fir
     """Headroom 0.2 of 100 blocks, a live resident of 60. The waiting sessions' demand with it: 95, within
     the capacity, A admitted though 95 > 80; 105, reserve 5, budget 95: B (20, smallest first) admitted,
     A (25) held; 130, the whole reserve, budget 80: both held (fixed-headroom rule)."""
-    view, ctl = SessionView(BLOCK), ResidencyController(ResidencySettings(headroom=0.2), 100, BLOCK_TOKENS)
+    view, ctl = SessionView(BLOCK), ResidencyController(ResidencySettings(thrash_share=None, headroom=0.2), 100, BLOCK_TOKENS)
     view.on_arrival("x", "X", "t", 60 * BLOCK, 0.0)
     assert ctl.plan(view, 0.5, running=0).admitted == {"X"}
     view.on_scheduled("x")
@@ -60,6 +62,88 @@ def test_the_headroom_is_kept_only_as_far_as_the_demand_exceeds_the_capacity(fir
     plan = ctl.plan(view, 2.0, running=1)
     assert plan.admitted == admitted and plan.used == 60 + sum({"A": first, "B": second}[k] for k in admitted)
     assert ctl.reserve(60 + first + second, 100) == min(max(first + second - 40, 0), 20)
+
+
+def _recompute(view: SessionView, key: str, held: int, prompt: int, cached: int, now: float) -> None:
+    """``key`` ran a call that left it ``held`` full blocks; it comes back with a ``prompt``-block request
+    that finds ``cached`` blocks cached at its first schedule (``held - cached`` recomputed), and finishes."""
+    _run_and_finish(view, f"{key}-1", key, held, now, NEAR)
+    view.on_arrival(f"{key}-2", key, "t", prompt * BLOCK, now)
+    view.on_scheduled(f"{key}-2", cached * BLOCK)
+    view.on_finished(f"{key}-2", prompt * BLOCK, [f"{key}{i}".encode() for i in range(prompt)], now)
+
+
+def test_the_view_counts_prefill_and_recompute_at_first_schedules() -> None:
+    """Prefill = prompt blocks not found cached; recomputed = of those, the full blocks the thread held
+    after its last call. A new session's prompt is prefill only; a schedule without ``computed_tokens``
+    (unknown) counts nothing."""
+    view = SessionView(BLOCK)
+    view.on_arrival("n", "N", "t", 12 * BLOCK, 0.0)
+    view.on_scheduled("n", 2 * BLOCK)
+    assert (view.prefill_blocks, view.recomputed_blocks) == (10, 0)
+    _recompute(view, "A", 10, 14, 4, 1.0)  # held 10, found 4: 6 recomputed, 10 prefilled
+    assert (view.prefill_blocks, view.recomputed_blocks) == (20, 6)
+    view.on_arrival("u", "U", "t", 5 * BLOCK, 2.0)
+    view.on_scheduled("u")
+    assert (view.prefill_blocks, view.recomputed_blocks) == (20, 6)
+
+
+@pytest.mark.parametrize(("lost", "short"), [(0, False), (15, False), (25, True)])
+def test_stands_aside_until_the_engine_recomputes_then_stays_short(lost: int, short: bool) -> None:
+    """Capacity 100, ``thrash_share`` 0.2: a live session of 40 and an idle resident of 40 (back in a long
+    while) leave no room for a waiting 30, which standing aside admits all the same (live KV 70 fits).
+    Memory proves short once the blocks recomputed pass 0.2 of those prefilled and of the capacity (20):
+    a return that recomputes 25 of its 40 blocks latches it, and the next 30-block session then waits or
+    takes the idle resident's room (rules 2-3); 15 do not."""
+    view, ctl = SessionView(BLOCK), _controller(100, thrash_share=0.2)
+    _run_and_finish(view, "i", "I", 40, 0.0, FAR)
+    view.set_residency("I", True)
+    view.on_arrival("x", "X", "t", 40 * BLOCK, 0.0)
+    assert ctl.plan(view, 0.5, running=0).admitted == {"X"}
+    view.on_scheduled("x", 0)
+    view.on_arrival("a", "A", "t", 30 * BLOCK, 1.0)
+    plan = ctl.plan(view, 2.0, running=1)
+    assert plan.admitted == {"A"} and not plan.held and not plan.demoted and not ctl.short
+    view.on_scheduled("a", 0)
+    view.on_finished("a", 30 * BLOCK, [f"A{i}".encode() for i in range(30)], 3.0)
+    _recompute(view, "R", 40, 41, 40 - lost, 3.0)
+    view.on_arrival("b", "B", "t", 30 * BLOCK, 4.0)
+    plan = ctl.plan(view, 5.0, running=1)
+    assert ctl.short is short and (bool(plan.held) or bool(plan.demoted)) is short
+    view.on_finished("x", 40 * BLOCK, [f"X{i}".encode() for i in range(40)], 6.0)
+    _recompute(view, "S", 60, 61, 60, 6.0)  # no more recompute: the latch holds
+    ctl.plan(view, 7.0, running=0)
+    assert ctl.short is short
+
+
+@pytest.mark.parametrize(("incoming", "short"), [(40, False), (41, True)])
+def test_memory_is_short_once_the_live_requests_alone_exceed_the_capacity(incoming: int, short: bool) -> None:
+    """Capacity 100, a live session of 60 and a new one of ``incoming`` blocks: 100 fit (standing aside:
+    admitted); 101 cannot all be on the GPU at once, whatever the eviction order -- short at once, and the
+    newcomer waits."""
+    view, ctl = SessionView(BLOCK), _controller(100, thrash_share=0.2)
+    view.on_arrival("x", "X", "t", 60 * BLOCK, 0.0)
+    assert ctl.plan(view, 0.5, running=0).admitted == {"X"}
+    view.on_scheduled("x", 0)
+    view.on_arrival("a", "A", "t", incoming * BLOCK, 1.0)
+    plan = ctl.plan(view, 2.0, running=1)
+    assert ctl.short is short and plan.held == (["A"] if short else [])
+
+
+@pytest.mark.parametrize(("thrash_share", "demoted"), [(0.2, 0), (None, 1)])
+def test_does_not_shed_while_standing_aside(thrash_share: float | None, demoted: int) -> None:
+    """Rule 3 sheds idle residents, pay or not, once their working sets exceed the capacity -- not while
+    the controller stands aside: two sessions admitted at 50 + 45 blocks come back idle at 52 + 51."""
+    view, ctl = SessionView(BLOCK), _controller(100, thrash_share=thrash_share)
+    for rid, key, blocks in (("a", "A", 50), ("b", "B", 45)):
+        view.on_arrival(rid, key, "t", blocks * BLOCK, 0.0)
+    assert ctl.plan(view, 0.0, running=0).admitted == {"A", "B"}
+    for rid, key, blocks in (("a", "A", 52), ("b", "B", 51)):
+        view.on_scheduled(rid)
+        view.on_forecast(rid, key, "t", NEAR)
+        view.on_finished(rid, blocks * BLOCK, [f"{key}{i}".encode() for i in range(blocks)], 1.0)
+    plan = ctl.plan(view, 1.2, running=0)
+    assert len(plan.demoted) == demoted and (plan.used <= 100 if demoted else plan.used == 103)
 
 
 def test_without_remaining_work_labels_the_order_is_smallest_working_set_first_with_aged_sessions_ahead() -> None:
@@ -82,7 +166,7 @@ def test_without_remaining_work_labels_the_order_is_smallest_working_set_first_w
     plan = ctl2.plan(view2, 11.0, running=2)
     assert plan.forced == ["A"] and "A" in plan.admitted  # aged: first, admitted though it does not fit
     with pytest.raises(ConfigError):
-        ResidencySettings(admission_order="lifo")
+        ResidencySettings(thrash_share=None, admission_order="lifo")
 
 
 def test_a_distrusting_guard_verdict_passes_every_session_through(caplog: pytest.LogCaptureFixture) -> None:
@@ -129,7 +213,7 @@ def test_resuming_from_pass_through_restores_the_budget_even_when_nobody_waits()
     demotion does not pay -- until the rest fit, with no session waiting; then restoring ends."""
     verdict = [False]
     view = SessionView(BLOCK, lambda: verdict[0])
-    ctl = ResidencyController(ResidencySettings(headroom=0.2), 100, BLOCK_TOKENS)
+    ctl = ResidencyController(ResidencySettings(thrash_share=None, headroom=0.2), 100, BLOCK_TOKENS)
     _pass_through(view, ctl, {"F": (30, FAR), "N": (30, NEAR)}, {"X": 30, "Y": 30})
     assert sum(view.working_set(s.key) for s in view if s.resident) == 120
     keep, drop = ctl.keep_and_drop(view.get("N"), 30, 2.0, served=9)
@@ -147,7 +231,7 @@ def test_restoring_waits_for_live_residents_to_go_idle_then_ends() -> None:
     its room again unless another waits (rules 2-3)."""
     verdict = [False]
     view = SessionView(BLOCK, lambda: verdict[0])
-    ctl = ResidencyController(ResidencySettings(headroom=0.2), 100, BLOCK_TOKENS)
+    ctl = ResidencyController(ResidencySettings(thrash_share=None, headroom=0.2), 100, BLOCK_TOKENS)
     _pass_through(view, ctl, {"F": (30, FAR)}, {"X": 35, "Y": 35, "Z": 35})
     verdict[0] = True
     assert ctl.plan(view, 2.0, running=3).demoted == ["F"]
@@ -170,7 +254,7 @@ def test_thrashing_exception_acts_on_the_model_once_pass_through_outgrows_gpu_an
     default): pass-through throughout."""
     for on in (False, True):
         view = SessionView(BLOCK, lambda: False)
-        settings = ResidencySettings(headroom=0.2, act_when_thrashing=on)
+        settings = ResidencySettings(thrash_share=None, headroom=0.2, act_when_thrashing=on)
         ctl = ResidencyController(settings, 100, BLOCK_TOKENS, host_blocks=host)
         _pass_through(view, ctl, {"F": (30, FAR)}, {"X": 35 + host // 2, "Y": 35 + host // 2})  # 100 + host blocks
         assert ctl.plan(view, 1.5, running=2).demoted == [] and not ctl.following_model  # at the limit
@@ -214,7 +298,7 @@ def test_an_idle_resident_of_a_far_larger_area_gives_its_room_to_the_head(ratio:
     A's area 36,000 is 12x B's: with ratio 3, A is demoted and B admitted; with the preemption off, or
     with A's area 6,000 (2x B's), B waits as the cost rule alone decides."""
     view = SessionView(BLOCK)
-    ctl = ResidencyController(ResidencySettings(headroom=0.0, preempt_area_ratio=ratio), 100, BLOCK_TOKENS)
+    ctl = ResidencyController(ResidencySettings(thrash_share=None, headroom=0.0, preempt_area_ratio=ratio), 100, BLOCK_TOKENS)
     view.on_arrival("a", "A", "t", 60 * BLOCK, 0.0)
     view.on_scheduled("a")
     view.on_forecast("a", "A", "t", NEAR, None, (math.log1p(left_s), math.log1p(60.0)))
@@ -238,7 +322,7 @@ def test_a_held_session_whose_prefix_is_still_cached_is_readmitted_first(readmit
     cached: at 0.8 with ``readmit_cached`` 0.5, B goes first; with it off, only 0.3 cached, or a host
     tier (where a held prefix is stored, not lost), C (the smaller area) does, as before."""
     view = SessionView(BLOCK)
-    ctl = ResidencyController(ResidencySettings(headroom=0.0, readmit_cached=readmit), 100, BLOCK_TOKENS, host_blocks=host)
+    ctl = ResidencyController(ResidencySettings(thrash_share=None, headroom=0.0, readmit_cached=readmit), 100, BLOCK_TOKENS, host_blocks=host)
     view.on_arrival("x", "X", "t", 50 * BLOCK, 0.0)
     view.set_residency("X", True)
     view.on_scheduled("x")
@@ -251,7 +335,7 @@ def test_a_held_session_whose_prefix_is_still_cached_is_readmitted_first(readmit
 def test_readmit_cached_is_a_share() -> None:
     for bad in (-0.1, 1.5):
         with pytest.raises(ConfigError):
-            ResidencySettings(readmit_cached=bad)
+            ResidencySettings(thrash_share=None, readmit_cached=bad)
 
 
 def test_a_session_whose_median_is_near_is_kept_though_its_mean_is_far() -> None:
@@ -309,7 +393,7 @@ def test_ended_session_is_demoted_before_a_far_one() -> None:
 
 def test_sessions_that_outgrew_the_cache_shed_idle_ones_while_another_waits() -> None:
     """Admitted small, grown past the budget: idle residents go (best keep - drop first) until the rest fit."""
-    view, ctl = SessionView(BLOCK), ResidencyController(ResidencySettings(headroom=0.375), 160, BLOCK_TOKENS)
+    view, ctl = SessionView(BLOCK), ResidencyController(ResidencySettings(thrash_share=None, headroom=0.375), 160, BLOCK_TOKENS)
     _run_and_finish(view, "f", "F", 50, 0.0, FAR)
     _run_and_finish(view, "g", "G", 30, 0.0, NEAR)
     view.on_arrival("x", "X", "t", 60 * BLOCK, 0.0)  # live, cannot be shed
@@ -339,7 +423,7 @@ def test_residents_over_the_whole_capacity_shed_though_nobody_waits() -> None:
 
 def test_residents_over_the_whole_capacity_shed_even_when_demotion_does_not_pay() -> None:
     """Past the capacity the residents evict each other anyway: the forecast picks who goes."""
-    view, ctl = SessionView(BLOCK), ResidencyController(ResidencySettings(headroom=0.2), 100, BLOCK_TOKENS)
+    view, ctl = SessionView(BLOCK), ResidencyController(ResidencySettings(thrash_share=None, headroom=0.2), 100, BLOCK_TOKENS)
     _run_and_finish(view, "a", "A", 60, 0.0, NEAR)
     _run_and_finish(view, "b", "B", 55, 0.0, Forecast.from_samples([1.0, 2.5, 4.0]))
     for key in ("A", "B"):
@@ -351,7 +435,7 @@ def test_residents_over_the_whole_capacity_shed_even_when_demotion_does_not_pay(
     plan = ctl.plan(view, 0.5, running=8)
     assert plan.demoted == ["B"]  # the larger keep - drop; then 60 <= capacity, and 60 + 10 <= budget 80
     assert plan.admitted == {"W"} and view.get("A").resident
-    view2, ctl2 = SessionView(BLOCK), ResidencyController(ResidencySettings(headroom=0.5), 100, BLOCK_TOKENS)
+    view2, ctl2 = SessionView(BLOCK), ResidencyController(ResidencySettings(thrash_share=None, headroom=0.5), 100, BLOCK_TOKENS)
     _run_and_finish(view2, "a", "A", 60, 0.0, NEAR)  # over the budget (50), within the capacity
     view2.set_residency("A", True)
     view2.on_arrival("w", "W", "t", 10 * BLOCK, 0.5)
@@ -394,6 +478,9 @@ def test_settings_parse_and_reject() -> None:
     with pytest.raises(ConfigError):
         ResidencySettings.from_mapping({"headroom": 1.5})
     assert ResidencySettings.from_mapping({"act_when_thrashing": True}).act_when_thrashing is True
+    assert ResidencySettings.from_mapping({"thrash_share": None}).thrash_share is None and ResidencySettings().thrash_share == 0.2
+    with pytest.raises(ConfigError):
+        ResidencySettings.from_mapping({"thrash_share": 1.5})
     with pytest.raises(ConfigError, match="act_when_thrashing"):
         ResidencySettings.from_mapping({"act_when_thrashing": 1})
 
@@ -402,7 +489,8 @@ def test_settings_parse_and_reject() -> None:
 @settings(max_examples=100, deadline=None)
 @given(st.lists(st.tuples(st.integers(1, 60), st.sampled_from([NEAR, FAR, None])), min_size=1, max_size=8))
 def test_demotion_happens_only_when_a_session_waits_and_then_it_fits(host: int, sessions: list) -> None:
-    view, ctl = SessionView(BLOCK), ResidencyController(ResidencySettings(headroom=0.0), 100, BLOCK_TOKENS, host_blocks=host)
+    """Rules 2-3 and 6 once memory is short (no standing aside: ``thrash_share`` None)."""
+    view, ctl = SessionView(BLOCK), ResidencyController(ResidencySettings(thrash_share=None, headroom=0.0), 100, BLOCK_TOKENS, host_blocks=host)
     for i, (blocks, forecast) in enumerate(sessions):
         _run_and_finish(view, f"r{i}", f"S{i}", blocks, 0.0, forecast)
         view.set_residency(f"S{i}", True)
@@ -431,7 +519,7 @@ def test_demotion_happens_only_when_a_session_waits_and_then_it_fits(host: int, 
 
 
 def _tiered(host: int) -> ResidencyController:
-    return ResidencyController(ResidencySettings(headroom=0.0), 100, BLOCK_TOKENS, host_blocks=host)
+    return ResidencyController(ResidencySettings(thrash_share=None, headroom=0.0), 100, BLOCK_TOKENS, host_blocks=host)
 
 
 def _idle_a_beside_live_x(view: SessionView, a_blocks: int, forecast: Forecast, x_blocks: int) -> None:
@@ -482,7 +570,7 @@ def test_host_tier_an_admitted_session_that_comes_back_waits_for_gpu_room() -> N
     later session B (program-level FCFS), without being admitted again."""
     for host in (0, 200):
         view = SessionView(BLOCK)
-        ctl = ResidencyController(ResidencySettings(headroom=0.0, admission_order="fcfs"), 100, BLOCK_TOKENS, host_blocks=host)
+        ctl = ResidencyController(ResidencySettings(thrash_share=None, headroom=0.0, admission_order="fcfs"), 100, BLOCK_TOKENS, host_blocks=host)
         _run_and_finish(view, "a", "A", 50, 0.0, NEAR)
         view.set_residency("A", True)
         view.on_arrival("x", "X", "t", 60 * BLOCK, 0.5)
@@ -504,7 +592,7 @@ def test_host_tier_an_admitted_session_that_comes_back_waits_for_gpu_room() -> N
 
 def test_host_tier_a_returning_admitted_session_may_use_the_headroom_a_new_one_may_not() -> None:
     view = SessionView(BLOCK)
-    ctl = ResidencyController(ResidencySettings(headroom=0.2, admission_order="fcfs"), 100, BLOCK_TOKENS, host_blocks=200)  # GPU budget 80
+    ctl = ResidencyController(ResidencySettings(thrash_share=None, headroom=0.2, admission_order="fcfs"), 100, BLOCK_TOKENS, host_blocks=200)  # GPU budget 80
     _run_and_finish(view, "a", "A", 29, 0.0, NEAR)
     view.set_residency("A", True)
     view.on_arrival("x", "X", "t", 60 * BLOCK, 0.5)
@@ -514,7 +602,6 @@ def test_host_tier_a_returning_admitted_session_may_use_the_headroom_a_new_one_m
     view.on_arrival("b", "B", "t", 15 * BLOCK, 1.5)  # new: 60 + 30 + 15 is 5 past the capacity: reserve 5, 105 > 95
     plan = ctl.plan(view, 2.0, running=1)
     assert "A" in plan.admitted and plan.held == ["B"] and plan.gpu == 90
-
 
 
 def _area_queue(labels: dict[str, float] | None, order: str = "area") -> tuple[set[str], list[str]]:

@@ -98,7 +98,7 @@ def _run(
     seed: int,
     kind: str | None,
     guard: GuardConfig | None,
-    residency: ResidencySettings = ResidencySettings(headroom=0.0),
+    residency: ResidencySettings = ResidencySettings(thrash_share=None, headroom=0.0),
     reference: bool = False,
 ) -> Run:
     """The closed loop through vLLM's Scheduler (``kind`` None) or the residency scheduler with the adversary."""
@@ -210,7 +210,7 @@ def test_thrashing_exception_acts_under_a_distrusting_guard_and_stays_within_tol
     is given up); the run's summed JCT stays within the issue's tolerance of vLLM's (measured: equal
     summed JCTs, hits within 2 blocks)."""
     lru = _run(seed, None, None)
-    latched = _run(seed, kind, GuardConfig(), ResidencySettings(headroom=0.0, act_when_thrashing=True))
+    latched = _run(seed, kind, GuardConfig(), ResidencySettings(thrash_share=None, headroom=0.0, act_when_thrashing=True))
     assert latched.switches == 0 and latched.acted_distrusting > 0
     assert _jct(latched) <= JCT_TOLERANCE * _jct(lru)
 
@@ -223,7 +223,7 @@ def test_the_forecast_judge_takes_adversarial_forecasts_on_trust_then_leaves_the
     lose measurably; it never trusts them again, and the run's summed JCT stays within the issue's
     tolerance of vLLM's."""
     lru = _run(seed, None, None)
-    judged = _run(seed, kind, GuardConfig(), ResidencySettings(headroom=0.0), reference=True)
+    judged = _run(seed, kind, GuardConfig(), ResidencySettings(thrash_share=None, headroom=0.0), reference=True)
     assert judged.switches == 0 and judged.acted_distrusting > 0  # acted on trust, the guard never trusted
     assert judged.judge_scored > ResidencySettings().judge_min_returns
     assert judged.judge_switches == 1 and not judged.judge_trusted  # left once, for good

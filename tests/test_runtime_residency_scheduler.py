@@ -29,8 +29,9 @@ def _scheduler(
 ):
     """A residency scheduler (settings as the class attribute, so no plugin binding interferes) on a scored pool.
     The controller's mechanics are tested with the guard off (it would pass through until the guard trusts
-    the forecasts: tests/test_runtime_residency_guard.py)."""
-    settings_ = ResidencySettings(**{"headroom": 0.0, **residency})
+    the forecasts: tests/test_runtime_residency_guard.py) and memory short from the start (``thrash_share``
+    None: no standing aside) unless given."""
+    settings_ = ResidencySettings(**{"headroom": 0.0, "thrash_share": None, **residency})
     cls = type("TestResidencyScheduler", (ResidencyScheduler,), {"residency_settings": settings_})
     with use_policy(Forecaster(forecasts), clock=clock, config=pool):
         return make_scheduler(make_vllm_config(num_blocks, BLOCK, scheduler_cls=cls, max_num_seqs=8, max_num_batched_tokens=4096))
@@ -54,6 +55,33 @@ def _cached(scheduler, tokens: list[int]) -> int:
     request = make_request("probe", tokens + [0], BLOCK, 1)
     _, hit, _ = scheduler.kv_cache_manager.coordinator.find_longest_cache_hit(request.block_hashes, request.num_tokens - 1)
     return hit // BLOCK
+
+
+def test_standing_aside_ends_when_the_real_scheduler_recomputes_a_returning_prefix() -> None:
+    """vLLM's ``num_computed_tokens`` at a first schedule reaches the view: a session whose 10-block prefix
+    another session's 20 blocks pushed out of a 26-block cache recomputes it when it is back, and with the
+    default ``thrash_share`` (0.2) memory is short once the recompute passes a fifth of the prefill and
+    of the capacity; until then nothing was held though the two did not fit together."""
+    clock = ManualClock()
+    scheduler = _scheduler(26, {"a": NEAR, "b": NEAR}, clock, thrash_share=0.2)
+    a = _prompt(0, 10)
+    scheduler.add_request(make_request("a0", a, BLOCK, 1, session_id="a"))
+    _drain(scheduler, clock)
+    scheduler.add_request(make_request("b0", _prompt(1, 20), BLOCK, 1, session_id="b"))
+    _drain(scheduler, clock)
+    view, controller = scheduler.sessions, scheduler.residency
+    assert view.recomputed_blocks == 0 and not controller.short and controller.demotions == 0
+    lost = 10 - _cached(scheduler, a)
+    assert lost > 0
+    scheduler.add_request(make_request("a1", a + list(range(5)), BLOCK, 1, session_id="a"))
+    _drain(scheduler, clock)
+    assert view.recomputed_blocks == lost and view.prefill_blocks >= 30 + lost
+    scheduler.add_request(make_request("b1", _prompt(1, 20) + [1], BLOCK, 1, session_id="b"))
+    step(scheduler)  # the plan before this step's schedule saw a's recompute alone: 5 of 28 prefilled, not past 0.2
+    assert not controller.short and view.recomputed_blocks > lost  # b's 20 blocks, partly pushed out by a's return
+    scheduler.add_request(make_request("a2", a + list(range(9)), BLOCK, 1, session_id="a"))
+    step(scheduler)
+    assert controller.short
 
 
 def test_a_session_is_demoted_only_when_another_waits_and_then_its_blocks_go_first() -> None:
