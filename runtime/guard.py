@@ -435,7 +435,6 @@ class Guard:
         self._label = label
         self.sample_rate = max(config.sample_rate, min(1.0, config.min_sampled_blocks / max(num_blocks, 1)))
         self._below = sample_bound(int(round(self.sample_rate * 65536)))
-        self._rate = self.sample_rate
         decay = 0.5 ** (1.0 / config.half_life)
         self._window = PairedWindow(decay)  # the pool's own capacity
         # The preview cache: sampled hashes it holds (None: no preview), and its window.
@@ -506,7 +505,8 @@ class Guard:
         """A new request's lookup starts (vLLM touches each new request's hit blocks once, even
         none): the accesses since the last call form one cluster of correlated outcomes."""
         self._window.close_cluster()
-        self._preview_window.close_cluster()
+        if self._preview is not None:
+            self._preview_window.close_cluster()
 
     def on_touch(self, block: KVCacheBlock) -> None:
         """``block`` is about to be touched by a new request (a real prefix-cache hit)."""
@@ -526,7 +526,7 @@ class Guard:
     def on_evicted(self, count: int) -> None:
         """The pool evicted ``count`` cached blocks: eviction pressure for both shadows."""
         self._evicted += count
-        credit = self._rate * count
+        credit = self.sample_rate * count
         self._credit_lru += credit
         self._credit_learned += credit
         if self._credit_lru >= 1.0 or self._credit_learned >= 1.0:

@@ -236,8 +236,8 @@ budgets (the conservative ones).
 *Standing aside* (``thrash_share``, default 0.2; ``None``: never). Until memory proves short, every plan
 admits every waiting session and demotes no one -- vLLM's admission, on the pool's eviction order --
 whatever the working sets add up to. Memory proves short (:attr:`ResidencyController.short`, latched
-for the controller's life; :meth:`ResidencyController._observe_shortage`, O(sessions) per step until
-then) at the first step at which either
+for the controller's life; :meth:`ResidencyController._observe_shortage`; until then each step also sums
+the live sessions' present KV in its pass over the view) at the first step at which either
 
 * the sessions with live requests hold or need more blocks than the capacity (their present KV: the
   working sets without the predicted growth) -- they cannot all be on the GPU at once, whatever the
@@ -632,7 +632,10 @@ class ResidencyController:
         idle: list[tuple[SessionState, float]] = []
         waiting: list[SessionState] = []
         needs: dict[str, float] = {}  # the waiting sessions' working sets
+        live = 0.0  # present KV of the sessions with live requests, while standing aside ("Standing aside")
         for state in view:
+            if not self.short and state.live:
+                live += view.working_set(state.key, grown=False)
             served += (len(state.waiting) + (not state.live)) if state.resident else 0
             if state.resident:
                 blocks = view.working_set(state.key)
@@ -658,7 +661,7 @@ class ResidencyController:
         budget = capacity - self.reserve(demand, capacity)
         gpu_budget = self.capacity - self.reserve(demand, self.capacity)
         if not self.short:
-            self._observe_shortage(view)
+            self._observe_shortage(view, live)
         aside = not self.short  # "Standing aside" (module doc): vLLM's admission, no demotion
         waited = {}
         for s in waiting:
@@ -787,25 +790,25 @@ class ResidencyController:
             self.thrash_latched = used > self.admitted_capacity
         return self.thrash_latched
 
-    def _observe_shortage(self, view: SessionView) -> None:
-        """"Standing aside" (module doc): memory is *short* (latched) once the sessions with live requests
-        hold or need more than the GPU's capacity (present KV, no predicted growth), or once the recomputed
-        blocks pass ``thrash_share`` of the prefilled ones, and of a capacity (the prefill and recompute the
-        view counted since the last step folded into sums decayed with a half-life of ``capacity``
-        prefilled blocks). O(sessions)."""
+    def _observe_shortage(self, view: SessionView, live: float) -> None:
+        """"Standing aside" (module doc): memory is *short* (latched) once ``live``, the present KV (no
+        predicted growth) of the sessions with live requests, exceeds the GPU's capacity, or once the
+        recomputed blocks pass ``thrash_share`` of the prefilled ones, and of a capacity (the prefill and
+        recompute the view counted since the last step folded into sums decayed with a half-life of
+        ``capacity`` prefilled blocks). O(1)."""
+        share = self.settings.thrash_share
+        assert share is not None  # ``short`` from the start otherwise
         prefill, recomputed = view.prefill_blocks - self._recompute_seen[0], view.recomputed_blocks - self._recompute_seen[1]
         self._recompute_seen = (view.prefill_blocks, view.recomputed_blocks)
         keep = 0.5 ** (prefill / self.capacity)
         self._prefill = self._prefill * keep + prefill
         self._recomputed = self._recomputed * keep + recomputed
-        assert self.settings.thrash_share is not None
-        live = sum(view.working_set(state.key, grown=False) for state in view if state.live)
-        recomputed = self._recomputed > self.settings.thrash_share * max(self._prefill, self.capacity)
-        self.short = recomputed or live > self.capacity
+        thrashing = self._recomputed > share * max(self._prefill, self.capacity)
+        self.short = thrashing or live > self.capacity
         if self.short:
             logger.info(
                 "CacheWise residency: memory proved short (%s): admission and demotion act from now on",
-                f"recomputed {self._recomputed:.0f} of {self._prefill:.0f} blocks prefilled" if recomputed
+                f"recomputed {self._recomputed:.0f} of {self._prefill:.0f} blocks prefilled" if thrashing
                 else f"live requests need {live:.0f} blocks of {self.capacity:.0f}",
             )
 
