@@ -112,7 +112,10 @@ class ScoredBlockPool(BlockPool):
         self._ghosts = GhostWindow(num_gpu_blocks if window is None else window)
         guarded = self._order is not None and self.config.guard.enabled
         label = self._publisher.label
-        self._guard = Guard(self.config.guard, self.stats, label, clock, num_gpu_blocks) if guarded else None
+        short = None  # the preview's memory condition: the view's shortage test (guard module doc), else turnover
+        if sessions is not None:
+            short = lambda: sessions.shortage.check(sessions.live_blocks, num_gpu_blocks, "GPU pool's guard")  # noqa: E731
+        self._guard = Guard(self.config.guard, self.stats, label, clock, num_gpu_blocks, short) if guarded else None
         self.sessions = sessions
         if sessions is not None:
             sessions.follow(self.serves_learned, self.eviction_pressure)

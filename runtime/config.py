@@ -20,6 +20,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from cachewise.runtime.memory_shortage import THRASH_SHARE
+
 CONFIG_KEY = "cachewise"
 DEPRECATED_KEYS = {"harmful_window": "ghost_window"}
 """Old top-level key -> its new name: still read (the new name wins when both are given), with one warning."""
@@ -151,7 +153,8 @@ class ResidencySettings:
     (latched): the live requests' present KV exceeds ``blocks``, or the blocks recomputed (a returning
     request's prefix its session had held, not found cached) pass this share of the blocks prefilled,
     over a window of about ``blocks`` prefilled blocks, and of ``blocks`` itself; ``None``: it never
-    stands aside. ``max_wait_s`` / ``max_passes``: starvation
+    stands aside. The test is the engine's one (:mod:`cachewise.runtime.memory_shortage`): the GPU
+    pool's guard enters its preview on the same latch, with this share. ``max_wait_s`` / ``max_passes``: starvation
     bound: a session held that long (seconds since its oldest waiting request arrived, or
     scheduler steps) is admitted regardless. ``horizon_s``: how far ahead the cost rule
     looks (a return later than that counts as "not back"). ``prefill_a0``, ``prefill_a_tok``,
@@ -195,7 +198,7 @@ class ResidencySettings:
     """
 
     headroom: float = 0.1
-    thrash_share: float | None = 0.2  # stand aside until recompute passes this share of the prefill (None: never)
+    thrash_share: float | None = THRASH_SHARE  # stand aside until recompute passes this share of the prefill (None: never)
     max_wait_s: float = 1800.0
     max_passes: int = 100000
     horizon_s: float = 600.0

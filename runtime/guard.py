@@ -82,10 +82,17 @@ half-life, same cluster-robust ``se'``) gives the learned order its *first* entr
 order and after the dwell, when all of these hold:
 
 * the preview's test passes: ``h_L' > h_V' + margin + z * se'``;
-* the pool has turned over: it has evicted at least as many blocks as it holds (before that the
-  eviction order has decided little, and a pool that never turns over -- memory to spare, a few
+* memory has proved short (:mod:`cachewise.runtime.memory_shortage`: the session view's one
+  latched test, which the residency controller reads too): the live requests need more blocks
+  than the pool holds, or the recomputed blocks passed ``thrash_share`` of the prefilled ones
+  (``thrash_share`` null, as ``continuum`` sets it: short from the start).
+  Before that the eviction order decides little, and a pool where memory suffices -- a few
   dozen harmful evictions a run -- is not in the regime the preview simulates; there only the
-  test above decides);
+  test above decides. A pool with no session view (used outside vLLM's scheduler, as in
+  tests/test_runtime_guard.py) reads its own turnover instead: it has evicted at least as many
+  blocks as it holds. The view's test comes sooner where it counts (measured, docs/results/guard.md
+  "The preview once memory proves short": on 48 held-out Claude Code sessions at 75% capacity,
+  seeds 0-29, the gain kept 94.9 +/- 7.5% against 91.5 +/- 8.3% on the turnover);
 * the pool's own shadows lean the same way: ``h_L - h_V > max(margin, se)``. This is a
   direction, not a test (one request's blocks can satisfy it); the preview is the test. A small
   cache can favour an order a large one does not: random eviction beats LRU in a cache a tenth
@@ -147,7 +154,8 @@ policy evicts by them; no reader keeps a copy.
 Complexity: O(1) per block on every path (one comparison of the hash with a 2-byte bound
 (:func:`sample_bound`) decides sampling; block hashes are uniform bytes: sha256 / xxhash); a sampled block costs
 O(log s) on heaps of the ``s`` sampled free blocks, and O(log p) more in the preview's ``p =
-preview_capacity``. Memory: O(sample_rate * blocks * (1 + preview_frac)).
+preview_capacity``; a decision that reaches the memory condition before memory has proved short also
+sums the live sessions' present KV, O(sessions) (O(1) once latched). Memory: O(sample_rate * blocks * (1 + preview_frac)).
 Measured (tests/benchmarks/bench_runtime.py, 10k blocks, CPU time, serving the learned order):
 about +0.5 µs per evicted block (eviction and release together; +0.8 µs at 100k) on a machine where
 vLLM's own pool costs 0.6 µs per block, +1.2 to +1.6 µs on one where it costs 1.5-2.3 µs, and +52
@@ -425,9 +433,16 @@ class Guard:
     """
 
     def __init__(
-        self, config: GuardConfig, stats: PoolStats, label: str, clock: Callable[[], float], num_blocks: int
+        self,
+        config: GuardConfig,
+        stats: PoolStats,
+        label: str,
+        clock: Callable[[], float],
+        num_blocks: int,
+        memory_short: Callable[[], bool] | None = None,
     ) -> None:
         self.config = config
+        self._memory_short = memory_short  # the session view's shortage test (the preview's entry); None: turnover
         self._clock = clock
         self.learned = config.start == "learned"  # which order serves now
         self._stats = stats
@@ -582,15 +597,14 @@ class Guard:
         elif self._since_switch >= cfg.min_dwell:
             if diff > threshold:
                 self._switch(True, window, "")
-            elif (
-                self._preview is not None
-                and not self._left_learned
-                and self._evicted >= self._num_blocks
-                and diff > max(cfg.margin, se)
-            ):
+            elif self._preview is not None and not self._left_learned and diff > max(cfg.margin, se):
                 preview_diff, preview_se = self._preview_window.lead()
-                if preview_diff > cfg.margin + cfg.z * preview_se:
+                if preview_diff > cfg.margin + cfg.z * preview_se and self._short():
                     self._switch(True, self._preview_window, f" in the preview cache ({self.preview_capacity} sampled blocks)")
+
+    def _short(self) -> bool:
+        """The preview's memory condition (module doc): the session view's test, else the pool's turnover."""
+        return self._memory_short() if self._memory_short is not None else self._evicted >= self._num_blocks
 
     def _switch(self, learned: bool, evidence: PairedWindow, where: str) -> None:
         self.learned = learned

@@ -235,9 +235,11 @@ budgets (the conservative ones).
 
 *Standing aside* (``thrash_share``, default 0.2; ``None``: never). Until memory proves short, every plan
 admits every waiting session and demotes no one -- vLLM's admission, on the pool's eviction order --
-whatever the working sets add up to. Memory proves short (:attr:`ResidencyController.short`, latched
-for the controller's life; :meth:`ResidencyController._observe_shortage`; until then each step also sums
-the live sessions' present KV in its pass over the view) at the first step at which either
+whatever the working sets add up to. Memory proves short (:attr:`ResidencyController.short`: the
+engine's one latched test, the view's ``shortage``, :mod:`cachewise.runtime.memory_shortage`, which
+the GPU pool's guard reads too; its share is this setting, set on the view by the residency
+scheduler; until latched each step also sums the live sessions' present KV in its pass over the
+view) at the first step at which either
 
 * the sessions with live requests hold or need more blocks than the capacity (their present KV: the
   working sets without the predicted growth) -- they cannot all be on the GPU at once, whatever the
@@ -494,9 +496,7 @@ class ResidencyController:
         self.passthrough_steps = 0
         self.restoring = False  # resumed from pass-through, the residents not yet within the budget (rule 5)
         self.thrash_latched = False  # rule 5's thrashing exception latched: acts on the model whatever the guard says
-        self.short = settings.thrash_share is None  # memory has proved short: no longer standing aside (latched)
-        self._recompute_seen = (0, 0)  # the view's prefill and recomputed block counts at the last step
-        self._prefill = self._recomputed = 0.0  # their decayed sums (half-life: a capacity of prefill)
+        self.short = settings.thrash_share is None  # memory has proved short (the view's latch): no longer standing aside
 
     @property
     def queueing_delay_s(self) -> float:
@@ -661,7 +661,7 @@ class ResidencyController:
         budget = capacity - self.reserve(demand, capacity)
         gpu_budget = self.capacity - self.reserve(demand, self.capacity)
         if not self.short:
-            self._observe_shortage(view, live)
+            self.short = view.shortage.check(lambda: live, self.capacity, "residency controller")
         aside = not self.short  # "Standing aside" (module doc): vLLM's admission, no demotion
         waited = {}
         for s in waiting:
@@ -789,28 +789,6 @@ class ResidencyController:
             used = sum(view.working_set(state.key) for state in view if state.resident)
             self.thrash_latched = used > self.admitted_capacity
         return self.thrash_latched
-
-    def _observe_shortage(self, view: SessionView, live: float) -> None:
-        """"Standing aside" (module doc): memory is *short* (latched) once ``live``, the present KV (no
-        predicted growth) of the sessions with live requests, exceeds the GPU's capacity, or once the
-        recomputed blocks pass ``thrash_share`` of the prefilled ones, and of a capacity (the prefill and
-        recompute the view counted since the last step folded into sums decayed with a half-life of
-        ``capacity`` prefilled blocks). O(1)."""
-        share = self.settings.thrash_share
-        assert share is not None  # ``short`` from the start otherwise
-        prefill, recomputed = view.prefill_blocks - self._recompute_seen[0], view.recomputed_blocks - self._recompute_seen[1]
-        self._recompute_seen = (view.prefill_blocks, view.recomputed_blocks)
-        keep = 0.5 ** (prefill / self.capacity)
-        self._prefill = self._prefill * keep + prefill
-        self._recomputed = self._recomputed * keep + recomputed
-        thrashing = self._recomputed > share * max(self._prefill, self.capacity)
-        self.short = thrashing or live > self.capacity
-        if self.short:
-            logger.info(
-                "CacheWise residency: memory proved short (%s): admission and demotion act from now on",
-                f"recomputed {self._recomputed:.0f} of {self._prefill:.0f} blocks prefilled" if thrashing
-                else f"live requests need {live:.0f} blocks of {self.capacity:.0f}",
-            )
 
     def _demote(self, view: SessionView, key: str, plan: Plan) -> None:
         view.set_residency(key, False, demoted=True)

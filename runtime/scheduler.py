@@ -237,6 +237,7 @@ class ResidencyMixin:
             raise ConfigError("residency needs CacheWise's pool and its session view (additional_config cachewise)")
         # One view, one guard verdict and one eviction pressure: the pool's (residency rule 5, cost rule).
         self.sessions = pool.sessions
+        self.sessions.shortage.share = settings.thrash_share  # the engine's one shortage test (memory_shortage)
         if settings.judge:  # the view scores each return; the controller reads its verdict (rule 5)
             self.sessions.judge = ForecastJudge(
                 settings.horizon_s, settings.judge_z, settings.judge_min_returns, settings.judge_half_life,

@@ -20,6 +20,10 @@ Writers (each event has one writer):
 * the CPU-tier policy: the host-tier working sets, ``host``
   (:class:`~cachewise.runtime.host_sets.HostSets`: ``stored`` / ``dropped`` / ``cleared``).
 
+The view also owns the engine's one memory-shortage test (``shortage``,
+:class:`~cachewise.runtime.memory_shortage.MemoryShortage`): :meth:`on_scheduled` feeds it; the
+residency controller and the GPU pool's guard read its one latch.
+
 Readers (queries only): the residency controller, the prefetcher, the CPU-tier policy, the
 hooks' arrival keys (:func:`~cachewise.runtime.request_calls.arrival_keys`, through
 :meth:`known_thread`).
@@ -112,6 +116,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from cachewise.runtime.host_sets import HostSets
+from cachewise.runtime.memory_shortage import MemoryShortage
 from cachewise.scoring.overdue import overdue_remaining
 
 if TYPE_CHECKING:
@@ -351,8 +356,7 @@ class SessionView:
         self._tips: OrderedDict[Hashable, tuple[str, str]] = OrderedDict()  # hash -> (thread, session or "")
         self._next_thread = 0
         self.host = HostSets(self._sessions.__contains__)
-        self.prefill_blocks = 0  # blocks prefilled at first schedules (prompt less its cached prefix), all requests
-        self.recomputed_blocks = 0  # of those, blocks the request's thread had held after its last call: recomputed
+        self.shortage = MemoryShortage()  # whether memory has proved short: fed by on_scheduled
         self.judge: ForecastJudge | None = None  # set once, by the residency scheduler
         self.new_session_remaining = 0.0  # the remaining-work model's label of a session with no finished call
 
@@ -411,9 +415,9 @@ class SessionView:
 
     def on_scheduled(self, request_id: str, computed_tokens: int | None = None) -> None:
         """The request got its first schedule (it is running now). Given ``computed_tokens``, the tokens of
-        its prompt found cached (vLLM's ``num_computed_tokens`` at its first schedule), counts its prefill,
-        and as recomputed the full blocks its thread held after its last call that were not found
-        (:attr:`prefill_blocks`, :attr:`recomputed_blocks`)."""
+        its prompt found cached (vLLM's ``num_computed_tokens`` at its first schedule), records its prefill,
+        and as recomputed the full blocks its thread held after its last call that were not found, in
+        :attr:`shortage`."""
         req = self._requests.get(request_id)
         if req is not None and req.waiting:
             req.waiting = False
@@ -423,8 +427,8 @@ class SessionView:
                 return
             cached = computed_tokens // self.block_size
             thread = state.threads.get(req.thread or req.session)
-            self.prefill_blocks += max(req.prompt_blocks - cached, 0)
-            self.recomputed_blocks += max(min(len(thread.hashes), req.prompt_blocks) - cached, 0) if thread is not None else 0
+            held = min(len(thread.hashes), req.prompt_blocks) if thread is not None else 0
+            self.shortage.record(max(req.prompt_blocks - cached, 0), max(held - cached, 0))
 
     def on_forecast(
         self,
@@ -572,6 +576,10 @@ class SessionView:
             elif req.prompt_blocks > (have := t.blocks + (t.growth if grown else 0)):
                 total += req.prompt_blocks - have
         return total
+
+    def live_blocks(self) -> float:
+        """The present KV (:meth:`working_set`, ``grown`` false) of the sessions with live requests, summed. O(sessions)."""
+        return sum(self.working_set(state.key, grown=False) for state in self._sessions.values() if state.live)
 
     def exclusive_hashes(self, key: str) -> list[Hashable]:
         """Hashes of the session's threads that no other session's thread holds."""

@@ -252,11 +252,14 @@ def _window(lead: float, accesses: int = 1000) -> PairedWindow:
     return window
 
 
-def test_preview_enters_only_on_a_turned_over_pool_whose_shadows_agree() -> None:
+def test_preview_enters_only_once_memory_is_short_and_the_pools_shadows_agree() -> None:
+    """Memory short: with a session view, its test (``short``); without one, the pool has turned over
+    (evicted as many blocks as it holds)."""
     config = GuardConfig(sample_rate=1.0, min_accesses=128, min_dwell=0, preview_frac=0.1)
 
-    def guard(pool_lead: float, evicted: int = 1024, start: str = "lru") -> Guard:
-        g = Guard(replace(config, start=start), PoolStats(), "t", lambda: 0.0, 1024)
+    def guard(pool_lead: float, evicted: int = 1024, start: str = "lru", short: bool | None = None) -> Guard:
+        memory_short = None if short is None else lambda: short
+        g = Guard(replace(config, start=start), PoolStats(), "t", lambda: 0.0, 1024, memory_short)
         g._accesses, g._evicted = 1000, evicted
         g._preview_window, g._window = _window(0.3), _window(pool_lead)
         g._decide()
@@ -267,6 +270,8 @@ def test_preview_enters_only_on_a_turned_over_pool_whose_shadows_agree() -> None
     assert not guard(0.0).learned  # no lead of the pool's own
     assert not guard(-0.005).learned  # the pool's learned shadow misses more: the preview is overruled
     assert not guard(0.01, evicted=1023).learned  # the pool has not turned over yet
+    assert guard(0.01, evicted=0, short=True).learned  # the session view's test: short before any eviction
+    assert not guard(0.01, evicted=4096, short=False).learned  # turned over, but the view's test says memory suffices
     left = guard(-0.3, start="learned")  # the pool's own evidence ends a learned mode: the preview is done
     left._window = _window(0.01)
     left._decide()

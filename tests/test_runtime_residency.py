@@ -80,12 +80,12 @@ def test_the_view_counts_prefill_and_recompute_at_first_schedules() -> None:
     view = SessionView(BLOCK)
     view.on_arrival("n", "N", "t", 12 * BLOCK, 0.0)
     view.on_scheduled("n", 2 * BLOCK)
-    assert (view.prefill_blocks, view.recomputed_blocks) == (10, 0)
+    assert (view.shortage.prefill_blocks, view.shortage.recomputed_blocks) == (10, 0)
     _recompute(view, "A", 10, 14, 4, 1.0)  # held 10, found 4: 6 recomputed, 10 prefilled
-    assert (view.prefill_blocks, view.recomputed_blocks) == (20, 6)
+    assert (view.shortage.prefill_blocks, view.shortage.recomputed_blocks) == (20, 6)
     view.on_arrival("u", "U", "t", 5 * BLOCK, 2.0)
     view.on_scheduled("u")
-    assert (view.prefill_blocks, view.recomputed_blocks) == (20, 6)
+    assert (view.shortage.prefill_blocks, view.shortage.recomputed_blocks) == (20, 6)
 
 
 @pytest.mark.parametrize(("lost", "short"), [(0, False), (15, False), (25, True)])

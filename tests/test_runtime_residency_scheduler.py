@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cachewise.runtime.block_pool import ScoredBlockPool
-from cachewise.runtime.config import PoolConfig, ResidencySettings
+from cachewise.runtime.config import GuardConfig, PoolConfig, ResidencySettings
 from cachewise.runtime.cpu_engine import export_tiny_model, make_request, make_scheduler, make_vllm_config, step
 from cachewise.runtime.eviction_order import EvictionOrder
 from cachewise.runtime.hooks import use_policy
@@ -70,18 +70,38 @@ def test_standing_aside_ends_when_the_real_scheduler_recomputes_a_returning_pref
     scheduler.add_request(make_request("b0", _prompt(1, 20), BLOCK, 1, session_id="b"))
     _drain(scheduler, clock)
     view, controller = scheduler.sessions, scheduler.residency
-    assert view.recomputed_blocks == 0 and not controller.short and controller.demotions == 0
+    assert view.shortage.recomputed_blocks == 0 and not controller.short and controller.demotions == 0
     lost = 10 - _cached(scheduler, a)
     assert lost > 0
     scheduler.add_request(make_request("a1", a + list(range(5)), BLOCK, 1, session_id="a"))
     _drain(scheduler, clock)
-    assert view.recomputed_blocks == lost and view.prefill_blocks >= 30 + lost
+    assert view.shortage.recomputed_blocks == lost and view.shortage.prefill_blocks >= 30 + lost
     scheduler.add_request(make_request("b1", _prompt(1, 20) + [1], BLOCK, 1, session_id="b"))
     step(scheduler)  # the plan before this step's schedule saw a's recompute alone: 5 of 28 prefilled, not past 0.2
-    assert not controller.short and view.recomputed_blocks > lost  # b's 20 blocks, partly pushed out by a's return
+    assert not controller.short and view.shortage.recomputed_blocks > lost  # b's 20 blocks, partly pushed out by a's return
     scheduler.add_request(make_request("a2", a + list(range(9)), BLOCK, 1, session_id="a"))
     step(scheduler)
     assert controller.short
+
+
+@pytest.mark.parametrize("thrash_share", [0.2, None])
+def test_the_controller_and_the_pools_guard_read_one_shortage_latch(thrash_share: float | None) -> None:
+    """The residency scheduler sets the engine's share on the view's test; the pool's guard (started in
+    the learned order, so the controller acts) reads the latch the controller sets. With the share: not
+    short while one 15-block request runs in a 26-block cache; a second live 15 blocks (30 > 25) latch it
+    at the controller's next plan. Without one (``continuum``): short for both from the start."""
+    clock = ManualClock()
+    pool = PoolConfig(guard=GuardConfig(start="learned"))
+    scheduler = _scheduler(26, {"a": NEAR, "b": NEAR}, clock, pool=pool, thrash_share=thrash_share)
+    view, guard = scheduler.sessions, scheduler.kv_cache_manager.block_pool._guard
+    assert guard is not None and view.shortage.share == thrash_share
+    assert view.shortage.short is (thrash_share is None) and scheduler.residency.short is (thrash_share is None)
+    scheduler.add_request(make_request("a0", _prompt(0, 15), BLOCK, 4, session_id="a"))
+    step(scheduler)
+    assert view.shortage.short is scheduler.residency.short is (thrash_share is None)
+    scheduler.add_request(make_request("b0", _prompt(1, 15), BLOCK, 4, session_id="b"))
+    step(scheduler)
+    assert scheduler.residency.short and view.shortage.short and guard._short()
 
 
 def test_a_session_is_demoted_only_when_another_waits_and_then_its_blocks_go_first() -> None:
