@@ -17,8 +17,10 @@ Memory proves short at the first :meth:`check` at which either
   check are folded in at each check). A block is *recomputed* when a returning request's thread
   held it after its last call and its first schedule did not find it cached.
 
-``share`` is the engine's one setting (``cachewise.residency.thrash_share``, default 0.2; set by
-the residency scheduler when it starts; ``None``: short from the start). Why these criteria and
+``share`` is the engine's one setting (``cachewise.residency.thrash_share``, default 0.1; set by
+the residency scheduler when it starts -- an engine without one, the guard alone, keeps the default;
+``None``: short from the start). The residency controller passes its settings' share to each check
+(the same value where the scheduler built it; its own where a controller is built by hand). Why these criteria and
 this share: :mod:`cachewise.runtime.residency`, "Standing aside"; what the guard gains from them:
 :mod:`cachewise.runtime.guard`, "The preview".
 
@@ -34,7 +36,7 @@ from typing import Callable
 
 logger = logging.getLogger("vllm.cachewise")
 
-THRASH_SHARE = 0.2  # the default share (ResidencySettings.thrash_share)
+THRASH_SHARE = 0.1  # the default share (ResidencySettings.thrash_share)
 
 
 class MemoryShortage:
@@ -58,12 +60,13 @@ class MemoryShortage:
         self.prefill_blocks += prefilled
         self.recomputed_blocks += recomputed
 
-    def check(self, live: Callable[[], float], capacity: float, reader: str) -> bool:
+    def check(self, live: Callable[[], float], capacity: float, reader: str, share: float | None = None) -> bool:
         """:attr:`short`, testing once more (module doc) while not latched, with ``capacity`` blocks of GPU
-        KV and ``live()`` the live sessions' present KV; ``reader`` names the caller in the one log line."""
+        KV, ``live()`` the live sessions' present KV and ``share`` the reader's own share (None: the
+        engine's, :attr:`share`); ``reader`` names the caller in the one log line."""
         if self.short:
             return True
-        share = self.share
+        share = self.share if share is None else share
         assert share is not None
         prefill, recomputed = self.prefill_blocks - self._seen[0], self.recomputed_blocks - self._seen[1]
         self._seen = (self.prefill_blocks, self.recomputed_blocks)

@@ -233,7 +233,7 @@ headroom there for most of a run). ``headroom`` 0, the other way to end the 100%
 harm, was 26 ± 24 s slower at C=64 50% (five seeds). The prefetcher's room check keeps the fixed
 budgets (the conservative ones).
 
-*Standing aside* (``thrash_share``, default 0.2; ``None``: never). Until memory proves short, every plan
+*Standing aside* (``thrash_share``, default 0.1; ``None``: never). Until memory proves short, every plan
 admits every waiting session and demotes no one -- vLLM's admission, on the pool's eviction order --
 whatever the working sets add up to. Memory proves short (:attr:`ResidencyController.short`: the
 engine's one latched test, the view's ``shortage``, :mod:`cachewise.runtime.memory_shortage`, which
@@ -266,7 +266,12 @@ difference (short at t = 148 s on C=32 seed 0, the pressure starting at ~120 s).
 criterion alone cost 17 ± 7 s at C=64 50% (short at t = 77 s on C=32 50% seed 1): the live one is what
 ends standing aside at once under a batch. ``thrash_share`` 0.5 latched at t = 197 s on C=32 75% seed 0
 (+13 s on that seed); 0.2 was chosen on that seed (0.1: t = 145 s, no better); the recomputed share is
-0.9 of the prefill under vLLM at 75%, 0.03 at 100%. Standing aside on the admitted sessions' KV instead
+0.9 of the prefill under vLLM at 75%, 0.03 at 100%. The default became 0.1 in session 23, for the guard's
+preview, which enters on the same latch (docs/results/guard.md "The preview once memory proves short,
+shipped"): against 0.2, ten seeds, C=32 25-50% identical runs, 75% +0.4 ± 4.9 s, 100% +0.04 ± 0.09 s (seed
+8 latched on recompute, 402 of 3,159 blocks prefilled: +0.4 s mean, +2.7 s p99 above LRU's; the other nine
+LRU's), C=64 75% −7.0 ± 6.6 s, 100% identical; Poisson at 100% (seeds 0-2) C=32 ρ 1.0 LRU's, C=64 ρ 0.8
++0.3 ± 1.4 s (seed 2, the guard's one switch, as with 0.2). Standing aside on the admitted sessions' KV instead
 (their working sets within 5% of the capacity) was +15 ± 5 s at C=32 75%, every seed.
 
 Cost trade-off for demoting an idle resident session ``j`` with ``W_j`` blocks, idle ``e``
@@ -661,7 +666,7 @@ class ResidencyController:
         budget = capacity - self.reserve(demand, capacity)
         gpu_budget = self.capacity - self.reserve(demand, self.capacity)
         if not self.short:
-            self.short = view.shortage.check(lambda: live, self.capacity, "residency controller")
+            self.short = view.shortage.check(lambda: live, self.capacity, "residency controller", self.settings.thrash_share)
         aside = not self.short  # "Standing aside" (module doc): vLLM's admission, no demotion
         waited = {}
         for s in waiting:

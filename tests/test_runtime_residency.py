@@ -478,7 +478,7 @@ def test_settings_parse_and_reject() -> None:
     with pytest.raises(ConfigError):
         ResidencySettings.from_mapping({"headroom": 1.5})
     assert ResidencySettings.from_mapping({"act_when_thrashing": True}).act_when_thrashing is True
-    assert ResidencySettings.from_mapping({"thrash_share": None}).thrash_share is None and ResidencySettings().thrash_share == 0.2
+    assert ResidencySettings.from_mapping({"thrash_share": None}).thrash_share is None and ResidencySettings().thrash_share == 0.1
     with pytest.raises(ConfigError):
         ResidencySettings.from_mapping({"thrash_share": 1.5})
     with pytest.raises(ConfigError, match="act_when_thrashing"):

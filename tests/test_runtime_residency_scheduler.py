@@ -60,7 +60,7 @@ def _cached(scheduler, tokens: list[int]) -> int:
 def test_standing_aside_ends_when_the_real_scheduler_recomputes_a_returning_prefix() -> None:
     """vLLM's ``num_computed_tokens`` at a first schedule reaches the view: a session whose 10-block prefix
     another session's 20 blocks pushed out of a 26-block cache recomputes it when it is back, and with the
-    default ``thrash_share`` (0.2) memory is short once the recompute passes a fifth of the prefill and
+    ``thrash_share`` 0.2 memory is short once the recompute passes a fifth of the prefill and
     of the capacity; until then nothing was held though the two did not fit together."""
     clock = ManualClock()
     scheduler = _scheduler(26, {"a": NEAR, "b": NEAR}, clock, thrash_share=0.2)
