@@ -112,11 +112,9 @@ class ScoredBlockPool(BlockPool):
         self._ghosts = GhostWindow(num_gpu_blocks if window is None else window)
         guarded = self._order is not None and self.config.guard.enabled
         label = self._publisher.label
-        short = None  # the preview's memory condition: the view's shortage test (guard module doc), else turnover
-        if sessions is not None:
-            short = lambda: sessions.shortage.check(sessions.live_blocks, num_gpu_blocks, "GPU pool's guard")  # noqa: E731
-        self._guard = Guard(self.config.guard, self.stats, label, clock, num_gpu_blocks, short) if guarded else None
         self.sessions = sessions
+        short = self._memory_short if sessions is not None else None  # the preview's condition; None: turnover
+        self._guard = Guard(self.config.guard, self.stats, label, clock, num_gpu_blocks, short) if guarded else None
         if sessions is not None:
             sessions.follow(self.serves_learned, self.eviction_pressure)
         if fallback_reason is not None:
@@ -244,6 +242,18 @@ class ScoredBlockPool(BlockPool):
         (:attr:`~cachewise.runtime.sessions.SessionView.pressure`) for the residency controller. O(1)."""
         order = self._order
         return self.stats.evictions, (order.demoted_free if order is not None else 0)
+
+    def _memory_short(self) -> bool:
+        """The guard's preview condition: the session view's shortage test (guard module doc) with this
+        pool's blocks as the capacity. A failure of the test reads as not short (counted and warned as a
+        hook error; the guard's own test still decides). O(sessions) until latched, O(1) after."""
+        view = self.sessions
+        assert view is not None
+        try:
+            return view.shortage.check(view.live_blocks, self.num_gpu_blocks, "GPU pool's guard")
+        except Exception as exc:  # noqa: BLE001 - a CacheWise bug must not reach vLLM
+            self.record_hook_error(exc)
+            return False
 
     def _predict(self, request: Request, now: float) -> tuple[float, float] | None:
         """The predictor's checked answer for ``request``, or None (no opinion or failure)."""

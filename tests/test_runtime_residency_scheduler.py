@@ -104,6 +104,21 @@ def test_the_controller_and_the_pools_guard_read_one_shortage_latch(thrash_share
     assert scheduler.residency.short and view.shortage.short and guard._short()
 
 
+def test_a_failing_shortage_test_reads_as_not_short_and_never_reaches_vllm() -> None:
+    """A bug in the view's test (here: the live sum raises) costs the guard's preview its entry, not the engine."""
+    clock = ManualClock()
+    scheduler = _scheduler(26, {"a": NEAR}, clock, pool=PoolConfig(), thrash_share=0.2)
+    pool, view = scheduler.kv_cache_manager.block_pool, scheduler.sessions
+
+    def broken() -> float:
+        raise KeyError("inconsistent view")
+
+    view.live_blocks = broken
+    assert pool._guard._short() is False and pool.stats.fallbacks["hook_error"] == 1
+    scheduler.add_request(make_request("a0", _prompt(0, 5), BLOCK, 1, session_id="a"))
+    _drain(scheduler, clock)
+
+
 def test_a_session_is_demoted_only_when_another_waits_and_then_its_blocks_go_first() -> None:
     clock = ManualClock()
     scheduler = _scheduler(26, {"far": FAR, "near": NEAR}, clock)
