@@ -238,8 +238,9 @@ admits every waiting session and demotes no one -- vLLM's admission, on the pool
 whatever the working sets add up to. Memory proves short (:attr:`ResidencyController.short`: the
 engine's one latched test, the view's ``shortage``, :mod:`cachewise.runtime.memory_shortage`, which
 the GPU pool's guard reads too; its share is this setting, set on the view by the residency
-scheduler; until latched each step also sums the live sessions' present KV in its pass over the
-view) at the first step at which either
+scheduler; until latched each step tests it, summing the live sessions' present KV,
+:meth:`SessionView.live_blocks <cachewise.runtime.sessions.SessionView.live_blocks>`, unless the
+recompute criterion already holds) at the first step at which either
 
 * the sessions with live requests hold or need more blocks than the capacity (their present KV: the
   working sets without the predicted growth) -- they cannot all be on the GPU at once, whatever the
@@ -637,10 +638,7 @@ class ResidencyController:
         idle: list[tuple[SessionState, float]] = []
         waiting: list[SessionState] = []
         needs: dict[str, float] = {}  # the waiting sessions' working sets
-        live = 0.0  # present KV of the sessions with live requests, while standing aside ("Standing aside")
         for state in view:
-            if not self.short and state.live:
-                live += view.working_set(state.key, grown=False)
             served += (len(state.waiting) + (not state.live)) if state.resident else 0
             if state.resident:
                 blocks = view.working_set(state.key)
@@ -666,7 +664,7 @@ class ResidencyController:
         budget = capacity - self.reserve(demand, capacity)
         gpu_budget = self.capacity - self.reserve(demand, self.capacity)
         if not self.short:
-            self.short = view.shortage.check(lambda: live, self.capacity, "residency controller", self.settings.thrash_share)
+            self.short = view.shortage.check(view.live_blocks, self.capacity, "residency controller", self.settings.thrash_share)
         aside = not self.short  # "Standing aside" (module doc): vLLM's admission, no demotion
         waited = {}
         for s in waiting:
