@@ -34,6 +34,24 @@ def test_forecast_conditioning_on_elapsed_idle_time() -> None:
     assert Forecast.never().p_back_within(0.0, 1e9) == 0.0 and Forecast.never().expected_hold(0.0, 30.0) == pytest.approx(30.0)
 
 
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.floats(0.0, 500.0), min_size=len(FORECAST_LEVELS), max_size=len(FORECAST_LEVELS)),
+    st.integers(0, 6),
+    st.floats(0.0, 600.0),
+    st.integers(1, 40),
+)
+def test_remaining_points_are_the_remaining_quantiles_at_bin_midpoints(gaps: list, never: int, elapsed: float, k: int) -> None:
+    """remaining_points is an inlined fast path (the controller prices every idle candidate with it each
+    step): bit for bit the remaining quantiles at the levels (i + 1/2) / k, "does not come back" tails included."""
+    g = sorted(gaps)
+    if never:
+        g[-never:] = [math.inf] * never
+    forecast = Forecast(tuple(g))
+    points = forecast.remaining_points(elapsed, k)
+    assert points == [forecast.remaining_quantile(elapsed, (i + 0.5) / k) for i in range(k)]
+
+
 def test_forecast_extreme_quantiles_weigh_their_share_only() -> None:
     """The top stored quantile (level 1, e.g. the largest validation residual) holds the last 5%
     of the distribution spread down to the 0.95 quantile, not a whole sample's weight of 1/21."""
