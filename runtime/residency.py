@@ -430,6 +430,18 @@ def area(view: SessionView, key: str, blocks: float) -> float:
     return blocks * math.expm1(view.remaining_of(key))
 
 
+def threshold_blocks(share: float, blocks: int) -> int:
+    """The fewest ``n`` in ``0..blocks`` with ``n / blocks >= share`` under float division (``blocks + 1``
+    if none), so that ``c / blocks >= share`` iff ``c >= n`` for every count ``c`` (division by a
+    positive number is monotone): a prefix lookup for rule 2's verdict may stop after ``n`` blocks. O(1)."""
+    n = min(max(math.ceil(share * blocks), 0), blocks + 1)
+    while n > 0 and (n - 1) / blocks >= share:
+        n -= 1
+    while n <= blocks and n / blocks < share:
+        n += 1
+    return n
+
+
 def prefill_seconds(settings: ResidencySettings, tokens: int) -> float:
     """Recompute time of ``tokens`` tokens from scratch under the settings' cost model."""
     if tokens <= 0:

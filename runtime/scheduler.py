@@ -87,7 +87,7 @@ from cachewise.runtime.metrics import publish_residency
 from cachewise.runtime.policy import engine_clock
 from cachewise.runtime.prefetch import PREFIX, Inflight, Prefetcher, PrefetchStats
 from cachewise.runtime.request_calls import arrival_keys
-from cachewise.runtime.residency import ResidencyController, prefill_seconds
+from cachewise.runtime.residency import ResidencyController, prefill_seconds, threshold_blocks
 from cachewise.runtime.sessions import SessionView
 
 logger = logging.getLogger("vllm.cachewise")
@@ -403,21 +403,26 @@ class ResidencyMixin:
 
     def _held_cached(self, view: SessionView) -> dict[str, float]:
         """Per session with withheld requests: the largest share of such a request's prompt (full blocks)
-        that vLLM's GPU prefix cache holds now (residency rule 2's ``readmit_cached``; empty when it is off).
-        O(withheld requests x prefix blocks)."""
-        if self.residency is None or not self.residency.readmit_cached:
+        that vLLM's GPU prefix cache holds now (residency rule 2's ``readmit_cached``; empty when it is off),
+        *capped at the threshold*: rule 2 reads only ``share >= readmit_cached``, so each lookup stops at the
+        fewest leading blocks ``n`` with ``n / blocks >= readmit_cached`` (the same float comparison, so the
+        verdict is the uncapped share's) instead of scanning the whole prompt every step.
+        O(withheld requests x min(prefix blocks, n))."""
+        if self.residency is None or not (readmit := self.residency.readmit_cached):
             return {}
         shares: dict[str, float] = {}
         for rid, request in self.withheld_arrivals.items():
             key = view.session_of(rid)
             if key is not None:
                 blocks = max((request.num_tokens - 1) // self.block_size, 1)
-                shares[key] = max(shares.get(key, 0.0), self._gpu_cached_blocks(request) / blocks)
+                need = threshold_blocks(readmit, blocks)
+                shares[key] = max(shares.get(key, 0.0), self._gpu_cached_blocks(request, need) / blocks)
         return shares
 
-    def _gpu_cached_blocks(self, request: Request) -> int:
-        """Leading full blocks of ``request`` vLLM's GPU prefix cache holds now (read-only lookup)."""
-        _, tokens, _ = self.kv_cache_manager.coordinator.find_longest_cache_hit(request.block_hashes, request.num_tokens - 1)
+    def _gpu_cached_blocks(self, request: Request, limit: int | None = None) -> int:
+        """Leading full blocks of ``request`` vLLM's GPU prefix cache holds now, at most ``limit`` (read-only lookup)."""
+        max_tokens = request.num_tokens - 1 if limit is None else min(request.num_tokens - 1, limit * self.block_size)
+        _, tokens, _ = self.kv_cache_manager.coordinator.find_longest_cache_hit(request.block_hashes, max_tokens)
         return tokens // self.block_size
 
     def _demote(self, key: str) -> None:

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cachewise.runtime.config import ConfigError, ResidencySettings
-from cachewise.runtime.residency import ResidencyController, deferral_keep_and_drop, prefill_seconds
+from cachewise.runtime.residency import ResidencyController, deferral_keep_and_drop, prefill_seconds, threshold_blocks
 from cachewise.runtime.sessions import Forecast, SessionView
 
 BLOCK = 16
@@ -633,3 +633,15 @@ def test_area_order_admits_the_smallest_predicted_kv_area_first() -> None:
     assert _area_queue({"A": 200.0, "B": 50.0}) == ({"C"}, ["B", "A"])
     assert _area_queue(None) == ({"A", "C"}, ["B"]) == _area_queue(None, "smallest")
     assert _area_queue({"A": 600.0, "B": 5.0}, "smallest") == ({"A", "C"}, ["B"])
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.floats(0.0, 1.0), st.integers(1, 5000), st.data())
+def test_threshold_blocks_gives_the_uncapped_shares_verdict(share: float, blocks: int, data: st.DataObject) -> None:
+    """The scheduler's capped prefix lookup (rule 2's readmit_cached): stopping after ``n`` blocks gives
+    the same ``share >= readmit`` verdict, float comparison included, and ``n`` is the fewest such."""
+    n = threshold_blocks(share, blocks)
+    cached = data.draw(st.integers(0, blocks))
+    assert (cached / blocks >= share) == (cached >= n)
+    assert (min(cached, n) / blocks >= share) == (cached / blocks >= share)
+    assert n == 0 or n > blocks or (n - 1) / blocks < share

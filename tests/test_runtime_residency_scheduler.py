@@ -324,3 +324,28 @@ def test_random_session_workloads_lose_nothing_and_never_evict_blocks_in_use(ses
         assert longest_hold[0] <= MAX_PASSES
     finally:
         EvictionOrder.on_demote = original
+
+
+@pytest.mark.parametrize("readmit", [0.2, 0.5, 0.9])
+def test_the_held_requests_capped_prefix_lookup_gives_the_whole_lookups_verdict(readmit: float) -> None:
+    """Rule 2 reads only whether a held request's cached share reaches ``readmit_cached``; the scheduler's
+    lookup stops at that many blocks (runtime/scheduler.py ``_held_cached``) and must give the verdict of
+    vLLM's whole-prompt lookup, on the real cache after a demotion left part of the prefix cached."""
+    clock = ManualClock()
+    scheduler = _scheduler(60, {"far": FAR}, clock, headroom=0.6, readmit_cached=readmit)
+    view = scheduler.sessions
+    far = _prompt(0, 20)
+    scheduler.add_request(make_request("f0", far, BLOCK, 1, session_id="far"))
+    _drain(scheduler, clock)
+    scheduler.add_request(make_request("w0", _prompt(2, 44), BLOCK, 20, session_id="new"))
+    clock.now += 1.0
+    step(scheduler)
+    scheduler.add_request(make_request("f1", far + [7] * 3 * BLOCK, BLOCK, 1, session_id="far"))
+    clock.now += 1.0
+    step(scheduler)
+    request = scheduler.withheld_arrivals["f1"]
+    whole = scheduler._gpu_cached_blocks(request) / ((request.num_tokens - 1) // BLOCK)
+    capped = scheduler._held_cached(view)["far"]
+    assert 0 < capped <= whole < 1
+    assert (capped >= readmit) == (whole >= readmit)
+    assert capped == whole or whole >= readmit  # capped only past the threshold
