@@ -35,6 +35,13 @@ blocks are vLLM blocks of ``block_size`` replay tokens):
 * ``min_harmful_evictions`` / ``min_recomputed_tokens``: Belady's MIN over this run's own
   block-access sequence at the same number of blocks (:mod:`cachewise.replay.belady`):
   a lower bound on the run's harmful evictions / recomputed tokens for that sequence.
+* ``policy_cpu_s``: wall time in the GPU pool's entry points (vLLM's pool work included);
+  ``policy_overhead_pct``: that time as a share of the replayed GPU time (``busy_s``), *at real
+  scale*: a replay block stands for ``token_scale`` vLLM blocks of ``block_size`` tokens, each of
+  which a served pool evicts, caches and looks up in turn, so the pool's time is counted
+  ``token_scale`` times (the per-block cost taken as constant; before session 24 it was counted
+  once and the share was understated ``token_scale``-fold: 16x at the default).
+  ``token_scale`` is in the row, for the per-step shares of the residency report.
 * ``peak_live_blocks``: the largest number of distinct blocks in the latest prompts of
   all started, unfinished sessions (each session's threads), a shared prefix counted once;
   the capacity fractions of the sweep are fractions of this (measured with an infinite cache).
@@ -193,6 +200,7 @@ class RunMetrics:
             "busy_s": self.busy_s,
             "engine_cpu_s": self.engine_cpu_s,
             "policy_cpu_s": self.policy_cpu_s,
-            "policy_overhead_pct": 100.0 * self.policy_cpu_s / self.busy_s if self.busy_s else 0.0,
+            "policy_overhead_pct": 100.0 * self.policy_cpu_s * scale / self.busy_s if self.busy_s else 0.0,
+            "token_scale": scale,
             "peak_live_blocks": self.live.peak,
         }

@@ -7,7 +7,11 @@ policy; :mod:`cachewise.replay.sweep`). Nothing here runs a replay.
   in: ``jct_mean_s``, ``jct_p50_s``, ``jct_p90_s``, ``jct_p99_s`` (the replay's ``jct_s_*``
   under these names), ``output_tokens_per_s`` (output tokens / makespan),
   ``controller_us_per_step`` and ``controller_overhead_pct`` (the residency controller's
-  CPU time per scheduler step, and as a share of the replayed GPU step time);
+  CPU time per scheduler call, and as a share of the replayed GPU time *at real scale*: a
+  replay step stands for ``token_scale`` engine steps, and a served engine calls the
+  scheduler, so the controller, once per engine step; so the controller's time counts
+  ``token_scale`` times, i.e. its cost per call against the mean real step. Before session 24
+  it counted once and the share was understated ``token_scale``-fold, 16x at the default);
 * :func:`residency_table`: per capacity, mean JCT ± 95% interval over seeds of vLLM LRU,
   ``lru_arrival``, ``learned``, the best fixed cap *in hindsight* (lowest mean JCT among
   the ``capN`` run at that capacity: a hand-tuned constant, not a policy), ``continuum``,
@@ -58,7 +62,8 @@ def with_residency_columns(results: pd.DataFrame) -> pd.DataFrame:
         steps = out["residency_steps"].where(out["residency_steps"] > 0)
         out["controller_us_per_step"] = (1e6 * out["residency_cpu_s"] / steps).fillna(0.0)
         busy = out["busy_s"].where(out["busy_s"] > 0)
-        out["controller_overhead_pct"] = (100.0 * out["residency_cpu_s"] / busy).fillna(0.0)
+        scale = out["token_scale"] if "token_scale" in out.columns else 1
+        out["controller_overhead_pct"] = (100.0 * out["residency_cpu_s"] * scale / busy).fillna(0.0)
     return out
 
 

@@ -11,7 +11,8 @@ At one point (concurrency, capacity fraction) of a results table with one row pe
   (lowest mean), with the paired 95% interval of the difference below zero;
 * ``vs_lru``: vLLM's LRU has >= 2.6x the learned policy's harmful evictions;
 * ``session_time``: learned mean JCT <= 1.1x the infinite cache's (the bound on session time);
-* ``overhead``: the learned policy's CPU time < 1% of the replayed (GPU) step time.
+* ``overhead``: the learned policy's pool CPU time < 1% of the replayed GPU time, at real scale
+  (``policy_overhead_pct``, :mod:`cachewise.replay.metrics`: a replay block stands for ``token_scale`` vLLM blocks).
 
 A target whose inputs are missing (policy not run) is reported as not evaluated; for each
 target the shortfall is given in its own unit. :func:`ratios` gives every policy's harmful
@@ -168,7 +169,7 @@ def check_targets(rows: pd.DataFrame) -> list[Target]:
     out.append(
         _target(
             "overhead",
-            f"policy CPU < {OVERHEAD_PCT}% of replayed step time (%)",
+            f"pool CPU < {OVERHEAD_PCT}% of the replayed GPU time, at real scale (%)",
             _value(point, "learned", "policy_overhead_pct"),
             lambda v: v < OVERHEAD_PCT,
             lambda v: f"{v:.2f}% instead of < {OVERHEAD_PCT}%",

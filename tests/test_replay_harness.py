@@ -212,3 +212,20 @@ def test_a_hash_stored_again_after_its_eviction_counts_as_harmful_once() -> None
     assert (m.evictions, m.harmful_evictions) == (3, 3)
     m.on_arrival(0, 0, ["a", "b", "c"], 48)  # a later arrival counts none of them again
     assert m.harmful_evictions == 3
+
+
+def test_pool_overhead_counts_the_real_blocks_a_replay_block_stands_for() -> None:
+    """A replay block stands for ``token_scale`` vLLM blocks, each of which a served pool handles: the
+    pool's share of the GPU time is counted at that scale (it was counted once, 16x too small, before
+    session 24), and ``token_scale`` is in the row for the residency report's per-step share."""
+    from cachewise.replay.metrics import RunMetrics
+
+    rows = []
+    for scale in (1, 16):
+        m = RunMetrics(token_scale=scale, block_size=16)
+        m.on_step(0, [], 10.0, 0.0)
+        m.on_session(0, 0.0, 0.0, 10.0)
+        m.policy_cpu_s = 0.05
+        rows.append(m.summary())
+    assert [r["policy_overhead_pct"] for r in rows] == pytest.approx([0.5, 8.0])
+    assert [r["token_scale"] for r in rows] == [1, 16]

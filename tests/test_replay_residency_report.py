@@ -27,7 +27,7 @@ def _results() -> pd.DataFrame:
                     "seed": seed, "policy": policy, "capacity_frac": frac, "concurrency": 32,
                     "jct_s_mean": jct + noise, "jct_s_p50": jct, "jct_s_p90": 2 * jct, "jct_s_p99": 3 * jct + noise,
                     "makespan_s": 4 * jct, "output_tokens": 1000, "residency_cpu_s": 0.5, "residency_steps": 1000,
-                    "busy_s": 100.0, "longest_admission_wait_s": 12.0 if policy == "cachewise" else 0.0,
+                    "busy_s": 100.0, "token_scale": 16, "longest_admission_wait_s": 12.0 if policy == "cachewise" else 0.0,
                 })  # fmt: skip
     return pd.DataFrame(rows)
 
@@ -36,7 +36,9 @@ def test_issue_columns_are_added_under_their_names() -> None:
     results = with_residency_columns(_results())
     assert (results["jct_mean_s"] == results["jct_s_mean"]).all() and (results["jct_p99_s"] == results["jct_s_p99"]).all()
     assert results["output_tokens_per_s"].iloc[0] == pytest.approx(1000 / results["makespan_s"].iloc[0])
-    assert results["controller_us_per_step"].tolist() == pytest.approx([500.0] * len(results)) and (results["controller_overhead_pct"] == 0.5).all()
+    assert results["controller_us_per_step"].tolist() == pytest.approx([500.0] * len(results))
+    # 0.5 s over 100 s of GPU time, each replay step standing for 16 engine steps that each call the controller
+    assert results["controller_overhead_pct"].tolist() == pytest.approx([8.0] * len(results))
 
 
 def test_best_cap_is_chosen_per_capacity_in_hindsight() -> None:

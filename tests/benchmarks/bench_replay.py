@@ -248,7 +248,7 @@ def speed(config, n_sessions: int = 16) -> None:
         print(
             f"{policy:14s} {calls / wall:7.1f} calls/s  {r['steps'] / wall:8.1f} steps/s"
             f"  engine CPU {r['engine_cpu_s']:6.2f}s  policy CPU {r['policy_cpu_s']:6.2f}s"
-            f" ({r['policy_overhead_pct']:.3f}% of replayed step time)"
+            f" ({r['policy_overhead_pct']:.3f}% of the replayed GPU time at real scale)"
         )
 
 
