@@ -6,12 +6,15 @@ policy; :mod:`cachewise.replay.sweep`). Nothing here runs a replay.
 * :func:`with_residency_columns` adds, per row, the columns the residency comparison is read
   in: ``jct_mean_s``, ``jct_p50_s``, ``jct_p90_s``, ``jct_p99_s`` (the replay's ``jct_s_*``
   under these names), ``output_tokens_per_s`` (output tokens / makespan),
-  ``controller_us_per_step`` and ``controller_overhead_pct`` (the residency controller's
-  CPU time per scheduler call, and as a share of the replayed GPU time *at real scale*: a
-  replay step stands for ``token_scale`` engine steps, and a served engine calls the
-  scheduler, so the controller, once per engine step; so the controller's time counts
-  ``token_scale`` times, i.e. its cost per call against the mean real step. Before session 24
-  it counted once and the share was understated ``token_scale``-fold, 16x at the default);
+  ``controller_us_per_step`` and ``controller_overhead_pct`` (the residency controller's CPU
+  time per plan -- a scheduler call that planned, ``residency_steps``; the calls that held the
+  last plan's sessions, ``residency_reused``, add their small CPU to it -- and as a share of the
+  replayed GPU time *at real scale*: a replay step stands for ``token_scale`` engine steps, each
+  of which calls the scheduler, so the controller's time counts ``token_scale`` times. That
+  assumes each of them plans; with ``residency.replan_s`` a served engine plans only on steps
+  where the requests changed and every ``replan_s``, so at ``token_scale`` > 1 the share is an
+  upper estimate, at 1 a measurement. Before session 24 it counted once and the share was
+  understated ``token_scale``-fold, 16x at the default);
 * :func:`residency_table`: per capacity, mean JCT ± 95% interval over seeds of vLLM LRU,
   ``lru_arrival``, ``learned``, the best fixed cap *in hindsight* (lowest mean JCT among
   the ``capN`` run at that capacity: a hand-tuned constant, not a policy), ``continuum``,

@@ -175,7 +175,8 @@ class Replayer:
         metrics.policy_cpu_s = timer.seconds
         summary = metrics.summary(capacity_blocks=None if policy_name == "infinite" else num_blocks - 1)
         summary["residency_cpu_s"] = getattr(engine.scheduler, "residency_cpu_s", 0.0)
-        summary["residency_steps"] = getattr(engine.scheduler, "residency_steps", 0)
+        summary["residency_steps"] = getattr(engine.scheduler, "residency_steps", 0)  # scheduler steps that planned
+        summary["residency_reused"] = getattr(engine.scheduler, "residency_reused", 0)  # that held the last plan's sessions
         controller = getattr(engine.scheduler, "residency", None)
         summary["demotions"] = getattr(controller, "demotions", 0)
         summary["forced_admissions"] = getattr(controller, "forced", 0)

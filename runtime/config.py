@@ -156,7 +156,7 @@ class ResidencySettings:
     stands aside. The test is the engine's one (:mod:`cachewise.runtime.memory_shortage`): the GPU
     pool's guard enters its preview on the same latch, with this share. ``max_wait_s`` / ``max_passes``: starvation
     bound: a session held that long (seconds since its oldest waiting request arrived, or
-    scheduler steps) is admitted regardless. ``horizon_s``: how far ahead the cost rule
+    plans: ``replan_s`` below) is admitted regardless. ``horizon_s``: how far ahead the cost rule
     looks (a return later than that counts as "not back"). ``prefill_a0``, ``prefill_a_tok``,
     ``prefill_a_ctx``: prefill cost model ``a0 + a_tok n + a_ctx n^2 / 2`` (seconds, n
     tokens) of recomputing a dropped working set; ``decode_b0``, ``decode_b_seq``, ``decode_b_ctx``:
@@ -195,6 +195,10 @@ class ResidencySettings:
     model against; they are built only where the judge runs, so with ``judge`` false, and for a session with
     none, the model's) or ``model`` (the model's; while the judge distrusts them, the reference, rule 5);
     the GPU pool's eviction order and the prefetcher use the model's in both.
+    ``replan_s`` (default 0.1 s): the scheduler plans again at every step at which the requests
+    changed -- one arrived, finished, was scheduled or preempted -- and otherwise once this many
+    seconds have passed since its last plan; in between it holds the last plan's held sessions
+    (:class:`cachewise.runtime.scheduler.ResidencyMixin`). 0: every step.
     """
 
     headroom: float = 0.1
@@ -221,6 +225,7 @@ class ResidencySettings:
     judge_half_life: float = 256.0
     judge_fallback: bool = True  # rule 5: act on the reference forecasts, not pass through, while the judge distrusts
     forecasts: str = "reference"  # rules 1-3 act on the no-model "reference" return forecasts or the "model"'s
+    replan_s: float = 0.1  # plan again when the requests changed or this long after the last plan (0: every step)
 
     @classmethod
     def from_mapping(cls, raw: Mapping[str, Any]) -> ResidencySettings:
@@ -229,7 +234,7 @@ class ResidencySettings:
 
     def __post_init__(self) -> None:
         finite_positive = 0 < self.horizon_s < math.inf and 0 < self.pressure_window_s < math.inf
-        preempt_ok = 0 <= self.preempt_area_ratio < math.inf and 0 <= self.readmit_cached <= 1
+        preempt_ok = 0 <= self.preempt_area_ratio < math.inf and 0 <= self.readmit_cached <= 1 and 0 <= self.replan_s < math.inf
         if not (0 <= self.headroom < 1) or not (self.thrash_share is None or 0 <= self.thrash_share <= 1) or not (0 <= self.max_wait_s < math.inf) or self.max_passes < 0 or not finite_positive or not preempt_ok:
             raise ConfigError(f"invalid residency settings {self}")
         costs = (self.prefill_a0, self.prefill_a_tok, self.prefill_a_ctx, self.decode_b0, self.decode_b_seq, self.decode_b_ctx)

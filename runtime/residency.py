@@ -5,7 +5,8 @@ Pure decision logic (no vLLM imports): :class:`ResidencyController` reads a
 ``demoted`` flags through it, and returns a :class:`Plan` the scheduler applies
 (:mod:`cachewise.runtime.scheduler`).
 
-Rule, evaluated once per scheduler step (:meth:`ResidencyController.plan`):
+Rule, evaluated at each plan (:meth:`ResidencyController.plan`; the scheduler plans when the requests
+changed and every ``replan_s``, :class:`~cachewise.runtime.scheduler.ResidencyMixin`):
 
 1. A session whose request is admitted becomes *resident*; it stays resident while it has
    live requests and, when idle, until it is demoted or idle past its forecast's expiry.
@@ -38,7 +39,7 @@ Rule, evaluated once per scheduler step (:meth:`ResidencyController.plan`):
    worth where the demand exceeds the capacity by less); a ratio of 1 was +21 ± 16 s worse at C=32
    50% (five seeds). *Readmission while the prefix is cached* (``readmit_cached``, default 0.5):
    a held session whose waiting request finds at least that share of its prompt still in the GPU's
-   prefix cache (the scheduler reads it each step: :meth:`ResidencyMixin._held_cached
+   prefix cache (the scheduler reads it at each plan: :meth:`ResidencyMixin._held_cached
    <cachewise.runtime.scheduler.ResidencyMixin._held_cached>`) goes before the other held sessions,
    after those past the starvation bound; not with a host tier (rule 6), where a held session's prefix
    is stored on the host and loaded back, not lost while it waits. Typically a demoted

@@ -11,7 +11,15 @@ finished call's session, thread and return forecast) and, before each of vLLM's
 never-scheduled waiting requests of held sessions are taken out of the waiting queue for
 that call and put back in their places after it (preempted requests are never held);
 demoted sessions' exclusive cached blocks become the pool's first evicted
-(:meth:`~cachewise.runtime.block_pool.ScoredBlockPool.demote`). A request that arrives for a
+(:meth:`~cachewise.runtime.block_pool.ScoredBlockPool.demote`). The controller plans at a step
+at which the requests changed -- their signature (arrivals so far, requests, waiting, running)
+differs from the last plan's: one arrived, finished, was scheduled or preempted -- or once
+``residency.replan_s`` seconds have passed since the last plan; in between (decode steps in which
+nothing the plan reads but the clock has changed) the call holds the last plan's sessions, O(waiting
+requests) instead of a plan's O(sessions + held prompts' blocks) (``residency_steps`` counts plans,
+``residency_reused`` the other calls). Everything a plan reads that the signature misses -- the
+clock, the pool's eviction pressure and cached prefixes, the guard's verdict -- is at most
+``replan_s`` old when acted on. A request that arrives for a
 session that is not resident while the controller acts is *withheld* from the pool's arrival
 rule (:meth:`ResidencyMixin.withhold_arrival`; the rule keeps a queued request's cached prefix
 until it is served) and announced when its session is admitted: held, a session may wait
@@ -222,7 +230,10 @@ class ResidencyMixin:
         self.sessions: SessionView | None = None
         self.residency: ResidencyController | None = None
         self.residency_cpu_s = 0.0
-        self.residency_steps = 0
+        self.residency_steps = 0  # steps that planned
+        self.residency_reused = 0  # steps that held the last plan's sessions (nothing changed but < replan_s)
+        self._arrivals = 0
+        self._last_plan: tuple[tuple[int, int, int, int], float, frozenset[str]] | None = None  # (requests, time, held)
         try:
             self._start_residency()
         except Exception as exc:  # noqa: BLE001 - residency is optional; vLLM must start
@@ -302,6 +313,10 @@ class ResidencyMixin:
         self.residency = None
         self.prefetcher = None  # prefetches in flight run to their end (outputs still hidden)
 
+    def add_request(self, request: Request) -> None:
+        self._arrivals += 1  # the requests' signature (_hold): an arrival makes the next step plan
+        super().add_request(request)
+
     def schedule(self, *args: Any, **kwargs: Any) -> Any:
         snapshot, held = self._hold()
         try:
@@ -316,18 +331,27 @@ class ResidencyMixin:
         if view is None or controller is None or (not waiting and self.prefetcher is None and not controller.restoring):
             return [], []
         start = time.perf_counter()
+        planned = False
         try:
             now = self._clock()
-            loading = {p.session for p in self.prefetcher.inflight.values()} if self.prefetcher is not None else ()
-            plan = controller.plan(view, now, len(self.running), loading, self._held_cached(view))
-            publish_residency(controller.following_model, view.judge, controller.on_reference, controller.short)
-            for key in plan.demoted:
-                self._demote(key)
-            if self.withheld_arrivals:
-                self._announce_admitted(view)
-            if self.prefetcher is not None and controller.following_model:  # prefetch acts on the model's forecasts only
-                self._prefetch(view, controller, plan, now)
-            held_sessions = set(plan.held)
+            requests = (self._arrivals, len(self.requests), len(waiting), len(self.running))
+            last = self._last_plan
+            if last is not None and last[0] == requests and now - last[1] < controller.settings.replan_s:
+                held_sessions = last[2]  # nothing the plan reads changed but the clock, and not for long
+                self.residency_reused += 1
+            else:
+                planned = True
+                loading = {p.session for p in self.prefetcher.inflight.values()} if self.prefetcher is not None else ()
+                plan = controller.plan(view, now, len(self.running), loading, self._held_cached(view))
+                publish_residency(controller.following_model, view.judge, controller.on_reference, controller.short)
+                for key in plan.demoted:
+                    self._demote(key)
+                if self.withheld_arrivals:
+                    self._announce_admitted(view)
+                if self.prefetcher is not None and controller.following_model:  # prefetch acts on the model's forecasts only
+                    self._prefetch(view, controller, plan, now)
+                held_sessions = frozenset(plan.held)
+                self._last_plan = (requests, now, held_sessions)
             snapshot = list(waiting)
             held = [
                 r
@@ -342,7 +366,7 @@ class ResidencyMixin:
             return [], []
         finally:
             self.residency_cpu_s += time.perf_counter() - start
-            self.residency_steps += 1
+            self.residency_steps += planned
 
     def _prefetch(self, view: SessionView, controller: ResidencyController, plan: Any, now: float) -> None:
         """Abort stale prefetches and add due ones (:mod:`cachewise.runtime.prefetch`). Any

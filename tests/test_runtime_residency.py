@@ -338,6 +338,13 @@ def test_readmit_cached_is_a_share() -> None:
             ResidencySettings(thrash_share=None, readmit_cached=bad)
 
 
+def test_replan_s_is_a_finite_duration() -> None:
+    for bad in (-0.1, math.inf, math.nan):
+        with pytest.raises(ConfigError):
+            ResidencySettings(replan_s=bad)
+    assert ResidencySettings.from_mapping({"replan_s": 0}).replan_s == 0.0
+
+
 def test_a_session_whose_median_is_near_is_kept_though_its_mean_is_far() -> None:
     """Back in 1-3 s with probability 1/2, gone for good otherwise: the mean remaining gap is
     infinite and ``E[min(R, H)] ≈ H / 2`` outweighs the recompute (the rule of ``τ = H`` alone

@@ -349,3 +349,36 @@ def test_the_held_requests_capped_prefix_lookup_gives_the_whole_lookups_verdict(
     assert 0 < capped <= whole < 1
     assert (capped >= readmit) == (whole >= readmit)
     assert capped == whole or whole >= readmit  # capped only past the threshold
+
+
+@pytest.mark.parametrize("replan_s", [0.0, 0.5])
+def test_the_scheduler_plans_again_when_the_requests_change_or_replan_s_has_passed(replan_s: float) -> None:
+    """Between plans a served engine runs decode steps in which nothing the plan reads has changed but
+    the clock: the scheduler then holds the last plan's sessions instead of planning (``replan_s``).
+    An arrival, a finish, a first schedule or ``replan_s`` seconds make it plan again; 0 plans every step."""
+    clock = ManualClock()
+    scheduler = _scheduler(36, {}, clock, max_wait_s=1e9, replan_s=replan_s)  # A (30 blocks) + B (8) > 35
+    scheduler.add_request(make_request("a0", _prompt(0, 30), BLOCK, 40, session_id="A"))  # decodes 40 steps
+    clock.now += 0.01
+    step(scheduler)
+    scheduler.add_request(make_request("b0", _prompt(1, 8), BLOCK, 1, session_id="B"))
+    clock.now += 0.01
+    step(scheduler)  # the arrival: a plan, which holds B
+    plans = scheduler.residency_steps
+    assert scheduler._last_plan is not None and "B" in scheduler._last_plan[2]
+    for _ in range(5):
+        clock.now += 0.01
+        step(scheduler)
+        assert scheduler.requests["b0"].num_computed_tokens == 0  # held, by the last plan or a new one
+    if replan_s:
+        assert (scheduler.residency_steps, scheduler.residency_reused) == (plans, 5)
+        clock.now += replan_s
+        step(scheduler)  # the clock alone, past replan_s
+        assert scheduler.residency_steps == plans + 1
+        scheduler.add_request(make_request("c0", _prompt(2, 2), BLOCK, 1, session_id="C"))
+        clock.now += 0.01
+        step(scheduler)  # an arrival
+        assert scheduler.residency_steps == plans + 2
+    else:
+        assert (scheduler.residency_steps, scheduler.residency_reused) == (plans + 5, 0)
+    assert {r.request_id for r in _drain(scheduler, clock)} >= {"a0", "b0"}
