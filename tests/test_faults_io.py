@@ -45,7 +45,11 @@ def _cli(argv: list[str], user: int | None = None, limit_file_bytes: int | None 
         if limit_file_bytes is not None:
             resource.setrlimit(resource.RLIMIT_FSIZE, (limit_file_bytes, limit_file_bytes))
 
-    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    # PYTHONHASHSEED set (the value the CLI would pin) so that the child does not re-execute itself
+    # (cli.py; tests/test_cli_hash_seed.py tests that): as another user the re-exec of an interpreter
+    # under a home only root may enter fails, and these tests are about the inputs. Unset, this test
+    # passed only after an earlier test had set it in this process.
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "PYTHONHASHSEED": os.environ.get("PYTHONHASHSEED", "0")}
     return subprocess.run(
         [*prefix, sys.executable, "-m", "cachewise.cli", *argv],
         capture_output=True, text=True, preexec_fn=limits, env=env, timeout=kw.pop("timeout", 300), **kw,
