@@ -157,7 +157,7 @@ def _build_pool(*args: Any, **kwargs: Any) -> BlockPool:
 
 
 @functools.cache
-def _is_chained(manager_type: type[SingleTypeKVCacheManager]) -> bool:
+def is_chained(manager_type: type[SingleTypeKVCacheManager]) -> bool:
     """Whether the group's prefix lookup stops at the first missing block (dense attention)."""
     return getattr(manager_type.find_longest_cache_hit, "__func__", None) is _DENSE_LOOKUP
 
@@ -165,14 +165,14 @@ def _is_chained(manager_type: type[SingleTypeKVCacheManager]) -> bool:
 def request_chains(manager: KVCacheManager, request_id: str) -> list[tuple[Sequence[KVCacheBlock], bool]]:
     """``(block table, chained)`` of every KV-cache group for ``request_id`` (read-only)."""
     return [
-        (m.req_to_blocks.get(request_id) or (), _is_chained(type(m))) for m in manager.coordinator.single_type_managers
+        (m.req_to_blocks.get(request_id) or (), is_chained(type(m))) for m in manager.coordinator.single_type_managers
     ]
 
 
 def chained_groups(manager: KVCacheManager) -> list[tuple[int, int]]:
     """``(kv_cache_group_id, block_size)`` of every chained KV-cache group of ``manager``."""
     return [
-        (m.kv_cache_group_id, m.block_size) for m in manager.coordinator.single_type_managers if _is_chained(type(m))
+        (m.kv_cache_group_id, m.block_size) for m in manager.coordinator.single_type_managers if is_chained(type(m))
     ]
 
 

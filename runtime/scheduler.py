@@ -94,6 +94,7 @@ from cachewise.runtime.hooks import chained_groups
 from cachewise.runtime.metrics import publish_residency
 from cachewise.runtime.policy import engine_clock
 from cachewise.runtime.prefetch import PREFIX, Inflight, Prefetcher, PrefetchStats
+from cachewise.runtime.prefix_memo import PrefixMemo
 from cachewise.runtime.request_calls import arrival_keys
 from cachewise.runtime.residency import ResidencyController, prefill_seconds, threshold_blocks
 from cachewise.runtime.sessions import SessionView
@@ -234,6 +235,7 @@ class ResidencyMixin:
         self.residency_reused = 0  # steps that held the last plan's sessions (nothing changed but < replan_s)
         self._arrivals = 0
         self._last_plan: tuple[tuple[int, int, int, int], float, frozenset[str]] | None = None  # (requests, time, held)
+        self._held_prefixes = PrefixMemo(self.kv_cache_manager, self.block_size)  # rule 2's lookups, remembered
         try:
             self._start_residency()
         except Exception as exc:  # noqa: BLE001 - residency is optional; vLLM must start
@@ -430,17 +432,20 @@ class ResidencyMixin:
         that vLLM's GPU prefix cache holds now (residency rule 2's ``readmit_cached``; empty when it is off),
         *capped at the threshold*: rule 2 reads only ``share >= readmit_cached``, so each lookup stops at the
         fewest leading blocks ``n`` with ``n / blocks >= readmit_cached`` (the same float comparison, so the
-        verdict is the uncapped share's) instead of scanning the whole prompt every step.
-        O(withheld requests x min(prefix blocks, n))."""
+        verdict is the uncapped share's). Each request's cached blocks are remembered between plans
+        (:mod:`cachewise.runtime.prefix_memo`): a plan checks that they are still cached and probes only past
+        them. O(withheld requests x min(prefix blocks, n)) attribute reads, O(newly cached blocks + 1) probes."""
         if self.residency is None or not (readmit := self.residency.readmit_cached):
             return {}
         shares: dict[str, float] = {}
+        memo = self._held_prefixes
         for rid, request in self.withheld_arrivals.items():
             key = view.session_of(rid)
             if key is not None:
                 blocks = max((request.num_tokens - 1) // self.block_size, 1)
                 need = threshold_blocks(readmit, blocks)
-                shares[key] = max(shares.get(key, 0.0), self._gpu_cached_blocks(request, need) / blocks)
+                shares[key] = max(shares.get(key, 0.0), memo.leading(request, need) / blocks)
+        memo.forget(self.withheld_arrivals)
         return shares
 
     def _gpu_cached_blocks(self, request: Request, limit: int | None = None) -> int:
