@@ -12,8 +12,9 @@ policy; :mod:`cachewise.replay.sweep`). Nothing here runs a replay.
   replayed GPU time *at real scale*: a replay step stands for ``token_scale`` engine steps, each
   of which calls the scheduler, so the controller's time counts ``token_scale`` times. That
   assumes each of them plans; with ``residency.replan_s`` a served engine plans only on steps
-  where the requests changed and every ``replan_s``, so at ``token_scale`` > 1 the share is an
-  upper estimate, at 1 a measurement. Before session 24 it counted once and the share was
+  where the requests changed and every ``replan_s``, and its plans look up prefixes of 16x the
+  blocks, so at ``token_scale`` > 1 the share is an estimate (more plans, each cheaper; in session
+  25's runs 2-3x the real-scale share), at 1 a measurement. Before session 24 it counted once and the share was
   understated ``token_scale``-fold, 16x at the default);
 * :func:`residency_table`: per capacity, mean JCT ± 95% interval over seeds of vLLM LRU,
   ``lru_arrival``, ``learned``, the best fixed cap *in hindsight* (lowest mean JCT among

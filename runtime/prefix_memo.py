@@ -64,6 +64,16 @@ def memo_applies(manager: KVCacheManager) -> bool:
         return False
 
 
+def vllm_cached_blocks(manager: KVCacheManager, request: Request, block_size: int, limit: int | None = None) -> int:
+    """Leading full blocks of ``request``'s prompt (at most ``num_tokens - 1`` tokens) the GPU prefix
+    cache holds now, at most ``limit``: vLLM's ``find_longest_cache_hit``, read-only. O(blocks) probes."""
+    most = (request.num_tokens - 1) // block_size
+    if limit is not None:
+        most = min(most, limit)
+    _, tokens, _ = manager.coordinator.find_longest_cache_hit(request.block_hashes, most * block_size)
+    return tokens // block_size
+
+
 class PrefixMemo:
     """Leading cached blocks per request id, kept across calls (module doc)."""
 
@@ -71,42 +81,33 @@ class PrefixMemo:
         self._manager = manager
         self._block_size = block_size
         self.remembers = memo_applies(manager)
-        self._blocks: dict[str, list[KVCacheBlock]] = {}
-        self._keys: dict[str, list[bytes]] = {}
+        self._found: dict[str, tuple[list[KVCacheBlock], list[bytes]]] = {}  # request id -> (blocks, their keys)
 
     def leading(self, request: Request, limit: int | None = None) -> int:
-        """Leading full blocks of ``request``'s prompt (at most ``num_tokens - 1`` tokens) the GPU
-        prefix cache holds now, at most ``limit``: vLLM's ``find_longest_cache_hit`` count."""
-        most = (request.num_tokens - 1) // self._block_size
-        if self.remembers:
-            most = min(most, len(request.block_hashes))
+        """:func:`vllm_cached_blocks`'s count, from the blocks remembered for ``request`` (module doc)."""
+        if not self.remembers:
+            return vllm_cached_blocks(self._manager, request, self._block_size, limit)
+        hashes = request.block_hashes
+        most = min((request.num_tokens - 1) // self._block_size, len(hashes))
         if limit is not None:
             most = min(most, limit)
-        if not self.remembers:
-            coordinator = self._manager.coordinator
-            _, tokens, _ = coordinator.find_longest_cache_hit(request.block_hashes, most * self._block_size)
-            return tokens // self._block_size
-        rid = request.request_id
-        blocks = self._blocks.setdefault(rid, [])
-        keys = self._keys.setdefault(rid, [])
+        blocks, keys = self._found.setdefault(request.request_id, ([], []))
         n, checked = 0, min(len(blocks), most)
         while n < checked and blocks[n].block_hash is keys[n]:
             n += 1
         if n < checked:  # evicted (or re-keyed) at n: what follows is probed again
             del blocks[n:], keys[n:]
         pool = self._manager.block_pool
-        hashes = request.block_hashes
         while n < most:
             found = BlockPool.get_cached_block(pool, hashes[n], [0])
             if found is None:
                 break
-            block = found[0]
-            blocks.append(block)
-            keys.append(block.block_hash)
+            blocks.append(found[0])
+            keys.append(found[0].block_hash)
             n += 1
         return n
 
     def forget(self, keep: Container[str]) -> None:
         """Drop what is remembered of the requests not in ``keep``. O(remembered requests)."""
-        for rid in [r for r in self._blocks if r not in keep]:
-            del self._blocks[rid], self._keys[rid]
+        for rid in [r for r in self._found if r not in keep]:
+            del self._found[rid]

@@ -94,7 +94,7 @@ from cachewise.runtime.hooks import chained_groups
 from cachewise.runtime.metrics import publish_residency
 from cachewise.runtime.policy import engine_clock
 from cachewise.runtime.prefetch import PREFIX, Inflight, Prefetcher, PrefetchStats
-from cachewise.runtime.prefix_memo import PrefixMemo
+from cachewise.runtime.prefix_memo import PrefixMemo, vllm_cached_blocks
 from cachewise.runtime.request_calls import arrival_keys
 from cachewise.runtime.residency import ResidencyController, prefill_seconds, threshold_blocks
 from cachewise.runtime.sessions import SessionView
@@ -222,6 +222,7 @@ class ResidencyMixin:
     residency_settings: ResidencySettings | None = None
     prefetch_settings: PrefetchSettings | None = None
     controller_cls: type[ResidencyController] = ResidencyController
+    _held_prefixes: PrefixMemo  # set by _start_residency, read only while residency is on
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.prefetcher: Prefetcher | None = None
@@ -235,7 +236,6 @@ class ResidencyMixin:
         self.residency_reused = 0  # steps that held the last plan's sessions (nothing changed but < replan_s)
         self._arrivals = 0
         self._last_plan: tuple[tuple[int, int, int, int], float, frozenset[str]] | None = None  # (requests, time, held)
-        self._held_prefixes = PrefixMemo(self.kv_cache_manager, self.block_size)  # rule 2's lookups, remembered
         try:
             self._start_residency()
         except Exception as exc:  # noqa: BLE001 - residency is optional; vLLM must start
@@ -250,6 +250,7 @@ class ResidencyMixin:
             raise ConfigError("residency needs CacheWise's pool and its session view (additional_config cachewise)")
         # One view, one guard verdict and one eviction pressure: the pool's (residency rule 5, cost rule).
         self.sessions = pool.sessions
+        self._held_prefixes = PrefixMemo(self.kv_cache_manager, self.block_size)  # rule 2's lookups
         self.sessions.shortage.share = settings.thrash_share  # the engine's one shortage test (memory_shortage)
         if settings.judge:  # the view scores each return; the controller reads its verdict (rule 5)
             self.sessions.judge = ForecastJudge(
@@ -448,11 +449,9 @@ class ResidencyMixin:
         memo.forget(self.withheld_arrivals)
         return shares
 
-    def _gpu_cached_blocks(self, request: Request, limit: int | None = None) -> int:
-        """Leading full blocks of ``request`` vLLM's GPU prefix cache holds now, at most ``limit`` (read-only lookup)."""
-        max_tokens = request.num_tokens - 1 if limit is None else min(request.num_tokens - 1, limit * self.block_size)
-        _, tokens, _ = self.kv_cache_manager.coordinator.find_longest_cache_hit(request.block_hashes, max_tokens)
-        return tokens // self.block_size
+    def _gpu_cached_blocks(self, request: Request) -> int:
+        """Leading full blocks of ``request`` vLLM's GPU prefix cache holds now (the prefetcher's read-only lookup)."""
+        return vllm_cached_blocks(self.kv_cache_manager, request, self.block_size)
 
     def _demote(self, key: str) -> None:
         """The demoted session's exclusive cached blocks become the pool's first evicted."""
