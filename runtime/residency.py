@@ -3,391 +3,152 @@
 Pure decision logic (no vLLM imports): :class:`ResidencyController` reads a
 :class:`~cachewise.runtime.sessions.SessionView`, writes only the ``resident`` /
 ``demoted`` flags through it, and returns a :class:`Plan` the scheduler applies
-(:mod:`cachewise.runtime.scheduler`).
+(:mod:`cachewise.runtime.scheduler`). The measurements behind each rule and setting are in
+``docs/results/residency.md`` (one section per rule, named below); the section "The controller's rules
+with their measurements" keeps this docstring's earlier text, which carried them inline.
 
-Rule, evaluated at each plan (:meth:`ResidencyController.plan`; the scheduler plans when the requests
+Rules, evaluated at each plan (:meth:`ResidencyController.plan`; the scheduler plans when the requests
 changed and every ``replan_s``, :class:`~cachewise.runtime.scheduler.ResidencyMixin`):
 
-1. A session whose request is admitted becomes *resident*; it stays resident while it has
-   live requests and, when idle, until it is demoted or idle past its forecast's expiry.
-   Waiting requests of resident sessions are never held (with a host tier, see rule 6).
-2. Non-resident sessions with waiting requests are considered in the *admission order*
-   (``admission_order``): ``area`` (default) -- the smallest predicted KV *area* first, the
-   session's working set times the seconds the export's remaining-work model predicts it still
-   runs (:meth:`SessionView.remaining_of <cachewise.runtime.sessions.SessionView.remaining_of>`:
-   at its last finished call; the model's new-session label before its first), then as
-   ``smallest`` -- or ``smallest``, the smallest working set first, then first arrival, then
-   key -- or ``fcfs``, *program-level FCFS* (first arrival of the session, then key); sessions
-   past the starvation bound (rule 4) first in all; with a host tier, ``area`` and ``smallest``
-   put rule 6's returning admitted sessions before new ones (measured: 541 ± 59 s against
-   635 ± 97 without, FCFS 575 ± 78; README "Host tier"). Without a remaining-work model every
-   area is 0 and ``area`` *is* ``smallest``. The head is admitted when
-   ``Σ resident working sets + its working set <= budget`` (the step's *budget*, below). Otherwise
-   idle resident sessions are *demoted* — best first, and only those whose demotion pays
-   (below) — when, and only when, that makes the head fit; else the head and every later
-   session wait (strict order: a later session never overtakes). *Preemption by area*
-   (``preempt_area_ratio``, default 3; ``area`` only, not for a head past the starvation bound):
-   when the demotions that pay cannot make the head fit, idle residents whose area is more than
-   ``preempt_area_ratio`` times the head's are demoted too, largest first, as far as that makes it
-   fit. An idle session of a far larger area holds its room for far longer than the head needs it;
-   giving it to the head is shortest-remaining-first *with* preemption, which lowers mean completion
-   time below the non-preemptive order, at the price of the preempted session's recompute and wait
-   (it rejoins the queue at its own area when back). The ratio keeps it to clear cases: the areas
-   are predictions. Measured (docs/results/residency.md "Preemption by predicted KV area", Claude Code held-out, closed
-   loop, ten seeds): C=32 −63 ± 25 s at 25% capacity, +3 ± 10 s at 50%; C=64 −70 ± 21 / −19 ± 10 s
-   at 25 / 50%, but +8 ± 6 s at 75% (a preempted session's recompute costs more than the room is
-   worth where the demand exceeds the capacity by less); a ratio of 1 was +21 ± 16 s worse at C=32
-   50% (five seeds). *Readmission while the prefix is cached* (``readmit_cached``, default 0.5):
-   a held session whose waiting request finds at least that share of its prompt still in the GPU's
-   prefix cache (the scheduler reads it at each plan: :meth:`ResidencyMixin._held_cached
-   <cachewise.runtime.scheduler.ResidencyMixin._held_cached>`) goes before the other held sessions,
-   after those past the starvation bound; not with a host tier (rule 6), where a held session's prefix
-   is stored on the host and loaded back, not lost while it waits. Typically a demoted
-   session back before the pool evicted its blocks: they are the first evicted while it waits, so
-   every step it waits can cost its whole prefix, and readmitted now it costs nothing to recompute.
-   Measured (docs/results/residency.md "Readmission while the prefix is cached"; Claude Code held-out, closed loop, ten
-   seeds): before it, 95% of the recomputed prompt tokens at C=32 50% capacity were on returns of
-   sessions held for readmission, and a third of those blocks were still cached when the session came
-   back and were evicted while it waited. With it: C=32 −7 ± 5 s at 50% (better on nine seeds of ten;
-   recomputed prompt tokens 1.71 M against 1.95 M per run) and −16 ± 16 s at 25%; C=64 −14 ± 13 s at
-   25%, +2 ± 12 s at 50% (no measurable difference). Why the smallest area first: a
-   session holds its working set for as long as it runs, so its area is the room-time it takes
-   from the sessions behind it; admitting the smallest first finishes the most sessions per
-   unit of room, as shortest-job-first does for one resource, and falls back to the smallest
-   working set where the model has no opinion. Measured (README "Session residency", Claude
-   Code held-out, closed loop, ten seeds; ``area`` − ``smallest``, same model): C=32 −12 ± 5 s at
-   50% capacity, +2 ± 21 s at 25%; C=64 (a model trained on half the tasks, 87 held-out sessions)
-   −18 ± 9 s at 50%, −32 ± 25 s at 25%. Ordering by the predicted remaining time alone (no
-   working set) was better at C=32 50% (−18 ± 7 s) but worse at C=64 (+51 ± 40 s at 25%):
-   where the model ranks poorly (Spearman 0.37 against 0.54) it throws away the packing, and
-   the area keeps it. A new-session label by first-prompt length (four equal-count bins of the
-   training sessions) made C=32 worse (25%: 741 s against 611 s): new sessions then overtook the
-   returning ones. Why smallest first (``smallest``, and ``area``'s ties): it packs
-   the room that the residents leave (a session that fits now is not held behind one that
-   does not) and finishes short sessions first, as shortest-job-first does; the starvation
-   bound keeps the large ones' wait bounded. Measured (README "Session residency", Claude Code
-   held-out, C=32, ten seeds): against FCFS, mean JCT −149 ± 44 s at 25% capacity (better on
-   every seed; p99 and makespan lower too) and −12 ± 23 s at 50%; on SWE-agent sessions, where
-   FCFS holding lost to vLLM (+5 ± 2 s at 25%), +1 ± 4 s. The pool learns of a
-   non-resident session's request only when its session is admitted (the scheduler withholds
-   it from the arrival rule, :meth:`ResidencyMixin.withhold_arrival
-   <cachewise.runtime.scheduler.ResidencyMixin.withhold_arrival>`), so a held session's prefix
-   is not kept as a queued request's while it waits.
-3. Shedding: sessions are admitted at their working set *of the moment*, and an agent's
-   prompt grows several-fold over its session, so the resident sessions outgrow the cache
-   (thrashing: every resident session's prefix is evicted while it waits on a tool, as if
-   no controller ran). While a session waits and ``Σ resident working sets > budget``, idle
-   resident sessions whose demotion pays are demoted, best first, until
-   the rest fit (or none is left); a session with a live request is never demoted. While
-   the resident working sets exceed the whole ``capacity``, keeping them all is not an option
-   (the pool evicts blocks of resident sessions anyway, and they thrash), so idle resident
-   sessions are demoted best first *whether or not their demotion pays* until the rest fit
-   the capacity: the forecast then chooses who gives up room, instead of the eviction order
-   of a thrashing cache -- whether or not a session waits (until session 10 this too waited
-   for a waiting session: in a closed loop whose sessions were all admitted while they were
-   small, the residents then outgrew the cache with no one waiting and nothing was shed;
-   measured, Claude Code held-out, C=32, 75% capacity, seeds 0-2: 530 / 561 / 409 s mean JCT,
-   `learned`'s own on seeds 0-1, against 361 / 402 / 409 s shedding; README "Session residency").
-4. Starvation bound: a session whose oldest waiting request arrived ``max_wait_s`` ago,
-   or that was held in ``max_passes`` steps, goes first and is admitted even if it does
-   not fit (vLLM's own KV admission still applies). When no resident session has a live
-   request, the head is admitted even if it does not fit (the engine never idles on the
-   controller). Both are counted as *forced* admissions. The bound is checked once per
-   scheduler step: a session is forced at the first step that starts at or after
-   ``max_wait_s``, so its wait can pass the bound by up to one step (the replay once measured
-   1,801 s against 1,800 s), and by more only where vLLM's own KV admission holds it back.
-
-5. The guard's verdict (:attr:`SessionView.trusted <cachewise.runtime.sessions.SessionView.trusted>`:
-   the GPU pool's online guard, :mod:`cachewise.runtime.guard`, serves the learned order; and,
-   below, the forecast judge's): while neither trusts the model, the controller *passes through*: every waiting
-   session is admitted (marked resident), nothing is held or demoted, so the step is vLLM's
-   own ``schedule()`` on vLLM's own eviction order -- identical to vLLM's scheduling, not
-   merely no-model forecasts, because holding itself is what can lose on traffic the model
-   does not know (README, "Never worse than vLLM"). Each change is logged once and counted
-   (:attr:`ResidencyController.passthrough_steps`).
-
-   *Restoring.* When the guard (or the judge, below) trusts the model again, the resident sessions are the ones vLLM's
-   scheduling admitted -- every session that arrived -- not ones the budget admitted. Measured
-   (README, "Session residency": Claude Code held-out, C=32, 50% capacity, seed 2): the guard
-   first trusted the model at t = 81 s, when all 48 sessions had started and were resident
-   with working sets of 1.5x the capacity; no session was ever non-resident again, so rule 3
-   (which then shed only while a session waited) never ran: 0 demotions, the residents grew to 3.4x
-   the capacity, and the run was vLLM's scheduling with the learned eviction order to its end.
-   So on resuming the controller is *restoring* until ``Σ resident working sets <= budget``: at
-   every step, idle resident sessions are demoted best first (the
-   order of rule 3), whether or not a session waits and whether or not their demotion pays;
-   a session with a live request is not demoted, so while those alone exceed the budget
-   restoring goes on and each is demoted at the first step it is idle. Once the residents
-   fit, restoring ends and a demotion is again only for a session that waits (rules 2-3).
-
-   *Thrashing* (``act_when_thrashing``, off by default). The guard judges eviction *orders* on the
-   GPU pool, and pass-through admits every session: once their working sets outgrow the cache, every
-   order misses and neither can show an advantage, so the guard may never trust the model and the
-   controller that would end the thrash never acts. Measured (README, "Host tier", Claude Code
-   held-out, C=32, 25% GPU, host 2x): the guard first trusted the model at 20-35 s in three seeds and
-   at 1,626 / 1,705 s in two, whose runs were then vLLM's (857 / 896 s mean JCT against 513 / 512 s
-   with this exception). With it, the first step at which, passing through, ``Σ resident working
-   sets > capacity + host_blocks`` (the residents exceed both tiers: rule 3's premise, keeping them
-   all is not an option) latches the controller onto the model for the rest of the run, restoring
-   as above; the guard's verdict still decides the pool's eviction order and the host policy's.
-   This gives up rule 5's "exactly vLLM's scheduling" from that step on.
-
-   *The forecast judge* (``judge``, on by default; :mod:`cachewise.runtime.forecast_judge`). The
-   controller also acts while the judge trusts the model's *return forecasts*: scored at every
-   return of an idle session against the no-model forecast of the same call (quantile loss),
-   they are evidence that a thrashing cache does not erase. It starts trusting
-   (``judge_start_trusted``) and distrusts from the first return at which the model's forecasts are
-   measurably worse. Why not start distrusting, as the guard does: passing through lets the cache
-   thrash, and the thrash itself degrades the model's forecasts -- its inputs include the engine's
-   latencies and the sessions' elapsed times, which a thrashing engine stretches. Measured (Claude
-   Code held-out, C=32, 25% capacity, seed 0): starting distrusted, the model's forecasts scored
-   measurably *worse* than the no-model ones over the first ~500 returns (mean loss difference
-   +0.06 ± 0.02 at 100, +0.04 at 300) and better only once the controller acted (first trusted at
-   t = 1,147 s); with the controller acting from the start they scored better throughout (−0.017 at
-   192 returns, −0.035 to −0.049 from 300 on). While either verdict trusts, the controller acts on
-   the model's forecasts (the guard's verdict still decides the pool's eviction order and the host
-   policy's).
-
-   *Reference forecasts* (``judge_fallback``, on by default). The judge's verdict compares two
-   forecasts of the same returns, so while it distrusts the model (and the guard does too) the
-   controller acts on the other one -- the no-model reference forecast the judge scored the model
-   against (:meth:`ResidencyController.forecast_of`: for the cost rule and the expiry of rule 1; the
-   model's where a session has none) -- instead of passing through (:attr:`on_reference
-   <ResidencyController.on_reference>`; prefetch, which acts on the model's forecasts, pauses).
-   Passing through is what the judge's distrust used to mean, and it let the cache thrash until a
-   verdict trusted the model again: measured (Claude Code held-out, C=32, ten seeds, README "Session
-   residency"), one seed in ten at 25% and one at 50% ran at 1.5-2x the others (1,186 and 907 s
-   mean JCT: the judge left at its 33rd-38th return, t = 16-18 s, the first calls of the batch
-   start, and the controller passed through until t = 1,381 and 858 s), which the reference
-   forecasts avoid. The model's
-   forecasts are still scored at every return while the reference is acted on -- now on a cache that
-   does not thrash -- so the judge trusts the model again when they score better (measured: at its
-   ~200th return, t = 85-123 s). While no verdict exists -- no judge, a predictor that reports no
-   reference (the no-model policies), or no return scored yet -- and the guard distrusts, the step
-   is vLLM's. With ``judge_fallback`` false the controller passes through whenever both distrust
-   (session 9's rule).
-
-   *Which forecasts* (``forecasts``, default ``reference``). While acting, rules 1-3 read the no-model
-   reference forecasts whatever the verdict (:meth:`ResidencyController.forecast_of`; the model's
-   where a session has none, e.g. with the judge off); the verdicts still decide acting against
-   passing through, and the pool's eviction order and the prefetcher still use the model's.
-   ``model`` acts on the model's forecasts while a verdict trusts them (sessions 9-10). Why: the
-   judge's quantile loss, a mean over every return, favours the model, yet its decisions are worse.
-   Measured (README "Session residency", Claude Code held-out, C=32, closed loop, ten seeds, decision
-   logs of the replay): at 50% capacity ``model`` demotes 217 sessions per run, 174 of them back while
-   demoted (a median 2.5 s after the demotion), ``reference`` 190 and 147 (2.0 s); the run recomputes
-   2.04 M prompt tokens against 1.42 M (harmful evictions 7,968 against 5,533; the residents fill the
-   same 0.88-0.89 of the capacity on the mean): ``reference`` is 17 ± 5 s faster in mean JCT, on
-   every seed. At 25% −12 ± 27 s, 75% and 100% (three seeds) −12 ± 14 and +1 ± 3 s, with a host tier
-   −12 ± 29 s, SWE-agent sessions −1 ± 1 s: no measurable difference. So the model's return forecasts
-   do not pay in residency here, and against ``cachewise_nomodel`` (per-tool forecasts, per-tool
-   eviction order) this controller, with the model's eviction order, shows no measurable difference
-   either (−6 ± 22 s at 25%, −1 ± 7 s at 50%).
-
-6. Host tier (``host_blocks`` > 0: vLLM's offloading connector runs the CacheWise CPU-tier
-   policy on this view, :func:`~cachewise.runtime.cpu_policy.host_capacity_blocks`). Admission
-   counts two sets: the *admitted* sessions (all resident ones) and those that *need the GPU
-   now*: resident sessions with a request scheduled by vLLM (all their live requests counted),
-   returning admitted sessions once they pass (below), and the sessions whose prefetch is in
-   flight (``loading``). The head is admitted
-   when ``Σ GPU-set working sets + its working set <= GPU budget`` *and*
-   ``Σ admitted working sets + its working set <= admitted budget`` (the budget of GPU +
-   host: the reserve below, computed with ``capacity + host_blocks`` and the admitted set);
-   rules 2-4 apply unchanged to the admitted set against that second budget (demotion makes
-   room in it; shedding starts past it and, regardless of pay, past ``capacity +
-   host_blocks``). Idle resident sessions are in the admitted set but not in the GPU set: the
-   ones beyond the GPU room live on the host -- vLLM's connector stored their blocks as they
-   were computed, and the GPU pool's learned order evicts idle sessions' blocks, predicted
-   back last first, when live requests need the room -- and the prefetcher
-   (:mod:`cachewise.runtime.prefetch`) loads them back before their predicted return. A
-   demotion (leaving the admitted set) still costs what the cost rule below says, with the
-   recompute priced as a host reload. A session whose head fails only the GPU check waits:
-   demoting idle sessions frees no GPU room the live ones need. An admitted session that comes
-   back (live, none of its requests scheduled yet) needs GPU room too: it takes its place in
-   the FCFS order of rule 2 and passes when ``Σ GPU set + its working set <= capacity`` (it
-   is admitted already; the headroom, kept for the growth of new admissions, is its to use)
-   -- otherwise the admitted set, up to GPU + host, would crowd into the GPU at once and the
-   pool would evict running sessions' prefixes (measured: 795 s mean JCT instead of 543 s at
-   25% GPU; with the budget instead of the capacity here, 543 s instead of 502 s).
-   Invariants: after a plan, unless a session was forced (rule 4) or the controller stands aside
-   (below), ``plan.gpu <= capacity``
-   whenever it held before the plan (only live sessions' growth raises it) and
-   ``plan.used <= `` the step's admitted budget whenever some session waited (rule 3);
-   ``plan.gpu <= plan.used`` (every GPU-set session is admitted). With ``host_blocks`` 0 (no
-   tier) the GPU check is implied by the admitted one (the GPU set is a subset of the admitted
-   set) and both budgets are the GPU's, so the rule *is* rules 1-5: the same plans, step for step.
+1. *Residency.* A session whose request is admitted becomes *resident*; it stays resident while it has
+   live requests and, when idle, until it is demoted or idle past its forecast's expiry. Waiting
+   requests of resident sessions are never held (with a host tier, see rule 6).
+2. *Admission.* Non-resident sessions with waiting requests are taken in the *admission order*
+   (``admission_order``), first to last: sessions past the starvation bound (rule 4); with a host tier
+   and ``area`` or ``smallest``, rule 6's returning admitted sessions; with ``readmit_cached`` > 0 and
+   no tier, held sessions whose waiting request finds at least that share of its prompt in the GPU's
+   prefix cache (the scheduler reads it at each plan, :meth:`ResidencyMixin._held_cached
+   <cachewise.runtime.scheduler.ResidencyMixin._held_cached>`: a held session's blocks are the first
+   evicted, so admitted now it recomputes nothing, held it may lose its prefix); then, for ``area``
+   (default), the smallest predicted KV *area* -- :func:`area`, the working set times the seconds the
+   remaining-work model predicts the session still runs (0 for all without that model, making ``area``
+   ``smallest``) -- then the smallest working set (``smallest``: that alone), then first arrival, then
+   key; ``fcfs`` is program-level FCFS (first arrival, then key). Smallest area first is
+   shortest-job-first over room-time: a session holds its working set for as long as it runs, so its
+   area is the room-time it takes from those behind it. The head is admitted when ``Σ resident working
+   sets + its working set <= budget`` (below). Otherwise idle resident sessions whose demotion pays
+   (the cost rule below) are *demoted*, best first, when and only when that makes the head fit; with
+   ``area`` and a head not past the bound, *preemption by area* adds the idle residents whose area
+   exceeds ``preempt_area_ratio`` times the head's, largest first (shortest-remaining-first with
+   preemption; the ratio keeps it to clear cases, the areas being predictions). Else the head and every
+   later session wait: a later session never overtakes. A held session's arrival is withheld from the
+   pool's arrival rule until its session is admitted (:meth:`ResidencyMixin.withhold_arrival
+   <cachewise.runtime.scheduler.ResidencyMixin.withhold_arrival>`), so its prefix is not kept as a
+   queued request's at the residents' expense while it waits.
+3. *Shedding.* Sessions are admitted at their working set of the moment, and an agent's prompt grows
+   several-fold, so the residents outgrow the cache. While a session waits and ``Σ resident working
+   sets > budget``, idle residents whose demotion pays are demoted, best first, until the rest fit or
+   none is left. While they exceed the whole ``capacity`` (keeping them all is not an option: the pool
+   would evict residents' blocks anyway), idle residents are demoted best first whether or not their
+   demotion pays and whether or not a session waits, until the rest fit the capacity. A session with a
+   live request is never demoted.
+4. *Starvation bound.* A session whose oldest waiting request arrived ``max_wait_s`` ago, or that was
+   held in ``max_passes`` plans, goes first and is admitted even if it does not fit (vLLM's own KV
+   admission still applies); when no resident session has a live request the head is admitted anyway
+   (the engine never idles on the controller). Both count as *forced*. The bound is checked once per
+   step, so a wait can pass it by up to one step (more only where vLLM's KV admission holds it back).
+5. *Acting or passing through.* The controller acts while the GPU pool's online guard
+   (:mod:`cachewise.runtime.guard`, :attr:`SessionView.trusted
+   <cachewise.runtime.sessions.SessionView.trusted>`) or the *forecast judge* (``judge``,
+   :mod:`cachewise.runtime.forecast_judge`: the model's return forecasts scored at every return
+   against the no-model *reference* forecast of the same call; from its first scored return, starting
+   trusting, ``judge_start_trusted``, since a thrashing cache degrades the model's inputs) trusts the
+   model.
+   While neither does, with ``judge_fallback`` and a scored return it acts on the reference forecasts
+   (:attr:`~ResidencyController.on_reference`); otherwise it *passes through*: every waiting session
+   is admitted, nothing is held or demoted, and the step is vLLM's own ``schedule()`` on vLLM's order
+   (holding itself is what can lose on traffic the model does not know). Each change is logged once
+   and counted (:attr:`~ResidencyController.passthrough_steps`).
+   *Which forecasts* (``forecasts``, default ``reference``): while acting, rules 1-3 read the reference
+   forecasts whatever the verdict (the model's where a session has none; ``model``: the model's while
+   a verdict trusts them); the verdicts still decide acting, the pool's order and the prefetcher's.
+   *Restoring*: on resuming after passing through, the residents are whatever vLLM admitted, so until
+   ``Σ resident working sets <= budget`` idle residents are demoted best first at every plan, whether
+   or not a session waits or their demotion pays.
+   *Thrashing* (``act_when_thrashing``, off by default): the first step at which, passing through,
+   ``Σ resident working sets > capacity + host_blocks`` latches acting on the model for the rest of
+   the run (restoring as above); the guard's verdict still decides the pool's and the host policy's
+   order. This gives up "exactly vLLM's scheduling" from that step on.
+6. *Host tier* (``host_blocks`` > 0: vLLM's offloading connector runs the CacheWise CPU-tier policy on
+   this view, :func:`~cachewise.runtime.cpu_policy.host_capacity_blocks`). Admission counts two sets:
+   the *admitted* (all resident) sessions, against the admitted budget (GPU + host, less the reserve
+   against ``capacity + host_blocks``), and those that *need the GPU now* (resident with a request
+   vLLM scheduled, returning admitted ones once they pass, prefetches in flight, ``loading``), against
+   the GPU budget. Rules 2-4 apply to the admitted set; idle residents beyond the GPU room live on the
+   host (stored by the connector as computed, evicted from the GPU by the learned order, loaded back
+   by :mod:`cachewise.runtime.prefetch`). A head that fails only the GPU check waits: demoting idle
+   sessions frees no GPU room the live ones need. A returning admitted session takes its place in
+   rule 2's order and passes when ``Σ GPU set + its working set <= capacity`` (the headroom is its to
+   use). With ``host_blocks`` 0 the GPU check is implied by the admitted one, so the rule *is* rules
+   1-5, plan for plan.
 
 *The budget* of a step is ``capacity - reserve``, ``reserve = min(headroom * capacity, max(demand -
-capacity, 0))``, with ``demand`` the working sets of the resident sessions and of the waiting ones,
-taken at the step's start (:meth:`ResidencyController.reserve`; with a host tier, the admitted budget
-is ``capacity + host_blocks`` less the reserve against that, the GPU budget ``capacity`` less the
-reserve against the capacity, both from the same demand). The headroom is
-room kept for the residents' growth that a waiting session would otherwise take; while everyone who
-wants the GPU fits, no one is held for it, and it grows to the whole ``headroom`` only once the
-demand exceeds the capacity by that much. Measured (README "Session residency", Claude Code
-held-out, closed loop, ten seeds): with a fixed ``(1 - headroom) * capacity``, C=64 at 100%
-capacity ran 19 ± 5 s (3.6%) slower than ``learned`` (vLLM's scheduler with the learned eviction
-order: the sessions fit, and the fixed headroom held some of them at the peak); with the reserve,
-4 ± 3 s (0.8%); C=32 at 100% −1 ± 3 s against the fixed budget, at 75% −6 ± 4 s (five seeds), at 25%
-and 50% (C=32 and C=64) no measurable difference (the demand exceeds the capacity by more than the
-headroom there for most of a run). ``headroom`` 0, the other way to end the 100%
-harm, was 26 ± 24 s slower at C=64 50% (five seeds). The prefetcher's room check keeps the fixed
-budgets (the conservative ones).
+capacity, 0))``, ``demand`` the working sets of the resident and the waiting sessions at the step's
+start (:meth:`ResidencyController.reserve`): room kept for the residents' growth, only as far as the
+demand exceeds the capacity, so no one is held while everyone fits.
 
-*Standing aside* (``thrash_share``, default 0.1; ``None``: never). Until memory proves short, every plan
-admits every waiting session and demotes no one -- vLLM's admission, on the pool's eviction order --
-whatever the working sets add up to. Memory proves short (:attr:`ResidencyController.short`: the
-engine's one latched test, the view's ``shortage``, :mod:`cachewise.runtime.memory_shortage`, which
-the GPU pool's guard reads too; its share is this setting, set on the view by the residency
-scheduler; until latched each step tests it, summing the live sessions' present KV,
-:meth:`SessionView.live_blocks <cachewise.runtime.sessions.SessionView.live_blocks>`, unless the
-recompute criterion already holds) at the first step at which either
+*Standing aside* (``thrash_share``, default 0.1; ``None``: never). Until memory proves short every
+plan admits every waiting session and demotes no one (vLLM's admission on the pool's order). Memory
+proves short (:attr:`ResidencyController.short`, the engine's one latched test shared with the guard,
+:mod:`cachewise.runtime.memory_shortage`) at the first step at which the sessions with live requests
+hold or need more blocks than the capacity (their present KV,
+:meth:`SessionView.live_blocks <cachewise.runtime.sessions.SessionView.live_blocks>`), or the engine
+has recomputed more than ``thrash_share`` of the blocks it prefilled and of the capacity (both summed
+with a half-life of one capacity of prefilled blocks, :meth:`SessionView.on_scheduled
+<cachewise.runtime.sessions.SessionView.on_scheduled>`). Where memory suffices the working sets
+(forecasts of mostly idle sessions) can pass the capacity while the pool recomputes almost nothing;
+holding and shedding there only cost.
 
-* the sessions with live requests hold or need more blocks than the capacity (their present KV: the
-  working sets without the predicted growth) -- they cannot all be on the GPU at once, whatever the
-  eviction order; or
-* the engine has *recomputed* more than ``thrash_share`` of the blocks it prefilled, and of the
-  capacity, both summed with a half-life of one capacity of prefilled blocks: of each returning
-  request's prompt, the full blocks its thread held after its last call that its first schedule did
-  not find cached (:meth:`SessionView.on_scheduled <cachewise.runtime.sessions.SessionView.on_scheduled>`,
-  from vLLM's ``num_computed_tokens``).
+*The cost rule* ("which demotion pays"). Demoting an idle resident ``j`` (``W_j`` blocks, idle ``e``
+seconds, return forecast ``F_j`` read as a piecewise-linear quantile function; remaining gap ``R_j``,
+the gap past ``e``; no forecast: ``R_j = overdue_remaining(e)``, :mod:`cachewise.scoring.overdue`)
+admits the waiting session now; if j is back while demoted (``R_j <= H``, ``H = horizon_s``) it pays
 
-Why: the working sets are forecasts (latest prompt plus the last growth) of sessions that are mostly
-idle, and where memory suffices their sum passes the capacity while the pool, evicting idle sessions'
-tails as vLLM does, recomputes almost nothing; holding and shedding there only cost (the held session's
-wait, the shed one's recompute). Recompute is the cost this controller exists to remove, and live
-requests that do not fit are thrashing by definition, so either is the evidence that acting can pay.
-Measured (Claude Code held-out, closed loop, ten seeds, against the same rule acting from the start;
-docs/results/residency.md "Standing aside until memory proves short"): C=64 at 100% capacity, where the
-controller demoted 84 sessions a run and held some for up to 33 s (p99 +11.1 ± 3.2 s above LRU's), it
-stands aside the whole run: mean and p99 equal to LRU's and ``learned``'s on every seed (seed 0: the
-admitted sessions' present KV reached 1.4x the capacity, the live requests' 0.93x, the recomputed share
-of the prefill stayed under 0.1). C=32 and C=64 at 25-50%: the live requests exceed the capacity at t = 0,
-identical runs on every seed. At 75%: +1.2 ± 4.7 s (C=32) and +6.4 ± 7.9 s (C=64), no measurable
-difference (short at t = 148 s on C=32 seed 0, the pressure starting at ~120 s). The recompute
-criterion alone cost 17 ± 7 s at C=64 50% (short at t = 77 s on C=32 50% seed 1): the live one is what
-ends standing aside at once under a batch. ``thrash_share`` 0.5 latched at t = 197 s on C=32 75% seed 0
-(+13 s on that seed); 0.2 was chosen on that seed (0.1: t = 145 s, no better); the recomputed share is
-0.9 of the prefill under vLLM at 75%, 0.03 at 100%. The default became 0.1 in session 23, for the guard's
-preview, which enters on the same latch (docs/results/guard.md "The preview once memory proves short,
-shipped"): against 0.2, ten seeds, C=32 25-50% identical runs, 75% +0.4 ± 4.9 s, 100% +0.04 ± 0.09 s (seed
-8 latched on recompute, 402 of 3,159 blocks prefilled: +0.4 s mean, +2.7 s p99 above LRU's; the other nine
-LRU's), C=64 75% −7.0 ± 6.6 s, 100% identical; Poisson at 100% (seeds 0-2) C=32 ρ 1.0 LRU's, C=64 ρ 0.8
-+0.3 ± 1.4 s (seed 2, the guard's one switch, as with 0.2). Standing aside on the admitted sessions' KV instead
-(their working sets within 5% of the capacity) was +15 ± 5 s at C=32 75%, every seed.
-
-Cost trade-off for demoting an idle resident session ``j`` with ``W_j`` blocks, idle ``e``
-seconds, return forecast ``F_j`` (quantiles of its gap, read as a piecewise-linear quantile
-function; remaining gap ``R_j`` = the gap minus ``e`` given it exceeds ``e``; no forecast:
-``R_j = overdue_remaining(e)``, the one overdue rule of :mod:`cachewise.scoring.overdue`), while a
-session waits for room. Demoting j now admits the waiting session now; if j is back while
-demoted, ``R_j <= H``, j pays
-
-    D_j(r) = Q + S * lost_j(r)    # its readmission wait, its recompute (stalling the engine)
+    D_j(r) = Q + S * lost_j(r)    # its readmission wait, and its recompute stalling the engine
     lost_j(r) = c(W_j) - c(W_j - m_j(r)),   m_j(r) = min(max(eps * r + N - A, 0), W_j)
 
-with ``H = horizon_s`` and ``c(n tokens) = a0 + a_tok n + a_ctx n^2 / 2`` the measured prefill
-cost model (no cached context; blocks count ``block_tokens`` tokens each). ``S`` counts what the
-engine serves now: the requests running, those of resident sessions waiting for it, and the idle
-resident sessions (j among them): see "A busy engine" below.
+with ``c(n tokens) = a0 + a_tok n + a_ctx n^2 / 2`` the measured prefill cost model (blocks of
+``block_tokens`` tokens).
 
-*Deferring* (the decision rule). Keeping j is not a decision for its whole idle time: the
-rule runs again at every step, and j can be demoted later, ``τ`` seconds from now, if it is still
-idle then. Compare demoting now with keeping j for ``τ`` and demoting it then. Keeping holds
-the waiting session out of j's room until j is back or ``τ`` has passed, ``min(R_j, τ)`` seconds
-(once j is back its room is in use by j either way); in return, j pays ``D_j`` only if it is
-back after ``τ``. So demoting now costs, against deferring by ``τ``,
+* *Deferring.* The rule runs again every step, so demoting now competes with demoting ``τ`` seconds
+  later if j is still idle. Keeping holds the waiting session ``min(R_j, τ)`` seconds; demoting now
+  costs, against deferring by ``τ``, ``drop_j(τ) - keep_j(τ) = E[1{R_j <= τ} D_j(R_j)] - w E[min(R_j, τ)]``.
+  Demoting now pays iff ``keep_j(τ) > drop_j(τ)`` for *every* ``τ <= H`` (the forecast's
+  :data:`RETURN_POINTS` equal-mass points of ``R_j`` up to ``H``, and ``H``; between two points
+  ``keep - drop`` only grows): a session likely back soon is kept while that is likely, and demoted
+  once its short gaps have passed (:func:`deferral_keep_and_drop`). Candidates rank by
+  ``keep - drop`` at the binding ``τ``; an ended session (``R = inf``) scores ``H``, the most.
+* *What a demotion loses.* It evicts nothing: j's exclusive cached blocks become the pool's first
+  evicted (:meth:`ScoredBlockPool.demote <cachewise.runtime.block_pool.ScoredBlockPool.demote>`,
+  deepest first), behind the ``A`` blocks already demoted (:attr:`EvictionOrder.demoted_free
+  <cachewise.runtime.eviction_order.EvictionOrder.demoted_free>`). The pool evicts ``eps`` cached
+  blocks per second (its count over ``pressure_window_s``, :attr:`SessionView.pressure
+  <cachewise.runtime.sessions.SessionView.pressure>`), taken as the rate of the next ``r`` seconds,
+  and the admission the demotion makes room for (``N``, the waiting session's working set; 0 when
+  restoring) is allocated at once from the demoted blocks first: so ``m_j(r)`` of j's blocks, its
+  tail, are gone by ``r``, and recomputing a tail of ``m`` behind a cached ``W - m`` costs
+  ``c(W) - c(W - m)`` (:meth:`ResidencyController.return_costs`). Without a pool reader ``m_j = W_j``.
+  The estimate errs toward keeping (``A`` omits unhashed and expired blocks and the step's earlier
+  demotions; ``W_j`` counts shared blocks, which are not demoted).
+* *What a demotion delays.* ``Q`` is the mean admission wait of the last :data:`QUEUE_WINDOW`
+  admissions of *returning* sessions (Continuum's "queueing delay induced by eviction", measured):
+  new sessions queue behind every returning one, so their waits are not what j meets.
+* *A busy engine.* ``S`` counts what a recompute stalls: the requests running, the resident sessions'
+  requests queued for the engine and the idle resident sessions (j among them); held sessions wait
+  for room, which a recompute does not change. ``w = b0 / (b0 + b_seq n + b_ctx T)`` under the
+  measured decode model (``n`` running, ``T`` tokens of the live residents' working sets; 1 with
+  nothing running) is the share of a decode step one more session gains: the rest of an admitted
+  session's progress is the others' slowdown (:meth:`ResidencyController.observe_batch`).
 
-    E[1{R_j <= τ} D_j(R_j)] - E[min(R_j, τ)]    = drop_j(τ) - keep_j(τ)
+Invariants: a session with a live request is never demoted; a held session is never overtaken by a
+later one in the admission order; after a plan, unless a session was forced (rule 4) or the controller
+stands aside, ``plan.gpu <= capacity`` whenever it held before the plan (only live sessions' growth
+raises it), ``plan.used <=`` the step's admitted budget whenever some session waited (rule 3), and
+``plan.gpu <= plan.used``.
 
-and demoting now is the better choice iff no deferral is better: ``keep_j(τ) > drop_j(τ)`` for
-*every* deferral ``τ <= H``. ``τ = H`` alone is the rule of session 7 (``E[min(R, H)]``
-against ``E[1{R <= H} D]``), which a forecast's tail decides: a session back in 1-3 s with
-probability 0.5 and gone for good otherwise has ``E[min(R, H)] ≈ H / 2`` against ``D / 2`` --
-any return cost ``D`` under ``H`` "paid" -- though waiting 3 s would have saved ``D`` half of
-the time at the cost of at most 3 s of one session's wait (measured at 50% capacity, session 7:
-the keep term's median was 25 s for a median remaining gap of 3.4 s; 91% of the demoted
-sessions came back, half within 1.3 s, and recomputed). Taking the least ``keep - drop`` over ``τ`` uses the forecast's CDF
-``P(R <= τ)`` where it is steep: a session likely back soon is kept while that is likely;
-once the short gaps have passed without a return, the conditioned forecast is the tail and the
-same rule demotes it. The expectations are means over :data:`RETURN_POINTS` equal-mass
-points of ``R_j`` (:meth:`~cachewise.runtime.sessions.Forecast.remaining_points`; one point per
-5% of probability, the stored forecast's resolution), and the deferrals ``τ`` are those points
-``<= H`` and ``H``: between two points ``keep - drop`` only grows (deferrals shorter than the
-first point, the forecast's first 5%, are below its resolution) (:func:`deferral_keep_and_drop`). The
-demotion's score ``keep_j(τ*) - drop_j(τ*)`` at the least ``τ*`` ranks candidates; a
-session that has ended (``R = inf``) scores ``H``, the most.
-
-*What a demotion loses.* Demoting j does not evict its blocks, it makes them the pool's first
-evicted (:meth:`ScoredBlockPool.demote <cachewise.runtime.block_pool.ScoredBlockPool.demote>`:
-"never reused, expired now" in :mod:`cachewise.runtime.eviction_order`, which evicts cached
-blocks earliest expiry first, a chain deepest block first). They are lost only as far as the
-pool evicts cached blocks before j is back. A block demoted now waits behind ``A`` cached
-blocks: the free blocks already in the demoted state
-(:attr:`EvictionOrder.demoted_free <cachewise.runtime.eviction_order.EvictionOrder.demoted_free>`).
-The pool evicts ``eps`` cached blocks per second: its eviction count over the last
-``pressure_window_s`` seconds (``ScoredBlockPool.eviction_pressure``, read live through
-:attr:`SessionView.pressure <cachewise.runtime.sessions.SessionView.pressure>`). Taking the
-recent rate as the rate of the next ``r`` seconds (a fluid approximation), ``eps r`` blocks
-are evicted by then, so ``m_j(r)`` of j's blocks, its tail: recomputing a tail of ``m`` blocks
-behind a cached prefix of ``W - m`` costs ``c(W) - c(W - m)`` (exact under the cost model:
-``a_tok m + a_ctx m (2W - m) / 2``, plus ``a0`` when nothing is left). So the eviction chance
-is the forecast's mass beyond ``(A - N) / eps`` (nil while the pool evicts nothing and ``N <= A``), and
-the whole recompute is charged only to returns later than ``(A - N + W_j) / eps``
-(:meth:`ResidencyController.return_costs`).
-``N`` is the admission the demotion makes room for: the working set of the waiting session it is
-for (rule 2: the session being admitted; rule 3: the FCFS head; 0 when restoring admits nobody).
-That session's prompt is allocated at once, in the steps after the demotion, from the free
-blocks -- the demoted ones first -- not at the past rate ``eps``: a demotion that makes room
-for ``N`` blocks with only ``A < N`` demoted blocks ahead loses ``N - A`` of its tail whenever
-the session returns (measured without ``N``, Claude Code held-out, C=32, 25% capacity, seed 0:
-the rule priced the median demotion's loss at 0.87 s while 210 of its 237 paying demotions
-came back, the run recomputed 6.3 M of its 7.8 M prefill tokens, and without the ``Q`` term
-below it demoted 830 sessions and recomputed 21 M; README "Session residency"). Without a pool reader (a
-pool that is not a ``ScoredBlockPool``: demotion reorders nothing) ``m_j = W_j``: every return
-recomputes the whole working set. The estimate errs toward keeping: ``A`` leaves out the
-blocks also evicted before j's (unhashed free blocks, expired predictions) and, for a step's
-second and later demotions, the blocks demoted earlier in the same step (each candidate is
-priced as if it alone took the whole ``N``, and ``N`` counts also what of the session's prompt is
-still cached); ``W_j`` counts the
-prefix j shares with other sessions, whose blocks are not demoted.
-
-*What a demotion delays.* ``Q`` is the admission wait j meets when it is back, no longer
-resident, whether or not its blocks survived: the mean admission wait of the last
-:data:`QUEUE_WINDOW` admissions of *returning* sessions (sessions that finished a call before:
-the "queueing delay induced by eviction" of Continuum, measured, not assumed). New sessions'
-waits are left out: program-level FCFS puts a returning session ahead of every session that
-started after it, so the waits of newly started sessions, which queue behind all of them,
-are not what a demoted session meets.
-
-*A busy engine.* Both sides are priced on the one engine that runs every session. A recompute is
-prefill work that delays whatever the engine serves until it is done: the requests running, the
-resident sessions' requests queued for the engine and the idle resident sessions, which come back
-to it -- ``S`` in ``D_j``, j among them (until session 14 ``1 + n_run``, the batch alone). Held
-sessions are not counted: they wait for room, which a recompute does not change (counting them was
-measured worse where many are held: C=64, 25% capacity, +25 s against +13 s over five seeds).
-And a held session's wait is not all lost: while it waits the engine runs the others, and one more
-session in a decode batch gains the engine only the share of the step it amortises, ``w = b0 / (b0 +
-b_seq n + b_ctx T)`` under the measured decode model (``n`` requests running, ``T`` tokens of the live
-resident sessions' working sets; ``w`` = 1 with nothing running: an idle engine gains a whole session);
-the rest of the admitted session's progress is the slowdown of the others, whose decode steps it
-lengthens by its context. So ``keep_j(τ) = w E[min(R_j, τ)]`` (:meth:`ResidencyController.observe_batch`,
-once per step). Measured (docs/results/residency.md "A busy engine"; Claude Code held-out, C=32, 50% capacity, seed 0, on a
-patch with ``w`` alone, before ``S`` below) ``w`` was 0.49-0.71 (10th-90th percentile of the steps that
-plan, median 0.57) on the H200 coefficients. The rule's loss estimate was not the part that erred: logged
-demotion by demotion (the rule before ``w`` and ``S``, same seed), it predicted 0.46 of a returning demoted
-session's working set lost and 0.24 was (0.31 by its readmission).
-
-Candidates are taken in decreasing ``keep_j(τ*) - drop_j(τ*)``. The whole distribution is used: a
-session predicted back in 2 s with a 10% chance of a 10-minute test run is kept while its 2 s
-are likely (``τ`` of a few seconds: ``P(R <= τ) D_j`` against at most ``τ``), and demoted once
-they have passed; one whose turn ended (the model predicts a long gap) scores ``≈ H`` with
-``P(back) ≈ 0``.
-
-Complexity per step: O(S (log S + RETURN_POINTS)) in the sessions known to the view plus
-O(sum of live requests); memory O(sessions + pressure samples of one window) (pass counts
-are dropped when a session is admitted; one pressure sample per step, those older than the
-window dropped but the newest of them).
+Complexity per plan: O(S (log S + RETURN_POINTS)) in the sessions known to the view plus O(sum of
+live requests); memory O(sessions + pressure samples of one window) (pass counts are dropped when a
+session is admitted; one pressure sample per step, those older than the window dropped but the newest).
 """
 
 from __future__ import annotations
