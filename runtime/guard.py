@@ -1,5 +1,9 @@
 """The online guard: the learned order serves only while it measurably beats vLLM's LRU.
 
+The measurements behind each rule and default are in ``docs/results/guard.md`` (one section per
+question, named below); its section "The guard's rules with their measurements" keeps this
+docstring's earlier text, which carried them inline.
+
 A :class:`~cachewise.runtime.block_pool.ScoredBlockPool` sees one real eviction sequence,
 so how the *other* order would have done is not observable in the real cache. The guard
 estimates both while serving, without knowing the future, by *miniature simulation*
@@ -28,15 +32,15 @@ are not chained): expired first, then unpredicted in LRU order, then the farthes
 an overdue prefix keyed ``now + overdue_remaining(idle)`` (the one rule of
 :mod:`cachewise.scoring.overdue`; the pool re-keys in steps, the shadow continuously), a requested one keyed at its arrival (evicted last).
 
-Decision: a **switch with hysteresis**, not LeCaR/CACHEUS expert weights. Sampling one
+*Decision*: a **switch with hysteresis**, not LeCaR/CACHEUS expert weights. Sampling one
 expert per eviction mixes two orders inside one cache state, and a cache's hit rate is
 not the mixture of its experts' hit rates, so Hedge's regret bound does not carry over;
 holding one mode keeps the real cache in the chosen expert's state, which is what the
 shadow of that expert predicts. With ``h_L``, ``h_V`` the shadows' hit rates over an
 exponentially decayed window (half-life ``half_life`` sampled block accesses, i.e. about
 ``half_life / sample_rate`` real ones) and ``se`` the standard error of ``h_L - h_V``, the
-pool starts in ``start`` (default ``lru``: the learned order has to earn its place) and,
-after ``min_accesses`` sampled accesses:
+pool starts in ``start`` (default ``lru``: the learned order has to earn its place; docs
+"Starting the guard in the learned order") and, after ``min_accesses`` sampled accesses:
 
 * serves vLLM's LRU from the first check where ``h_L < h_V - margin - z * se`` (learned
   mode): leaving the learned order is never delayed;
@@ -54,58 +58,46 @@ the next cluster, which only makes the estimate more conservative). With cluster
 ``d_c`` (learned-only minus LRU-only hits) and sizes ``m_c``, weighted by the window,
 ``se^2 = sum w_c^2 (d_c - diff * m_c)^2 / (sum w_c m_c)^2`` (the ratio estimator's
 variance). Treating blocks as independent understates ``se`` by about the square root of
-the cluster size: on the Mooncake conversation trace at 75% capacity that made the guard
-switch to the learned order on one request's 24-block burst after ~2,500 sampled
-accesses with nearly no hits, and the 1,024-access dwell then kept it there while it
-lost (harmful evictions 1.05x LRU; with clusters and an undelayed exit: 1.00x).
-
-The ``z * se`` term makes the warm-up adaptive: a large difference (an agent workload
-where the learned order halves the misses) is acted on after a few hundred sampled
-requests, a small one only once the window holds enough evidence. The default ``z = 2``
-(2.3% one-sided per independent check) is lower than the 3 used with per-block variance:
-the cluster-robust ``se`` is honest (no longer ~5x too small), and a false entry into the
-learned order is now left at the first check that sees it lose; ``z = 3`` kept only 85-94%
-of the learned order's gain where it is right (tests/test_runtime_guard.py, the Claude
-Code replay at 75% capacity: 94%; 97.5% with ``z = 2``) because it entered later.
+the cluster size, enough for one request's burst to pass the test (docs, "Why the earlier
+guard lost 5% on Mooncake at 75%"). The ``z * se`` term makes the warm-up adaptive: a large
+difference is acted on after a few hundred sampled requests, a small one only once the window
+holds enough evidence. ``z = 2`` (2.3% one-sided per independent check): with an honest ``se``
+a false entry is left at the first check that sees it lose, and a larger ``z`` enters later
+where the learned order is right.
 
 **The preview** (``preview_frac``, default 0.1; 0 turns it off). The pool's own shadows are
 identical until the pool first evicts, and for minutes after that differ on too few reused
 blocks for the test above to tell the orders apart -- yet in a closed loop of agent sessions
-those minutes decide most of the gain (docs/results/guard.md, "When the switch comes decides the
-gain": on 48 held-out Claude Code sessions at 75% capacity a switch forced 60 s after the first
-eviction keeps 100 +/- 20% of the learned order's gain, the test above 90.5 +/- 23%). So the same
-sampled stream is also simulated in a *preview cache* of ``preview_frac`` of the pool's blocks
-(:attr:`Guard.preview_capacity` sampled hashes, a second :class:`ShadowPair` that evicts down to
-that size on every free, no eviction credit), which is under pressure long before the pool: a
-miniature simulation at a smaller size, as SHARDS sizes caches. Its paired window (same
+those minutes decide most of the gain (docs, "When the switch comes decides the gain (session 20)"). So the
+same sampled stream is also simulated in a *preview cache* of ``preview_frac`` of the pool's
+blocks (:attr:`Guard.preview_capacity` sampled hashes, a second :class:`ShadowPair` that evicts
+down to that size on every free, no eviction credit), which is under pressure long before the
+pool: a miniature simulation at a smaller size, as SHARDS sizes caches. Its paired window (same
 half-life, same cluster-robust ``se'``) gives the learned order its *first* entry, in vLLM's
-order and after the dwell, when all of these hold:
+order and after the dwell, when all of these hold (docs, "The preview: evidence from a smaller
+cache (session 21)" and "The preview once memory proves short, shipped: one shortage test (session 23)"):
 
 * the preview's test passes: ``h_L' > h_V' + margin + z * se'``;
 * memory has proved short (:mod:`cachewise.runtime.memory_shortage`: the session view's one
   latched test, which the residency controller reads too): the live requests need more blocks
   than the pool holds, or the recomputed blocks passed ``thrash_share`` of the prefilled ones
-  (``thrash_share`` null, as ``continuum`` sets it: short from the start).
-  Before that the eviction order decides little, and a pool where memory suffices -- a few
-  dozen harmful evictions a run -- is not in the regime the preview simulates; there only the
-  test above decides. A pool with no session view (used outside vLLM's scheduler, as in
+  (``thrash_share`` null, as ``continuum`` sets it: short from the start). Before that the
+  eviction order decides little, and a pool where memory suffices -- a few dozen harmful
+  evictions a run -- is not in the regime the preview simulates; there only the test above
+  decides. A pool with no session view (used outside vLLM's scheduler, as in
   tests/test_runtime_guard.py) reads its own turnover instead: it has evicted at least as many
-  blocks as it holds. The view's test comes sooner where it counts (measured, docs/results/guard.md
-  "The preview once memory proves short, shipped": on 48 held-out Claude Code sessions at 75%
-  capacity, seeds 0-29, the gain kept 101.3 +/- 8.2% with the share 0.1, 94.9 +/- 7.5% with 0.2,
-  91.5 +/- 8.3% on the turnover; seeds 30-59, not used to choose: 96.7 +/- 5.9% against 91.9 +/- 6.0%);
+  blocks as it holds;
 * the pool's own shadows lean the same way: ``h_L - h_V > max(margin, se)``. This is a
   direction, not a test (one request's blocks can satisfy it); the preview is the test. A small
-  cache can favour an order a large one does not: random eviction beats LRU in a cache a tenth
-  of the pool on tests/test_runtime_guard.py's workload, and without this condition the preview
-  let a random predictor in at its first check;
+  cache can favour an order a large one does not (random eviction beats LRU in a cache a tenth
+  of the pool on tests/test_runtime_guard.py's workload);
 * the pool's own evidence has never ended a learned mode (after the first exit the preview
   gives no entries: the pool's test alone decides).
 
 Leaving the learned order is unchanged (the pool's own test, never delayed), so the preview adds
 at most one entry per run, counted among the switches of the guarantee below.
 
-Guarantee (on the estimates): at every sampled access either the pool runs vLLM's own
+*Guarantee* (on the estimates): at every sampled access either the pool runs vLLM's own
 eviction order (``get_new_blocks`` is vLLM's, unchanged), or the learned order's
 estimated hit rate over the window is at least LRU's minus ``margin + z * se`` -- the
 check that ends learned mode runs at every sampled access, with no dwell. So over a run of
@@ -123,26 +115,11 @@ vLLM's real ``KVCacheManager`` with inverted and random predictors (starting in 
 learned order, the harder case), on block clusters of one request.
 
 What the guarantee is not: a ratio on a short run. The bound is additive (points of hit
-rate, one pool per switch), so where LRU misses little -- 839 harmful evictions in the
-10,844 sampled accesses of the cross-family cell synthetic/others at 50% (4 sessions, seed
-0, 194 blocks, all sampled) -- one switch can exceed 2% of LRU's harmful evictions while the
-bound holds: the guard entered the learned order at t = 82 s of 193 s on a phase the learned
-order had won (shadows 83.3% vs 80.4%), the phase ended, the learned order then did 0.4
-points worse than the LRU shadow (24 sampled misses, inside ``margin``) and the run ended at
-1.031x LRU's harmful evictions (seed 1 of the same cell: 0.968x; seeds 2-9: no switch,
-1.000x; over the 10 seeds 1.000 ± 0.011, 95% t interval). A 2% difference there is 17
-misses, below what the window can tell from noise before it has happened. Two ways to bound
-the ratio were built and measured (2026-12-02) and not kept, both on a regret budget
-``min(0.02 * H, margin * A)`` (``H`` the LRU shadow's misses on hashes it had evicted)
-charged with the pool's realized excess over the LRU shadow and its exposure (hashes the LRU
-shadow holds and the pool does not). As a switch-out trigger it did not fix that seed
-(1.036x: the one 30-block allocation that did the damage came before any check could see it)
-and flapped where the learned order is right (9 switches, 92% of the exact predictor's gain
-kept in tests/test_runtime_guard.py). As a cap on each allocation's learned victims it fixed
-that seed (0.998x; seed 1 gave up its 3% gain) and kept 96% of the exact predictor's gain,
-but none on Claude Code held-out at 75% (48 sessions, C=32, seed 0: harmful evictions
-43,342, LRU's, vs 15,394 unguarded; 42,911 with the regret alone): a good order diverges
-from LRU by most of the pool, far beyond 2% of LRU's misses, before its gains are banked.
+rate, one pool per switch), so where LRU misses little one switch can exceed 2% of LRU's
+harmful evictions while the bound holds: a few dozen misses are below what the window can
+tell from noise before they have happened (docs, "Why synthetic/others missed in the stage (1.031x), and what the guarantee covers";
+two ways to bound the ratio, on a regret budget, were measured and not kept: "The guard's
+rules with their measurements").
 
 One verdict for every reader: :attr:`Guard.learned` decides the pool's ``get_new_blocks`` and,
 through :meth:`ScoredBlockPool.serves_learned <cachewise.runtime.block_pool.ScoredBlockPool.serves_learned>`
@@ -157,12 +134,7 @@ Complexity: O(1) per block on every path (one comparison of the hash with a 2-by
 O(log s) on heaps of the ``s`` sampled free blocks, and O(log p) more in the preview's ``p =
 preview_capacity``; a decision that reaches the memory condition before memory has proved short also
 sums the live sessions' present KV, O(sessions) (O(1) once latched). Memory: O(sample_rate * blocks * (1 + preview_frac)).
-Measured (tests/benchmarks/bench_runtime.py, 10k blocks, CPU time, serving the learned order):
-about +0.5 µs per evicted block (eviction and release together; +0.8 µs at 100k) on a machine where
-vLLM's own pool costs 0.6 µs per block, +1.2 to +1.6 µs on one where it costs 1.5-2.3 µs, and +52
-bytes per block over the unguarded pool. The preview adds +0.25 to +0.55 µs per block at 10k and
-100k blocks (session 21, one 2-core Intel Xeon: the guarded pool 3.13-3.43 / 4.37-4.51 µs over vLLM's in
-three runs, against 2.87-2.88 / 3.98-4.04 without the preview in two).
+The measured cost per evicted block (``tests/benchmarks/bench_runtime.py``) is in the README's targets table.
 """
 
 from __future__ import annotations
