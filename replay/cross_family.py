@@ -12,7 +12,11 @@ sources are all missing is skipped with a message):
 
 Models are trained as ``cachewise train`` trains (:func:`cachewise.train.train.train_model`
 on :func:`cachewise.features.featurize.featurize` of the events; the model never sees its
-own held-out tasks) and written as export folders. Each replay is the replay's top-level
+own held-out tasks), written as export folders and certified as ``cachewise export`` certifies
+(:mod:`cachewise.replay.certify` on the model's own validation tasks, the ``certify`` params with
+the section's ``certify`` overrides): a model trained without a family never certifies it, and
+the guarded policies start in the learned order only on a family their model's certificate names
+(the table's ``certified`` column). Each replay is the replay's top-level
 :func:`cachewise.replay.cli.replay` with the ``replay`` params, overridden with the
 family's events, the cell's model, ``policies`` and ``max_sessions`` (sweep on: the
 ``replay.sweep`` capacities). Output under ``out``: one folder per cell (the replay's own
@@ -22,7 +26,7 @@ unguarded and the guarded learned order, the guarded/LRU ratio and hit-rate diff
 issue targets, each paired per seed with a 95% t interval over the seeds; with ``cachewise``
 among the policies, the residency controller's mean JCT minus LRU's, paired the same way).
 
-Cost: one training per family plus one, and one replay sweep per cell; ``max_sessions``
+Cost: one training and one certification per family plus one, and one replay sweep per cell; ``max_sessions``
 bounds each replay. Two sizings: the wide one (``python -m cachewise.replay.cross_family``,
 the section's keys: 3 seeds, 25-100%, ``cachewise`` included; ~3 min on 2 cores, session 21)
 and the ``dvc repro`` stage (``--stage``: ``cross_family.stage`` over them: fewer sessions,
@@ -38,18 +42,17 @@ import argparse
 import math
 import sys
 import tempfile
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 import yaml
 
 from cachewise.data.ingest import load_sources
-from cachewise.data.schema import write_events
 from cachewise.data.synthetic import generate_corpus
 from cachewise.features.featurize import featurize
-from cachewise.replay.cli import replay
-from cachewise.replay.config import load_config
+from cachewise.replay.certify import SECTION as CERTIFY_SECTION
+from cachewise.replay.certify import CertifySettings, certify, replay_events
 from cachewise.replay.stats import interval
 from cachewise.train.split import split_by_task
 from cachewise.train.train import train_model, write_outputs
@@ -77,6 +80,7 @@ class Settings:
     seeds: int | None = None
     capacity_fracs: tuple[float, ...] | None = None
     train: dict = field(default_factory=dict)
+    certify: dict = field(default_factory=dict)
 
     @classmethod
     def from_params(cls, doc: dict, stage: bool = False) -> Settings:
@@ -87,7 +91,7 @@ class Settings:
         sized = raw.pop("stage", None) or {}
         if not isinstance(sized, dict):
             raise ValueError(f"params {SECTION}.stage: expected a mapping")
-        keys = {"out", "max_sessions", "policies", "seeds", "capacity_fracs", "train"}
+        keys = {"out", "max_sessions", "policies", "seeds", "capacity_fracs", "train", "certify"}
         for where, part in ((SECTION, raw), (f"{SECTION}.stage", sized)):
             unknown = set(part) - keys
             if unknown:
@@ -103,6 +107,7 @@ class Settings:
             seeds=None if raw.get("seeds") is None else int(raw["seeds"]),
             capacity_fracs=None if fracs is None else tuple(float(f) for f in fracs),
             train=dict(raw.get("train") or {}),
+            certify=dict(raw.get("certify") or {}),
         )
 
 
@@ -137,14 +142,17 @@ def load_families(settings: Settings, doc: dict, base: Path, work: Path) -> dict
     return families
 
 
-def _train(events: pd.DataFrame, doc: dict, folder: Path, overrides: dict) -> Path:
-    """Train as ``cachewise train`` does on ``events`` (``train`` params with ``overrides``);
-    an export folder at ``folder``."""
+def _train(events: pd.DataFrame, doc: dict, folder: Path, settings: Settings, params_path: str) -> tuple[Path, frozenset[str]]:
+    """Train as ``cachewise train`` does on ``events`` (``train`` params with the settings' overrides)
+    and certify it as ``cachewise export`` does (``certify`` params with the settings' overrides):
+    an export folder at ``folder`` and the families its certificate names."""
     horizon = float(doc["features"]["horizon_s"])
-    params = merged(doc["train"], overrides)
+    params = merged(doc["train"], settings.train)
     result = train_model(featurize(events, horizon).frame, {}, params, horizon, f"{SECTION} model")
     write_outputs(result, folder)
-    return folder
+    certify_settings = CertifySettings.from_section(merged(doc.get(CERTIFY_SECTION) or {}, settings.certify))
+    certificate = certify(folder, events, params_path, params, certify_settings, progress=False)
+    return folder, frozenset(f for f, entry in certificate["families"].items() if entry["certified"])
 
 
 def held_out(events: pd.DataFrame, train: dict) -> pd.Series:
@@ -161,33 +169,22 @@ def held_out(events: pd.DataFrame, train: dict) -> pd.Series:
 
 
 def _replay_cell(
-    name: str, trained_on: str, events: pd.DataFrame, model: Path, params: str, settings: Settings, work: Path
+    name: str, trained_on: str, events: pd.DataFrame, model: tuple[Path, frozenset[str]], params: str, settings: Settings, work: Path
 ) -> pd.DataFrame:
-    """The replay sweep of ``events`` with ``model``; its results rows tagged with the cell."""
+    """The replay sweep of ``events`` with ``model`` (its folder and certified families); its results
+    rows tagged with the cell and whether the model's certificate names the family."""
     cell = f"{name}__{trained_on}"
-    events_path = work / f"{cell}.parquet"
-    write_events(events.reset_index(drop=True), events_path)
-    out = Path(settings.out) / cell
-    config = load_config(
-        params,
-        {
-            "events": str(events_path),
-            "out": str(out),
-            "model": str(model),
-            "split": "all",
-            "max_sessions": settings.max_sessions,
-            "policies": settings.policies,
-            # A model trained on the *other* families has never seen this family's tasks (they
-            # were not in its events table), which the spec's held-out list cannot show.
-            "allow_train_tasks": trained_on == "others",
-            "seeds": settings.seeds,
-        },
-    )
-    config = replace(config, sources=None)  # the cell's events are one family, whatever replay.sources says
-    if settings.capacity_fracs is not None:
-        config = replace(config, sweep=replace(config.sweep, capacity_fracs=settings.capacity_fracs))
-    replay(config, params, sweep=True, progress=False)
-    rows = pd.read_csv(out / "results.csv")
+    overrides = {
+        "max_sessions": settings.max_sessions,
+        "policies": settings.policies,
+        # A model trained on the *other* families has never seen this family's tasks (they
+        # were not in its events table), which the spec's held-out list cannot show.
+        "allow_train_tasks": trained_on == "others",
+        "seeds": settings.seeds,
+    }
+    folder, certified = model
+    rows = replay_events(events, work / f"{cell}.parquet", folder, params, Path(settings.out) / cell, overrides, settings.capacity_fracs)
+    rows.insert(0, "certified", name in certified)
     rows.insert(0, "trained_on", trained_on)
     rows.insert(0, "family", name)
     return rows
@@ -210,13 +207,13 @@ def run_cross_family(params: str, stage: bool = False) -> Path:
             (out / "report.md").write_text(f"# Cross-family replay\n\nSkipped: no family has traces ({missing}).\n")
             return out / "report.md"
         union = pd.concat(families.values(), ignore_index=True)
-        all_model = _train(union, doc, work / "model-all", settings.train)
+        all_model = _train(union, doc, work / "model-all", settings, params)
         test = held_out(union, doc["train"])
         offset = 0
         for name, events in families.items():
             if len(families) > 1:
                 others = pd.concat([e for n, e in families.items() if n != name], ignore_index=True)
-                model = _train(others, doc, work / f"model-without-{name}", settings.train)
+                model = _train(others, doc, work / f"model-without-{name}", settings, params)
                 results.append(_replay_cell(name, "others", events, model, params, settings, work))
             mine = test.iloc[offset : offset + len(events)].to_numpy()
             offset += len(events)
@@ -297,14 +294,15 @@ def report(
         "mean ± 95% t interval over "
         "the seeds (none with one seed); `met`: both targets on the mean. `others`: model trained on the other "
         "families, all sessions of the family replayed; `all`: model trained on every family, the family's "
-        "held-out tasks replayed."
+        "held-out tasks replayed. `certified`: the cell's model's traffic certificate names the family (the "
+        "guard then serves the learned order from the start; replay/certify.py)."
         + (" `cachewise − LRU`: the residency controller (under the guard), mean JCT minus LRU's per seed (s)."
            if residency else ""),
         "",
-        "| family | trained on | capacity | seeds | LRU | LRU + arrival | learned (no guard) | learned + guard "
+        "| family | trained on | certified | capacity | seeds | LRU | LRU + arrival | learned (no guard) | learned + guard "
         "| guard/LRU | hit diff | gain kept (%) | switches | met |"
         + (" cachewise | cachewise − LRU JCT (s) |" if residency else ""),
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|---|" if residency else ""),
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|---|" if residency else ""),
     ]
     keys = ["family", "trained_on", "capacity_frac", "concurrency"]
     for (family, trained_on, frac, _), cell in table.groupby(keys, sort=False):
@@ -326,8 +324,9 @@ def report(
         else:
             tail = "n/a | n/a | n/a | n/a | n/a"
         seeds = cell["seed"].nunique() if "seed" in cell.columns else 1
+        certified = "n/a" if "certified" not in cell.columns else ("yes" if bool(cell["certified"].iloc[0]) else "no")
         line = (
-            f"| {family} | {trained_on} | {frac:.0%} | {seeds} | {fmt('lru')} | {fmt('lru_arrival')} | "
+            f"| {family} | {trained_on} | {certified} | {frac:.0%} | {seeds} | {fmt('lru')} | {fmt('lru_arrival')} | "
             f"{fmt('learned_unguarded')} | {fmt('learned')} | {tail} |"
         )
         if residency:

@@ -147,7 +147,8 @@ class Workload:
         """What the replay client tells the runtime about ``call`` (``extra_args["cachewise"]``).
 
         The response's recorded tool calls (name and raw input, as a tool parser would find
-        them in the output text), and the call's session, thread and sub-agent flag.
+        them in the output text), the call's session, thread and sub-agent flag, and its trace
+        family (the events' ``source``), as a client names its traffic for the guard's certified start.
         """
         tool_calls = self._column("tool_calls")[call.row]
         return {
@@ -158,12 +159,13 @@ class Workload:
             "session_id": str(self._column("session_id")[call.row]),
             "thread_id": str(self._column("thread_id")[call.row]),
             "is_sidechain": bool(self._column("is_sidechain")[call.row]),
+            "family": str(self._column("source")[call.row]),
         }
 
     def server_view(self, call: CallPlan) -> dict:
         """What a server learns about ``call`` without client cooperation: only the tool calls a
         tool parser finds in the response text (the replay's synthesised output has no text, so
-        they are taken from the trace); no session, thread or sub-agent hint."""
+        they are taken from the trace); no session, thread, sub-agent or family hint."""
         return {"tool_calls": self.hint(call)["tool_calls"]}
 
     def _column(self, name: str) -> np.ndarray:

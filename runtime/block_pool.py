@@ -114,7 +114,10 @@ class ScoredBlockPool(BlockPool):
         label = self._publisher.label
         self.sessions = sessions
         short = self._memory_short if sessions is not None else None  # the preview's condition; None: turnover
-        self._guard = Guard(self.config.guard, self.stats, label, clock, num_gpu_blocks, short) if guarded else None
+        families = getattr(predictor, "certified_families", None)
+        self._certified_families = families if isinstance(families, frozenset) else frozenset()
+        certified = self._certified_traffic if sessions is not None and self._certified_families else None
+        self._guard = Guard(self.config.guard, self.stats, label, clock, num_gpu_blocks, short, certified) if guarded else None
         if sessions is not None:
             sessions.follow(self.serves_learned, self.eviction_pressure)
         if fallback_reason is not None:
@@ -242,6 +245,19 @@ class ScoredBlockPool(BlockPool):
         (:attr:`~cachewise.runtime.sessions.SessionView.pressure`) for the residency controller. O(1)."""
         order = self._order
         return self.stats.evictions, (order.demoted_free if order is not None else 0)
+
+    def _certified_traffic(self) -> bool:
+        """The guard's certified start (guard module doc): every request the session view has seen
+        declared a family the predictor's traffic certificate names (read once, when the pool is
+        built). A failure reads as not
+        certified (counted and warned as a hook error). O(families seen)."""
+        view = self.sessions
+        assert view is not None
+        try:
+            return view.traffic_within(self._certified_families)
+        except Exception as exc:  # noqa: BLE001 - a CacheWise bug must not reach vLLM
+            self.record_hook_error(exc)
+            return False
 
     def _memory_short(self) -> bool:
         """The guard's preview condition: the session view's shortage test (guard module doc) with this

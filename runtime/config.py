@@ -27,6 +27,7 @@ DEPRECATED_KEYS = {"harmful_window": "ghost_window"}
 """Old top-level key -> its new name: still read (the new name wins when both are given), with one warning."""
 logger = logging.getLogger("vllm.cachewise")
 MODES = ("learned", "fallback")
+GUARD_STARTS = ("certified", "lru", "learned")
 MAX_PORT = 65535
 
 
@@ -48,15 +49,20 @@ class GuardConfig:
     ``min_accesses``: sampled accesses before the first switch (a floor under the estimate).
     ``min_dwell``: sampled accesses served in vLLM's order after a switch before the learned
     order may serve again (leaving the learned order is never delayed).
-    ``start``: the order served until the estimates say otherwise: ``lru`` (vLLM's; the
-    learned order must first be measured better) or ``learned``.
+    ``start``: the order served until the estimates say otherwise: ``certified`` (the default:
+    vLLM's, except that the learned order serves from the first access while every request so
+    far declared a traffic family the model's traffic certificate names; the guard module's
+    "Certified traffic"), ``lru`` (vLLM's; the learned order must first be measured better) or
+    ``learned``.
+    ``family``: the traffic family of a request whose client names none (hint ``family``), e.g.
+    ``claude_code`` on a server that only agents of that family use (None: undeclared).
     ``preview_frac``: size of the *preview* cache, as a fraction of the pool's blocks: the same
     sampled stream simulated under both orders in a cache that small is under pressure long
     before the pool, and may give the learned order its first entry (0: no preview).
     """
 
     enabled: bool = True
-    start: str = "lru"
+    start: str = "certified"
     sample_rate: float = 0.0625
     min_sampled_blocks: int = 1024
     half_life: int = 4096
@@ -65,6 +71,7 @@ class GuardConfig:
     min_accesses: int = 128
     min_dwell: int = 1024
     preview_frac: float = 0.1
+    family: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.enabled, bool):
@@ -73,19 +80,21 @@ class GuardConfig:
             raise ConfigError(f"cachewise.guard.sample_rate must be in [1/65536, 1], got {self.sample_rate}")
         if self.half_life < 1 or self.min_accesses < 0 or self.min_dwell < 0 or self.min_sampled_blocks < 0:
             raise ConfigError(f"cachewise.guard: half_life must be >= 1, min_accesses/min_dwell >= 0 ({self})")
-        if self.start not in ("lru", "learned"):
-            raise ConfigError(f"cachewise.guard.start must be 'lru' or 'learned', got {self.start!r}")
+        if self.start not in GUARD_STARTS:
+            raise ConfigError(f"cachewise.guard.start must be one of {GUARD_STARTS}, got {self.start!r}")
         if not (self.z >= 0) or math.isinf(self.z):
             raise ConfigError(f"cachewise.guard.z must be a finite number >= 0, got {self.z}")
         if not (0 <= self.margin < 1):
             raise ConfigError(f"cachewise.guard.margin must be in [0, 1), got {self.margin}")
         if not (0 <= self.preview_frac < 1):
             raise ConfigError(f"cachewise.guard.preview_frac must be in [0, 1), got {self.preview_frac}")
+        if self.family is not None and not (isinstance(self.family, str) and self.family):
+            raise ConfigError(f"cachewise.guard.family must be a non-empty string or null, got {self.family!r}")
 
     @classmethod
     def from_mapping(cls, raw: Mapping[str, Any]) -> GuardConfig:
         """Parse ``cachewise.guard``; unknown keys and wrong types raise :class:`ConfigError`."""
-        return cls(**_sub_mapping(cls, raw, "guard", verbatim=("enabled", "start")))
+        return cls(**_sub_mapping(cls, raw, "guard", verbatim=("enabled", "start", "family")))
 
 
 @dataclass(frozen=True)

@@ -39,8 +39,9 @@ holding one mode keeps the real cache in the chosen expert's state, which is wha
 shadow of that expert predicts. With ``h_L``, ``h_V`` the shadows' hit rates over an
 exponentially decayed window (half-life ``half_life`` sampled block accesses, i.e. about
 ``half_life / sample_rate`` real ones) and ``se`` the standard error of ``h_L - h_V``, the
-pool starts in ``start`` (default ``lru``: the learned order has to earn its place; docs
-"Starting the guard in the learned order") and, after ``min_accesses`` sampled accesses:
+pool starts in vLLM's order (``start: learned`` in the learned one; the default, ``certified``,
+in the learned one on certified traffic only, below: the learned order has to earn its place;
+docs "Starting the guard in the learned order") and, after ``min_accesses`` sampled accesses:
 
 * serves vLLM's LRU from the first check where ``h_L < h_V - margin - z * se`` (learned
   mode): leaving the learned order is never delayed;
@@ -97,6 +98,24 @@ cache (session 21)" and "The preview once memory proves short, shipped: one shor
 Leaving the learned order is unchanged (the pool's own test, never delayed), so the preview adds
 at most one entry per run, counted among the switches of the guarantee below.
 
+**Certified traffic** (``start: certified``, the default). The evidence above comes from the run
+itself, and at real scale it comes too late: on agent traffic the learned order's gain is decided
+in the first seconds of eviction, before any test on the pool's own stream can tell the orders
+apart (docs, "The gain kept at real scale (session 27)"). Evidence from *before* the run is the
+model's traffic certificate (:mod:`cachewise.replay.certify`, written by ``cachewise export`` beside
+the model; :attr:`ExportedModel.certified_families <cachewise.scoring.exported.ExportedModel.certified_families>`):
+the trace families on whose held-out validation sessions the unguarded learned order had fewer
+harmful evictions than vLLM's LRU (:mod:`cachewise.replay.certify` states the rule). Clients
+name their family in the hint ``family`` (:mod:`cachewise.runtime.request_calls`), or the server
+names it for requests that do not (``guard.family``, e.g. on a server only one kind of agent
+uses); the session view counts arrivals per declared family. The pool serves the learned order
+from the first sampled access at which every request that has arrived declared a certified
+family, and goes back to vLLM's order for good at the first one that did not (undeclared, or a
+family the certificate does not name). While it serves on the certificate, leaving on the test above is unchanged (and
+then final: no certified entry after it). So traffic nobody certified -- chat traffic on which
+the model loses, a family the model never saw, a client that says nothing -- is served exactly
+as with ``start: lru``; no certificate, or one made for another model, certifies nothing.
+
 *Guarantee* (on the estimates): at every sampled access either the pool runs vLLM's own
 eviction order (``get_new_blocks`` is vLLM's, unchanged), or the learned order's
 estimated hit rate over the window is at least LRU's minus ``margin + z * se`` -- the
@@ -109,8 +128,8 @@ error of ``h_L - h_V`` beyond that (``se`` is about ``sqrt(d * k / n_eff)`` for 
 ``n_eff ~ 2.9 * half_life`` sampled accesses: 0.3 points at the defaults for ``d = 0.1,
 k = 1``, 1.5 points for ``k = 24``). Switches into the learned order are at most one per
 ``min_dwell`` sampled accesses, so at most ``A * sample_rate / min_dwell`` transients.
-With ``start: learned`` add the warm-up (``min_accesses / sample_rate`` accesses served by
-the learned order unconditionally). tests/test_runtime_guard.py checks the bound on
+With ``start: learned``, or certified traffic, add the warm-up (``min_accesses / sample_rate``
+accesses served by the learned order unconditionally). tests/test_runtime_guard.py checks the bound on
 vLLM's real ``KVCacheManager`` with inverted and random predictors (starting in the
 learned order, the harder case), on block clusters of one request.
 
@@ -133,7 +152,8 @@ Complexity: O(1) per block on every path (one comparison of the hash with a 2-by
 (:func:`sample_bound`) decides sampling; block hashes are uniform bytes: sha256 / xxhash); a sampled block costs
 O(log s) on heaps of the ``s`` sampled free blocks, and O(log p) more in the preview's ``p =
 preview_capacity``; a decision that reaches the memory condition before memory has proved short also
-sums the live sessions' present KV, O(sessions) (O(1) once latched). Memory: O(sample_rate * blocks * (1 + preview_frac)).
+sums the live sessions' present KV, O(sessions) (O(1) once latched); while the certified start is
+pending or serving, each decision reads the declared families, O(families seen). Memory: O(sample_rate * blocks * (1 + preview_frac)).
 The measured cost per evicted block (``tests/benchmarks/bench_runtime.py``) is in the README's targets table.
 """
 
@@ -413,9 +433,13 @@ class Guard:
         clock: Callable[[], float],
         num_blocks: int,
         memory_short: Callable[[], bool] | None = None,
+        certified: Callable[[], bool] | None = None,
     ) -> None:
         self.config = config
         self._memory_short = memory_short  # the session view's shortage test (the preview's entry); None: turnover
+        # Whether the traffic is certified (module doc, "Certified traffic"); None: no certified start (any more).
+        self._certified = certified if config.start == "certified" else None
+        self._by_certificate = False  # the learned order serves on the certificate, not on measured evidence
         self._clock = clock
         self.learned = config.start == "learned"  # which order serves now
         self._stats = stats
@@ -559,6 +583,8 @@ class Guard:
         stats.guard_sampled_accesses = self._accesses
         if self._preview is not None:
             stats.guard_preview_hit_rate_learned, stats.guard_preview_hit_rate_lru = self._preview_window.rates()
+        if self._certified is not None:
+            self._follow_certificate()
         if self._accesses < cfg.min_accesses:
             return
         diff, se = window.lead()
@@ -566,6 +592,7 @@ class Guard:
         if self.learned:
             if diff < -threshold:  # back to vLLM's order: never delayed
                 self._left_learned = True
+                self._certified, self._by_certificate = None, False
                 self._switch(False, window, "")
         elif self._since_switch >= cfg.min_dwell:
             if diff > threshold:
@@ -575,21 +602,41 @@ class Guard:
                 if preview_diff > cfg.margin + cfg.z * preview_se and self._short():
                     self._switch(True, self._preview_window, f" in the preview cache ({self.preview_capacity} sampled blocks)")
 
+    def _follow_certificate(self) -> None:
+        """The certified start (module doc): the learned order serves while every request so far
+        declared a certified family; the first request that did not ends it for good."""
+        certified = self._certified
+        assert certified is not None
+        if not self.learned:
+            if certified():
+                self._by_certificate = True
+                self._switch(True, None, "every request so far declared a family the model's traffic certificate names")
+        elif self._by_certificate and not certified():
+            self._certified, self._by_certificate = None, False
+            self._switch(False, None, "a request arrived whose family the model's traffic certificate does not name")
+
     def _short(self) -> bool:
         """The preview's memory condition (module doc): the session view's test, else the pool's turnover."""
         return self._memory_short() if self._memory_short is not None else self._evicted >= self._num_blocks
 
-    def _switch(self, learned: bool, evidence: PairedWindow, where: str) -> None:
+    def _switch(self, learned: bool, evidence: PairedWindow | None, where: str) -> None:
+        """Serve the learned order (``learned``) or vLLM's, on ``evidence`` (``where`` says whose) or,
+        with no evidence, on the certificate (``where`` says why). One log line."""
         self.learned = learned
         self._since_switch = 0
         self._stats.guard_learned = learned
+        self._stats.guard_certified = self._by_certificate
         self._stats.guard_switches += 1
+        mode = "the learned order" if learned else "vLLM's LRU order"
+        if evidence is None:
+            logger.info("CacheWise guard %s: switching to %s: %s", self._label, mode, where)
+            return
         h_learned, h_lru = evidence.rates()
         logger.info(
             "CacheWise guard %s: switching to %s: estimated hit rate learned %.1f%% vs vLLM LRU %.1f%%%s "
             "(margin %.1f points) over the last ~%d sampled block accesses",
             self._label,
-            "the learned order" if learned else "vLLM's LRU order",
+            mode,
             100 * h_learned,
             100 * h_lru,
             where,

@@ -73,6 +73,11 @@ class LearnedPredictor:
         return self._calls
 
     @property
+    def certified_families(self) -> frozenset[str]:
+        """The families the model's traffic certificate names (the guard's certified start; empty: none)."""
+        return getattr(self.model, "certified_families", frozenset())
+
+    @property
     def sessions(self) -> SessionView:
         """The session view calls are named in and forecasts reported to (the call builder's)."""
         return self._calls.sessions

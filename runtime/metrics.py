@@ -17,7 +17,8 @@ online guard (:mod:`cachewise.runtime.guard`): ``cachewise_guard_learned_order``
 learned order serves, 0 while vLLM's LRU does), ``cachewise_guard_hit_rate{order}``
 (estimated hit rate of ``learned`` and ``lru`` over the guard's window, the pool's
 ``observed`` one on the same sampled blocks, and ``preview_learned`` / ``preview_lru`` in the
-guard's preview cache), ``cachewise_guard_switches_total``; for the
+guard's preview cache), ``cachewise_guard_switches_total``, ``cachewise_guard_certified`` (1 while
+the learned order serves on the model's traffic certificate); for the
 residency controller (:mod:`cachewise.runtime.residency`, rule 5):
 ``cachewise_residency_following_model`` (1 while it acts on the model's forecasts),
 ``cachewise_residency_reference_forecasts`` (1 while it acts on the no-model reference forecasts
@@ -64,6 +65,7 @@ class PoolStats:
     scorer_seconds: float = 0.0  # total time spent in the predictor
     guard_learned: bool | None = None  # which order the guard serves (None: no guard)
     guard_switches: int = 0  # times the guard changed order
+    guard_certified: bool = False  # the learned order serves on the traffic certificate (guard, "Certified traffic")
     guard_hit_rate_learned: float = 0.0  # estimated over the guard's window (sampled blocks)
     guard_hit_rate_lru: float = 0.0
     guard_hit_rate_observed: float = 0.0  # the pool's own hit rate on the same sampled accesses
@@ -101,6 +103,9 @@ def _metrics() -> dict[str, Counter | Gauge | Histogram]:
             )
             _prom["guard_learned"] = Gauge(
                 "cachewise_guard_learned_order", "1 while the guard serves the learned order, 0 while it serves vLLM's LRU"
+            )
+            _prom["guard_certified"] = Gauge(
+                "cachewise_guard_certified", "1 while the guard serves the learned order on the model's traffic certificate"
             )
             _prom["guard_hit_rate"] = Gauge(
                 "cachewise_guard_hit_rate",
@@ -206,6 +211,7 @@ class Publisher:
                 sent.fallbacks[reason] = count
         if stats.guard_learned is not None:
             prom["guard_learned"].set(1.0 if stats.guard_learned else 0.0)
+            prom["guard_certified"].set(1.0 if stats.guard_certified else 0.0)
             rates = self._rates
             if rates is None:
                 gauge = prom["guard_hit_rate"]

@@ -18,8 +18,10 @@ what the engine core knows when a request finishes, with no client changes:
   session of the thread found, else the thread itself.
 
 Client hints: ``SamplingParams.extra_args = {"cachewise": {"tool": ..., "arguments": ...,
-"tool_calls": [...], "session_id": ..., "thread_id": ..., "is_sidechain": bool}}`` (all
-optional; with the OpenAI server pass them as ``vllm_xargs: {"cachewise": "<the dict as JSON>"}``).
+"tool_calls": [...], "session_id": ..., "thread_id": ..., "is_sidechain": bool, "family": ...}}`` (all
+optional; ``family`` names the client's traffic family, e.g. ``claude_code``, for the guard's
+certified start; with the OpenAI server pass them as ``vllm_xargs: {"cachewise": "<the dict as
+JSON>"}``).
 
 Ownership: this module keeps no thread or session state. It reads the client's hints
 (:func:`hint_of`, :func:`client_ids`) and asks the session view: :meth:`CallBuilder.build`
@@ -95,6 +97,12 @@ def client_ids(request: Request, hint: Mapping[str, Any]) -> tuple[str | None, s
     thread = hint.get("thread_id")
     session = request.session_id or hint.get("session_id")
     return (thread if isinstance(thread, str) else None), (session if isinstance(session, str) and session else None)
+
+
+def client_family(request: Request) -> str | None:
+    """The traffic family the client declared (the hint's ``family``, a non-empty string), else None."""
+    family = hint_of(request).get("family")
+    return family if isinstance(family, str) and family else None
 
 
 def prompt_blocks(request: Request, block_size: int) -> int:

@@ -61,6 +61,11 @@ Model:
   invariants there); a session the view drops (:meth:`forget`, the idle cap) hands its host
   chunks to "no known session" (they stay cached, first to go), a provisional session
   merged into its real one hands them to it;
+* the *traffic families*: how many requests have arrived declaring each trace family (the client
+  hint ``family``, e.g. ``claude_code``; None: none declared), counted since start-up and never
+  forgotten (at most :data:`MAX_FAMILIES` names; later new ones count as undeclared); the
+  guard's certified start asks :meth:`traffic_within` (:mod:`cachewise.runtime.guard`,
+  "Certified traffic");
 * :attr:`SessionView.trusted`: whether the model's forecasts may be acted on now -- the
   online guard's verdict (:mod:`cachewise.runtime.guard`), read live from the ``verdict``
   the GPU pool gave the view (:meth:`follow`: its
@@ -126,6 +131,7 @@ FORECAST_LEVELS: tuple[float, ...] = tuple(i / 20 for i in range(21))
 """Quantile levels a :class:`Forecast` is stored at (0, 0.05, ..., 1)."""
 
 EXPIRY_LEVEL = 0.99
+MAX_FAMILIES = 64  # distinct declared traffic families counted; further names count as undeclared
 PROVISIONAL = "?"
 
 
@@ -370,6 +376,7 @@ class SessionView:
         self.shortage = MemoryShortage()  # whether memory has proved short: fed by on_scheduled
         self.judge: ForecastJudge | None = None  # set once, by the residency scheduler
         self.new_session_remaining = 0.0  # the remaining-work model's label of a session with no finished call
+        self._families: dict[str | None, int] = {}  # arrivals per declared traffic family (None: undeclared)
 
     # ----------------------------------------------------------- write events
     def follow(self, verdict: Callable[[], bool], pressure: Callable[[], tuple[int, int]] | None = None) -> None:
@@ -403,14 +410,21 @@ class SessionView:
                     tips.popitem(last=False)
         return name, key
 
-    def on_arrival(self, request_id: str, session: str | None, thread: str | None, num_tokens: int, now: float) -> str:
+    def on_arrival(
+        self, request_id: str, session: str | None, thread: str | None, num_tokens: int, now: float, family: str | None = None
+    ) -> str:
         """A request of ``num_tokens`` prompt tokens entered the queue; returns its session key.
 
         ``session`` None: provisional session ``"?" + request_id`` until the predictor names it.
-        A request id already live is ignored (vLLM re-queues preempted requests itself).
+        ``family``: the traffic family the client declared (None: none). A request id already live
+        is ignored (vLLM re-queues preempted requests itself).
         """
         if request_id in self._requests:
             return self._requests[request_id].session
+        families = self._families
+        if family not in families and len(families) >= MAX_FAMILIES:
+            family = None  # past the bound every new name counts as undeclared (it is uncertified either way)
+        families[family] = families.get(family, 0) + 1
         key = session if session else PROVISIONAL + request_id
         state = self._sessions.get(key)
         if state is None:
@@ -522,6 +536,11 @@ class SessionView:
         return gone
 
     # ---------------------------------------------------------------- queries
+    def traffic_within(self, families: frozenset[str]) -> bool:
+        """Whether requests have arrived and every one declared a family in ``families``. O(families seen)."""
+        seen = self._families
+        return bool(seen) and all(family is not None and family in families for family in seen)
+
     @property
     def trusted(self) -> bool:
         """Whether the model's forecasts may be acted on now: the guard's verdict (True without one)."""

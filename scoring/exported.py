@@ -24,6 +24,14 @@ The remaining-work model (``remaining.txt`` beside ``spec.json``, spec section `
 :attr:`ExportedModel.remaining`. It is optional: a spec without the section, or a missing or
 damaged file, leaves it ``None`` with one warning (the next-reuse model still serves, and
 the residency controller orders sessions as it does without a model).
+
+The traffic certificate (``certificate.json`` beside ``spec.json``, written by ``cachewise export``;
+:mod:`cachewise.replay.certify`) names the trace families on whose held-out validation sessions the
+learned order measurably beat vLLM's LRU. It is optional and only ever read, never trusted blindly:
+a missing file, one that is not the expected JSON, or one made for another model (its
+``model_sha256`` differs from the spec's) certifies nothing, with one warning for the last two;
+:attr:`ExportedModel.certified_families` is then empty and the online guard starts in vLLM's
+order (:mod:`cachewise.runtime.guard`, "Certified traffic").
 """
 
 from __future__ import annotations
@@ -53,6 +61,7 @@ from cachewise.scoring.registry import tracking_uri
 MODEL_FILE = "model.txt"
 SPEC_FILE = "spec.json"
 REMAINING_FILE = "remaining.txt"
+CERTIFICATE_FILE = "certificate.json"
 SHA_KEY = "model_sha256"
 PROBE_KEY = "probe"
 #: Default wall-clock budget (s) of one registry download, retries included.
@@ -179,7 +188,8 @@ def load_remaining(spec: dict[str, Any], folder: Path, n_features: int) -> Remai
 
 class ExportedModel:
     """A loaded model: LightGBM booster, its spec, and the idle conditioner of its predictions;
-    :attr:`remaining` the optional remaining-work model (module doc)."""
+    :attr:`remaining` the optional remaining-work model and :attr:`certified_families` the
+    families its traffic certificate names (module doc)."""
 
     def __init__(self, booster: lgb.Booster, spec: dict[str, Any], where: str) -> None:
         check_spec(spec, where)
@@ -197,6 +207,7 @@ class ExportedModel:
         self.n_features = n_features
         self._row = FastRow(booster, n_features, where)
         self.remaining: RemainingModel | None = None
+        self.certified_families: frozenset[str] = frozenset()
         check_probe(self.predict_one, self.spec.get(PROBE_KEY) or {}, n_features, where)
 
     def predict_one(self, vec: np.ndarray) -> float:
@@ -303,7 +314,25 @@ def load_folder(model_file: Path, spec_file: Path, where: str) -> ExportedModel:
         raise ModelLoadError(f"{model_file}: not a LightGBM model: {exc}") from exc
     model = ExportedModel(booster, spec, where)
     model.remaining = load_remaining(spec, spec_file.parent, model.n_features)
+    model.certified_families = read_certificate(spec_file.parent / CERTIFICATE_FILE, spec[SHA_KEY])
     return model
+
+
+def read_certificate(path: Path, model_sha: str) -> frozenset[str]:
+    """The certified families of the traffic certificate at ``path`` for the model hashing to
+    ``model_sha`` (module doc); empty when absent, unreadable or made for another model."""
+    if not path.is_file():
+        return frozenset()
+    try:
+        doc = json.loads(path.read_text())
+        if doc.get(SHA_KEY) != model_sha:
+            _LOG.warning("%s: made for another model (%s is not the spec's); no family certified", path, SHA_KEY)
+            return frozenset()
+        families = doc["families"]
+        return frozenset(str(name) for name, entry in families.items() if entry["certified"] is True)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        _LOG.warning("%s: not a readable traffic certificate (%s); no family certified", path, exc)
+        return frozenset()
 
 
 def trial_load(model_file: Path, timeout_s: float = 120.0) -> None:

@@ -37,6 +37,7 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory):
     write_events(events, root / "data" / "events.parquet")
     base = yaml.safe_load((REPO / "params.yaml").read_text())
     base["ingest"]["out"] = "data/events.parquet"
+    del base["certify"]  # no traffic certificate: these tests are about the registry and the swap
     base["train"]["lightgbm"].update(num_boost_round=30)
     mp = pytest.MonkeyPatch()
     mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")

@@ -31,6 +31,7 @@ def workspace(tmp_path_factory):
     write_events(events, root / "data" / "events.parquet")
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["ingest"]["out"] = "data/events.parquet"
+    params["certify"].update(capacity_fracs=[0.5], max_sessions=4, seeds=2)  # the export's certificate, small
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     worse = json.loads(json.dumps(params))
     worse["train"]["lightgbm"].update(num_boost_round=1, early_stopping_rounds=1, learning_rate=0.01)
@@ -55,8 +56,13 @@ def test_train_register_champion_export_round_trip(workspace, capsys):
     assert "@champion moved to version 1" in out
 
     export_dir = root / "models" / "cachewise-reuse"
-    assert sorted(p.name for p in export_dir.iterdir()) == ["model.txt", "remaining.txt", "spec.json"]
+    assert sorted(p.name for p in export_dir.iterdir()) == ["certificate.json", "model.txt", "remaining.txt", "spec.json"]
     spec = json.loads((export_dir / "spec.json").read_text())
+    certificate = json.loads((export_dir / "certificate.json").read_text())
+    assert certificate["model_sha256"] == spec["model_sha256"] and set(certificate["families"]) == {"synthetic"}
+    certified = {f for f, entry in certificate["families"].items() if entry["certified"]}
+    assert load_exported(export_dir).certified_families == certified
+    assert not load_exported(URI).certified_families  # the registry's copy carries no certificate
     assert spec["training_data"]["events_sha256"]  # fingerprint of the events file
     frame, _ = read_features(root / "data" / "features.parquet")
     matrix = frame[list(FEATURE_NAMES)].to_numpy()[:100]

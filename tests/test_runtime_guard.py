@@ -7,8 +7,9 @@ CacheWise's pool with the guard off, and with the guard on. With an *inverted* p
 a *random* one, the unguarded pool loses clearly to LRU; the guarded pool must end within
 the bound the guard's docstring states (``margin + z * se`` per access, plus the warm-up,
 plus one pool of blocks per switch). With an
-exact predictor the guard (starting in LRU, its default) must move to the learned order
-for good and keep >= 95% of its gain.
+exact predictor the guard (starting in LRU, its default without a traffic certificate) must
+move to the learned order for good and keep >= 95% of its gain; on traffic its certificate
+names it serves the learned order from the start.
 """
 
 from __future__ import annotations
@@ -29,8 +30,9 @@ from cachewise.runtime.config import ConfigError, GuardConfig, PoolConfig
 from cachewise.runtime.cpu_engine import make_kv_cache_config, make_request
 from cachewise.runtime.guard import Guard, LearnedShadow, PairedWindow, sample_bound
 from cachewise.runtime.metrics import PoolStats
-from cachewise.runtime.hooks import use_policy
+from cachewise.runtime.hooks import PolicyBinding, bound, use_policy
 from cachewise.runtime.policy import ManualClock, ReusePrediction
+from cachewise.runtime.sessions import SessionView
 
 pytestmark = pytest.mark.vllm
 
@@ -67,10 +69,24 @@ class Scripted:
         return ReusePrediction(now + self.gap(self.turn), math.inf)
 
 
+class Certified(Scripted):
+    """A :class:`Scripted` predictor whose model's traffic certificate names ``families``."""
+
+    def __init__(self, gap: Callable[[int], float], families: frozenset[str]) -> None:
+        super().__init__(gap)
+        self.certified_families = families
+
+
 def _run(
-    seed: int, predictor: Scripted | None, config: PoolConfig | None, turns: int = TURNS
+    seed: int,
+    predictor: Scripted | None,
+    config: PoolConfig | None,
+    turns: int = TURNS,
+    view: SessionView | None = None,
+    family: str | None = None,
 ) -> tuple[int, int, ScoredBlockPool | None]:
-    """(hit blocks, looked-up blocks, the scored pool) of the workload through one manager."""
+    """(hit blocks, looked-up blocks, the scored pool) of the workload through one manager; with a
+    session ``view`` each request arrives in it first, declaring ``family``."""
     clock = ManualClock()
 
     def manager() -> KVCacheManager:
@@ -81,6 +97,9 @@ def _run(
 
     if predictor is None:
         mgr = manager()
+    elif view is not None:
+        with bound(PolicyBinding(predictor, clock, config or PoolConfig(), sessions=view)):
+            mgr = manager()
     else:
         with use_policy(predictor, clock=clock, config=config):
             mgr = manager()
@@ -93,6 +112,8 @@ def _run(
             predictor.turn = turn
         prompt = history[session] + [10**7 + turn * 16 + i for i in range(rng.randint(1, 2 * BLOCK))]
         req = make_request(f"r{turn}", prompt, BLOCK, max_tokens=BLOCK)
+        if view is not None:
+            view.on_arrival(req.request_id, str(session), None, len(prompt), clock.now, family)
         computed, n, _ = mgr.get_computed_blocks(req)
         hits += n // BLOCK
         looked += (req.num_tokens - 1) // BLOCK
@@ -165,7 +186,7 @@ def test_guard_keeps_a_good_predictor() -> None:
     lru_hits, looked, _ = _run(seed, None, None, turns)
     raw_hits, _, _ = _run(seed, Scripted(exact), PoolConfig(guard=GuardConfig(enabled=False)), turns)
     guard = GuardConfig(sample_rate=1.0, half_life=1024, margin=0.005, min_accesses=256, min_dwell=512)
-    assert guard.start == "lru"  # the default: the learned order must first be measured better
+    assert guard.start == "certified"  # the default: without a certificate the learned order must first be measured better
     guarded_hits, _, pool = _run(seed, Scripted(exact), PoolConfig(guard=guard), turns)
     print(f"exact: hits LRU {lru_hits}, unguarded {raw_hits}, guarded {guarded_hits} of {looked}")
     assert raw_hits > lru_hits * 1.05
@@ -173,6 +194,73 @@ def test_guard_keeps_a_good_predictor() -> None:
     assert guarded_hits - lru_hits >= 0.95 * (raw_hits - lru_hits)
     # the shadow of the serving order tracks the pool's own hit rate on the sampled blocks
     assert abs(pool.stats.guard_hit_rate_learned - pool.stats.guard_hit_rate_observed) < 0.05
+
+
+def test_certified_traffic_is_served_by_the_learned_order_from_the_start() -> None:
+    """With every request declaring a family the model's certificate names, the pool serves the
+    learned order from its first access: all of an exact predictor's gain; undeclared or
+    uncertified traffic is served as without a certificate; an inverted predictor on certified
+    traffic still ends within the bound (the ``start: learned`` case of the tests above)."""
+    seed, turns = 3, 2 * TURNS
+    nxt = _next_use(_schedule(seed, turns))
+    exact = lambda t: 1e9 if nxt[t] == math.inf else float(nxt[t] - t)  # noqa: E731
+    guard = GuardConfig(sample_rate=1.0, half_life=1024, margin=0.005, min_accesses=256, min_dwell=512)
+    agent = frozenset({"agent"})
+
+    def run(predictor: Scripted, family: str | None) -> tuple[int, ScoredBlockPool]:
+        hits, _, pool = _run(seed, predictor, PoolConfig(guard=guard), turns, SessionView(BLOCK), family)
+        assert pool is not None
+        return hits, pool
+
+    raw_hits, _, _ = _run(seed, Scripted(exact), PoolConfig(guard=GuardConfig(enabled=False)), turns)
+    certified_hits, pool = run(Certified(exact, agent), "agent")
+    assert certified_hits == raw_hits
+    assert pool.stats.guard_switches == 1 and pool.stats.guard_learned is True
+    plain_hits, plain = run(Certified(exact, frozenset()), "agent")  # no certificate
+    assert plain_hits < raw_hits and plain.stats.guard_switches == 1  # entered later, on measured evidence
+    for family in (None, "chat"):  # undeclared, or a family the certificate does not name
+        assert run(Certified(exact, agent), family)[0] == plain_hits
+
+    nxt = _next_use(_schedule(0))
+    lru_hits, looked, _ = _run(0, None, None)
+    certified = replace(GUARD, start="certified")
+    inverted_hits, _, pool = _run(0, Certified(_inverted(nxt), agent), PoolConfig(guard=certified), TURNS, SessionView(BLOCK), "agent")
+    assert pool is not None and pool.stats.guard_switches >= 2  # in on the certificate, out on the evidence
+    assert lru_hits - inverted_hits <= _bound(looked, certified, pool.stats.guard_switches, lru_hits / looked)
+
+
+def test_certified_start_ends_for_good_at_uncertified_traffic_or_measured_loss() -> None:
+    """The certified entry and its two ends (guard module doc, "Certified traffic"), on the decision alone."""
+    config = GuardConfig(sample_rate=1.0, min_accesses=128, min_dwell=0, preview_frac=0.0)
+    declared = [False]
+    g = Guard(config, PoolStats(), "t", lambda: 0.0, 1024, certified=lambda: declared[0])
+    g._window = _window(0.0)  # no lead either way; fewer than min_accesses counted: no test yet
+    g._decide()
+    assert not g.learned  # nothing certified yet: vLLM's order
+    declared[0] = True
+    g._decide()
+    assert g.learned and g._stats.guard_switches == 1  # before any evidence (0 sampled accesses)
+    assert g._stats.guard_certified  # the metrics' cachewise_guard_certified
+    declared[0] = False
+    g._decide()
+    assert not g.learned and g._stats.guard_switches == 2 and not g._stats.guard_certified
+    declared[0] = True
+    g._decide()
+    assert not g.learned  # for good
+    lost = Guard(config, PoolStats(), "t", lambda: 0.0, 1024, certified=lambda: True)
+    lost._window = _window(0.0)
+    lost._decide()
+    assert lost.learned
+    lost._accesses, lost._window = 1000, _window(-0.3)
+    lost._decide()
+    assert not lost.learned  # the pool's own test ends it ...
+    lost._window = _window(0.0)
+    lost._decide()
+    assert not lost.learned and lost._stats.guard_switches == 2  # ... and no certified entry follows
+    ignored = Guard(replace(config, start="lru"), PoolStats(), "t", lambda: 0.0, 1024, certified=lambda: True)
+    ignored._window = _window(0.0)
+    ignored._decide()
+    assert not ignored.learned  # ``start: lru`` ignores the certificate
 
 
 def _switches_at(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, bool, bool, int]]:
@@ -306,6 +394,7 @@ def test_guard_counters_and_switch_log(caplog: pytest.LogCaptureFixture) -> None
     assert "vLLM's LRU order" in switches[0]
     pool._publisher.publish()
     assert REGISTRY.get_sample_value("cachewise_guard_learned_order") == 0.0
+    assert REGISTRY.get_sample_value("cachewise_guard_certified") == 0.0
     assert REGISTRY.get_sample_value("cachewise_guard_switches_total") >= 1
     lru_rate = REGISTRY.get_sample_value("cachewise_guard_hit_rate", {"order": "lru"})
     learned_rate = REGISTRY.get_sample_value("cachewise_guard_hit_rate", {"order": "learned"})
@@ -334,7 +423,10 @@ def test_guard_config_parsing() -> None:
     s = CacheWiseSettings.from_mapping({"model": "m", "guard": {"margin": 0.01, "enabled": False}})
     assert s.pool.guard == GuardConfig(enabled=False, margin=0.01)
     assert CacheWiseSettings.from_mapping({"model": "m"}).pool.guard.enabled
-    for bad in ({"guard": {"nope": 1}}, {"guard": {"enabled": 1}}, {"guard": {"sample_rate": 0}}, {"guard": []}):
+    certified = CacheWiseSettings.from_mapping({"model": "m", "guard": {"start": "certified", "family": "claude_code"}})
+    assert certified.pool.guard.family == "claude_code" and GuardConfig().start == "certified"
+    for bad in ({"guard": {"nope": 1}}, {"guard": {"enabled": 1}}, {"guard": {"sample_rate": 0}}, {"guard": []},
+                {"guard": {"start": "sometimes"}}, {"guard": {"family": ""}}, {"guard": {"family": 3}}):
         with pytest.raises(ConfigError, match="guard"):
             CacheWiseSettings.from_mapping({"model": "m", **bad})
 

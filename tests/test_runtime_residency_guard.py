@@ -9,8 +9,8 @@ forecast to be gone for long, one away long is forecast back at once) or *random
 
 Stated bound (runtime/residency.py rule 5, ``act_when_thrashing`` off: the default): in every scheduler step where the guard serves
 vLLM's order, the controller holds nothing and demotes nothing, so the step is vLLM's
-scheduling on vLLM's eviction order. Hence, with the guard's default start (vLLM's order
-until the learned one earns its place) and a predictor that never earns it, the served run
+scheduling on vLLM's eviction order. Hence, with the guard's default start (with no traffic
+certificate, as here, vLLM's order until the learned one earns its place) and a predictor that never earns it, the served run
 *is* vLLM's, request for request (bound: zero). Starting in the learned order (the harder
 case) the pool leaves it once the guard's evidence says so and from then on every step passes
 through; the hit blocks stay within the guard's bound of LRU (warm-up accesses plus one pool

@@ -80,6 +80,42 @@ def test_every_wired_engine_has_one_session_view_written_by_the_hooks(tmp_path: 
     assert len(view) == 1 and view.get(key).finished_calls == 2 and not view.get(key).live
 
 
+def test_declared_families_reach_the_view_and_a_certified_model_starts_learned(tmp_path: Path) -> None:
+    """The hint ``family`` (else ``guard.family``) is counted at arrival; with the model folder's
+    certificate naming that family the pool serves the learned order, and an undeclared request
+    sends it back to vLLM's order for good."""
+    import json
+
+    model = export_tiny_model(tmp_path / "m")
+    sha = json.loads((model / "spec.json").read_text())["model_sha256"]
+    (model / "certificate.json").write_text(json.dumps({"model_sha256": sha, "families": {"agent": {"certified": True}}}))
+
+    def scheduler(guard: dict) -> object:
+        cfg = {"cachewise": {"model": str(model), "guard": {"sample_rate": 1.0, **guard}}}
+        return make_scheduler(make_vllm_config(64, BLOCK, additional_config=cfg))
+
+    agents = scheduler({})
+    pool = agents.kv_cache_manager.block_pool
+    agents.add_request(make_request("a", range(4 * BLOCK), BLOCK, 2, hint={"family": "agent"}))
+    run_to_completion(agents)
+    assert pool.sessions.traffic_within(frozenset({"agent"})) and pool.serves_learned()
+    agents.add_request(make_request("b", range(1000, 1000 + 4 * BLOCK), BLOCK, 2))  # names no family
+    run_to_completion(agents)
+    assert not pool.sessions.traffic_within(frozenset({"agent"})) and not pool.serves_learned()
+    agents.add_request(make_request("c", range(2000, 2000 + 4 * BLOCK), BLOCK, 2, hint={"family": "agent"}))
+    run_to_completion(agents)
+    assert not pool.serves_learned() and pool.stats.guard_switches == 2  # for good
+
+    server = scheduler({"family": "agent"})  # the server names the family of requests that do not
+    server.add_request(make_request("a", range(4 * BLOCK), BLOCK, 2))
+    run_to_completion(server)
+    assert server.kv_cache_manager.block_pool.serves_learned()
+    chat = scheduler({"family": "agent"})
+    chat.add_request(make_request("a", range(4 * BLOCK), BLOCK, 2, hint={"family": "chat"}))  # the client's name wins
+    run_to_completion(chat)
+    assert not chat.kv_cache_manager.block_pool.serves_learned()
+
+
 def test_without_binding_or_settings_vllm_pool_stays() -> None:
     register()
     scheduler = make_scheduler(make_vllm_config(32, BLOCK))

@@ -16,8 +16,13 @@
    The decision and its reason are printed.
 3. Export the alias holder to ``registry.export_dir``: ``model.txt`` + ``spec.json`` (+ ``remaining.txt``)
    (:mod:`cachewise.scoring.exported` loads it without MLflow), staged beside the target,
-   checked by loading it, then swapped in (:func:`cachewise.atomic_write.replace_folder`):
+   checked by loading it, certified (4.), then swapped in (:func:`cachewise.atomic_write.replace_folder`):
    the export folder is always the previous complete export or the new one.
+4. Certify the staged folder: ``certificate.json``, the trace families on whose validation
+   sessions its learned order beat vLLM's LRU in the replay (:mod:`cachewise.replay.certify`,
+   ``certify`` params; the events are ``ingest.out``), read by the runtime guard's certified
+   start. The registry's copy carries no certificate: a server loading ``models:/`` starts in
+   vLLM's order.
 
 :func:`fetch_checked` never runs LightGBM's parser on unchecked bytes in this process: the
 spec's ``model_sha256`` is verified, or — for a model logged before it was recorded — the
@@ -32,6 +37,8 @@ import math
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+
+import yaml
 
 from cachewise.atomic_write import replace_folder, staging_folder
 from cachewise.features.params import load_section, param_path, require
@@ -182,6 +189,20 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--params", default="params.yaml", help="pipeline parameters (default: params.yaml)")
 
 
+def certify_export(folder: Path, params: str) -> None:
+    """Write the traffic certificate of the export ``folder`` (module doc, step 4); params without a
+    ``certify`` section certify nothing (said once: the guard then starts in vLLM's order)."""
+    from cachewise.data.schema import read_events  # noqa: PLC0415 - the replay's imports only here
+    from cachewise.replay.certify import SECTION, CertifySettings, certify  # noqa: PLC0415
+
+    doc = yaml.safe_load(Path(params).read_text()) or {}
+    if doc.get(SECTION) is None:
+        print(f"export: {params} has no `{SECTION}:` section: no traffic certificate")
+        return
+    events = read_events(param_path(params, require(load_section(params, "ingest"), "out", f"{params}:ingest")))
+    certify(folder, events, params, load_section(params, "train"), CertifySettings.from_section(load_section(params, SECTION)))
+
+
 def run(args: argparse.Namespace) -> int:
     """Check, register, decide the champion, export it; 2 when the run record or a model is unusable."""
     from mlflow import MlflowClient  # noqa: PLC0415
@@ -206,6 +227,7 @@ def run(args: argparse.Namespace) -> int:
             shutil.rmtree(staged)
             staged.mkdir()
             fetch_checked(f"models:/{name}@{alias}", staged)
+        certify_export(staged, args.params)
         replace_folder(staged, export_dir)
     finally:
         shutil.rmtree(staged, ignore_errors=True)
