@@ -38,7 +38,7 @@ from __future__ import annotations
 import json
 import math
 import tempfile
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +49,7 @@ from cachewise.atomic_write import write_text
 from cachewise.data.schema import write_events
 from cachewise.replay.cli import replay
 from cachewise.replay.config import load_config
-from cachewise.replay.stats import interval
+from cachewise.replay.stats import harmful_ratio, interval
 from cachewise.scoring.exported import CERTIFICATE_FILE, SHA_KEY, SPEC_FILE, read_spec
 from cachewise.train.split import split_by_task
 
@@ -137,7 +137,7 @@ def verdict(rows: pd.DataFrame, settings: CertifySettings) -> dict[str, Any]:
         lru_mean = float(harm["lru"].mean())
         entry: dict[str, Any] = {"capacity_frac": float(capacity), "lru_harmful_mean": lru_mean, "evidence": lru_mean >= settings.min_harmful}
         if entry["evidence"]:
-            ratios = [g / v if v else (math.inf if g else 1.0) for v, g in harm[list(POLICIES)].itertuples(index=False)]
+            ratios = [harmful_ratio(g, v) for v, g in harm[list(POLICIES)].itertuples(index=False)]
             ratio, half = interval(np.asarray(ratios, dtype="float64"))
             hit_diff = float((hit["learned_unguarded"] - hit["lru"]).mean())
             entry.update({"harmful_ratio": ratio, "harmful_ratio_half_width": half, "hit_rate_diff": hit_diff})
@@ -190,7 +190,7 @@ def certify(
                 print(f"certify: {family}: {'certified' if entry['certified'] else 'not certified'} ({entry['reason']})")
     certificate = {
         SHA_KEY: read_spec(model / SPEC_FILE)[SHA_KEY],
-        "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in settings.__dict__.items()},
+        "settings": asdict(settings),
         "validation_sessions": int(valid.groupby(["source", "session_id"]).ngroups) if len(valid) else 0,
         "families": families,
     }

@@ -53,7 +53,8 @@ from cachewise.data.synthetic import generate_corpus
 from cachewise.features.featurize import featurize
 from cachewise.replay.certify import SECTION as CERTIFY_SECTION
 from cachewise.replay.certify import CertifySettings, certify, replay_events
-from cachewise.replay.stats import interval
+from cachewise.replay.stats import harmful_ratio, interval
+from cachewise.scoring.exported import CERTIFICATE_FILE, SHA_KEY, read_certificate
 from cachewise.train.split import split_by_task
 from cachewise.train.train import train_model, write_outputs
 
@@ -152,7 +153,7 @@ def _train(events: pd.DataFrame, doc: dict, folder: Path, settings: Settings, pa
     write_outputs(result, folder)
     certify_settings = CertifySettings.from_section(merged(doc.get(CERTIFY_SECTION) or {}, settings.certify))
     certificate = certify(folder, events, params_path, params, certify_settings, progress=False)
-    return folder, frozenset(f for f, entry in certificate["families"].items() if entry["certified"])
+    return folder, read_certificate(folder / CERTIFICATE_FILE, certificate[SHA_KEY])  # as the runtime reads it
 
 
 def held_out(events: pd.DataFrame, train: dict) -> pd.Series:
@@ -234,10 +235,6 @@ def _per_seed(cell: pd.DataFrame, metric: str) -> pd.DataFrame:
     return cell.assign(seed=cell["seed"].fillna(0)).pivot_table(index="seed", columns="policy", values=metric)
 
 
-def _ratio(guarded: float, lru: float) -> float:
-    return guarded / lru if lru else (math.inf if guarded else 1.0)
-
-
 def _cell_figures(cell: pd.DataFrame) -> dict[str, tuple[float, float]]:
     """Mean and 95% half-width over the cell's seeds, paired per seed: ``ratio`` (guarded /
     LRU harmful evictions), ``hit`` (guarded - LRU hit rate, points), ``kept`` (the share of
@@ -248,7 +245,7 @@ def _cell_figures(cell: pd.DataFrame) -> dict[str, tuple[float, float]]:
     out: dict[str, tuple[float, float]] = {}
     if {"lru", "learned"} <= set(harm.columns):
         both = harm[["lru", "learned"]].dropna()
-        out["ratio"] = interval([_ratio(g, v) for v, g in both.itertuples(index=False)])
+        out["ratio"] = interval([harmful_ratio(g, v) for v, g in both.itertuples(index=False)])
         out["hit"] = interval(100 * (hit["learned"] - hit["lru"]).dropna())
         if "learned_unguarded" in harm.columns:
             gain = (harm["lru"] - harm["learned_unguarded"]).dropna()

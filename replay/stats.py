@@ -22,6 +22,11 @@ POINT = ["concurrency", "capacity_frac"]
 LEVEL = 0.95
 
 
+def harmful_ratio(policy: float, lru: float) -> float:
+    """``policy / lru`` harmful evictions of one seed: 1 where both are 0, infinite where only LRU's is."""
+    return policy / lru if lru else (math.inf if policy else 1.0)
+
+
 def interval(values: np.ndarray | pd.Series) -> tuple[float, float]:
     """``(mean, half-width of the 95% t interval)``; half-width NaN with fewer than 2 values."""
     x = np.asarray(values, dtype=float)

@@ -246,11 +246,11 @@ class ScoredBlockPool(BlockPool):
         order = self._order
         return self.stats.evictions, (order.demoted_free if order is not None else 0)
 
-    def _certified_traffic(self) -> bool:
-        """The guard's certified start (guard module doc): every request the session view has seen
-        declared a family the predictor's traffic certificate names (read once, when the pool is
-        built). A failure reads as not
-        certified (counted and warned as a hook error). O(families seen)."""
+    def _certified_traffic(self) -> bool | None:
+        """The guard's certified start (guard module doc): whether every request the session view has
+        seen declared a family the predictor's traffic certificate names (read once, when the pool is
+        built); None before any arrived. A failure reads as not certified (counted and warned as a
+        hook error). O(families seen)."""
         view = self.sessions
         assert view is not None
         try:

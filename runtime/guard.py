@@ -152,8 +152,9 @@ Complexity: O(1) per block on every path (one comparison of the hash with a 2-by
 (:func:`sample_bound`) decides sampling; block hashes are uniform bytes: sha256 / xxhash); a sampled block costs
 O(log s) on heaps of the ``s`` sampled free blocks, and O(log p) more in the preview's ``p =
 preview_capacity``; a decision that reaches the memory condition before memory has proved short also
-sums the live sessions' present KV, O(sessions) (O(1) once latched); while the certified start is
-pending or serving, each decision reads the declared families, O(families seen). Memory: O(sample_rate * blocks * (1 + preview_frac)).
+sums the live sessions' present KV, O(sessions) (O(1) once latched); until uncertified traffic has
+arrived or the pool's test has left a certified learned mode, each decision reads the declared families,
+O(families seen). Memory: O(sample_rate * blocks * (1 + preview_frac)).
 The measured cost per evicted block (``tests/benchmarks/bench_runtime.py``) is in the README's targets table.
 """
 
@@ -433,7 +434,7 @@ class Guard:
         clock: Callable[[], float],
         num_blocks: int,
         memory_short: Callable[[], bool] | None = None,
-        certified: Callable[[], bool] | None = None,
+        certified: Callable[[], bool | None] | None = None,
     ) -> None:
         self.config = config
         self._memory_short = memory_short  # the session view's shortage test (the preview's entry); None: turnover
@@ -604,16 +605,20 @@ class Guard:
 
     def _follow_certificate(self) -> None:
         """The certified start (module doc): the learned order serves while every request so far
-        declared a certified family; the first request that did not ends it for good."""
-        certified = self._certified
-        assert certified is not None
-        if not self.learned:
-            if certified():
-                self._by_certificate = True
-                self._switch(True, None, "every request so far declared a family the model's traffic certificate names")
-        elif self._by_certificate and not certified():
-            self._certified, self._by_certificate = None, False
-            self._switch(False, None, "a request arrived whose family the model's traffic certificate does not name")
+        declared a certified family; the first request that did not ends it for good (and the
+        check: the answer cannot turn again)."""
+        assert self._certified is not None
+        verdict = self._certified()
+        if verdict is None:  # no request has arrived yet
+            return
+        if not verdict:
+            self._certified = None
+            if self._by_certificate:
+                self._by_certificate = False
+                self._switch(False, None, "a request arrived whose family the model's traffic certificate does not name")
+        elif not self.learned:
+            self._by_certificate = True
+            self._switch(True, None, "every request so far declared a family the model's traffic certificate names")
 
     def _short(self) -> bool:
         """The preview's memory condition (module doc): the session view's test, else the pool's turnover."""

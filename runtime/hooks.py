@@ -66,7 +66,7 @@ from vllm.v1.request import Request, RequestStatus
 from cachewise.runtime.block_pool import ScoredBlockPool
 from cachewise.runtime.config import PoolConfig
 from cachewise.runtime.policy import ReusePredictor, engine_clock
-from cachewise.runtime.request_calls import arrival_keys, client_family
+from cachewise.runtime.request_calls import arrival_keys, client_family, hint_of
 from cachewise.runtime.sessions import SessionView
 from cachewise.runtime.vllm_compat import keep_vllm_classes, vllm_version
 
@@ -205,8 +205,9 @@ def _arrive(scheduler: Any, request: Request) -> None:
     if view is None or pool.expects(request.request_id):
         return
     try:
-        session, thread = arrival_keys(view, request)
-        family = client_family(request) or pool.config.guard.family
+        hint = hint_of(request)  # decoded once per arrival (vllm_xargs carries it as JSON text)
+        session, thread = arrival_keys(view, request, hint)
+        family = client_family(hint) or pool.config.guard.family
         view.on_arrival(request.request_id, session, thread, request.num_prompt_tokens, pool.clock(), family)
     except Exception as exc:  # noqa: BLE001
         pool.record_hook_error(exc)

@@ -99,9 +99,9 @@ def client_ids(request: Request, hint: Mapping[str, Any]) -> tuple[str | None, s
     return (thread if isinstance(thread, str) else None), (session if isinstance(session, str) and session else None)
 
 
-def client_family(request: Request) -> str | None:
+def client_family(hint: Mapping[str, Any]) -> str | None:
     """The traffic family the client declared (the hint's ``family``, a non-empty string), else None."""
-    family = hint_of(request).get("family")
+    family = hint.get("family")
     return family if isinstance(family, str) and family else None
 
 
@@ -110,10 +110,13 @@ def prompt_blocks(request: Request, block_size: int) -> int:
     return min(request.num_prompt_tokens // block_size, len(request.block_hashes))
 
 
-def arrival_keys(view: SessionView, request: Request) -> tuple[str | None, str | None]:
+def arrival_keys(
+    view: SessionView, request: Request, hint: Mapping[str, Any] | None = None
+) -> tuple[str | None, str | None]:
     """(session, thread) of an arriving request, for ``SessionView.on_arrival``: the client's
-    ids, else the view's thread index (read-only); None where not known yet."""
-    thread, session = client_ids(request, hint_of(request))
+    ids (from ``hint``, else :func:`hint_of` the request), else the view's thread index
+    (read-only); None where not known yet."""
+    thread, session = client_ids(request, hint_of(request) if hint is None else hint)
     found = view.known_thread(request.block_hashes, prompt_blocks(request, view.block_size), thread, session)
     if found is not None:
         return found[1], found[0]

@@ -61,8 +61,8 @@ Model:
   invariants there); a session the view drops (:meth:`forget`, the idle cap) hands its host
   chunks to "no known session" (they stay cached, first to go), a provisional session
   merged into its real one hands them to it;
-* the *traffic families*: how many requests have arrived declaring each trace family (the client
-  hint ``family``, e.g. ``claude_code``; None: none declared), counted since start-up and never
+* the *traffic families*: the trace families the arrived requests declared (the client hint
+  ``family``, e.g. ``claude_code``; None: a request that declared none), since start-up and never
   forgotten (at most :data:`MAX_FAMILIES` names; later new ones count as undeclared); the
   guard's certified start asks :meth:`traffic_within` (:mod:`cachewise.runtime.guard`,
   "Certified traffic");
@@ -376,7 +376,7 @@ class SessionView:
         self.shortage = MemoryShortage()  # whether memory has proved short: fed by on_scheduled
         self.judge: ForecastJudge | None = None  # set once, by the residency scheduler
         self.new_session_remaining = 0.0  # the remaining-work model's label of a session with no finished call
-        self._families: dict[str | None, int] = {}  # arrivals per declared traffic family (None: undeclared)
+        self._families: set[str | None] = set()  # traffic families the arrivals declared (None: undeclared)
 
     # ----------------------------------------------------------- write events
     def follow(self, verdict: Callable[[], bool], pressure: Callable[[], tuple[int, int]] | None = None) -> None:
@@ -424,7 +424,7 @@ class SessionView:
         families = self._families
         if family not in families and len(families) >= MAX_FAMILIES:
             family = None  # past the bound every new name counts as undeclared (it is uncertified either way)
-        families[family] = families.get(family, 0) + 1
+        families.add(family)
         key = session if session else PROVISIONAL + request_id
         state = self._sessions.get(key)
         if state is None:
@@ -536,10 +536,11 @@ class SessionView:
         return gone
 
     # ---------------------------------------------------------------- queries
-    def traffic_within(self, families: frozenset[str]) -> bool:
-        """Whether requests have arrived and every one declared a family in ``families``. O(families seen)."""
+    def traffic_within(self, families: frozenset[str]) -> bool | None:
+        """Whether every request that arrived declared a family in ``families``; None before any
+        arrived. Once False, False for good (the declared families are never forgotten). O(families seen)."""
         seen = self._families
-        return bool(seen) and all(family is not None and family in families for family in seen)
+        return None if not seen else all(family is not None and family in families for family in seen)
 
     @property
     def trusted(self) -> bool:

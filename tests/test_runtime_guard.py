@@ -232,11 +232,17 @@ def test_certified_traffic_is_served_by_the_learned_order_from_the_start() -> No
 def test_certified_start_ends_for_good_at_uncertified_traffic_or_measured_loss() -> None:
     """The certified entry and its two ends (guard module doc, "Certified traffic"), on the decision alone."""
     config = GuardConfig(sample_rate=1.0, min_accesses=128, min_dwell=0, preview_frac=0.0)
-    declared = [False]
-    g = Guard(config, PoolStats(), "t", lambda: 0.0, 1024, certified=lambda: declared[0])
+    declared: list[bool | None] = [None]
+    asked = [0]
+
+    def certified() -> bool | None:
+        asked[0] += 1
+        return declared[0]
+
+    g = Guard(config, PoolStats(), "t", lambda: 0.0, 1024, certified=certified)
     g._window = _window(0.0)  # no lead either way; fewer than min_accesses counted: no test yet
     g._decide()
-    assert not g.learned  # nothing certified yet: vLLM's order
+    assert not g.learned  # no request has arrived yet: vLLM's order
     declared[0] = True
     g._decide()
     assert g.learned and g._stats.guard_switches == 1  # before any evidence (0 sampled accesses)
@@ -246,7 +252,13 @@ def test_certified_start_ends_for_good_at_uncertified_traffic_or_measured_loss()
     assert not g.learned and g._stats.guard_switches == 2 and not g._stats.guard_certified
     declared[0] = True
     g._decide()
-    assert not g.learned  # for good
+    assert not g.learned and asked[0] == 3  # for good: the answer is not asked again
+    first = Guard(config, PoolStats(), "t", lambda: 0.0, 1024, certified=lambda: declared[0])
+    first._window, declared[0] = _window(0.0), False  # uncertified traffic arrived first
+    first._decide()
+    declared[0] = True
+    first._decide()
+    assert not first.learned and first._stats.guard_switches == 0
     lost = Guard(config, PoolStats(), "t", lambda: 0.0, 1024, certified=lambda: True)
     lost._window = _window(0.0)
     lost._decide()

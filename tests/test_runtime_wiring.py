@@ -96,12 +96,13 @@ def test_declared_families_reach_the_view_and_a_certified_model_starts_learned(t
 
     agents = scheduler({})
     pool = agents.kv_cache_manager.block_pool
+    assert pool.sessions.traffic_within(frozenset({"agent"})) is None  # no request yet
     agents.add_request(make_request("a", range(4 * BLOCK), BLOCK, 2, hint={"family": "agent"}))
     run_to_completion(agents)
-    assert pool.sessions.traffic_within(frozenset({"agent"})) and pool.serves_learned()
+    assert pool.sessions.traffic_within(frozenset({"agent"})) is True and pool.serves_learned()
     agents.add_request(make_request("b", range(1000, 1000 + 4 * BLOCK), BLOCK, 2))  # names no family
     run_to_completion(agents)
-    assert not pool.sessions.traffic_within(frozenset({"agent"})) and not pool.serves_learned()
+    assert pool.sessions.traffic_within(frozenset({"agent"})) is False and not pool.serves_learned()
     agents.add_request(make_request("c", range(2000, 2000 + 4 * BLOCK), BLOCK, 2, hint={"family": "agent"}))
     run_to_completion(agents)
     assert not pool.serves_learned() and pool.stats.guard_switches == 2  # for good
