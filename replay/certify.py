@@ -30,7 +30,7 @@ folder. ``cachewise export`` certifies the folder it exports (``certify`` params
 without a family never carries a certificate for it.
 
 Cost: ``2 * len(capacity_fracs) * seeds`` replay runs of at most ``max_sessions`` sessions per
-family (about 40 s for three families at the defaults on 2 cores).
+family (52 s for the pipeline's three families at the defaults, 2 cores shared with two other replays; session 28).
 """
 
 from __future__ import annotations
