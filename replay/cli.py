@@ -27,6 +27,7 @@ from pathlib import Path
 from cachewise.data.schema import SchemaError, read_events
 from cachewise.features.params import ParamsError, load_section
 from cachewise.replay.config import ReplayConfig, ReplayConfigError, load_config
+from cachewise.runtime.config import GUARD_STARTS
 from cachewise.replay.costmodel import CostModelError, load_cost_model
 from cachewise.replay.driver import ReplayStuck
 from cachewise.replay.engine import EngineParams
@@ -81,6 +82,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--host-kv-frac", type=float, help="host-memory KV tier of the *_offload and cachewise_prefetch policies, in GPU KV capacities (0: none)"
     )
     parser.add_argument(
+        "--guard-start",
+        choices=GUARD_STARTS,
+        help="the guarded policies' start (cachewise.guard.start): certified (the default), lru or learned",
+    )
+    parser.add_argument(
         "--admission-caps", help="comma-separated fixed admission caps N, added as policies capN (e.g. 4,8,12,16,24)"
     )
 
@@ -112,6 +118,7 @@ def _config(args: argparse.Namespace) -> ReplayConfig:
         "allow_train_tasks": args.allow_train_tasks,
         "scheduler_cls": args.scheduler_cls,
         "host_kv_frac": getattr(args, "host_kv_frac", None),
+        "guard_start": getattr(args, "guard_start", None),
     }
     return load_config(args.params, overrides)
 
@@ -189,7 +196,8 @@ def make_replayer(
     if any(p in HOST_TIER_POLICIES for p in config.policies):
         tier = HostTierSettings(config.host_kv_frac, load_transfer_model(config.transfer_coefficients))
     return Replayer(
-        workload, cost, engine, ctx, seed=seed, residency=config.residency, scheduler_cls=config.scheduler_cls, host_tier=tier
+        workload, cost, engine, ctx, seed=seed, residency=config.residency, scheduler_cls=config.scheduler_cls, host_tier=tier,
+        guard_start=config.guard_start,
     )
 
 

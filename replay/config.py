@@ -21,7 +21,7 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
-from cachewise.runtime.config import ResidencySettings
+from cachewise.runtime.config import GUARD_STARTS, ResidencySettings
 from cachewise.replay.driver import ArrivalParams
 from cachewise.replay.engine import EngineParams
 from cachewise.replay import host_tier_policies  # noqa: F401 - registers vllm_offload, cachewise_offload, ...
@@ -86,6 +86,7 @@ class ReplayConfig:
     ttl_quantile: float = 0.9
     scheduler_cls: str | None = None
     host_kv_frac: float = 2.0
+    guard_start: str = "certified"
     transfer_coefficients: str = "replay/transfer_coefficients.json"
     workload: WorkloadParams = field(default_factory=lambda: WorkloadParams(token_scale=16))
     engine: EngineSettings = field(default_factory=EngineSettings)
@@ -110,6 +111,8 @@ class ReplayConfig:
             _check_scheduler_cls(self.scheduler_cls)
         if not self.host_kv_frac >= 0:
             raise ReplayConfigError(f"host_kv_frac must be >= 0, got {self.host_kv_frac}")
+        if self.guard_start not in GUARD_STARTS:
+            raise ReplayConfigError(f"guard_start must be one of {GUARD_STARTS}, got {self.guard_start!r}")
 
     def arrivals(self, concurrency: int | None = None) -> ArrivalParams:
         """The session overlay at ``concurrency`` (default: the configured one)."""

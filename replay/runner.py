@@ -82,6 +82,7 @@ class Replayer:
         residency: ResidencySettings | None = None,
         scheduler_cls: str | type | None = None,
         host_tier: HostTierSettings | None = None,
+        guard_start: str = "certified",
     ):
         self.w = workload
         self.cost = cost
@@ -90,6 +91,7 @@ class Replayer:
         self.residency = residency  # controller settings of the residency policies (cost model: the replay's)
         self.scheduler_cls = scheduler_cls  # vLLM scheduler class of every run (None: vLLM's); a policy's own wins
         self.host_tier = host_tier  # host-memory tier of the *_offload policies (None or frac 0: none)
+        self.guard_start = guard_start  # GuardConfig.start of the guarded policies
         self.synth = TokenSynth(workload, seed, VOCAB_SIZE, HASH_BLOCK_TOKENS // workload.params.token_scale)
         bs = engine.block_size
         self.max_model_len = bs * math.ceil((workload.max_request_tokens() + 1) / bs)
@@ -157,7 +159,8 @@ class Replayer:
         scheduler_cls = tier.scheduler_cls if tier is not None else scheduler_cls
         binding = None
         if policy.predictor is not None:
-            binding = PolicyBinding(policy.predictor, clock, PoolConfig(guard=GuardConfig(enabled=policy.guarded)))
+            guard = GuardConfig(enabled=policy.guarded, start=self.guard_start)
+            binding = PolicyBinding(policy.predictor, clock, PoolConfig(guard=guard))
         engine = VllmEngine(num_blocks, self.max_model_len, self.engine_params, scheduler_cls, binding, kv_transfer)
         engine.transfers = tier.worker if tier is not None else None
         timer = _PoolTimer(engine.block_pool)

@@ -117,3 +117,24 @@ def test_learned_refuses_tasks_the_model_was_trained_on(pipeline: dict[str, Path
     assert str(pipeline["model"]) in err and "may have been trained on" in err and "--allow-train-tasks" in err
     assert main([*argv, "--allow-train-tasks"]) == 0
     assert "provenance check OVERRIDDEN" in (pipeline["out"] / "all" / "report.md").read_text()
+
+
+def test_guard_start_reaches_every_guarded_pool(pipeline: dict[str, Path], monkeypatch, capsys) -> None:
+    import cachewise.replay.runner as runner
+
+    starts: list[tuple[bool, str]] = []
+    binding = runner.PolicyBinding
+
+    def recording(predictor, clock, config):
+        starts.append((config.guard.enabled, config.guard.start))
+        return binding(predictor, clock, config)
+
+    monkeypatch.setattr(runner, "PolicyBinding", recording)
+    argv = ["replay", "--params", str(pipeline["params"]), "--events", str(pipeline["events"]),
+            "--model", str(pipeline["model"]), "--policies", "learned,learned_unguarded", "--seeds", "1",
+            "--guard-start", "lru", "--out", str(pipeline["out"] / "start"), "--no-progress"]  # fmt: skip
+    assert main(argv) == 0
+    assert sorted(set(starts)) == [(False, "lru"), (True, "lru")]
+    with pytest.raises(SystemExit):
+        main([*argv[:-5], "--guard-start", "sometimes", *argv[-3:]])
+    assert "--guard-start: invalid choice: 'sometimes'" in capsys.readouterr().err

@@ -40,6 +40,7 @@ def test_section_then_flags(tmp_path) -> None:
         ({"policies": ["lru", "belady"]}, r"unknown policies \['belady'\] \(Belady's MIN is computed for every run"),
         ({"seeds": 0}, r"seeds must be >= 1"),
         ({"split": "train"}, r"split must be 'test' or 'all'"),
+        ({"guard_start": "on"}, r"guard_start must be one of \('certified', 'lru', 'learned'\)"),
     ],
 )
 def test_errors_name_the_key(tmp_path, section: dict, message: str) -> None:

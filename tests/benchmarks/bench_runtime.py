@@ -17,8 +17,11 @@ whole pool) have been evicted. Reported:
 * the guard (:mod:`cachewise.runtime.guard`, default settings) is timed separately: pool
   ``scored`` has it off, ``guarded`` on and serving the learned order (``start: learned``;
   the fill makes no prefix-cache hits, so it never switches: the guard's bookkeeping on top
-  of the learned order, the costlier of its two modes); block hashes are sha256 digests as
-  in vLLM, so the guard samples its default fraction of them;
+  of the learned order, the costlier of its two modes); ``certified`` the same on the
+  certified start (the default ``start: certified``: an engine session view to which one
+  request declared the family the predictor's certificate names, so the learned order serves
+  from the first access and each sampled access also asks the view); block hashes are sha256
+  digests as in vLLM, so the guard samples its default fraction of them;
 * learned scorer: µs per prediction (features + LightGBM) with ``--model`` (an export
   folder), else with a random 400-tree model of the real feature set.
 
@@ -57,12 +60,16 @@ from cachewise.runtime.policy import ManualClock as Clock
 from cachewise.runtime.block_pool import ScoredBlockPool  # noqa: E402
 from cachewise.runtime.config import GuardConfig, PoolConfig  # noqa: E402
 from cachewise.runtime.policy import ReusePrediction  # noqa: E402
+from cachewise.runtime.sessions import SessionView  # noqa: E402
 
 BLOCK = 16
 
 
 class Scripted:
-    """Reuse in U(1 s, 1 h), expiry three times as far: one prediction per request."""
+    """Reuse in U(1 s, 1 h), expiry three times as far: one prediction per request; its traffic
+    certificate names the family ``bench``."""
+
+    certified_families = frozenset({"bench"})
 
     def __init__(self, seed: int) -> None:
         self.rng = random.Random(seed)
@@ -128,9 +135,13 @@ def _evict(pool: BlockPool, total: int, batch: int, clock: Clock, phase: int = 0
 def _build(kind: str, n: int, clock: Clock) -> BlockPool:
     if kind == "vllm":
         return BlockPool(n, True, BLOCK)
-    guard = GuardConfig(enabled=kind == "guarded", start="learned")
+    certified = kind == "certified"
+    guard = GuardConfig(enabled=kind != "scored", start="certified" if certified else "learned")
     config = PoolConfig(log_interval_s=0, guard=guard)
-    return ScoredBlockPool(n, True, BLOCK, predictor=Scripted(1), clock=clock, config=config)
+    view = SessionView(BLOCK) if certified else None
+    if view is not None:
+        view.on_arrival("r0", "s0", None, BLOCK, 0.0, family="bench")
+    return ScoredBlockPool(n, True, BLOCK, predictor=Scripted(1), clock=clock, config=config, sessions=view)
 
 
 def bench_pool(kind: str, n: int, chain: int, batch: int, evict: int, trials: int) -> dict[str, float]:
@@ -274,25 +285,25 @@ def main() -> None:
     if args.ops:
         print("Python bytecode operations and Python calls per block (repeatable; C calls not counted)")
         for n in (int(s) for s in args.sizes.split(",")):
-            rows = {kind: count_ops(kind, n, args.chain, args.batch) for kind in ("vllm", "scored", "guarded")}
+            rows = {kind: count_ops(kind, n, args.chain, args.batch) for kind in ("vllm", "scored", "guarded", "certified")}
             for kind, r in rows.items():
                 over = (r["evict_ops"] + r["release_ops"]) - (rows["vllm"]["evict_ops"] + rows["vllm"]["release_ops"])
-                print(f"{n:>9} {kind:>7}  evict {r['evict_ops']:6.1f} ops {r['evict_calls']:5.1f} calls   release "
+                print(f"{n:>9} {kind:>9}  evict {r['evict_ops']:6.1f} ops {r['evict_calls']:5.1f} calls   release "
                       f"{r['release_ops']:6.1f} ops {r['release_calls']:5.1f} calls   evict+release over vLLM {over:6.1f} ops")
         return
     print(f"chain={args.chain} blocks/request, eviction batch={args.batch}, median of {args.trials} eviction phases")
-    print(f"{'blocks':>9} {'pool':>7} {'release us/req':>15} {'us/block':>9} {'evict us/block':>15} {'bytes/block':>12} {'rekeys':>7}")
+    print(f"{'blocks':>9} {'pool':>9} {'release us/req':>15} {'us/block':>9} {'evict us/block':>15} {'bytes/block':>12} {'rekeys':>7}")
     for n in (int(s) for s in args.sizes.split(",")):
-        kinds = ("vllm", "scored", "guarded")
+        kinds = ("vllm", "scored", "guarded", "certified")
         rows = {kind: bench_pool(kind, n, args.chain, args.batch, args.evict, args.trials) for kind in kinds}
         for kind, r in rows.items():
             r["bytes_per_block"] = bytes_per_block(kind, n, args.chain)
-            print(f"{n:>9} {kind:>7} {r['release_us_per_req']:>15.1f} {r['release_us_per_block']:>9.3f} "
+            print(f"{n:>9} {kind:>9} {r['release_us_per_req']:>15.1f} {r['release_us_per_block']:>9.3f} "
                   f"{r['evict_us_per_block']:>15.3f} {r['bytes_per_block']:>12.0f} {r['rekeys']:>7}")
-        for kind in ("scored", "guarded"):
+        for kind in kinds[1:]:
             d = {k: rows[kind][k] - rows["vllm"][k] for k in ("release_us_per_req", "release_us_per_block", "evict_us_per_block", "bytes_per_block")}
             total = d["evict_us_per_block"] + d["release_us_per_block"]
-            print(f"{n:>9} {'d_' + kind:>7} {d['release_us_per_req']:>15.1f} {d['release_us_per_block']:>9.3f} "
+            print(f"{n:>9} {'d_' + kind:>9} {d['release_us_per_req']:>15.1f} {d['release_us_per_block']:>9.3f} "
                   f"{d['evict_us_per_block']:>15.3f} {d['bytes_per_block']:>12.0f}   evict+release per block {total:.2f} us; "
                   f"target < 5 us/evicted block: {'MET' if total < 5 else 'MISSED'}")
     print(f"learned scorer: {bench_scorer(args.model):.1f} us per finished request (features + LightGBM)")
