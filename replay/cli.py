@@ -27,7 +27,6 @@ from pathlib import Path
 from cachewise.data.schema import SchemaError, read_events
 from cachewise.features.params import ParamsError, load_section
 from cachewise.replay.config import ReplayConfig, ReplayConfigError, load_config
-from cachewise.runtime.config import GUARD_STARTS
 from cachewise.replay.costmodel import CostModelError, load_cost_model
 from cachewise.replay.driver import ReplayStuck
 from cachewise.replay.engine import EngineParams
@@ -42,6 +41,7 @@ from cachewise.replay.selection import Selection, select_sessions
 from cachewise.replay.sweep import run_grid
 from cachewise.replay.targets import headline
 from cachewise.replay.workload import Workload, build_workload
+from cachewise.runtime.config import GUARD_STARTS
 from cachewise.scoring.exported import ModelLoadError, load_exported
 
 

@@ -21,7 +21,7 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
-from cachewise.runtime.config import GUARD_STARTS, ResidencySettings
+from cachewise.runtime.config import GUARD_STARTS, GuardConfig, ResidencySettings
 from cachewise.replay.driver import ArrivalParams
 from cachewise.replay.engine import EngineParams
 from cachewise.replay import host_tier_policies  # noqa: F401 - registers vllm_offload, cachewise_offload, ...
@@ -86,7 +86,7 @@ class ReplayConfig:
     ttl_quantile: float = 0.9
     scheduler_cls: str | None = None
     host_kv_frac: float = 2.0
-    guard_start: str = "certified"
+    guard_start: str = GuardConfig.start  # the served default
     transfer_coefficients: str = "replay/transfer_coefficients.json"
     workload: WorkloadParams = field(default_factory=lambda: WorkloadParams(token_scale=16))
     engine: EngineSettings = field(default_factory=EngineSettings)

@@ -82,7 +82,7 @@ class Replayer:
         residency: ResidencySettings | None = None,
         scheduler_cls: str | type | None = None,
         host_tier: HostTierSettings | None = None,
-        guard_start: str = "certified",
+        guard_start: str = GuardConfig.start,
     ):
         self.w = workload
         self.cost = cost
