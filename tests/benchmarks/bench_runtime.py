@@ -6,7 +6,12 @@ requests of ``--chain`` blocks are allocated, their blocks hashed (vLLM's
 request (a scripted predictor: reuse in U(1 s, 1 h), expiry 3x later, so the timer heap
 and overdue re-keys are exercised when the clock is advanced). Then blocks are evicted in
 batches of ``--batch`` through ``get_new_blocks`` until ``--evict`` blocks (default: the
-whole pool) have been evicted. Reported:
+whole pool) have been evicted, the pool's clock advancing ``--batch / --evict-rate`` seconds before
+each batch. The rate decides how much overdue re-keying each evicted block shares: the default, 32
+blocks a second, is the slowest eviction of the figures below; the replay's real-scale runs (C=32,
+48 Claude Code sessions, `--token-scale 1`) evict 110-630 blocks a second (``evictions`` over
+``makespan_s`` in their ``results.csv``), so ``--evict-rate 100`` or more is closer to a cache under
+pressure. Reported:
 
 * release: µs per finished request (scored: ``on_request_released`` + ``free_blocks``;
   vLLM: ``free_blocks``) and per block;
@@ -63,6 +68,7 @@ from cachewise.runtime.policy import ReusePrediction  # noqa: E402
 from cachewise.runtime.sessions import SessionView  # noqa: E402
 
 BLOCK = 16
+DEFAULT_EVICT_RATE = 32.0  # evicted blocks per second of the pool's clock: one 32-block batch a second
 
 
 class Scripted:
@@ -107,8 +113,12 @@ def _fill(pool: BlockPool, chain: int, clock: Clock) -> tuple[float, int]:
     return release_s, n_req
 
 
-def _evict(pool: BlockPool, total: int, batch: int, clock: Clock, phase: int = 0) -> tuple[float, int]:
-    """(seconds, blocks) evicting at least ``total`` cached blocks in batches of ``batch``.
+def _evict(
+    pool: BlockPool, total: int, batch: int, clock: Clock, phase: int = 0, rate: float = DEFAULT_EVICT_RATE
+) -> tuple[float, int]:
+    """(seconds, blocks) evicting at least ``total`` cached blocks in batches of ``batch``, the
+    pool's clock advancing ``batch / rate`` seconds before each batch (``rate``: evicted blocks per
+    second of the pool's clock).
 
     After each timed batch the blocks are hashed again (hashes unique to ``phase``: a hash seen
     in an earlier phase would be a miss the guard's LRU shadow hits, and would switch it) and
@@ -116,7 +126,7 @@ def _evict(pool: BlockPool, total: int, batch: int, clock: Clock, phase: int = 0
     """
     spent, done = 0.0, 0
     while done < total:
-        clock.now += 1.0  # time passes: some predictions become overdue or expire
+        clock.now += batch / rate  # time passes: some predictions become overdue or expire
         t0 = time.process_time()
         blocks = pool.get_new_blocks(batch)
         spent += time.process_time() - t0
@@ -144,7 +154,9 @@ def _build(kind: str, n: int, clock: Clock) -> BlockPool:
     return ScoredBlockPool(n, True, BLOCK, predictor=Scripted(1), clock=clock, config=config, sessions=view)
 
 
-def bench_pool(kind: str, n: int, chain: int, batch: int, evict: int, trials: int) -> dict[str, float]:
+def bench_pool(
+    kind: str, n: int, chain: int, batch: int, evict: int, trials: int, rate: float = DEFAULT_EVICT_RATE
+) -> dict[str, float]:
     """Release and eviction timings (median of ``trials`` eviction phases on one filled pool)."""
     clock = Clock()
     gc.collect()
@@ -152,7 +164,7 @@ def bench_pool(kind: str, n: int, chain: int, batch: int, evict: int, trials: in
     release_s, n_req = _fill(pool, chain, clock)
     phases = []
     for phase in range(trials):
-        spent, evicted = _evict(pool, min(evict, n - chain), batch, clock, phase)
+        spent, evicted = _evict(pool, min(evict, n - chain), batch, clock, phase, rate)
         phases.append(spent / evicted * 1e6)
     return {
         "release_us_per_req": release_s / n_req * 1e6,
@@ -279,6 +291,8 @@ def main() -> None:
     parser.add_argument("--evict", type=int, default=200000, help="blocks evicted per size (capped at the pool)")
     parser.add_argument("--trials", type=int, default=3, help="eviction phases per size (median reported)")
     parser.add_argument("--model", default=None, help="export folder for the scorer timing")
+    parser.add_argument("--evict-rate", type=float, default=DEFAULT_EVICT_RATE,
+                        help="evicted blocks per second of the pool's clock (fewer: more overdue re-keys per eviction)")
     parser.add_argument("--ops", action="store_true", help="count Python operations per block instead of timing")
     args = parser.parse_args()
     init_none_hash(sha256)
@@ -291,11 +305,12 @@ def main() -> None:
                 print(f"{n:>9} {kind:>9}  evict {r['evict_ops']:6.1f} ops {r['evict_calls']:5.1f} calls   release "
                       f"{r['release_ops']:6.1f} ops {r['release_calls']:5.1f} calls   evict+release over vLLM {over:6.1f} ops")
         return
-    print(f"chain={args.chain} blocks/request, eviction batch={args.batch}, median of {args.trials} eviction phases")
+    print(f"chain={args.chain} blocks/request, eviction batch={args.batch}, {args.evict_rate:g} evicted blocks per "
+          f"second of the pool's clock, median of {args.trials} eviction phases")
     print(f"{'blocks':>9} {'pool':>9} {'release us/req':>15} {'us/block':>9} {'evict us/block':>15} {'bytes/block':>12} {'rekeys':>7}")
     for n in (int(s) for s in args.sizes.split(",")):
         kinds = ("vllm", "scored", "guarded", "certified")
-        rows = {kind: bench_pool(kind, n, args.chain, args.batch, args.evict, args.trials) for kind in kinds}
+        rows = {kind: bench_pool(kind, n, args.chain, args.batch, args.evict, args.trials, args.evict_rate) for kind in kinds}
         for kind, r in rows.items():
             r["bytes_per_block"] = bytes_per_block(kind, n, args.chain)
             print(f"{n:>9} {kind:>9} {r['release_us_per_req']:>15.1f} {r['release_us_per_block']:>9.3f} "
