@@ -130,7 +130,10 @@ if TYPE_CHECKING:
 FORECAST_LEVELS: tuple[float, ...] = tuple(i / 20 for i in range(21))
 """Quantile levels a :class:`Forecast` is stored at (0, 0.05, ..., 1)."""
 
-EXPIRY_LEVEL = 0.99
+EXPIRY_LEVEL = 1.0
+"""The level of a session's :attr:`Forecast.expiry`: the forecast's top stored quantile, so a session
+counts as ended once idle longer than every gap its forecast allows (the learned predictor's prefix
+expiry is at 0.99 of its 101 residual levels instead: :mod:`cachewise.runtime.learned`)."""
 MAX_FAMILIES = 64  # distinct declared traffic families counted; further names count as undeclared
 PROVISIONAL = "?"
 
@@ -190,7 +193,7 @@ class Forecast:
 
     @property
     def expiry(self) -> float:
-        """Gap after which the session counts as ended (the :data:`EXPIRY_LEVEL` quantile)."""
+        """Gap after which the session counts as ended (the :data:`EXPIRY_LEVEL` quantile, the top one)."""
         return self.gaps[int(round(EXPIRY_LEVEL * (len(self.gaps) - 1)))]
 
     def cdf(self, gap: float) -> float:
