@@ -302,7 +302,8 @@ class EvictionOrder:
         detach, next_anyway, push = self._detach, self._next_anyway, self._push
         pending = -1  # a parent known to be the next hashed pick, kept out of the heap
         skipped: list[int] = []  # demoted blocks that are not leaves now (demoted_only), put back after
-        for _ in range(count - len(victims)):
+        picks = count - len(victims)
+        for i in range(picks):
             if pending >= 0:
                 blk, pending = blocks[pending], -1
             else:
@@ -312,7 +313,7 @@ class EvictionOrder:
             remove(blk)
             parent = detach(blk.block_id)
             if parent >= 0:
-                if not demoted_only and next_anyway(parent, now):
+                if not demoted_only and next_anyway(parent, now, i + 1 < picks):
                     pending = parent
                 else:
                     push(parent)
@@ -486,16 +487,26 @@ class EvictionOrder:
         if len(self._heap) > self._compact_at or len(self._timers) > self._compact_at or len(self._demotions) > self._compact_at:
             self._compact()
 
-    def _next_anyway(self, b: int, now: float) -> bool:
+    def _next_anyway(self, b: int, now: float, rekey: bool) -> bool:
         """Whether candidate ``b`` would be the next hashed pick of :meth:`_next_hashed`.
 
         True for an expired ``b`` due no later than every timer, and for a ``b`` that is not
-        due while no timer is due and ``b`` beats the heap top.
+        due while no timer is due and ``b`` beats the heap top. An overdue ``b`` (due, not
+        expired) is False, or with ``rekey`` (another pick follows in the same :meth:`take`,
+        whose :meth:`_next_hashed` would pop its timer and re-key it at this same ``now``) is
+        re-keyed here and then compared: the same key, without a push, a timer and a second push.
+        Without ``rekey`` it waits in the heap for the next call's time, as before.
         """
         primary, due = self._key(b)
         timers = self._timers
         if due <= now:
-            return self._expire[b] <= now and (not timers or due <= timers[0][0])
+            if self._expire[b] <= now:
+                return not timers or due <= timers[0][0]
+            if not rekey:
+                return False
+            self._reuse[b] = now + overdue_remaining(now - self._freed_at[b])
+            self.rekeys += 1
+            primary, due = self._key(b)
         if timers and timers[0][0] <= now:
             return False
         heap = self._heap
