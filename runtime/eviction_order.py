@@ -360,8 +360,7 @@ class EvictionOrder:
                 continue
             if self._expire[b] <= now:
                 return blk
-            self._reuse[b] = now + overdue_remaining(now - self._freed_at[b])
-            self.rekeys += 1
+            self._rekey(b, now)
             self._push(b)
         heap = self._heap
         while heap:
@@ -492,28 +491,33 @@ class EvictionOrder:
 
         True for an expired ``b`` due no later than every timer, and for a ``b`` that is not
         due while no timer is due and ``b`` beats the heap top. An overdue ``b`` (due, not
-        expired) is False, or with ``rekey`` (another pick follows in the same :meth:`take`,
-        whose :meth:`_next_hashed` would pop its timer and re-key it at this same ``now``) is
-        re-keyed here and then compared: the same key, without a push, a timer and a second push.
-        Without ``rekey`` it waits in the heap for the next call's time, as before.
+        expired) is False, except with ``rekey`` (another pick follows in the same :meth:`take`)
+        while no timer is due: then the next pick's :meth:`_next_hashed` would pop only ``b``'s
+        timer and re-key it at this same ``now``, so it is re-keyed here and compared as any
+        candidate, without its push, timer and second push (the same victims: ties on the key
+        go to the newest token either way). Without ``rekey`` it waits for the next call's time.
         """
         primary, due = self._key(b)
         timers = self._timers
         if due <= now:
             if self._expire[b] <= now:
                 return not timers or due <= timers[0][0]
-            if not rekey:
+            if not rekey or (timers and timers[0][0] <= now):
                 return False
-            self._reuse[b] = now + overdue_remaining(now - self._freed_at[b])
-            self.rekeys += 1
-            primary, due = self._key(b)
-        if timers and timers[0][0] <= now:
+            self._rekey(b, now)
+            primary, due = self._key(b)  # due > now now: re-keyed ahead, expiry later still
+        elif timers and timers[0][0] <= now:
             return False
         heap = self._heap
         if not heap or primary < heap[0][0]:
             return True
         # a tie on the primary key is decided by the whole entry (built only then: it takes a token)
         return primary == heap[0][0] and self._entry(b)[0] < heap[0]
+
+    def _rekey(self, b: int, now: float) -> None:
+        """Overdue block ``b``'s reuse key becomes ``now + overdue_remaining(idle)`` (the time rule)."""
+        self._reuse[b] = now + overdue_remaining(now - self._freed_at[b])
+        self.rekeys += 1
 
     def _live(self, packed: int) -> bool:
         """Whether a heap entry still describes a candidate."""
