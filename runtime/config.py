@@ -183,6 +183,10 @@ class ResidencySettings:
     distrusts the model, the controller passes through (rule 5) -- until the resident working sets
     exceed the GPU plus the host tier; from then on it acts on the model (the exception to rule 5 in
     :mod:`cachewise.runtime.residency`, which gives up rule 5's "exactly vLLM's scheduling" there).
+    ``tier_aside`` (default true): with a host tier, the controller also stands aside at every plan at
+    which the demand (the resident and the waiting sessions' working sets) fits the GPU plus the host:
+    no held prefix would be lost there, and live requests wait for GPU room in vLLM's own queue
+    ("Standing aside" in :mod:`cachewise.runtime.residency`); false: only until memory proves short.
     ``judge`` (default true): the controller acts while the guard trusts the model *or* the forecast
     judge (:mod:`cachewise.runtime.forecast_judge`) finds the model's return forecasts measurably
     better than the no-model ones on the returns seen (quantile loss; ``judge_z`` standard errors,
@@ -224,6 +228,7 @@ class ResidencySettings:
     host_reload_s_per_token: float = 0.0  # host tier: seconds per token to load a dropped prefix back (0: recompute)
     pressure_window_s: float = 10.0
     act_when_thrashing: bool = False  # rule 5's exception: act on the model once pass-through outgrew GPU + host
+    tier_aside: bool = True  # host tier: stand aside at every plan at which the demand fits GPU + host
     admission_order: str = "area"  # rule 2: smallest predicted KV "area" (blocks x remaining s), "smallest" working set, or "fcfs"
     preempt_area_ratio: float = 3.0  # rule 2, "area": demote an idle resident whose area exceeds this x the head's (0: off)
     readmit_cached: float = 0.5  # rule 2: a held session whose request finds this share of its prompt cached goes first (0: off)
@@ -239,7 +244,7 @@ class ResidencySettings:
     @classmethod
     def from_mapping(cls, raw: Mapping[str, Any]) -> ResidencySettings:
         """Parse ``cachewise.residency``; unknown keys and non-numbers raise :class:`ConfigError`."""
-        return cls(**_sub_mapping(cls, raw, "residency", verbatim=("act_when_thrashing", "judge", "judge_start_trusted", "judge_fallback", "admission_order", "forecasts")))
+        return cls(**_sub_mapping(cls, raw, "residency", verbatim=("act_when_thrashing", "tier_aside", "judge", "judge_start_trusted", "judge_fallback", "admission_order", "forecasts")))
 
     def __post_init__(self) -> None:
         finite_positive = 0 < self.horizon_s < math.inf and 0 < self.pressure_window_s < math.inf
@@ -249,7 +254,7 @@ class ResidencySettings:
         costs = (self.prefill_a0, self.prefill_a_tok, self.prefill_a_ctx, self.decode_b0, self.decode_b_seq, self.decode_b_ctx)
         if not all(0 <= c < math.inf for c in (*costs, self.host_reload_s_per_token)):
             raise ConfigError("residency prefill, decode and reload cost coefficients must be finite and >= 0")
-        for flag in ("judge", "judge_start_trusted", "judge_fallback"):
+        for flag in ("judge", "judge_start_trusted", "judge_fallback", "tier_aside"):
             if not isinstance(getattr(self, flag), bool):
                 raise ConfigError(f"cachewise.residency.{flag} must be true or false, got {getattr(self, flag)!r}")
         if not (0 <= self.judge_z < math.inf) or self.judge_min_returns < 0 or not (0 < self.judge_half_life < math.inf):

@@ -97,7 +97,14 @@ has recomputed more than ``thrash_share`` of the blocks it prefilled and of the 
 with a half-life of one capacity of prefilled blocks, :meth:`SessionView.on_scheduled
 <cachewise.runtime.sessions.SessionView.on_scheduled>`). Where memory suffices the working sets
 (forecasts of mostly idle sessions) can pass the capacity while the pool recomputes almost nothing;
-holding and shedding there only cost.
+holding and shedding there only cost. With a host tier and ``tier_aside`` (default) the controller
+also stands aside at every plan at which the demand fits the GPU plus the host (``demand <=
+capacity + host_blocks``, ``demand`` as in the budget): a prefix that leaves the GPU then waits on the
+host, so holding a session protects nothing, and a live request that finds no GPU room waits in vLLM's
+own queue, a request at a time, where a held session waits a whole session. Measured ("The host tier's
+standing aside" in ``docs/results/host-tier.md``): at 25% GPU with a host of 4x or more, acting had cost
+7% of mean JCT against vLLM's own offloading, and standing aside matches it; at 50% with host 2x it
+gives up a 2% gain; at the issue's point (25%, host 2x) no measurable difference.
 
 *The cost rule* ("which demotion pays"). Demoting an idle resident ``j`` (``W_j`` blocks, idle ``e``
 seconds, return forecast ``F_j`` read as a piecewise-linear quantile function; remaining gap ``R_j``,
@@ -439,7 +446,8 @@ class ResidencyController:
         gpu_budget = self.capacity - self.reserve(demand, self.capacity)
         if not self.short:
             self.short = view.shortage.check(view.live_blocks, self.capacity, "residency controller", self.settings.thrash_share)
-        aside = not self.short  # "Standing aside" (module doc): vLLM's admission, no demotion
+        # "Standing aside" (module doc): vLLM's admission, no demotion
+        aside = not self.short or (self.settings.tier_aside and self.host_blocks > 0 and demand <= capacity)
         waited = {}
         for s in waiting:
             since = view.waiting_since(s.key)

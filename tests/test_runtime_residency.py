@@ -322,7 +322,8 @@ def test_a_held_session_whose_prefix_is_still_cached_is_readmitted_first(readmit
     cached: at 0.8 with ``readmit_cached`` 0.5, B goes first; with it off, only 0.3 cached, or a host
     tier (where a held prefix is stored, not lost), C (the smaller area) does, as before."""
     view = SessionView(BLOCK)
-    ctl = ResidencyController(ResidencySettings(thrash_share=None, headroom=0.0, readmit_cached=readmit), 100, BLOCK_TOKENS, host_blocks=host)
+    settings_ = ResidencySettings(thrash_share=None, headroom=0.0, readmit_cached=readmit, tier_aside=False)
+    ctl = ResidencyController(settings_, 100, BLOCK_TOKENS, host_blocks=host)
     view.on_arrival("x", "X", "t", 50 * BLOCK, 0.0)
     view.set_residency("X", True)
     view.on_scheduled("x")
@@ -490,6 +491,9 @@ def test_settings_parse_and_reject() -> None:
         ResidencySettings.from_mapping({"thrash_share": 1.5})
     with pytest.raises(ConfigError, match="act_when_thrashing"):
         ResidencySettings.from_mapping({"act_when_thrashing": 1})
+    assert ResidencySettings().tier_aside is True and ResidencySettings.from_mapping({"tier_aside": False}).tier_aside is False
+    with pytest.raises(ConfigError, match="tier_aside"):
+        ResidencySettings.from_mapping({"tier_aside": "no"})
 
 
 @pytest.mark.parametrize("host", [0, 60])
@@ -526,7 +530,8 @@ def test_demotion_happens_only_when_a_session_waits_and_then_it_fits(host: int, 
 
 
 def _tiered(host: int) -> ResidencyController:
-    return ResidencyController(ResidencySettings(thrash_share=None, headroom=0.0), 100, BLOCK_TOKENS, host_blocks=host)
+    """Rule 6 acting: memory short from the start, and no standing aside while GPU + host hold the demand."""
+    return ResidencyController(ResidencySettings(thrash_share=None, headroom=0.0, tier_aside=False), 100, BLOCK_TOKENS, host_blocks=host)
 
 
 def _idle_a_beside_live_x(view: SessionView, a_blocks: int, forecast: Forecast, x_blocks: int) -> None:
@@ -577,7 +582,8 @@ def test_host_tier_an_admitted_session_that_comes_back_waits_for_gpu_room() -> N
     later session B (program-level FCFS), without being admitted again."""
     for host in (0, 200):
         view = SessionView(BLOCK)
-        ctl = ResidencyController(ResidencySettings(thrash_share=None, headroom=0.0, admission_order="fcfs"), 100, BLOCK_TOKENS, host_blocks=host)
+        settings_ = ResidencySettings(thrash_share=None, headroom=0.0, admission_order="fcfs", tier_aside=False)
+        ctl = ResidencyController(settings_, 100, BLOCK_TOKENS, host_blocks=host)
         _run_and_finish(view, "a", "A", 50, 0.0, NEAR)
         view.set_residency("A", True)
         view.on_arrival("x", "X", "t", 60 * BLOCK, 0.5)
@@ -599,7 +605,8 @@ def test_host_tier_an_admitted_session_that_comes_back_waits_for_gpu_room() -> N
 
 def test_host_tier_a_returning_admitted_session_may_use_the_headroom_a_new_one_may_not() -> None:
     view = SessionView(BLOCK)
-    ctl = ResidencyController(ResidencySettings(thrash_share=None, headroom=0.2, admission_order="fcfs"), 100, BLOCK_TOKENS, host_blocks=200)  # GPU budget 80
+    settings_ = ResidencySettings(thrash_share=None, headroom=0.2, admission_order="fcfs", tier_aside=False)
+    ctl = ResidencyController(settings_, 100, BLOCK_TOKENS, host_blocks=200)  # GPU budget 80
     _run_and_finish(view, "a", "A", 29, 0.0, NEAR)
     view.set_residency("A", True)
     view.on_arrival("x", "X", "t", 60 * BLOCK, 0.5)
@@ -609,6 +616,25 @@ def test_host_tier_a_returning_admitted_session_may_use_the_headroom_a_new_one_m
     view.on_arrival("b", "B", "t", 15 * BLOCK, 1.5)  # new: 60 + 30 + 15 is 5 past the capacity: reserve 5, 105 > 95
     plan = ctl.plan(view, 2.0, running=1)
     assert "A" in plan.admitted and plan.held == ["B"] and plan.gpu == 90
+
+
+@pytest.mark.parametrize(
+    ("host", "tier_aside", "aside"),
+    [(100, True, True), (100, False, False), (10, True, False), (0, True, False)],
+)
+def test_host_tier_stands_aside_while_gpu_and_host_hold_the_demand(host: int, tier_aside: bool, aside: bool) -> None:
+    """``tier_aside``: X runs 60 blocks, A (40, idle, far) is resident, B (55) arrives; the GPU holds 100.
+    The demand 155 fits GPU + host 200: B is admitted beside them and A keeps its place (a prefix that
+    leaves the GPU waits on the host; B's request waits in vLLM's queue for GPU room). Past GPU + host
+    (host 10), without a tier, or with ``tier_aside`` off, rule 6 acts as before: B fails the GPU
+    check (60 + 55 > 100) and waits; demoting A would free no room it needs, so no one is demoted."""
+    settings_ = ResidencySettings(thrash_share=None, headroom=0.0, tier_aside=tier_aside)
+    view, ctl = SessionView(BLOCK), ResidencyController(settings_, 100, BLOCK_TOKENS, host_blocks=host)
+    _idle_a_beside_live_x(view, 40, FAR, 60)
+    view.on_arrival("b", "B", "t", 55 * BLOCK, 1.0)
+    plan = ctl.plan(view, 2.0, running=1)
+    assert ("B" in plan.admitted, plan.held) == ((True, []) if aside else (False, ["B"]))
+    assert view.get("A").resident and plan.demoted == []
 
 
 def _area_queue(labels: dict[str, float] | None, order: str = "area") -> tuple[set[str], list[str]]:
